@@ -1,0 +1,350 @@
+//! The Unix tree walker behind [`create`](super): directory handles, `O_NOFOLLOW`, one
+//! `statat` and at most one `flistxattr` per entry.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags, Stat};
+
+use super::{Change, ChangeKind, CreateOptions, Sink, Source};
+use crate::tar::{OPAQUE_MARKER, TarWriter, WHITEOUT_PREFIX, normalize, path_order, split_parent};
+use crate::{Entry, EntryKind, Error, Metadata, Result};
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+pub(super) fn write_entries<S: Sink>(
+    dir: &Path,
+    tar: &mut TarWriter<S>,
+    opts: &CreateOptions,
+    source: Source<'_>,
+) -> Result<u64> {
+    let root = rustix::fs::openat(
+        CWD,
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io("open the directory", dir, e.into()))?;
+    let mut walker = Walker {
+        root_path: dir,
+        tar,
+        clamp: opts.mtime_clamp,
+        hardlinks: HashMap::new(),
+        entries: 0,
+    };
+    match source {
+        Source::Tree => walker.visit(&root, &mut Vec::new())?,
+        Source::Changes(changes) => walker.changes(&root, changes)?,
+    }
+    Ok(walker.entries)
+}
+
+struct Walker<'a, S> {
+    root_path: &'a Path,
+    tar: &'a mut TarWriter<S>,
+    clamp: Option<i64>,
+    /// First path seen for each multiply-linked inode.
+    hardlinks: HashMap<(u64, u64), Vec<u8>>,
+    entries: u64,
+}
+
+/// What to put in the tar for one item of a change list.
+enum Item {
+    /// The entry at this path, as it is on disk.
+    Path(Vec<u8>),
+    /// An empty marker file (whiteout or opaque marker).
+    Marker,
+}
+
+impl<S: Sink> Walker<'_, S> {
+    fn full_path(&self, rel: &[u8]) -> PathBuf {
+        self.root_path.join(OsStr::from_bytes(rel))
+    }
+
+    fn visit(&mut self, dir: &OwnedFd, prefix: &mut Vec<u8>) -> Result<()> {
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        let listing =
+            Dir::read_from(dir).map_err(|e| Error::io("list", self.full_path(prefix), e.into()))?;
+        for item in listing {
+            let item = item.map_err(|e| Error::io("list", self.full_path(prefix), e.into()))?;
+            let name = item.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(name.to_vec());
+            }
+        }
+        names.sort_unstable();
+        for name in names {
+            let len = prefix.len();
+            if !prefix.is_empty() {
+                prefix.push(b'/');
+            }
+            prefix.extend_from_slice(&name);
+            let stat = rustix::fs::statat(dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| Error::io("stat", self.full_path(prefix), e.into()))?;
+            if let Some(child) = self.emit(dir, &name, prefix, &stat)? {
+                self.visit(&child, prefix)?;
+            }
+            prefix.truncate(len);
+        }
+        Ok(())
+    }
+
+    fn changes(&mut self, root: &OwnedFd, changes: &[Change]) -> Result<()> {
+        let mut items: Vec<(Vec<u8>, Item)> = Vec::new();
+        for change in changes {
+            let path = normalize(&change.path).map_err(|p| Error::entry(&change.path, p))?;
+            if path.is_empty() {
+                return Err(Error::entry(&change.path, crate::EntryProblem::InvalidPath));
+            }
+            let mut ancestor = split_parent(&path).0;
+            while !ancestor.is_empty() {
+                items.push((ancestor.to_vec(), Item::Path(ancestor.to_vec())));
+                ancestor = split_parent(ancestor).0;
+            }
+            let (parent, name) = split_parent(&path);
+            let marker = |tail: &[u8]| {
+                let mut p = parent.to_vec();
+                if !p.is_empty() {
+                    p.push(b'/');
+                }
+                p.extend_from_slice(tail);
+                p
+            };
+            match change.kind {
+                ChangeKind::Added | ChangeKind::Modified => {
+                    items.push((path.clone(), Item::Path(path)));
+                }
+                ChangeKind::Deleted => {
+                    items.push((marker(&[WHITEOUT_PREFIX, name].concat()), Item::Marker));
+                }
+                ChangeKind::Opaque => {
+                    let mut opq = path.clone();
+                    opq.push(b'/');
+                    opq.extend_from_slice(OPAQUE_MARKER);
+                    items.push((opq, Item::Marker));
+                    items.push((path.clone(), Item::Path(path)));
+                }
+            }
+        }
+        items.sort_by(|a, b| path_order(&a.0, &b.0));
+        items.dedup_by(|later, earlier| later.0 == earlier.0);
+
+        let mut parent_fd: Option<(Vec<u8>, OwnedFd)> = None;
+        for (tar_path, item) in items {
+            match item {
+                Item::Marker => {
+                    self.append(&Entry {
+                        path: tar_path,
+                        kind: EntryKind::File,
+                        meta: Metadata::default(),
+                        size: 0,
+                    })?;
+                }
+                Item::Path(path) => {
+                    let (parent, name) = split_parent(&path);
+                    let cached = parent_fd.as_ref().is_some_and(|(p, _)| p == parent);
+                    if !cached {
+                        let fd = if parent.is_empty() {
+                            rustix::io::dup(root)
+                        } else {
+                            rustix::fs::openat(root, parent, DIR_FLAGS, Mode::empty())
+                        }
+                        .map_err(|e| Error::io("open", self.full_path(parent), e.into()))?;
+                        parent_fd = Some((parent.to_vec(), fd));
+                    }
+                    let (_, dir) = parent_fd.as_ref().expect("set above");
+                    let stat =
+                        rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| {
+                            Error::io("stat a changed path", self.full_path(&path), e.into())
+                        })?;
+                    self.emit(dir, name, &path, &stat)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, entry: &Entry) -> Result<()> {
+        self.entries += 1;
+        self.tar
+            .append(entry)
+            .map_err(|e| Error::io("write the layer entry for", self.full_path(&entry.path), e))
+    }
+
+    /// Writes the entry for `name` in `dir` (at layer path `path`). Returns the directory's
+    /// handle when it is one, for the caller to descend into.
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "stat field types differ between Unix platforms"
+    )]
+    fn emit(
+        &mut self,
+        dir: &OwnedFd,
+        name: &[u8],
+        path: &[u8],
+        stat: &Stat,
+    ) -> Result<Option<OwnedFd>> {
+        let mtime = stat.st_mtime as i64;
+        let mut meta = Metadata {
+            mode: stat.st_mode & 0o7777,
+            uid: stat.st_uid,
+            gid: stat.st_gid,
+            mtime: self.clamp.map_or(mtime, |c| mtime.min(c)),
+            mtime_nsec: 0,
+            xattrs: Vec::new(),
+        };
+        let root_path = self.root_path;
+        let io_err = |op: &'static str, e: rustix::io::Errno| {
+            Error::io(op, root_path.join(OsStr::from_bytes(path)), e.into())
+        };
+        let mut entry = Entry {
+            path: path.to_vec(),
+            kind: EntryKind::File,
+            meta: Metadata::default(),
+            size: 0,
+        };
+        match FileType::from_raw_mode(stat.st_mode) {
+            FileType::RegularFile => {
+                if stat.st_nlink > 1 {
+                    let key = (stat.st_dev as u64, stat.st_ino as u64);
+                    if let Some(first) = self.hardlinks.get(&key) {
+                        entry.kind = EntryKind::Hardlink(first.clone());
+                        entry.meta = meta;
+                        self.append(&entry)?;
+                        return Ok(None);
+                    }
+                    self.hardlinks.insert(key, path.to_vec());
+                }
+                let fd = rustix::fs::openat(
+                    dir,
+                    name,
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| io_err("open", e))?;
+                meta.xattrs = read_xattrs(&fd).map_err(|e| io_err("list xattrs of", e))?;
+                entry.meta = meta;
+                entry.size = stat.st_size as u64;
+                self.append(&entry)?;
+                self.copy_data(File::from(fd), entry.size, path)?;
+                Ok(None)
+            }
+            FileType::Directory => {
+                let fd = rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty())
+                    .map_err(|e| io_err("open", e))?;
+                meta.xattrs = read_xattrs(&fd).map_err(|e| io_err("list xattrs of", e))?;
+                entry.kind = EntryKind::Dir;
+                entry.meta = meta;
+                self.append(&entry)?;
+                Ok(Some(fd))
+            }
+            FileType::Symlink => {
+                let target = rustix::fs::readlinkat(dir, name, Vec::new())
+                    .map_err(|e| io_err("read the symlink", e))?;
+                entry.kind = EntryKind::Symlink(target.into_bytes());
+                entry.meta = meta;
+                self.append(&entry)?;
+                Ok(None)
+            }
+            ft @ (FileType::CharacterDevice | FileType::BlockDevice) => {
+                let (major, minor) = (
+                    rustix::fs::major(stat.st_rdev),
+                    rustix::fs::minor(stat.st_rdev),
+                );
+                entry.kind = if ft == FileType::CharacterDevice {
+                    EntryKind::CharDevice { major, minor }
+                } else {
+                    EntryKind::BlockDevice { major, minor }
+                };
+                entry.meta = meta;
+                self.append(&entry)?;
+                Ok(None)
+            }
+            FileType::Fifo => {
+                entry.kind = EntryKind::Fifo;
+                entry.meta = meta;
+                self.append(&entry)?;
+                Ok(None)
+            }
+            // Sockets cannot be represented in a tar; like GNU tar, leave them out.
+            _ => Ok(None),
+        }
+    }
+
+    fn copy_data(&mut self, mut file: File, size: u64, path: &[u8]) -> Result<()> {
+        let mut left = size;
+        while left > 0 {
+            let n = self
+                .tar
+                .inner_mut()
+                .fill_from(&mut file, left)
+                .map_err(|e| Error::io("read", self.full_path(path), e))?;
+            if n == 0 {
+                return Err(Error::io(
+                    "read",
+                    self.full_path(path),
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "the file shrank while being read ({left} of {size} bytes missing)"
+                        ),
+                    ),
+                ));
+            }
+            self.tar.data_written(n as u64);
+            left -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a layer records this extended attribute. SELinux labels and ACLs belong to the
+/// host; overlayfs's own attributes must never travel in a layer.
+fn keep_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"user.")
+        || name == b"security.capability"
+        || (name.starts_with(b"trusted.") && !name.starts_with(b"trusted.overlay."))
+}
+
+fn read_xattrs(fd: &OwnedFd) -> rustix::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut names = vec![0u8; 1024];
+    let len = loop {
+        match rustix::fs::flistxattr(fd, &mut names[..]) {
+            Ok(len) => break len,
+            Err(rustix::io::Errno::RANGE) => {
+                let want = rustix::fs::flistxattr_query(fd)?;
+                names.resize(want.max(names.len() * 2), 0);
+            }
+            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+    };
+    let mut out = Vec::new();
+    for name in names[..len].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if !keep_xattr(name) {
+            continue;
+        }
+        let mut value = vec![0u8; 256];
+        let n = loop {
+            match rustix::fs::fgetxattr(fd, name, &mut value[..]) {
+                Ok(n) => break n,
+                Err(rustix::io::Errno::RANGE) => {
+                    let want = rustix::fs::fgetxattr_query(fd, name)?;
+                    value.resize(want.max(value.len() * 2), 0);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        value.truncate(n);
+        out.push((name.to_vec(), value));
+    }
+    out.sort();
+    Ok(out)
+}

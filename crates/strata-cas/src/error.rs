@@ -1,0 +1,224 @@
+//! The error type of the store, the layer format and extraction.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+use crate::LayerId;
+
+/// Anything that can go wrong in this crate. Every variant names what it was about: a path,
+/// a layer id, a byte offset or a tar entry.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operation on a file or directory failed.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        /// What was being done, as a verb phrase ("open", "rename into place").
+        op: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Reading or decompressing a layer stream failed (truncated or corrupt compression).
+    #[error("cannot read layer stream {what}: {source}")]
+    Stream {
+        /// Which stream: a file name or a layer id.
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The tar stream is malformed (bad checksum, bad number, truncated record).
+    #[error("malformed tar at byte {offset}: {problem}")]
+    Tar {
+        /// Offset of the 512-byte header or record at fault, in the uncompressed stream.
+        offset: u64,
+        /// What is wrong.
+        problem: String,
+    },
+    /// One entry of a layer is unacceptable or could not be applied.
+    #[error("entry {entry}: {problem}")]
+    Entry {
+        /// The entry's path as it appears in the tar.
+        entry: EntryName,
+        /// What is wrong with it.
+        problem: EntryProblem,
+    },
+    /// A configured bound (bytes, entries, header size) was exceeded.
+    #[error("layer exceeds the limit on {what} ({limit})")]
+    Limit {
+        /// Which limit.
+        what: &'static str,
+        /// Its value.
+        limit: u64,
+    },
+    /// The store has no blob with this id.
+    #[error("layer {id} is not in the store at {}", store.display())]
+    NotFound {
+        /// The id that was asked for.
+        id: LayerId,
+        /// The store's root.
+        store: PathBuf,
+    },
+    /// A stored blob's content does not hash to its name.
+    #[error("blob {} is corrupt: its content hashes to {actual}, not {expected}", path.display())]
+    Corrupt {
+        /// The blob's path.
+        path: PathBuf,
+        /// The id the blob is stored under.
+        expected: LayerId,
+        /// What its content hashes to.
+        actual: LayerId,
+    },
+    /// A blob or layer file is not in a format this crate reads.
+    #[error("{}: {problem}", path.display())]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The store directory was written by an incompatible version of strata.
+    #[error("store {} has layout `{found}`; this strata reads `{expected}`", path.display())]
+    StoreVersion {
+        /// The store's root.
+        path: PathBuf,
+        /// The layout found on disk.
+        found: String,
+        /// The layout this build understands.
+        expected: &'static str,
+    },
+    /// The operation is not available on this platform.
+    #[error("{what} is not supported on this platform")]
+    Unsupported {
+        /// What was attempted.
+        what: &'static str,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn entry(entry: &[u8], problem: EntryProblem) -> Self {
+        Error::Entry {
+            entry: EntryName(entry.to_vec()),
+            problem,
+        }
+    }
+
+    /// The entry this error is about, if it is about one.
+    pub fn entry_name(&self) -> Option<&EntryName> {
+        match self {
+            Error::Entry { entry, .. } => Some(entry),
+            _ => None,
+        }
+    }
+}
+
+/// A tar entry's path: raw bytes, displayed quoted with non-UTF-8 bytes escaped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EntryName(pub Vec<u8>);
+
+impl fmt::Display for EntryName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("`")?;
+        for chunk in self.0.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                if c.is_control() {
+                    write!(f, "{}", c.escape_default())?;
+                } else {
+                    write!(f, "{c}")?;
+                }
+            }
+            for b in chunk.invalid() {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        f.write_str("`")
+    }
+}
+
+impl fmt::Debug for EntryName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Why a tar entry was refused or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EntryProblem {
+    /// The path starts with `/`.
+    #[error("absolute paths are not allowed in a layer")]
+    Absolute,
+    /// The path has a `..` component.
+    #[error("`..` components are not allowed in a layer")]
+    DotDot,
+    /// The path is empty or contains a NUL byte.
+    #[error("the path is empty or contains a NUL byte")]
+    InvalidPath,
+    /// The same path appears twice in one layer.
+    #[error("the path appears twice in this layer")]
+    Duplicate,
+    /// A bare `.wh.` or a whiteout of `.`/`..`.
+    #[error("invalid whiteout name")]
+    BadWhiteout,
+    /// A whiteout names a path that this same layer creates.
+    #[error("a whiteout may only remove paths of lower layers, but this layer creates it")]
+    WhiteoutOfOwnEntry,
+    /// A path component is a non-directory created by this layer.
+    #[error("a parent path component is not a directory")]
+    ParentNotDirectory,
+    /// A device node, refused by [`DevicePolicy::Refuse`](crate::extract::DevicePolicy).
+    #[error("device nodes are refused (allow them with DevicePolicy::Create or skip them)")]
+    DeviceRefused,
+    /// A setuid/setgid file or a file capability, refused by
+    /// [`SetuidPolicy::Refuse`](crate::extract::SetuidPolicy).
+    #[error(
+        "setuid/setgid bits and file capabilities are refused (allow them with SetuidPolicy::Keep or strip them)"
+    )]
+    SetuidRefused,
+    /// An extended attribute that must never come from a layer.
+    #[error("extended attribute `{0}` is not allowed in a layer")]
+    ForbiddenXattr(String),
+    /// A hard link to a directory, or to something that does not exist.
+    #[error("hard link target {0} is missing or is a directory")]
+    BadHardlink(EntryName),
+    /// An entry type this store does not accept (sparse files, multi-volume, unknown types).
+    #[error("unsupported entry type {0:?}")]
+    UnsupportedType(char),
+    /// A non-regular entry that carries data.
+    #[error("a {kind} entry must not carry data (size {size})")]
+    UnexpectedData {
+        /// The entry's kind.
+        kind: &'static str,
+        /// Its declared size.
+        size: u64,
+    },
+    /// The PAX size and the ustar size disagree.
+    #[error("PAX size {pax} disagrees with header size {ustar}")]
+    SizeMismatch {
+        /// Size in the PAX record.
+        pax: u64,
+        /// Size in the ustar header.
+        ustar: u64,
+    },
+    /// A PAX record is malformed.
+    #[error("malformed PAX record: {0}")]
+    BadPax(String),
+    /// A system call on this entry failed.
+    #[error("cannot {op}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}

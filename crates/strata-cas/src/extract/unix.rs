@@ -1,0 +1,968 @@
+//! The Unix extraction engine behind [`apply_tar`](super::apply_tar).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
+use rustix::io::Errno;
+
+use super::{DevicePolicy, ExtractOptions, ExtractReport, Ownership, SetuidPolicy, Skipped};
+use crate::tar::{TarReader, Whiteout, split_parent, whiteout};
+use crate::{Entry, EntryKind, EntryName, EntryProblem, Error, Metadata, Result};
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+/// Files up to this size are read into memory and written by the pool; larger ones are
+/// streamed by the reading thread so memory stays bounded whatever the layer holds.
+const POOLED_FILE_MAX: u64 = 4 << 20;
+/// Bytes of file data queued for the writers at most.
+const POOL_BUDGET: u64 = 64 << 20;
+/// Directory handles kept open at most (the resolution cache).
+const DIR_CACHE_MAX: usize = 512;
+/// Symlinks followed while resolving one path at most (Linux's own limit).
+const MAX_SYMLINK_HOPS: u32 = 40;
+
+type Fd = Arc<OwnedFd>;
+
+/// Decides which metadata syscalls a new file needs, so the common case (owner and mode
+/// already right at creation) costs only create, write, futimens and close.
+#[derive(Debug, Clone, Copy)]
+struct FileSetup {
+    restore_owner: bool,
+    /// Owner that new files get anyway: the caller's, when no directory in the target can
+    /// be setgid (the target was empty and not setgid at the start; our directories stay
+    /// 0700 until their contents are written).
+    default_owner: Option<(u32, u32)>,
+    /// The process umask, when known; without it every file gets an explicit chmod.
+    umask: Option<u32>,
+}
+
+impl FileSetup {
+    fn needs_chown(&self, meta: &Metadata) -> bool {
+        self.restore_owner && self.default_owner != Some((meta.uid, meta.gid))
+    }
+
+    fn needs_chmod(&self, meta: &Metadata) -> bool {
+        match self.umask {
+            Some(umask) => meta.mode & 0o7000 != 0 || meta.mode & umask != 0,
+            None => true,
+        }
+    }
+}
+
+/// The umask, read without changing it (`umask(2)` can only be read by setting it, which
+/// would race with other threads of an embedding program).
+fn current_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+    u32::from_str_radix(line.split_whitespace().nth(1)?, 8).ok()
+}
+
+/// What this layer put at a path, to refuse duplicates and conflicting children.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Made {
+    /// An explicit directory entry.
+    Dir,
+    /// A directory this layer created or walked through without an entry of its own.
+    ImplicitDir,
+    /// A regular file or a hard link, possibly still being written by the pool.
+    File,
+    /// A symlink.
+    Symlink,
+    /// A device or fifo.
+    Other,
+}
+
+pub(super) fn apply<R: Read>(input: R, dir: &Path, opts: &ExtractOptions) -> Result<ExtractReport> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io("create the directory", dir, e)),
+    }
+    let root = rustix::fs::openat(
+        CWD,
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io("open the directory", dir, e.into()))?;
+    let restore_owner = match opts.ownership {
+        Ownership::Auto => rustix::process::geteuid().is_root(),
+        Ownership::Restore => true,
+        Ownership::Ignore => false,
+    };
+    let empty_at_start = Dir::read_from(&root)
+        .map_err(|e| Error::io("list", dir, e.into()))?
+        .filter_map(|e| e.ok())
+        .all(|e| matches!(e.file_name().to_bytes(), b"." | b".."));
+    let root_stat = rustix::fs::fstat(&root).map_err(|e| Error::io("stat", dir, e.into()))?;
+    let setup = FileSetup {
+        restore_owner,
+        default_owner: (empty_at_start && root_stat.st_mode & 0o2000 == 0).then(|| {
+            (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            )
+        }),
+        umask: current_umask(),
+    };
+    let threads = match opts.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let mut ex = Extractor {
+        opts,
+        restore_owner,
+        setup,
+        root: Arc::new(root),
+        cache: HashMap::new(),
+        made: HashMap::new(),
+        dirs: Vec::new(),
+        root_meta: None,
+        report: ExtractReport::default(),
+        pool: Pool::new(threads, setup),
+        buf: vec![0; 256 << 10],
+    };
+    let mut reader = TarReader::new(input, &opts.limits);
+    let result = ex.run(&mut reader);
+    let pool_result = ex.pool.finish();
+    result?;
+    pool_result?;
+    ex.finish_dirs()?;
+    reader.finish()?;
+    if opts.sync {
+        rustix::fs::syncfs(&*ex.root).map_err(|e| Error::io("sync", dir, e.into()))?;
+    }
+    let (files, bytes) = ex.pool.totals();
+    ex.report.files += files;
+    ex.report.bytes += bytes;
+    Ok(ex.report)
+}
+
+struct Extractor<'a> {
+    opts: &'a ExtractOptions,
+    restore_owner: bool,
+    setup: FileSetup,
+    root: Fd,
+    /// Directory handles by normalised path (possibly reached through symlinks).
+    cache: HashMap<Vec<u8>, Fd>,
+    /// What this layer made, by path hash.
+    made: HashMap<u128, Made>,
+    /// Directories whose mode and mtime are set last, after their contents.
+    dirs: Vec<(Vec<u8>, Metadata)>,
+    root_meta: Option<Metadata>,
+    report: ExtractReport,
+    pool: Pool,
+    buf: Vec<u8>,
+}
+
+fn key(path: &[u8]) -> u128 {
+    let hash = blake3::hash(path);
+    u128::from_le_bytes(hash.as_bytes()[..16].try_into().expect("16 bytes"))
+}
+
+fn sys(op: &'static str) -> impl Fn(Errno) -> EntryProblem {
+    move |e| EntryProblem::Io {
+        op,
+        source: e.into(),
+    }
+}
+
+fn times(meta: &Metadata) -> Timestamps {
+    let t = Timespec {
+        tv_sec: meta.mtime,
+        tv_nsec: i64::from(meta.mtime_nsec),
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+impl Extractor<'_> {
+    fn run<R: Read>(&mut self, reader: &mut TarReader<R>) -> Result<()> {
+        while let Some(entry) = reader.next_entry()? {
+            self.report.entries += 1;
+            self.pool.check()?;
+            let raw_name = reader.current_raw_name().to_vec();
+            self.apply_entry(entry, &raw_name, reader)
+                .map_err(|problem| match problem {
+                    // A failure to read the stream mid-entry is the stream's fault, not the entry's.
+                    EntryProblem::Io {
+                        op: STREAM_OP,
+                        source,
+                    } if source.get_ref().is_some_and(|i| i.is::<Error>()) => *source
+                        .into_inner()
+                        .expect("checked")
+                        .downcast::<Error>()
+                        .expect("checked"),
+                    problem => Error::entry(&raw_name, problem),
+                })?;
+        }
+        Ok(())
+    }
+
+    fn apply_entry<R: Read>(
+        &mut self,
+        mut entry: Entry,
+        raw_name: &[u8],
+        reader: &mut TarReader<R>,
+    ) -> Result<(), EntryProblem> {
+        match whiteout(&entry.path)? {
+            Some(Whiteout::Remove { parent, name }) => return self.remove(parent, name),
+            Some(Whiteout::Opaque { dir }) => return self.opaque(dir),
+            None => {}
+        }
+        if entry.path.is_empty() {
+            if self.root_meta.is_some() {
+                return Err(EntryProblem::Duplicate);
+            }
+            self.apply_xattrs_fd(&self.root.clone(), &entry.meta)?;
+            self.root_meta = Some(entry.meta);
+            return Ok(());
+        }
+        let k = key(&entry.path);
+        match self.made.get(&k) {
+            None => {}
+            Some(Made::ImplicitDir) if entry.kind == EntryKind::Dir => {}
+            Some(_) => return Err(EntryProblem::Duplicate),
+        }
+        if !self.check_policies(&mut entry)? {
+            return Ok(());
+        }
+        let (parent_path, name) = split_parent(&entry.path);
+        let name = name.to_vec();
+        let parent = self
+            .dir_fd(parent_path, true)?
+            .expect("created when missing");
+        match &entry.kind {
+            EntryKind::File => {
+                self.made.insert(k, Made::File);
+                if entry.size <= POOLED_FILE_MAX && self.pool.is_parallel() {
+                    let mut data = Vec::new();
+                    reader.read_data_to_vec(&mut data).map_err(stream_problem)?;
+                    self.pool.submit(Job {
+                        dir: parent,
+                        name,
+                        raw_name: raw_name.to_vec(),
+                        data,
+                        meta: entry.meta,
+                    })?;
+                } else {
+                    let fd = create_file(&parent, &name, &entry.meta)?;
+                    let mut file = File::from(fd);
+                    let mut left = entry.size;
+                    while left > 0 {
+                        let n = reader.read_data(&mut self.buf).map_err(stream_problem)?;
+                        file.write_all(&self.buf[..n])
+                            .map_err(|source| EntryProblem::Io {
+                                op: "write",
+                                source,
+                            })?;
+                        left -= n as u64;
+                    }
+                    finish_file(&file, &entry.meta, &self.setup)?;
+                    self.report.files += 1;
+                    self.report.bytes += entry.size;
+                }
+            }
+            EntryKind::Dir => {
+                self.make_dir(&parent, &name, &entry)?;
+                self.made.insert(k, Made::Dir);
+                self.report.dirs += 1;
+            }
+            EntryKind::Symlink(target) => {
+                retry_replacing(&parent, &name, || {
+                    rustix::fs::symlinkat(target.as_slice(), &*parent, name.as_slice())
+                })
+                .map_err(sys("create the symlink"))?;
+                self.invalidate(&entry.path);
+                if self.restore_owner {
+                    rustix::fs::chownat(
+                        &*parent,
+                        name.as_slice(),
+                        Some(rustix::fs::Uid::from_raw(entry.meta.uid)),
+                        Some(rustix::fs::Gid::from_raw(entry.meta.gid)),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(sys("set the owner of the symlink"))?;
+                }
+                rustix::fs::utimensat(
+                    &*parent,
+                    name.as_slice(),
+                    &times(&entry.meta),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(sys("set the mtime of the symlink"))?;
+                self.made.insert(k, Made::Symlink);
+                self.report.symlinks += 1;
+            }
+            EntryKind::Hardlink(target) => {
+                self.hardlink(&parent, &name, target)?;
+                self.invalidate(&entry.path);
+                self.made.insert(k, Made::File);
+                self.report.hardlinks += 1;
+            }
+            EntryKind::CharDevice { .. } | EntryKind::BlockDevice { .. } | EntryKind::Fifo => {
+                let (ft, dev) = match entry.kind {
+                    EntryKind::CharDevice { major, minor } => {
+                        (FileType::CharacterDevice, rustix::fs::makedev(major, minor))
+                    }
+                    EntryKind::BlockDevice { major, minor } => {
+                        (FileType::BlockDevice, rustix::fs::makedev(major, minor))
+                    }
+                    _ => (FileType::Fifo, 0),
+                };
+                let mode = Mode::from_raw_mode(entry.meta.mode);
+                retry_replacing(&parent, &name, || {
+                    rustix::fs::mknodat(&*parent, name.as_slice(), ft, mode, dev)
+                })
+                .map_err(sys("create the node"))?;
+                self.invalidate(&entry.path);
+                self.finish_node(&parent, &name, &entry.meta)?;
+                self.made.insert(k, Made::Other);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the device, setuid and xattr policies to an entry before it is created.
+    /// Returns whether to create it at all.
+    fn check_policies(&mut self, entry: &mut Entry) -> Result<bool, EntryProblem> {
+        if let Some((name, _)) = entry
+            .meta
+            .xattrs
+            .iter()
+            .find(|(n, _)| n.starts_with(b"trusted.overlay."))
+        {
+            return Err(EntryProblem::ForbiddenXattr(
+                String::from_utf8_lossy(name).into_owned(),
+            ));
+        }
+        let is_device = matches!(
+            entry.kind,
+            EntryKind::CharDevice { .. } | EntryKind::BlockDevice { .. }
+        );
+        if is_device {
+            match self.opts.devices {
+                DevicePolicy::Refuse => return Err(EntryProblem::DeviceRefused),
+                DevicePolicy::Skip => {
+                    self.skip(&entry.path, "device node skipped");
+                    return Ok(false);
+                }
+                DevicePolicy::Create => {}
+            }
+        }
+        let privileged_bits = entry.kind != EntryKind::Dir && entry.meta.mode & 0o6000 != 0;
+        let capability = entry
+            .meta
+            .xattrs
+            .iter()
+            .any(|(n, _)| n == b"security.capability");
+        if privileged_bits || capability {
+            match self.opts.setuid {
+                SetuidPolicy::Refuse => return Err(EntryProblem::SetuidRefused),
+                SetuidPolicy::Strip => {
+                    entry.meta.mode &= !0o6000;
+                    entry
+                        .meta
+                        .xattrs
+                        .retain(|(n, _)| n != b"security.capability");
+                    self.skip(
+                        &entry.path,
+                        "setuid/setgid bits or file capability stripped",
+                    );
+                }
+                SetuidPolicy::Keep => {}
+            }
+        }
+        if !self.restore_owner {
+            // Without privilege, security.* and trusted.* cannot be set; say so.
+            let before = entry.meta.xattrs.len();
+            entry
+                .meta
+                .xattrs
+                .retain(|(n, _)| !(n.starts_with(b"security.") || n.starts_with(b"trusted.")));
+            if entry.meta.xattrs.len() != before {
+                self.skip(
+                    &entry.path,
+                    "privileged xattrs not restored (not running as root)",
+                );
+            }
+        }
+        Ok(true)
+    }
+
+    fn skip(&mut self, path: &[u8], reason: &str) {
+        self.report.skipped.push(Skipped {
+            path: path.to_vec(),
+            reason: reason.to_owned(),
+        });
+    }
+
+    fn make_dir(&mut self, parent: &Fd, name: &[u8], entry: &Entry) -> Result<(), EntryProblem> {
+        match rustix::fs::mkdirat(&**parent, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) => {}
+            Err(Errno::EXIST) => {
+                let st = rustix::fs::statat(&**parent, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(sys("stat the existing entry"))?;
+                if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+                    remove_entry(parent, name).map_err(sys("replace the existing entry"))?;
+                    self.invalidate(&entry.path);
+                    rustix::fs::mkdirat(&**parent, name, Mode::from_raw_mode(0o700))
+                        .map_err(sys("create the directory"))?;
+                }
+            }
+            Err(e) => return Err(sys("create the directory")(e)),
+        }
+        let fd = Arc::new(
+            rustix::fs::openat(&**parent, name, DIR_FLAGS, Mode::empty())
+                .map_err(sys("open the directory"))?,
+        );
+        if self.restore_owner {
+            rustix::fs::fchown(
+                &*fd,
+                Some(rustix::fs::Uid::from_raw(entry.meta.uid)),
+                Some(rustix::fs::Gid::from_raw(entry.meta.gid)),
+            )
+            .map_err(sys("set the owner"))?;
+        }
+        self.apply_xattrs_fd(&fd, &entry.meta)?;
+        self.cache_insert(entry.path.clone(), fd);
+        self.dirs.push((entry.path.clone(), entry.meta.clone()));
+        Ok(())
+    }
+
+    fn apply_xattrs_fd(&self, fd: &Fd, meta: &Metadata) -> Result<(), EntryProblem> {
+        for (name, value) in &meta.xattrs {
+            rustix::fs::fsetxattr(&**fd, name.as_slice(), value, XattrFlags::empty())
+                .map_err(sys("set an extended attribute"))?;
+        }
+        Ok(())
+    }
+
+    fn finish_node(&self, parent: &Fd, name: &[u8], meta: &Metadata) -> Result<(), EntryProblem> {
+        if self.restore_owner {
+            rustix::fs::chownat(
+                &**parent,
+                name,
+                Some(rustix::fs::Uid::from_raw(meta.uid)),
+                Some(rustix::fs::Gid::from_raw(meta.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(sys("set the owner"))?;
+        }
+        // mknodat applied the umask; set the exact mode. The node was just created at this
+        // name by us, and chmodat cannot follow a device or fifo anywhere.
+        rustix::fs::chmodat(
+            &**parent,
+            name,
+            Mode::from_raw_mode(meta.mode),
+            AtFlags::empty(),
+        )
+        .map_err(sys("set the mode"))?;
+        rustix::fs::utimensat(&**parent, name, &times(meta), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(sys("set the mtime"))?;
+        Ok(())
+    }
+
+    fn hardlink(&mut self, parent: &Fd, name: &[u8], target: &[u8]) -> Result<(), EntryProblem> {
+        let bad = || EntryProblem::BadHardlink(EntryName(target.to_vec()));
+        match self.made.get(&key(target)) {
+            Some(Made::Dir | Made::ImplicitDir) => return Err(bad()),
+            // The target may still be in the writers' queue.
+            Some(Made::File) => self.pool.wait_idle()?,
+            _ => {}
+        }
+        let (target_parent, target_name) = split_parent(target);
+        let Some(tdir) = self.dir_fd(target_parent, false).map_err(|_| bad())? else {
+            return Err(bad());
+        };
+        retry_replacing(parent, name, || {
+            rustix::fs::linkat(&*tdir, target_name, &**parent, name, AtFlags::empty())
+        })
+        .map_err(|e| match e {
+            Errno::NOENT | Errno::PERM | Errno::ISDIR => bad(),
+            e => sys("create the hard link")(e),
+        })
+    }
+
+    /// A `.wh.<name>` whiteout: remove `name` from lower layers.
+    fn remove(&mut self, parent: &[u8], name: &[u8]) -> Result<(), EntryProblem> {
+        let mut path = parent.to_vec();
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(name);
+        if self.made.contains_key(&key(&path)) {
+            return Err(EntryProblem::WhiteoutOfOwnEntry);
+        }
+        self.report.whiteouts += 1;
+        let Some(dir) = self.dir_fd(parent, false)? else {
+            return Ok(()); // nothing below to hide
+        };
+        match remove_entry(&dir, name) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(sys("apply the whiteout")(e)),
+        }
+        self.cache.clear();
+        Ok(())
+    }
+
+    /// A `.wh..wh..opq` marker: hide every lower-layer child of `dir`.
+    fn opaque(&mut self, dir: &[u8]) -> Result<(), EntryProblem> {
+        self.report.whiteouts += 1;
+        self.made.entry(key(dir)).or_insert(Made::ImplicitDir);
+        let Some(fd) = self.dir_fd(dir, false)? else {
+            return Ok(()); // nothing below to hide
+        };
+        let mut names = Vec::new();
+        for item in Dir::read_from(&*fd).map_err(sys("list the opaque directory"))? {
+            let item = item.map_err(sys("list the opaque directory"))?;
+            let name = item.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(name.to_vec());
+            }
+        }
+        for name in names {
+            let mut child = dir.to_vec();
+            if !child.is_empty() {
+                child.push(b'/');
+            }
+            child.extend_from_slice(&name);
+            if self.made.contains_key(&key(&child)) {
+                continue;
+            }
+            match remove_entry(&fd, &name) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(sys("apply the opaque marker")(e)),
+            }
+        }
+        self.cache.clear();
+        Ok(())
+    }
+
+    fn invalidate(&mut self, path: &[u8]) {
+        if self.cache.contains_key(path) || self.cache.keys().any(|k| is_under(k, path)) {
+            self.cache.clear();
+        }
+    }
+
+    fn cache_insert(&mut self, path: Vec<u8>, fd: Fd) {
+        if self.cache.len() >= DIR_CACHE_MAX {
+            self.cache.clear();
+        }
+        self.cache.insert(path, fd);
+    }
+
+    /// The directory at `path` (normalised), resolved inside the root. With `create`, missing
+    /// directories are made (0755) as long as no symlink was followed; without, a missing
+    /// directory gives `None`.
+    fn dir_fd(&mut self, path: &[u8], create: bool) -> Result<Option<Fd>, EntryProblem> {
+        if path.is_empty() {
+            return Ok(Some(self.root.clone()));
+        }
+        if let Some(fd) = self.cache.get(path) {
+            return Ok(Some(fd.clone()));
+        }
+        // Fast path: walk down from the deepest cached ancestor, component by component,
+        // with O_NOFOLLOW. Anything unusual (a symlink) goes to the general resolver.
+        let mut start = 0;
+        let mut fd = self.root.clone();
+        for (i, _) in path.iter().enumerate().rev().filter(|&(_, &b)| b == b'/') {
+            if let Some(cached) = self.cache.get(&path[..i]) {
+                fd = cached.clone();
+                start = i + 1;
+                break;
+            }
+        }
+        let mut end = start;
+        while end < path.len() {
+            let next = path[end..]
+                .iter()
+                .position(|&b| b == b'/')
+                .map_or(path.len(), |p| end + p);
+            let prefix = &path[..next];
+            let component = &path[end..next];
+            match self.made.get(&key(prefix)) {
+                Some(Made::File | Made::Other) => return Err(EntryProblem::ParentNotDirectory),
+                Some(Made::Symlink) => return self.resolve_slow(path, create),
+                _ => {}
+            }
+            let opened = match rustix::fs::openat(&*fd, component, DIR_FLAGS, Mode::empty()) {
+                Ok(child) => child,
+                Err(Errno::NOENT) if create => {
+                    match rustix::fs::mkdirat(&*fd, component, Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(Errno::EXIST) => {}
+                        Err(e) => return Err(sys("create a parent directory")(e)),
+                    }
+                    rustix::fs::openat(&*fd, component, DIR_FLAGS, Mode::empty())
+                        .map_err(sys("open a parent directory"))?
+                }
+                Err(Errno::NOENT) => return Ok(None),
+                Err(Errno::LOOP | Errno::NOTDIR) => return self.resolve_slow(path, create),
+                Err(e) => return Err(sys("open a parent directory")(e)),
+            };
+            self.made.entry(key(prefix)).or_insert(Made::ImplicitDir);
+            fd = Arc::new(opened);
+            self.cache_insert(prefix.to_vec(), fd.clone());
+            end = next + 1;
+        }
+        Ok(Some(fd))
+    }
+
+    /// Resolves `path` inside the root following symlinks the way the kernel would if the
+    /// root were `/`: absolute targets restart at the root and `..` never climbs above it.
+    fn resolve_slow(&mut self, path: &[u8], create: bool) -> Result<Option<Fd>, EntryProblem> {
+        let mut stack: Vec<Fd> = vec![self.root.clone()];
+        let mut queue: std::collections::VecDeque<Vec<u8>> =
+            path.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
+        let mut hops = 0;
+        let mut followed = false;
+        while let Some(component) = queue.pop_front() {
+            match component.as_slice() {
+                b"" | b"." => continue,
+                b".." => {
+                    if stack.len() > 1 {
+                        stack.pop();
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let cur = stack.last().expect("never empty").clone();
+            match rustix::fs::openat(&*cur, component.as_slice(), DIR_FLAGS, Mode::empty()) {
+                Ok(fd) => stack.push(Arc::new(fd)),
+                Err(Errno::NOENT) if create && !followed => {
+                    match rustix::fs::mkdirat(
+                        &*cur,
+                        component.as_slice(),
+                        Mode::from_raw_mode(0o755),
+                    ) {
+                        Ok(()) | Err(Errno::EXIST) => {}
+                        Err(e) => return Err(sys("create a parent directory")(e)),
+                    }
+                    let fd =
+                        rustix::fs::openat(&*cur, component.as_slice(), DIR_FLAGS, Mode::empty())
+                            .map_err(sys("open a parent directory"))?;
+                    stack.push(Arc::new(fd));
+                }
+                Err(Errno::NOENT) if !create => return Ok(None),
+                Err(Errno::LOOP | Errno::NOTDIR) => {
+                    let st =
+                        rustix::fs::statat(&*cur, component.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+                            .map_err(sys("stat a parent path component"))?;
+                    if FileType::from_raw_mode(st.st_mode) != FileType::Symlink {
+                        return Err(EntryProblem::ParentNotDirectory);
+                    }
+                    hops += 1;
+                    if hops > MAX_SYMLINK_HOPS {
+                        return Err(sys("resolve a parent path")(Errno::LOOP));
+                    }
+                    followed = true;
+                    let target = rustix::fs::readlinkat(&*cur, component.as_slice(), Vec::new())
+                        .map_err(sys("read a parent symlink"))?
+                        .into_bytes();
+                    if target.first() == Some(&b'/') {
+                        stack.truncate(1);
+                    }
+                    for part in target.split(|&b| b == b'/').rev() {
+                        queue.push_front(part.to_vec());
+                    }
+                }
+                Err(e) => return Err(sys("open a parent directory")(e)),
+            }
+        }
+        let fd = stack.pop().expect("never empty");
+        self.cache_insert(path.to_vec(), fd.clone());
+        Ok(Some(fd))
+    }
+
+    /// Sets directory modes and mtimes, deepest first, once their contents are in place.
+    fn finish_dirs(&mut self) -> Result<()> {
+        let dirs = std::mem::take(&mut self.dirs);
+        for (path, meta) in dirs.iter().rev() {
+            let fd = self
+                .dir_fd(path, false)
+                .map_err(|p| Error::entry(path, p))?;
+            // A later whiteout or replacement may have removed it.
+            let Some(fd) = fd else { continue };
+            set_mode_and_time(&fd, meta).map_err(|p| Error::entry(path, p))?;
+        }
+        if let Some(meta) = self.root_meta.take() {
+            if self.restore_owner {
+                rustix::fs::fchown(
+                    &*self.root,
+                    Some(rustix::fs::Uid::from_raw(meta.uid)),
+                    Some(rustix::fs::Gid::from_raw(meta.gid)),
+                )
+                .map_err(|e| Error::entry(b".", sys("set the owner")(e)))?;
+            }
+            set_mode_and_time(&self.root, &meta).map_err(|p| Error::entry(b".", p))?;
+        }
+        Ok(())
+    }
+}
+
+fn is_under(path: &[u8], dir: &[u8]) -> bool {
+    path.len() > dir.len() && path.starts_with(dir) && path[dir.len()] == b'/'
+}
+
+/// The `op` of an [`EntryProblem::Io`] that wraps a stream error (see `stream_problem`).
+const STREAM_OP: &str = "read entry data";
+
+fn stream_problem(e: Error) -> EntryProblem {
+    EntryProblem::Io {
+        op: STREAM_OP,
+        source: io::Error::new(io::ErrorKind::InvalidData, e),
+    }
+}
+
+fn set_mode_and_time(fd: &OwnedFd, meta: &Metadata) -> Result<(), EntryProblem> {
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode)).map_err(sys("set the mode"))?;
+    rustix::fs::futimens(fd, &times(meta)).map_err(sys("set the mtime"))
+}
+
+/// Runs `create`; if the name exists (from a lower layer), removes it and tries once more.
+fn retry_replacing(
+    parent: &OwnedFd,
+    name: &[u8],
+    mut create: impl FnMut() -> rustix::io::Result<()>,
+) -> rustix::io::Result<()> {
+    match create() {
+        Err(Errno::EXIST) => {
+            remove_entry(parent, name)?;
+            create()
+        }
+        other => other,
+    }
+}
+
+/// Removes `name` from `parent`: unlinks a non-directory, empties and removes a directory.
+/// Never follows symlinks.
+fn remove_entry(parent: &OwnedFd, name: &[u8]) -> rustix::io::Result<()> {
+    match rustix::fs::unlinkat(parent, name, AtFlags::empty()) {
+        Err(Errno::ISDIR) | Err(Errno::PERM) => {}
+        other => return other,
+    }
+    let dir = rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty())?;
+    let mut children = Vec::new();
+    for item in Dir::read_from(&dir)? {
+        let item = item?;
+        let child = item.file_name().to_bytes();
+        if child != b"." && child != b".." {
+            children.push(child.to_vec());
+        }
+    }
+    for child in children {
+        match remove_entry(&dir, &child) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)
+}
+
+/// Creates a new file with its final permission bits (the umask may remove some; setuid and
+/// friends are added by `finish_file` after the owner is set).
+fn create_file(dir: &OwnedFd, name: &[u8], meta: &Metadata) -> Result<OwnedFd, EntryProblem> {
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mode = Mode::from_raw_mode(meta.mode & 0o777);
+    match rustix::fs::openat(dir, name, flags, mode) {
+        Err(Errno::EXIST) => {
+            remove_entry(dir, name).map_err(sys("replace the existing entry"))?;
+            rustix::fs::openat(dir, name, flags, mode).map_err(sys("create the file"))
+        }
+        other => other.map_err(sys("create the file")),
+    }
+}
+
+/// Owner, mode, xattrs and mtime, in that order (chown clears setuid; the mtime goes last).
+/// Calls that would change nothing are skipped.
+fn finish_file(file: &File, meta: &Metadata, setup: &FileSetup) -> Result<(), EntryProblem> {
+    if setup.needs_chown(meta) {
+        rustix::fs::fchown(
+            file,
+            Some(rustix::fs::Uid::from_raw(meta.uid)),
+            Some(rustix::fs::Gid::from_raw(meta.gid)),
+        )
+        .map_err(sys("set the owner"))?;
+    }
+    if setup.needs_chown(meta) || setup.needs_chmod(meta) {
+        rustix::fs::fchmod(file, Mode::from_raw_mode(meta.mode)).map_err(sys("set the mode"))?;
+    }
+    for (name, value) in &meta.xattrs {
+        rustix::fs::fsetxattr(file, name.as_slice(), value, XattrFlags::empty())
+            .map_err(sys("set an extended attribute"))?;
+    }
+    rustix::fs::futimens(file, &times(meta)).map_err(sys("set the mtime"))
+}
+
+/// A regular file for the writer pool.
+struct Job {
+    dir: Fd,
+    name: Vec<u8>,
+    /// The entry's name as written in the tar, for errors.
+    raw_name: Vec<u8>,
+    data: Vec<u8>,
+    meta: Metadata,
+}
+
+#[derive(Default)]
+struct PoolState {
+    queued_jobs: u64,
+    queued_bytes: u64,
+    files: u64,
+    bytes: u64,
+    error: Option<Error>,
+}
+
+struct Shared {
+    state: Mutex<PoolState>,
+    changed: Condvar,
+    failed: AtomicBool,
+}
+
+/// Writer threads for regular files, with a bound on queued bytes.
+struct Pool {
+    tx: Option<crossbeam_channel::Sender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl Pool {
+    fn new(threads: usize, setup: FileSetup) -> Pool {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(PoolState::default()),
+            changed: Condvar::new(),
+            failed: AtomicBool::new(false),
+        });
+        if threads <= 1 {
+            return Pool {
+                tx: None,
+                workers: Vec::new(),
+                shared,
+            };
+        }
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let workers = (0..threads)
+            .map(|_| {
+                let rx = rx.clone();
+                let shared = shared.clone();
+                std::thread::spawn(move || {
+                    for job in rx {
+                        let len = job.data.len() as u64;
+                        let result = if shared.failed.load(Ordering::Relaxed) {
+                            Ok(())
+                        } else {
+                            write_job(&job, &setup)
+                                .map_err(|problem| Error::entry(&job.raw_name, problem))
+                        };
+                        let mut st = shared.state.lock().expect("pool lock");
+                        st.queued_jobs -= 1;
+                        st.queued_bytes -= len;
+                        match result {
+                            Ok(()) => {
+                                st.files += 1;
+                                st.bytes += len;
+                            }
+                            Err(e) => {
+                                shared.failed.store(true, Ordering::Relaxed);
+                                st.error.get_or_insert(e);
+                            }
+                        }
+                        drop(st);
+                        shared.changed.notify_all();
+                    }
+                })
+            })
+            .collect();
+        Pool {
+            tx: Some(tx),
+            workers,
+            shared,
+        }
+    }
+
+    fn is_parallel(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    fn submit(&self, job: Job) -> Result<(), EntryProblem> {
+        let len = job.data.len() as u64;
+        let mut st = self.shared.state.lock().expect("pool lock");
+        while st.queued_jobs > 0 && st.queued_bytes + len > POOL_BUDGET && st.error.is_none() {
+            st = self.shared.changed.wait(st).expect("pool lock");
+        }
+        st.queued_jobs += 1;
+        st.queued_bytes += len;
+        drop(st);
+        self.tx
+            .as_ref()
+            .expect("submit only on a parallel pool")
+            .send(job)
+            .map_err(|_| EntryProblem::Io {
+                op: "queue the file",
+                source: io::Error::other("writer threads exited"),
+            })
+    }
+
+    /// The first error a writer hit, if any.
+    fn check(&self) -> Result<()> {
+        if self.shared.failed.load(Ordering::Relaxed) {
+            let mut st = self.shared.state.lock().expect("pool lock");
+            if let Some(e) = st.error.take() {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every queued file is written.
+    fn wait_idle(&self) -> Result<(), EntryProblem> {
+        let mut st = self.shared.state.lock().expect("pool lock");
+        while st.queued_jobs > 0 {
+            st = self.shared.changed.wait(st).expect("pool lock");
+        }
+        Ok(())
+    }
+
+    /// Stops the writers after the queue drains; returns the first error.
+    fn finish(&mut self) -> Result<()> {
+        self.tx = None;
+        for worker in self.workers.drain(..) {
+            if worker.join().is_err() {
+                return Err(Error::Unsupported {
+                    what: "a writer thread panicked; extracting",
+                });
+            }
+        }
+        self.check()
+    }
+
+    fn totals(&self) -> (u64, u64) {
+        let st = self.shared.state.lock().expect("pool lock");
+        (st.files, st.bytes)
+    }
+}
+
+fn write_job(job: &Job, setup: &FileSetup) -> Result<(), EntryProblem> {
+    let fd = create_file(&job.dir, &job.name, &job.meta)?;
+    let mut file = File::from(fd);
+    if !job.data.is_empty() {
+        file.write_all(&job.data)
+            .map_err(|source| EntryProblem::Io {
+                op: "write",
+                source,
+            })?;
+    }
+    finish_file(&file, &job.meta, setup)
+}

@@ -1,0 +1,438 @@
+//! Framed zstd: a layer blob is a run of independent zstd frames plus a seek table.
+//!
+//! Each frame holds one chunk of the tar stream, so chunks compress on every core (and could
+//! decompress on every core), while any stock zstd decoder still reads the blob as one
+//! stream. The seek table at the end is a zstd *skippable* frame in the layout of zstd's
+//! seekable format (`contrib/seekable_format`): stock decoders skip it, and it tells us the
+//! uncompressed size and frame boundaries without decompressing anything.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+
+/// Default uncompressed bytes per frame. Large enough that independent frames cost well under
+/// 1% of compression ratio at zstd's default window, small enough to keep memory bounded.
+pub const DEFAULT_CHUNK_SIZE: usize = 4 << 20;
+
+const SKIPPABLE_MAGIC: u32 = 0x184D_2A5E;
+const SEEKABLE_MAGIC: u32 = 0x8F92_EAB1;
+const FOOTER_LEN: usize = 9;
+/// Refuse seek tables claiming more frames than this (a 16 EiB stream at 4 MiB per frame).
+const MAX_FRAMES: u32 = 1 << 28;
+
+/// One frame of a framed blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameEntry {
+    /// Compressed bytes of the frame.
+    pub compressed: u32,
+    /// Uncompressed bytes it decodes to.
+    pub decompressed: u32,
+}
+
+/// The frames of a blob, as read from its seek table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeekTable {
+    /// Frames in stream order.
+    pub frames: Vec<FrameEntry>,
+}
+
+impl SeekTable {
+    /// Total uncompressed size.
+    pub fn uncompressed_size(&self) -> u64 {
+        self.frames.iter().map(|f| u64::from(f.decompressed)).sum()
+    }
+
+    /// Total compressed size of the frames (excluding the seek table itself).
+    pub fn compressed_size(&self) -> u64 {
+        self.frames.iter().map(|f| u64::from(f.compressed)).sum()
+    }
+
+    /// Bytes the seek table occupies at the end of the blob.
+    pub fn encoded_len(&self) -> u64 {
+        8 + self.frames.len() as u64 * 8 + FOOTER_LEN as u64
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len() as usize);
+        let body = self.frames.len() * 8 + FOOTER_LEN;
+        out.extend_from_slice(&SKIPPABLE_MAGIC.to_le_bytes());
+        out.extend_from_slice(&(body as u32).to_le_bytes());
+        for f in &self.frames {
+            out.extend_from_slice(&f.compressed.to_le_bytes());
+            out.extend_from_slice(&f.decompressed.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.frames.len() as u32).to_le_bytes());
+        out.push(0); // descriptor: no per-frame checksums (the blob is verified by blake3)
+        out.extend_from_slice(&SEEKABLE_MAGIC.to_le_bytes());
+        out
+    }
+
+    /// Reads the seek table at the end of `file`; `Ok(None)` if the blob has none.
+    pub fn read_from<F: Read + Seek>(file: &mut F) -> io::Result<Option<SeekTable>> {
+        let len = file.seek(SeekFrom::End(0))?;
+        if len < (8 + FOOTER_LEN) as u64 {
+            return Ok(None);
+        }
+        let mut footer = [0u8; FOOTER_LEN];
+        file.seek(SeekFrom::End(-(FOOTER_LEN as i64)))?;
+        file.read_exact(&mut footer)?;
+        let n_frames = u32::from_le_bytes(footer[0..4].try_into().expect("4 bytes"));
+        let descriptor = footer[4];
+        let magic = u32::from_le_bytes(footer[5..9].try_into().expect("4 bytes"));
+        if magic != SEEKABLE_MAGIC {
+            return Ok(None);
+        }
+        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+        if n_frames > MAX_FRAMES {
+            return Err(invalid("seek table claims too many frames"));
+        }
+        let entry_len: u64 = if descriptor & 0x80 != 0 { 12 } else { 8 };
+        let table_len = 8 + u64::from(n_frames) * entry_len + FOOTER_LEN as u64;
+        if table_len > len {
+            return Err(invalid("seek table is larger than the blob"));
+        }
+        file.seek(SeekFrom::End(-(table_len as i64)))?;
+        let mut raw = vec![0u8; table_len as usize];
+        file.read_exact(&mut raw)?;
+        let magic = u32::from_le_bytes(raw[0..4].try_into().expect("4 bytes"));
+        let body = u32::from_le_bytes(raw[4..8].try_into().expect("4 bytes"));
+        if magic != SKIPPABLE_MAGIC || u64::from(body) != table_len - 8 {
+            return Err(invalid("seek table frame header is inconsistent"));
+        }
+        let frames = raw[8..raw.len() - FOOTER_LEN]
+            .chunks_exact(entry_len as usize)
+            .map(|e| FrameEntry {
+                compressed: u32::from_le_bytes(e[0..4].try_into().expect("4 bytes")),
+                decompressed: u32::from_le_bytes(e[4..8].try_into().expect("4 bytes")),
+            })
+            .collect::<Vec<_>>();
+        let table = SeekTable { frames };
+        if table.compressed_size() + table_len != len {
+            return Err(invalid("seek table does not add up to the blob size"));
+        }
+        Ok(Some(table))
+    }
+}
+
+/// Totals reported when an encoder finishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameStats {
+    /// blake3 of the uncompressed bytes.
+    pub uncompressed_hash: [u8; 32],
+    /// Uncompressed bytes.
+    pub uncompressed_size: u64,
+    /// Bytes written, seek table included.
+    pub compressed_size: u64,
+    /// Number of data frames.
+    pub frames: u32,
+}
+
+struct Job {
+    seq: u64,
+    input: Vec<u8>,
+    output: Vec<u8>,
+}
+
+type Done = (u64, io::Result<()>, Vec<u8>, Vec<u8>);
+
+/// A `Write` that cuts its input into chunks, compresses them on worker threads into
+/// independent frames, writes the frames in order to `out`, and hashes the uncompressed bytes.
+pub struct FrameEncoder<W: Write> {
+    out: W,
+    level: i32,
+    chunk_size: usize,
+    /// The current chunk: always `chunk_size` long, `filled` bytes of it used.
+    chunk: Vec<u8>,
+    filled: usize,
+    hasher: blake3::Hasher,
+    uncompressed: u64,
+    compressed: u64,
+    table: SeekTable,
+    /// Worker pool; empty when compressing inline on the caller's thread.
+    workers: Vec<JoinHandle<()>>,
+    jobs: Option<Sender<Job>>,
+    done: Option<Receiver<Done>>,
+    in_flight: usize,
+    max_in_flight: usize,
+    next_seq: u64,
+    next_to_write: u64,
+    reorder: BTreeMap<u64, (Vec<u8>, usize)>,
+    spare: Vec<Vec<u8>>,
+    inline: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl<W: Write> std::fmt::Debug for FrameEncoder<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameEncoder")
+            .field("level", &self.level)
+            .field("chunk_size", &self.chunk_size)
+            .field("workers", &self.workers.len())
+            .field("uncompressed", &self.uncompressed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: Write> FrameEncoder<W> {
+    /// Compresses at zstd `level` in chunks of `chunk_size` bytes on `threads` threads
+    /// (0: one per available core; 1: inline on the caller's thread).
+    pub fn new(out: W, level: i32, chunk_size: usize, threads: usize) -> io::Result<Self> {
+        let threads = match threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let chunk_size = chunk_size.clamp(64 << 10, 1 << 30);
+        let mut enc = FrameEncoder {
+            out,
+            level,
+            chunk_size,
+            chunk: vec![0; chunk_size],
+            filled: 0,
+            hasher: blake3::Hasher::new(),
+            uncompressed: 0,
+            compressed: 0,
+            table: SeekTable { frames: Vec::new() },
+            workers: Vec::new(),
+            jobs: None,
+            done: None,
+            in_flight: 0,
+            max_in_flight: threads * 2,
+            next_seq: 0,
+            next_to_write: 0,
+            reorder: BTreeMap::new(),
+            spare: Vec::new(),
+            inline: None,
+        };
+        if threads == 1 {
+            enc.inline = Some(zstd::bulk::Compressor::new(level)?);
+            return Ok(enc);
+        }
+        let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(threads);
+        let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
+        for _ in 0..threads {
+            let job_rx = job_rx.clone();
+            let done_tx = done_tx.clone();
+            let mut compressor = zstd::bulk::Compressor::new(level)?;
+            enc.workers.push(std::thread::spawn(move || {
+                for mut job in job_rx {
+                    let result = compress_into(&mut compressor, &job.input, &mut job.output);
+                    if done_tx
+                        .send((job.seq, result, job.input, job.output))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }));
+        }
+        enc.jobs = Some(job_tx);
+        enc.done = Some(done_rx);
+        Ok(enc)
+    }
+
+    /// Uncompressed bytes accepted so far.
+    pub fn uncompressed_size(&self) -> u64 {
+        self.uncompressed + self.filled as u64
+    }
+
+    /// Reads up to `limit` bytes from `reader` straight into the current chunk, saving a copy
+    /// of file data. Returns the bytes read; 0 means `reader` is at its end.
+    pub fn fill_from<R: Read + ?Sized>(&mut self, reader: &mut R, limit: u64) -> io::Result<usize> {
+        if self.filled == self.chunk_size {
+            self.flush_chunk()?;
+        }
+        let room =
+            (self.chunk_size - self.filled).min(usize::try_from(limit).unwrap_or(usize::MAX));
+        let n = loop {
+            match reader.read(&mut self.chunk[self.filled..self.filled + room]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => break other?,
+            }
+        };
+        self.filled += n;
+        Ok(n)
+    }
+
+    fn flush_chunk(&mut self) -> io::Result<()> {
+        if self.filled == 0 {
+            return Ok(());
+        }
+        let fresh = self.take_spare(self.chunk_size);
+        let mut input = std::mem::replace(&mut self.chunk, fresh);
+        input.truncate(self.filled);
+        self.filled = 0;
+        self.hasher.update(&input);
+        self.uncompressed += input.len() as u64;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(compressor) = &mut self.inline {
+            let mut output = Vec::new();
+            compress_into(compressor, &input, &mut output)?;
+            self.write_frame(&output, input.len())?;
+            self.spare.push(input);
+            self.next_to_write += 1;
+            return Ok(());
+        }
+        while self.in_flight >= self.max_in_flight {
+            self.collect_one()?;
+        }
+        let output = self.spare.pop().unwrap_or_default();
+        self.jobs
+            .as_ref()
+            .expect("workers exist when not inline")
+            .send(Job { seq, input, output })
+            .map_err(|_| io::Error::other("compression worker exited"))?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// A recycled buffer of exactly `len` bytes (zeroed only where it never held data).
+    fn take_spare(&mut self, len: usize) -> Vec<u8> {
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.resize(len, 0);
+        buf
+    }
+
+    /// Waits for one finished frame and writes every frame that is now in order.
+    fn collect_one(&mut self) -> io::Result<()> {
+        let (seq, result, input, output) = self
+            .done
+            .as_ref()
+            .expect("workers exist when not inline")
+            .recv()
+            .map_err(|_| io::Error::other("compression worker exited"))?;
+        self.in_flight -= 1;
+        result?;
+        let raw_len = input.len();
+        self.spare.push(input);
+        self.reorder.insert(seq, (output, raw_len));
+        while let Some((output, raw_len)) = self.reorder.remove(&self.next_to_write) {
+            self.write_frame(&output, raw_len)?;
+            self.spare.push(output);
+            self.next_to_write += 1;
+        }
+        Ok(())
+    }
+
+    fn write_frame(&mut self, frame: &[u8], raw_len: usize) -> io::Result<()> {
+        self.out.write_all(frame)?;
+        self.compressed += frame.len() as u64;
+        self.table.frames.push(FrameEntry {
+            compressed: u32::try_from(frame.len()).expect("frames are far below 4 GiB"),
+            decompressed: u32::try_from(raw_len).expect("chunks are at most 1 GiB"),
+        });
+        Ok(())
+    }
+
+    /// Compresses what is left, writes the seek table and returns the writer and totals.
+    pub fn finish(mut self) -> io::Result<(W, FrameStats)> {
+        self.flush_chunk()?;
+        while self.in_flight > 0 {
+            self.collect_one()?;
+        }
+        self.shutdown();
+        let table = self.table.encode();
+        self.out.write_all(&table)?;
+        self.compressed += table.len() as u64;
+        let stats = FrameStats {
+            uncompressed_hash: *self.hasher.finalize().as_bytes(),
+            uncompressed_size: self.uncompressed,
+            compressed_size: self.compressed,
+            frames: self.table.frames.len() as u32,
+        };
+        let FrameEncoder { out, .. } = self;
+        Ok((out, stats))
+    }
+
+    fn shutdown(&mut self) {
+        self.jobs = None;
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+        self.done = None;
+    }
+}
+
+impl<W: Write> Write for FrameEncoder<W> {
+    fn write(&mut self, mut buf: &[u8]) -> io::Result<usize> {
+        let total = buf.len();
+        while !buf.is_empty() {
+            if self.filled == self.chunk_size {
+                self.flush_chunk()?;
+            }
+            let take = (self.chunk_size - self.filled).min(buf.len());
+            self.chunk[self.filled..self.filled + take].copy_from_slice(&buf[..take]);
+            self.filled += take;
+            buf = &buf[take..];
+        }
+        Ok(total)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn compress_into(
+    compressor: &mut zstd::bulk::Compressor<'static>,
+    input: &[u8],
+    output: &mut Vec<u8>,
+) -> io::Result<()> {
+    output.clear();
+    output.reserve(zstd::zstd_safe::compress_bound(input.len()));
+    compressor.compress_to_buffer(input, output)?;
+    Ok(())
+}
+
+/// Compresses `data` into a framed blob in memory (for tests and benchmarks).
+pub fn compress_all(data: &[u8], level: i32, chunk_size: usize) -> Vec<u8> {
+    let mut enc = FrameEncoder::new(Vec::new(), level, chunk_size, 0)
+        .expect("creating zstd compressors in memory");
+    enc.write_all(data).expect("writing to memory");
+    enc.finish().expect("compressing in memory").0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(len: usize) -> Vec<u8> {
+        (0..len).map(|i| ((i * 7) ^ (i >> 9)) as u8).collect()
+    }
+
+    #[test]
+    fn stock_decoder_reads_framed_blob_and_table_adds_up() {
+        let data = sample(300_000);
+        for threads in [1, 3] {
+            let mut enc = FrameEncoder::new(Vec::new(), 3, 64 << 10, threads).unwrap();
+            enc.write_all(&data).unwrap();
+            let (blob, stats) = enc.finish().unwrap();
+            assert_eq!(stats.frames, 5);
+            assert_eq!(stats.uncompressed_size, data.len() as u64);
+            assert_eq!(stats.compressed_size, blob.len() as u64);
+            assert_eq!(stats.uncompressed_hash, *blake3::hash(&data).as_bytes());
+            assert_eq!(zstd::stream::decode_all(&blob[..]).unwrap(), data);
+            let table = SeekTable::read_from(&mut io::Cursor::new(&blob))
+                .unwrap()
+                .unwrap();
+            assert_eq!(table.frames.len(), 5);
+            assert_eq!(table.uncompressed_size(), data.len() as u64);
+        }
+    }
+
+    #[test]
+    fn empty_input_and_plain_zstd_have_no_frames_or_table() {
+        let (blob, stats) = FrameEncoder::new(Vec::new(), 3, 1 << 20, 2)
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert_eq!(stats.frames, 0);
+        assert!(zstd::stream::decode_all(&blob[..]).unwrap().is_empty());
+        let plain = zstd::stream::encode_all(&b"hello"[..], 3).unwrap();
+        assert_eq!(
+            SeekTable::read_from(&mut io::Cursor::new(&plain)).unwrap(),
+            None
+        );
+    }
+}

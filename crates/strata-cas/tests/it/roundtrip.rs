@@ -1,0 +1,261 @@
+//! Layers round-trip exactly: create → extract gives the same tree, the same tree gives the
+//! same bytes, and GNU tar agrees with us in both directions.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use strata_cas::create::{create_from_changes, create_from_dir, write_tar};
+use strata_cas::extract::{apply_file, apply_tar};
+use strata_cas::{
+    Change, ChangeKind, CreateOptions, DevicePolicy, ExtractOptions, LayerId, SetuidPolicy,
+};
+
+use crate::common::{assert_same_tree, is_root, rich_tree, set_mtime, write};
+
+fn permissive() -> ExtractOptions {
+    ExtractOptions {
+        devices: DevicePolicy::Create,
+        setuid: SetuidPolicy::Keep,
+        ..ExtractOptions::default()
+    }
+}
+
+fn layer_bytes(dir: &Path, opts: &CreateOptions) -> (Vec<u8>, strata_cas::LayerInfo) {
+    let mut out = Vec::new();
+    let info = create_from_dir(dir, &mut out, opts).unwrap();
+    (out, info)
+}
+
+#[test]
+fn create_then_extract_gives_the_same_tree_and_the_same_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    rich_tree(&src);
+    let (blob, info) = layer_bytes(&src, &CreateOptions::default());
+    assert_eq!(info.compressed_size, blob.len() as u64);
+    let tar = zstd::stream::decode_all(&blob[..]).unwrap();
+    assert_eq!(
+        info.id,
+        LayerId::of(&tar),
+        "the id is the blake3 of the uncompressed tar"
+    );
+    assert_eq!(info.uncompressed_size, tar.len() as u64);
+
+    let layer = tmp.path().join("layer.tar.zst");
+    fs::write(&layer, &blob).unwrap();
+    let dst = tmp.path().join("dst");
+    let report = apply_file(&layer, &dst, &permissive()).unwrap();
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    assert_eq!(report.hardlinks, 1);
+    assert_same_tree(&src, &dst);
+
+    // A fixed point: the extracted tree commits to the very same layer.
+    let (again, info2) = layer_bytes(&dst, &CreateOptions::default());
+    assert_eq!(info2.id, info.id);
+    assert_eq!(again, blob);
+}
+
+#[test]
+fn output_does_not_depend_on_threads_or_chunking_of_the_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    rich_tree(tmp.path());
+    let (_, base) = layer_bytes(tmp.path(), &CreateOptions::default());
+    for (threads, chunk) in [(1, 1 << 20), (3, 256 << 10)] {
+        let opts = CreateOptions {
+            threads,
+            chunk_size: chunk,
+            ..CreateOptions::default()
+        };
+        let (_, info) = layer_bytes(tmp.path(), &opts);
+        assert_eq!(info.id, base.id, "threads {threads}, chunk {chunk}");
+    }
+    let mut plain = Vec::new();
+    let info = write_tar(tmp.path(), &mut plain, &CreateOptions::default()).unwrap();
+    assert_eq!(info.id, base.id);
+    assert_eq!(LayerId::of(&plain), base.id);
+}
+
+#[test]
+fn single_threaded_extraction_matches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    rich_tree(&src);
+    let mut tar = Vec::new();
+    write_tar(&src, &mut tar, &CreateOptions::default()).unwrap();
+    let dst = tmp.path().join("dst");
+    let opts = ExtractOptions {
+        threads: 1,
+        ..permissive()
+    };
+    apply_tar(&tar[..], &dst, &opts).unwrap();
+    assert_same_tree(&src, &dst);
+}
+
+#[test]
+fn mtime_clamp_is_applied() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join("a"), b"x", 0o644, 2_000_000_000);
+    let mut tar = Vec::new();
+    let opts = CreateOptions {
+        mtime_clamp: Some(1_000),
+        ..CreateOptions::default()
+    };
+    write_tar(tmp.path(), &mut tar, &opts).unwrap();
+    let mut r = strata_cas::tar::TarReader::new(&tar[..], &strata_cas::Limits::default());
+    let e = r.next_entry().unwrap().unwrap();
+    assert_eq!(e.meta.mtime, 1_000);
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn gnu_tar_extracts_our_layers_and_we_extract_gnu_tars() {
+    if !have("tar") || !have("zstd") {
+        eprintln!("skipped: GNU tar or zstd is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    rich_tree(&src);
+
+    // Ours → GNU: zstd -dc layer | tar -x.
+    let (blob, _) = layer_bytes(&src, &CreateOptions::default());
+    let layer = tmp.path().join("layer.tar.zst");
+    fs::write(&layer, &blob).unwrap();
+    let by_gnu = tmp.path().join("by-gnu");
+    fs::create_dir(&by_gnu).unwrap();
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "zstd -q -dc {} | tar --xattrs --xattrs-include='*' --same-owner -xpf - -C {}",
+            layer.display(),
+            by_gnu.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    set_mtime(
+        &by_gnu,
+        fs::symlink_metadata(&src)
+            .unwrap()
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64,
+    );
+    assert_same_tree(&src, &by_gnu);
+
+    // GNU → ours: a POSIX tar of the tree made by GNU tar, gzipped, extracted by us.
+    let gnu_tar = tmp.path().join("gnu.tar.gz");
+    let status = Command::new("tar")
+        .args([
+            "--format=posix",
+            "--xattrs",
+            "--xattrs-include=user.*",
+            "-czf",
+        ])
+        .arg(&gnu_tar)
+        .arg("-C")
+        .arg(&src)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let by_us = tmp.path().join("by-us");
+    apply_file(&gnu_tar, &by_us, &permissive()).unwrap();
+    assert_same_tree(&src, &by_us);
+}
+
+#[test]
+fn a_change_list_layer_applied_on_the_base_gives_the_changed_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    write(&work.join("keep/a"), b"a", 0o644, 1_000);
+    write(&work.join("keep/b"), b"b", 0o644, 1_000);
+    write(&work.join("gone/x"), b"x", 0o644, 1_000);
+    write(&work.join("gone/y/z"), b"z", 0o644, 1_000);
+    write(&work.join("opaque/old"), b"old", 0o644, 1_000);
+    write(&work.join("file-becomes-dir"), b"f", 0o644, 1_000);
+    let (base, _) = layer_bytes(&work, &CreateOptions::default());
+
+    // The step: modify, add, delete a file and a whole tree, replace a directory's
+    // contents, turn a file into a directory.
+    write(&work.join("keep/a"), b"a2", 0o600, 2_000);
+    fs::remove_file(work.join("keep/b")).unwrap();
+    write(&work.join("keep/new"), b"new", 0o644, 2_000);
+    fs::remove_dir_all(work.join("gone")).unwrap();
+    fs::remove_dir_all(work.join("opaque")).unwrap();
+    write(&work.join("opaque/fresh"), b"fresh", 0o644, 2_000);
+    fs::remove_file(work.join("file-becomes-dir")).unwrap();
+    write(&work.join("file-becomes-dir/inside"), b"i", 0o644, 2_000);
+    for d in ["keep", "opaque", "file-becomes-dir"] {
+        set_mtime(&work.join(d), 3_000);
+    }
+    set_mtime(&work, 3_000);
+    let changes = vec![
+        Change::new("keep/a", ChangeKind::Modified),
+        Change::new("keep/b", ChangeKind::Deleted),
+        Change::new("keep/new", ChangeKind::Added),
+        Change::new("gone", ChangeKind::Deleted),
+        Change::new("opaque", ChangeKind::Opaque),
+        Change::new("opaque/fresh", ChangeKind::Added),
+        Change::new("file-becomes-dir", ChangeKind::Added),
+        Change::new("file-becomes-dir/inside", ChangeKind::Added),
+    ];
+    let mut diff = Vec::new();
+    let info = create_from_changes(&work, &changes, &mut diff, &CreateOptions::default()).unwrap();
+    assert!(info.entries >= 8, "{info:?}");
+
+    let dst = tmp.path().join("dst");
+    apply_tar(
+        &zstd::stream::decode_all(&base[..]).unwrap()[..],
+        &dst,
+        &permissive(),
+    )
+    .unwrap();
+    let report = apply_tar(
+        &zstd::stream::decode_all(&diff[..]).unwrap()[..],
+        &dst,
+        &permissive(),
+    )
+    .unwrap();
+    assert_eq!(report.whiteouts, 3, "{report:?}");
+    set_mtime(&dst, 3_000);
+    assert_same_tree(&work, &dst);
+}
+
+#[test]
+fn ownership_is_restored_as_root() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    write(&src.join("owned"), b"x", 0o4755, 1_000);
+    std::os::unix::fs::lchown(src.join("owned"), Some(4321), Some(8765)).unwrap();
+    fs::set_permissions(
+        src.join("owned"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o4755),
+    )
+    .unwrap();
+    let mut tar = Vec::new();
+    write_tar(&src, &mut tar, &CreateOptions::default()).unwrap();
+    let dst = tmp.path().join("dst");
+    apply_tar(&tar[..], &dst, &permissive()).unwrap();
+    let meta = fs::metadata(dst.join("owned")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (4321, 8765));
+    assert_eq!(
+        meta.mode() & 0o7777,
+        0o4755,
+        "chown must not clear the setuid bit we set after it"
+    );
+}

@@ -1,0 +1,307 @@
+//! The store: publishing, verification, corruption, concurrent writers (threads and
+//! processes), stale temp files, layout versions, imports and OCI digests.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use strata_cas::{CreateOptions, Error, ExtractOptions, LayerId, Store};
+
+use crate::common::{assert_same_tree, rich_tree, write};
+
+fn small_tree(root: &Path) {
+    write(&root.join("a/b"), b"hello", 0o644, 1_000);
+    write(&root.join("c"), &vec![3u8; 100_000], 0o755, 1_000);
+}
+
+fn tmp_files(store: &Store) -> Vec<String> {
+    fs::read_dir(store.root().join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn put_stat_list_apply_verify_remove() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let src = tmp.path().join("src");
+    rich_tree(&src);
+    let info = store.put_dir(&src, &CreateOptions::default()).unwrap();
+    assert!(store.contains(&info.id));
+    let stat = store.stat(&info.id).unwrap();
+    assert_eq!(stat.uncompressed_size, info.uncompressed_size);
+    assert_eq!(stat.compressed_size, info.compressed_size);
+    assert_eq!(stat.frames, info.frames);
+    assert_eq!(store.list().unwrap(), vec![stat.clone()]);
+
+    let dst = tmp.path().join("dst");
+    let opts = ExtractOptions {
+        devices: strata_cas::DevicePolicy::Create,
+        setuid: strata_cas::SetuidPolicy::Keep,
+        ..ExtractOptions::default()
+    };
+    store.apply(&info.id, &dst, &opts).unwrap();
+    assert_same_tree(&src, &dst);
+
+    let report = store.verify().unwrap();
+    assert_eq!(report.checked, 1);
+    assert!(report.corrupt.is_empty(), "{report:?}");
+    assert_eq!(report.bytes, info.uncompressed_size);
+
+    // Putting the same tree again stores nothing new and leaves no temp file.
+    assert_eq!(
+        store.put_dir(&src, &CreateOptions::default()).unwrap(),
+        info
+    );
+    assert!(tmp_files(&store).is_empty());
+
+    assert!(store.remove(&info.id).unwrap());
+    assert!(!store.remove(&info.id).unwrap());
+    assert!(matches!(store.stat(&info.id), Err(Error::NotFound { .. })));
+    assert!(matches!(
+        store.apply(&info.id, &tmp.path().join("dst2"), &opts),
+        Err(Error::NotFound { .. })
+    ));
+}
+
+#[test]
+fn corruption_is_detected_on_read_and_by_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let src = tmp.path().join("src");
+    small_tree(&src);
+    let good = store.put_dir(&src, &CreateOptions::default()).unwrap();
+    write(&src.join("other"), b"another layer", 0o644, 1_000);
+    let bad = store.put_dir(&src, &CreateOptions::default()).unwrap();
+
+    // Replace the blob with a validly framed blob of different content: only the hash can
+    // tell, and it must.
+    let impostor = strata_cas::frames::compress_all(
+        &zstd::stream::decode_all(&fs::read(store.blob_path(&good.id)).unwrap()[..]).unwrap(),
+        3,
+        1 << 20,
+    );
+    fs::write(store.blob_path(&bad.id), &impostor).unwrap();
+
+    let report = store.verify().unwrap();
+    assert_eq!(report.checked, 2);
+    assert_eq!(report.corrupt.len(), 1, "{report:?}");
+    assert_eq!(report.corrupt[0].id, bad.id);
+    assert!(
+        report.corrupt[0].reason.contains(&bad.id.to_hex()),
+        "{}",
+        report.corrupt[0].reason
+    );
+
+    let err = store
+        .apply(&bad.id, &tmp.path().join("dst"), &ExtractOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Corrupt { expected, .. } if expected == bad.id),
+        "{err}"
+    );
+
+    // Flipped bytes in the compressed data are caught too (by zstd or by the hash).
+    let mut bytes = fs::read(store.blob_path(&good.id)).unwrap();
+    let mid = bytes.len() / 3;
+    bytes[mid] ^= 0x55;
+    fs::write(store.blob_path(&good.id), &bytes).unwrap();
+    assert!(store.verify_blob(&good.id).is_err());
+    assert_eq!(store.verify().unwrap().corrupt.len(), 2);
+}
+
+#[test]
+fn concurrent_writers_of_one_layer_in_threads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let src = tmp.path().join("src");
+    rich_tree(&src);
+    let ids: Vec<LayerId> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| store.put_dir(&src, &CreateOptions::default()).unwrap().id))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(ids.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(store.ids().unwrap(), vec![ids[0]]);
+    assert!(store.verify().unwrap().corrupt.is_empty());
+    assert!(tmp_files(&store).is_empty());
+}
+
+/// Not a test on its own: the body of a child process spawned by
+/// `concurrent_writers_of_one_layer_in_processes`.
+#[test]
+fn child_process_put() {
+    let (Ok(store), Ok(src)) = (
+        std::env::var("STRATA_TEST_STORE"),
+        std::env::var("STRATA_TEST_SRC"),
+    ) else {
+        return;
+    };
+    let store = Store::open(Path::new(&store)).unwrap();
+    for _ in 0..5 {
+        let id = store
+            .put_dir(Path::new(&src), &CreateOptions::default())
+            .unwrap()
+            .id;
+        println!("id={id}");
+    }
+}
+
+#[test]
+fn concurrent_writers_of_one_layer_in_processes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store_dir = tmp.path().join("store");
+    let src = tmp.path().join("src");
+    rich_tree(&src);
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(&exe)
+                .args([
+                    "--exact",
+                    "store::child_process_put",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env("STRATA_TEST_STORE", &store_dir)
+                .env("STRATA_TEST_SRC", &src)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        ids.extend(
+            stdout
+                .lines()
+                .filter_map(|l| l.split_once("id="))
+                .map(|(_, id)| id.to_owned()),
+        );
+    }
+    assert_eq!(ids.len(), 20, "every child put the layer five times");
+    assert!(ids.windows(2).all(|w| w[0] == w[1]));
+    let store = Store::open(&store_dir).unwrap();
+    assert_eq!(store.ids().unwrap().len(), 1);
+    assert!(store.verify().unwrap().corrupt.is_empty());
+    assert!(tmp_files(&store).is_empty());
+}
+
+#[test]
+fn stale_temp_files_are_swept_but_live_ones_are_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let store = Store::open(&root).unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let stale = root.join("tmp/crashed.partial");
+    fs::write(&stale, b"half a blob").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let live = root.join("tmp/live.partial");
+    fs::write(&live, b"being written").unwrap();
+    let held = fs::File::options().write(true).open(&live).unwrap();
+    held.set_modified(old).unwrap();
+    held.lock().unwrap();
+    let young = root.join("tmp/young.partial");
+    fs::write(&young, b"just created").unwrap();
+
+    assert_eq!(store.sweep_tmp().unwrap(), 1);
+    assert!(!stale.exists());
+    assert!(live.exists(), "a locked temp file belongs to a live writer");
+    assert!(young.exists(), "a young temp file may not be locked yet");
+    drop(held);
+    Store::open(&root).unwrap();
+    assert!(!live.exists(), "reopening sweeps once the writer is gone");
+}
+
+#[test]
+fn an_unknown_layout_is_refused_and_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    Store::open(&root).unwrap();
+    fs::write(root.join("layout"), "strata-cas-v99\n").unwrap();
+    let err = Store::open(&root).unwrap_err();
+    assert!(matches!(err, Error::StoreVersion { .. }), "{err}");
+    assert!(err.to_string().contains("strata-cas-v99"), "{err}");
+    assert_eq!(
+        fs::read_to_string(root.join("layout")).unwrap(),
+        "strata-cas-v99\n"
+    );
+}
+
+#[test]
+fn imports_keep_tar_bytes_and_refuse_bad_input_without_touching_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let src = tmp.path().join("src");
+    small_tree(&src);
+    let mut tar = Vec::new();
+    strata_cas::create::write_tar(&src, &mut tar, &CreateOptions::default()).unwrap();
+    let plain = tmp.path().join("layer.tar");
+    fs::write(&plain, &tar).unwrap();
+    let info = store.put_file(&plain).unwrap();
+    assert_eq!(info.id, LayerId::of(&tar));
+
+    let gz = tmp.path().join("layer.tar.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut enc, &tar).unwrap();
+    fs::write(&gz, enc.finish().unwrap()).unwrap();
+    assert_eq!(store.put_file(&gz).unwrap().id, info.id);
+
+    let before = store.list().unwrap();
+    let junk = tmp.path().join("junk.tar");
+    fs::write(&junk, vec![0x42u8; 5000]).unwrap();
+    let err = store.put_file(&junk).unwrap_err();
+    assert!(matches!(err, Error::Tar { .. }), "{err}");
+    let truncated = tmp.path().join("truncated.tar");
+    fs::write(&truncated, &tar[..tar.len() / 2]).unwrap();
+    assert!(store.put_file(&truncated).is_err());
+    let missing = store.put_file(&tmp.path().join("missing.tar")).unwrap_err();
+    assert!(missing.to_string().contains("missing.tar"), "{missing}");
+    assert_eq!(store.list().unwrap(), before);
+    assert!(tmp_files(&store).is_empty());
+    assert!(store.verify().unwrap().corrupt.is_empty());
+}
+
+#[test]
+fn oci_digests_match_sha256sum() {
+    if Command::new("sha256sum").arg("--version").output().is_err() {
+        eprintln!("skipped: sha256sum is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let src = tmp.path().join("src");
+    small_tree(&src);
+    let info = store.put_dir(&src, &CreateOptions::default()).unwrap();
+    let digests = store.oci_digests(&info.id).unwrap();
+    let sum = |path: &Path| {
+        let out = Command::new("sha256sum").arg(path).output().unwrap();
+        format!(
+            "sha256:{}",
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+        )
+    };
+    assert_eq!(digests.digest, sum(&store.blob_path(&info.id)));
+    let raw = tmp.path().join("raw.tar");
+    fs::write(
+        &raw,
+        zstd::stream::decode_all(&fs::read(store.blob_path(&info.id)).unwrap()[..]).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(digests.diff_id, sum(&raw));
+    assert_eq!(digests.size, info.compressed_size);
+}

@@ -1,0 +1,6 @@
+//! Integration tests of the `strata` binary: real processes, real files, real stores.
+
+mod cas;
+mod cli;
+mod layer;
+mod support;

@@ -1,0 +1,267 @@
+//! `cargo xtask bench [--quick]`: whole-process comparisons against GNU tar, zstd and b3sum on a
+//! real Debian tree, peak-memory checks, and the criterion micro-benchmarks of `benches/`.
+//!
+//! Steps, in order:
+//!
+//! 1. check the external tools (`tar`, `zstd`, `b3sum`, GNU `time`, `dpkg`, `apt-get`, and as
+//!    root `mkfs.ext4` and `mount`), failing with the Debian package to install;
+//! 2. build (once) the fixture tree under `target/bench/fixture/root` from a fixed list of
+//!    Debian packages ([`fixture`]);
+//! 3. `cargo build --release -p strata-cli`;
+//! 4. set up the scratch filesystem: as root, a journaled ext4 loop image mounted at
+//!    `target/bench/mnt`; otherwise `target/bench/work` ([`scratch`]);
+//! 5. run the cases side by side, ours and baseline interleaved ([`cases`], [`runner`]);
+//! 6. `cargo bench -p benches` and collect criterion's estimates ([`micro`]);
+//! 7. write `target/bench/report.json` and `target/bench/report.md`, print the markdown.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Instant, SystemTime};
+
+use anyhow::{Context as _, bail};
+
+/// Progress line on stderr (the report itself goes to stdout at the end).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::bench::progress(format_args!($($arg)*))
+    };
+}
+
+mod cases;
+mod fixture;
+mod machine;
+mod micro;
+mod report;
+mod runner;
+mod scratch;
+
+/// Command-line options of `cargo xtask bench`.
+#[derive(Debug, Clone)]
+struct Options {
+    /// `--quick`: 3 runs per case, criterion's quick mode, no big-layer memory case.
+    quick: bool,
+    /// `--runs N`: overrides the number of runs per whole-process case.
+    runs: Option<usize>,
+    /// `--no-micro`: skip the criterion micro-benchmarks.
+    no_micro: bool,
+    /// `--no-compare`: skip the whole-process cases (micro-benchmarks only).
+    no_compare: bool,
+}
+
+const USAGE: &str = "\
+usage: cargo xtask bench [--quick] [--runs N] [--no-micro] [--no-compare]
+
+  --quick       3 runs per case, criterion --quick, skip the 2 GiB memory case
+  --runs N      runs per whole-process case (default: 3 quick, 10 full)
+  --no-micro    skip the criterion micro-benchmarks
+  --no-compare  skip the whole-process comparisons (and the fixture)
+
+Writes target/bench/report.json and target/bench/report.md; see docs/benchmarks.md.";
+
+impl Options {
+    fn parse(args: &[String]) -> anyhow::Result<Option<Self>> {
+        let mut opts = Options {
+            quick: false,
+            runs: None,
+            no_micro: false,
+            no_compare: false,
+        };
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "--quick" => opts.quick = true,
+                "--no-micro" => opts.no_micro = true,
+                "--no-compare" => opts.no_compare = true,
+                "--runs" => {
+                    let n = it.next().context("--runs needs a number")?;
+                    let n: usize = n
+                        .parse()
+                        .with_context(|| format!("--runs {n}: not a number"))?;
+                    if n == 0 {
+                        bail!("--runs must be at least 1");
+                    }
+                    opts.runs = Some(n);
+                }
+                "--help" | "-h" => {
+                    writeln!(std::io::stdout().lock(), "{USAGE}")?;
+                    return Ok(None);
+                }
+                other => bail!("unknown option `{other}`\n{USAGE}"),
+            }
+        }
+        Ok(Some(opts))
+    }
+
+    fn runs(&self) -> usize {
+        self.runs.unwrap_or(if self.quick { 3 } else { 10 })
+    }
+}
+
+/// Where things live; every path is absolute.
+#[derive(Debug, Clone)]
+pub(crate) struct Paths {
+    /// The workspace root.
+    pub(crate) root: PathBuf,
+    /// Cargo's target directory (`$CARGO_TARGET_DIR` or `<root>/target`).
+    pub(crate) target: PathBuf,
+    /// `<target>/bench`: fixture, scratch filesystem, reports.
+    pub(crate) bench: PathBuf,
+}
+
+impl Paths {
+    fn new() -> Self {
+        let root = crate::project_root();
+        let target = match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(dir) if !dir.is_empty() => root.join(dir),
+            _ => root.join("target"),
+        };
+        let bench = target.join("bench");
+        Paths {
+            root,
+            target,
+            bench,
+        }
+    }
+
+    /// `path` for humans: relative to the workspace root when under it.
+    pub(crate) fn show(&self, path: &Path) -> String {
+        path.strip_prefix(&self.root)
+            .unwrap_or(path)
+            .display()
+            .to_string()
+    }
+
+    /// A command line for humans: absolute paths under the workspace root made relative.
+    pub(crate) fn show_command(&self, command: &str) -> String {
+        let prefix = format!("{}/", self.root.display());
+        command.replace(&prefix, "")
+    }
+}
+
+pub(crate) fn progress(args: std::fmt::Arguments<'_>) {
+    // Progress is best effort: a closed stderr must not abort a long benchmark run.
+    let _ = writeln!(std::io::stderr().lock(), "[bench] {args}");
+}
+
+pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
+    let Some(opts) = Options::parse(args)? else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    let started_at = SystemTime::now();
+    let paths = Paths::new();
+    std::fs::create_dir_all(&paths.bench)
+        .with_context(|| format!("creating {}", paths.bench.display()))?;
+
+    machine::check_tools(!opts.no_compare)?;
+    let machine = machine::collect();
+    let mode = if opts.quick { "quick" } else { "full" };
+    say!(
+        "mode: {mode}, {} runs per case, {} cores",
+        opts.runs(),
+        machine.nproc
+    );
+
+    let mut report = report::Report::new(mode, opts.runs(), machine);
+
+    let scratch = scratch::Scratch::setup(&paths)?;
+    report.filesystem = Some(scratch.describe());
+    let outcome = run_cases(&opts, &paths, &scratch, &mut report, started_at);
+    // Leave the scratch space empty and unmounted whatever happened.
+    drop(scratch);
+    outcome?;
+
+    report.duration_seconds = started.elapsed().as_secs_f64();
+    let json_path = paths.bench.join("report.json");
+    let md_path = paths.bench.join("report.md");
+    let markdown = report.to_markdown(&paths);
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    std::fs::write(&md_path, &markdown)
+        .with_context(|| format!("writing {}", md_path.display()))?;
+    say!(
+        "wrote {} and {}",
+        paths.show(&json_path),
+        paths.show(&md_path)
+    );
+    write!(std::io::stdout().lock(), "{markdown}")?;
+    Ok(())
+}
+
+fn run_cases(
+    opts: &Options,
+    paths: &Paths,
+    scratch: &scratch::Scratch,
+    report: &mut report::Report,
+    started_at: SystemTime,
+) -> anyhow::Result<()> {
+    if !opts.no_compare {
+        let fixture = fixture::ensure(paths)?;
+        report.fixture = Some(fixture.info.clone());
+        let strata = build_strata(paths)?;
+        report.machine.strata_version = tool_line(&strata, &["--version"]);
+        let ctx = cases::Context {
+            paths,
+            strata: &strata,
+            fixture: &fixture,
+            work: scratch.work(),
+            runs: opts.runs(),
+        };
+        cases::run_all(&ctx, report, opts.quick)?;
+    }
+    if !opts.no_micro {
+        report.micro = micro::run(paths, scratch.work(), opts.quick, started_at)?;
+    }
+    Ok(())
+}
+
+/// `cargo build --release -p strata-cli`; returns the `strata` binary.
+fn build_strata(paths: &Paths) -> anyhow::Result<PathBuf> {
+    say!("building the release strata binary (cargo build --release -p strata-cli)");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "-p", "strata-cli"])
+        .current_dir(&paths.root)
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("`cargo build --release -p strata-cli` failed ({status})");
+    }
+    let strata = paths.target.join("release").join("strata");
+    if !strata.is_file() {
+        bail!("{} is missing after the build", strata.display());
+    }
+    Ok(strata)
+}
+
+/// The first line of `program args…` (stdout, else stderr), or `None` when it does not run.
+pub(crate) fn tool_line(program: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    let text = if out.stdout.is_empty() {
+        out.stderr
+    } else {
+        out.stdout
+    };
+    let text = String::from_utf8_lossy(&text);
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_owned)
+}
+
+/// Quotes `s` for `sh -c`.
+pub(crate) fn sh_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b))
+    {
+        return s.to_owned();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Quotes a path for `sh -c`.
+pub(crate) fn sh_path(p: &Path) -> String {
+    sh_quote(&p.to_string_lossy())
+}

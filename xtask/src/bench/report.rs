@@ -1,0 +1,409 @@
+//! The report: `target/bench/report.json` (this module's types, serialized) and
+//! `target/bench/report.md` (the same, as tables).
+
+use std::fmt::{self, Write as _};
+use std::process::Command;
+
+use serde::Serialize;
+
+use super::Paths;
+use super::fixture::{FixtureInfo, mb};
+use super::machine::Machine;
+use super::micro::MicroResult;
+use super::scratch::FilesystemInfo;
+
+/// A case's goal.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Target {
+    /// The ratio must be at least this.
+    AtLeast(f64),
+    /// The ratio must be at most this.
+    AtMost(f64),
+    /// The value, in MiB, must be below this.
+    Below(f64),
+}
+
+impl Target {
+    pub(crate) fn pass(self, value: f64) -> bool {
+        match self {
+            Target::AtLeast(t) => value >= t,
+            Target::AtMost(t) => value <= t,
+            Target::Below(t) => value < t,
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::AtLeast(t) => write!(f, ">= {t}"),
+            Target::AtMost(t) => write!(f, "<= {t}"),
+            Target::Below(t) => write!(f, "< {t} MiB"),
+        }
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum Case {
+    Time(TimeCase),
+    Size(SizeCase),
+    Memory(MemoryCase),
+}
+
+/// A timed comparison; `ratio` is baseline / ours (higher is better for us).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct TimeCase {
+    pub(crate) name: String,
+    pub(crate) ours_command: String,
+    /// Median wall-clock seconds.
+    pub(crate) ours_seconds: f64,
+    pub(crate) ours_samples: Vec<f64>,
+    pub(crate) baseline_command: String,
+    pub(crate) baseline_seconds: f64,
+    pub(crate) baseline_samples: Vec<f64>,
+    pub(crate) ratio: f64,
+    pub(crate) target: String,
+    pub(crate) pass: bool,
+}
+
+/// A size comparison; `ratio` is ours / baseline (lower is better for us).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct SizeCase {
+    pub(crate) name: String,
+    pub(crate) ours_bytes: u64,
+    pub(crate) baseline_command: String,
+    pub(crate) baseline_bytes: u64,
+    pub(crate) uncompressed_bytes: u64,
+    pub(crate) ratio: f64,
+    pub(crate) target: String,
+    pub(crate) pass: bool,
+}
+
+/// The peak resident memory of one of our commands.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct MemoryCase {
+    pub(crate) name: String,
+    pub(crate) command: String,
+    pub(crate) max_rss_kib: u64,
+    pub(crate) max_rss_mib: f64,
+    /// File bytes of the tree the layer holds.
+    pub(crate) tree_bytes: u64,
+    /// Size of the compressed layer.
+    pub(crate) layer_bytes: u64,
+    pub(crate) target: String,
+    pub(crate) pass: bool,
+}
+
+/// A sanity check on the outputs (not a performance target).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Check {
+    pub(crate) name: String,
+    pub(crate) ok: bool,
+    pub(crate) detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Report {
+    /// `quick` or `full`.
+    pub(crate) mode: String,
+    /// Runs per whole-process case; the seconds reported are their median.
+    pub(crate) runs_per_case: usize,
+    /// UTC, as `date -u` gives it.
+    pub(crate) date: Option<String>,
+    /// Wall-clock time of the whole `cargo xtask bench` run.
+    pub(crate) duration_seconds: f64,
+    pub(crate) machine: Machine,
+    pub(crate) filesystem: Option<FilesystemInfo>,
+    pub(crate) fixture: Option<FixtureInfo>,
+    /// What `strata layer create --json` printed for the fixture.
+    pub(crate) ours_layer: Option<serde_json::Value>,
+    pub(crate) cases: Vec<Case>,
+    pub(crate) checks: Vec<Check>,
+    /// Criterion estimates of `benches/benches/cas.rs`.
+    pub(crate) micro: Vec<MicroResult>,
+}
+
+impl Report {
+    pub(crate) fn new(mode: &str, runs: usize, machine: Machine) -> Self {
+        let date = Command::new("date")
+            .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|d| !d.is_empty());
+        Report {
+            mode: mode.to_owned(),
+            runs_per_case: runs,
+            date,
+            duration_seconds: 0.0,
+            machine,
+            filesystem: None,
+            fixture: None,
+            ours_layer: None,
+            cases: Vec::new(),
+            checks: Vec::new(),
+            micro: Vec::new(),
+        }
+    }
+
+    pub(crate) fn to_markdown(&self, paths: &Paths) -> String {
+        let mut md = String::new();
+        self.write_markdown(&mut md, paths)
+            .expect("writing to a String cannot fail");
+        md
+    }
+
+    fn write_markdown(&self, md: &mut String, paths: &Paths) -> fmt::Result {
+        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "?".to_owned());
+        let m = &self.machine;
+        writeln!(md, "# Strata benchmark report\n")?;
+        writeln!(
+            md,
+            "Mode **{}**: {} runs per whole-process case (median reported, ours and baseline \
+             interleaved); {}; the whole run took {:.0} s.\n",
+            self.mode,
+            self.runs_per_case,
+            opt(&self.date),
+            self.duration_seconds
+        )?;
+
+        writeln!(md, "## Machine\n")?;
+        writeln!(md, "- OS: {}, kernel {}", opt(&m.os), opt(&m.kernel))?;
+        writeln!(
+            md,
+            "- CPU: {} ({} cores available), memory {:.1} GiB, running as root: {}",
+            opt(&m.cpu_model),
+            m.nproc,
+            m.memory_total_kib
+                .map_or(0.0, |k| k as f64 / 1024.0 / 1024.0),
+            m.root
+        )?;
+        writeln!(
+            md,
+            "- Tools: {}; {}; {}; {}; {}",
+            opt(&m.tar_version),
+            opt(&m.zstd_version),
+            opt(&m.b3sum_version),
+            opt(&m.rustc_version),
+            opt(&m.strata_version)
+        )?;
+        if let Some(fs) = &self.filesystem {
+            writeln!(md, "- Scratch filesystem: {}", fs.description)?;
+            if let Some(mount) = &fs.mount {
+                writeln!(md, "  (`{mount}`)")?;
+            }
+        }
+        if let Some(fx) = &self.fixture {
+            let pkgs: Vec<String> = fx
+                .packages
+                .iter()
+                .map(|p| format!("{} {}", p.name, p.version))
+                .collect();
+            writeln!(
+                md,
+                "- Fixture `{}`: {} entries ({} files, {} dirs, {} symlinks), {:.1} MB of file \
+                 data; Debian packages: {}",
+                fx.root,
+                fx.counts.entries,
+                fx.counts.files,
+                fx.counts.dirs,
+                fx.counts.symlinks,
+                mb(fx.counts.bytes),
+                pkgs.join(", ")
+            )?;
+        }
+        writeln!(md)?;
+
+        let times: Vec<&TimeCase> = self
+            .cases
+            .iter()
+            .filter_map(|c| if let Case::Time(t) = c { Some(t) } else { None })
+            .collect();
+        if !times.is_empty() {
+            writeln!(md, "## Whole-process time\n")?;
+            writeln!(
+                md,
+                "Ratio = baseline / ours (higher is better for strata).\n"
+            )?;
+            writeln!(
+                md,
+                "| Case | strata (s) | baseline (s) | ratio | target | pass |"
+            )?;
+            writeln!(md, "| --- | ---: | ---: | ---: | --- | --- |")?;
+            for t in &times {
+                writeln!(
+                    md,
+                    "| {} | {:.3} | {:.3} | {:.2} | {} | {} |",
+                    t.name,
+                    t.ours_seconds,
+                    t.baseline_seconds,
+                    t.ratio,
+                    t.target,
+                    yes_no(t.pass)
+                )?;
+            }
+            writeln!(md, "\nCommands:\n")?;
+            for t in &times {
+                writeln!(md, "- {}: strata `{}`", t.name, t.ours_command)?;
+                writeln!(md, "  vs baseline `{}`", t.baseline_command)?;
+                writeln!(
+                    md,
+                    "  (samples, s: strata {}; baseline {})",
+                    samples(&t.ours_samples),
+                    samples(&t.baseline_samples)
+                )?;
+            }
+            writeln!(md)?;
+        }
+
+        for c in &self.cases {
+            if let Case::Size(sz) = c {
+                writeln!(md, "## Compressed size\n")?;
+                writeln!(
+                    md,
+                    "Ratio = strata / baseline (lower is better for strata).\n"
+                )?;
+                writeln!(
+                    md,
+                    "| Case | uncompressed tar (B) | strata (B) | baseline (B) | ratio | target | pass |"
+                )?;
+                writeln!(md, "| --- | ---: | ---: | ---: | ---: | --- | --- |")?;
+                writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {:.4} | {} | {} |\n",
+                    sz.name,
+                    sz.uncompressed_bytes,
+                    sz.ours_bytes,
+                    sz.baseline_bytes,
+                    sz.ratio,
+                    sz.target,
+                    yes_no(sz.pass)
+                )?;
+                writeln!(md, "Baseline: `{}`\n", sz.baseline_command)?;
+            }
+        }
+
+        let mems: Vec<&MemoryCase> = self
+            .cases
+            .iter()
+            .filter_map(|c| {
+                if let Case::Memory(mc) = c {
+                    Some(mc)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        if !mems.is_empty() {
+            writeln!(md, "## Peak memory (max RSS, GNU time %M)\n")?;
+            writeln!(
+                md,
+                "| Case | tree (MB) | layer (MB) | max RSS (MiB) | target | pass |"
+            )?;
+            writeln!(md, "| --- | ---: | ---: | ---: | --- | --- |")?;
+            for mc in &mems {
+                writeln!(
+                    md,
+                    "| {} | {:.1} | {:.1} | {:.1} | {} | {} |",
+                    mc.name,
+                    mb(mc.tree_bytes),
+                    mb(mc.layer_bytes),
+                    mc.max_rss_mib,
+                    mc.target,
+                    yes_no(mc.pass)
+                )?;
+            }
+            writeln!(md)?;
+        }
+
+        if !self.checks.is_empty() {
+            writeln!(md, "## Checks\n")?;
+            for c in &self.checks {
+                writeln!(
+                    md,
+                    "- {}: {} ({})",
+                    c.name,
+                    if c.ok { "ok" } else { "FAILED" },
+                    c.detail
+                )?;
+            }
+            writeln!(md)?;
+        }
+
+        if !self.micro.is_empty() {
+            writeln!(
+                md,
+                "## Micro-benchmarks (criterion, `benches/benches/cas.rs`)\n"
+            )?;
+            writeln!(
+                md,
+                "Time per iteration as criterion prints it (the regression slope when it \
+                 sampled linearly, else the mean), with its 95% confidence interval.\n"
+            )?;
+            writeln!(md, "| Benchmark | time | 95% CI | throughput |")?;
+            writeln!(md, "| --- | ---: | ---: | ---: |")?;
+            for r in &self.micro {
+                writeln!(
+                    md,
+                    "| {} | {} | {} – {} | {} |",
+                    r.id,
+                    duration(r.estimate_ns),
+                    duration(r.estimate_lower_ns),
+                    duration(r.estimate_upper_ns),
+                    r.throughput.clone().unwrap_or_else(|| "–".to_owned())
+                )?;
+            }
+            writeln!(md)?;
+        }
+
+        let failed: Vec<&str> = self
+            .cases
+            .iter()
+            .filter_map(|c| match c {
+                Case::Time(t) if !t.pass => Some(t.name.as_str()),
+                Case::Size(sz) if !sz.pass => Some(sz.name.as_str()),
+                Case::Memory(mc) if !mc.pass => Some(mc.name.as_str()),
+                _ => None,
+            })
+            .collect();
+        if self.cases.is_empty() {
+            writeln!(md, "No whole-process case ran.")?;
+        } else if failed.is_empty() {
+            writeln!(md, "All {} targets met.", self.cases.len())?;
+        } else {
+            writeln!(md, "Targets missed: {}.", failed.join(", "))?;
+        }
+        writeln!(
+            md,
+            "\nFull data: `{}`.",
+            paths.show(&paths.bench.join("report.json"))
+        )?;
+        Ok(())
+    }
+}
+
+fn yes_no(pass: bool) -> &'static str {
+    if pass { "yes" } else { "**no**" }
+}
+
+fn samples(v: &[f64]) -> String {
+    v.iter()
+        .map(|s| format!("{s:.3}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Nanoseconds, in a readable unit.
+fn duration(ns: f64) -> String {
+    if ns >= 1e9 {
+        format!("{:.3} s", ns / 1e9)
+    } else if ns >= 1e6 {
+        format!("{:.3} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.3} µs", ns / 1e3)
+    } else {
+        format!("{ns:.1} ns")
+    }
+}
