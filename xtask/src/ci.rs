@@ -1,7 +1,8 @@
 //! `cargo xtask ci`: exactly what CI checks, runnable locally.
 //!
 //! Formatting, clippy with warnings as errors, the whole test suite (the tidy checks in
-//! `tidy.rs` run as xtask's own tests), in that order, stopping at the first failure.
+//! `tidy.rs` run as xtask's own tests), then a type-check of every crate for Windows and
+//! macOS, in that order, stopping at the first failure.
 
 use std::process::Command;
 
@@ -27,6 +28,58 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         ],
     )?;
     step("test", &["test", "--workspace", "--locked"])?;
+    cross_check()?;
+    Ok(())
+}
+
+/// Targets whose code we cannot run here but must compile: `cfg(windows)` and macOS paths.
+const CROSS_TARGETS: &[&str] = &["x86_64-pc-windows-gnu", "aarch64-apple-darwin"];
+/// Debian's compiler, whose std sources (`rust-web-src`) let `-Zbuild-std` build any target.
+const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+
+/// `cargo check` for other operating systems with `-Zbuild-std` (see
+/// `docs/architecture.md`). Needs Debian's `rustc-web rust-web-src libzstd-dev pkg-config`,
+/// which `.ci/run` installs; skipped with a notice where they are missing, except in CI.
+fn cross_check() -> anyhow::Result<()> {
+    let have_sources = std::path::Path::new("/usr/lib/rustlib/src/rust/library").is_dir();
+    if !std::path::Path::new(DEBIAN_RUSTC).exists() || !have_sources {
+        if std::env::var_os("CI").is_some() {
+            bail!("the cross-platform check needs Debian's rustc-web and rust-web-src in CI");
+        }
+        eprintln!(
+            "==> cross: skipped (apt-get install rustc-web rust-web-src libzstd-dev pkg-config)"
+        );
+        return Ok(());
+    }
+    for target in CROSS_TARGETS {
+        eprintln!("==> cross: cargo check --target {target}");
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "check",
+                "--workspace",
+                "--exclude",
+                "xtask",
+                "--exclude",
+                "benches",
+                "--locked",
+            ])
+            .args(["-Zbuild-std=std,panic_abort", "--target", target])
+            .args(["--target-dir", "target/cross"])
+            .current_dir(project_root())
+            .env("RUSTC", DEBIAN_RUSTC)
+            .env("RUSTC_BOOTSTRAP", "1")
+            .env("RUSTFLAGS", "-D warnings")
+            // C code of dependencies cannot be compiled for macOS here (no SDK), and nothing
+            // is linked by `check`: take libzstd from pkg-config and blake3's portable Rust.
+            .env("ZSTD_SYS_USE_PKG_CONFIG", "1")
+            .env("PKG_CONFIG_ALLOW_CROSS", "1")
+            .env("CARGO_FEATURE_PURE", "1")
+            .status()
+            .context("cannot run cargo for the cross-platform check")?;
+        if !status.success() {
+            bail!("the cross-platform check for {target} failed ({status})");
+        }
+    }
     Ok(())
 }
 

@@ -169,6 +169,10 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
 }
 
 /// Where tar bytes go: a framed encoder, or a plain writer that hashes.
+#[cfg_attr(
+    not(unix),
+    allow(dead_code, reason = "only the Unix walker reads files")
+)]
 pub(crate) trait Sink: Write {
     /// Reads up to `limit` bytes from `reader` into the sink; 0 at the reader's end.
     fn fill_from(&mut self, reader: &mut dyn Read, limit: u64) -> io::Result<usize>;
@@ -193,6 +197,10 @@ impl<W: Write> Sink for FrameEncoder<W> {
 }
 
 /// An uncompressed tar output that hashes what passes through.
+#[cfg_attr(
+    not(unix),
+    allow(dead_code, reason = "only the Unix walker reads files")
+)]
 pub(crate) struct PlainSink<W> {
     out: W,
     hasher: blake3::Hasher,
@@ -248,6 +256,10 @@ impl<W: Write> Sink for PlainSink<W> {
     }
 }
 
+#[cfg_attr(
+    not(unix),
+    allow(dead_code, reason = "only the Unix walker reads changes")
+)]
 pub(crate) enum Source<'a> {
     Tree,
     Changes(&'a [Change]),

@@ -12,9 +12,14 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
-/// Default uncompressed bytes per frame. Large enough that independent frames cost well under
-/// 1% of compression ratio at zstd's default window, small enough to keep memory bounded.
-pub const DEFAULT_CHUNK_SIZE: usize = 4 << 20;
+/// Default uncompressed bytes per frame. Measured on a 290 MB tree of headers, docs and
+/// Python sources at level 3: 2 MiB frames compress 9% worse than one `zstd -3` stream,
+/// 4 MiB 2.4% worse, 8 MiB 0.15% worse. Memory grows with it (see [`IN_FLIGHT_BUDGET`]).
+pub const DEFAULT_CHUNK_SIZE: usize = 8 << 20;
+
+/// Bytes of chunks (input plus output) being compressed at once, whatever the core count,
+/// so peak memory does not grow with the machine.
+pub const IN_FLIGHT_BUDGET: usize = 128 << 20;
 
 const SKIPPABLE_MAGIC: u32 = 0x184D_2A5E;
 const SEEKABLE_MAGIC: u32 = 0x8F92_EAB1;
@@ -197,7 +202,9 @@ impl<W: Write> FrameEncoder<W> {
             jobs: None,
             done: None,
             in_flight: 0,
-            max_in_flight: threads * 2,
+            max_in_flight: (threads * 2)
+                .min(IN_FLIGHT_BUDGET / (2 * chunk_size))
+                .max(2),
             next_seq: 0,
             next_to_write: 0,
             reorder: BTreeMap::new(),

@@ -123,7 +123,7 @@ fn create(ctx: &Context<'_>, report: &mut Report) -> anyhow::Result<PathBuf> {
             prepare: &p_repro,
         },
     ];
-    let samples = runner::side_by_side("create", &contenders, ctx.runs)?;
+    let (samples, other_cpu) = runner::side_by_side("create", &contenders, ctx.runs)?;
 
     let info: serde_json::Value =
         serde_json::from_str(samples[0].stdout.trim()).with_context(|| {
@@ -134,23 +134,22 @@ fn create(ctx: &Context<'_>, report: &mut Report) -> anyhow::Result<PathBuf> {
         })?;
     report.ours_layer = Some(info.clone());
     let target = Target::AtLeast(1.6);
+    let side = |i: usize| (&contenders[i], &samples[i]);
     report.cases.push(time_case(
         ctx,
         "create",
-        &contenders[0],
-        &samples[0],
-        &contenders[1],
-        &samples[1],
+        side(0),
+        side(1),
         target,
+        other_cpu,
     ));
     report.cases.push(time_case(
         ctx,
         "create (reproducible tar)",
-        &contenders[0],
-        &samples[0],
-        &contenders[2],
-        &samples[2],
+        side(0),
+        side(2),
         target,
+        other_cpu,
     ));
 
     // The layer id must be the blake3 of the uncompressed tar, as any zstd sees it.
@@ -214,15 +213,14 @@ fn extract(ctx: &Context<'_>, report: &mut Report, layer: &Path) -> anyhow::Resu
             prepare: &p_tar,
         },
     ];
-    let samples = runner::side_by_side("extract", &contenders, ctx.runs)?;
+    let (samples, other_cpu) = runner::side_by_side("extract", &contenders, ctx.runs)?;
     report.cases.push(time_case(
         ctx,
         "extract (cold)",
-        &contenders[0],
-        &samples[0],
-        &contenders[1],
-        &samples[1],
+        (&contenders[0], &samples[0]),
+        (&contenders[1], &samples[1]),
         Target::AtLeast(2.0),
+        other_cpu,
     ));
 
     let ours_counts = fixture::count_tree(&ours_dst)?;
@@ -370,11 +368,10 @@ fn memory_case(
 fn time_case(
     ctx: &Context<'_>,
     name: &str,
-    ours: &Contender<'_>,
-    ours_samples: &Samples,
-    baseline: &Contender<'_>,
-    baseline_samples: &Samples,
+    (ours, ours_samples): (&Contender<'_>, &Samples),
+    (baseline, baseline_samples): (&Contender<'_>, &Samples),
     target: Target,
+    other_cpu_share: Option<f64>,
 ) -> Case {
     let ours_seconds = ours_samples.median();
     let baseline_seconds = baseline_samples.median();
@@ -390,5 +387,6 @@ fn time_case(
         ratio,
         target: target.to_string(),
         pass: target.pass(ratio),
+        other_cpu_share,
     })
 }

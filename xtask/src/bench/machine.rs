@@ -29,6 +29,7 @@ const ROOT_TOOLS: &[(&str, &str)] = &[
     ("mkfs.ext4", "e2fsprogs"),
     ("mount", "mount"),
     ("umount", "mount"),
+    ("losetup", "mount"),
 ];
 
 /// Fails with one message naming every missing tool and the Debian packages to install.

@@ -66,6 +66,8 @@ pub(crate) struct TimeCase {
     pub(crate) ratio: f64,
     pub(crate) target: String,
     pub(crate) pass: bool,
+    /// Share of all cores' time used by other processes while the case ran (noise gauge).
+    pub(crate) other_cpu_share: Option<f64>,
 }
 
 /// A size comparison; `ratio` is ours / baseline (lower is better for us).
@@ -229,21 +231,28 @@ impl Report {
             )?;
             writeln!(
                 md,
-                "| Case | strata (s) | baseline (s) | ratio | target | pass |"
+                "| Case | strata (s) | baseline (s) | ratio | target | pass | other CPU |"
             )?;
-            writeln!(md, "| --- | ---: | ---: | ---: | --- | --- |")?;
+            writeln!(md, "| --- | ---: | ---: | ---: | --- | --- | ---: |")?;
             for t in &times {
                 writeln!(
                     md,
-                    "| {} | {:.3} | {:.3} | {:.2} | {} | {} |",
+                    "| {} | {:.3} | {:.3} | {:.2} | {} | {} | {} |",
                     t.name,
                     t.ours_seconds,
                     t.baseline_seconds,
                     t.ratio,
                     t.target,
-                    yes_no(t.pass)
+                    yes_no(t.pass),
+                    t.other_cpu_share
+                        .map_or_else(|| "?".to_owned(), |v| format!("{:.0}%", v * 100.0))
                 )?;
             }
+            writeln!(
+                md,
+                "\n\"other CPU\": share of all cores' time used by other processes (and kernel \
+                 threads) while the case ran; above ~5% the timings are disturbed."
+            )?;
             writeln!(md, "\nCommands:\n")?;
             for t in &times {
                 writeln!(md, "- {}: strata `{}`", t.name, t.ours_command)?;

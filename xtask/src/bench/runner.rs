@@ -42,11 +42,15 @@ impl Samples {
 }
 
 /// Runs every contender `runs` times, interleaved; fails on the first failing run.
+///
+/// Also returns the share of the machine's CPU time (all cores, over the timed runs and their
+/// prepare steps) spent by anything but this process and its children: other users' builds,
+/// kernel writeback. Above a few percent, the timings are noisy.
 pub(crate) fn side_by_side(
     case: &str,
     contenders: &[Contender<'_>],
     runs: usize,
-) -> anyhow::Result<Vec<Samples>> {
+) -> anyhow::Result<(Vec<Samples>, Option<f64>)> {
     let mut samples = vec![Samples::default(); contenders.len()];
     // One untimed round first: it warms the page cache with the inputs and the binaries,
     // which would otherwise penalise whoever runs first.
@@ -55,6 +59,7 @@ pub(crate) fn side_by_side(
         timed(&contender.argv)?;
     }
     say!("{case}: warm-up round done");
+    let cpu_before = CpuTimes::now();
     for run in 1..=runs {
         let mut line = format!("{case} {run}/{runs}:");
         for (contender, samples) in contenders.iter().zip(&mut samples) {
@@ -67,7 +72,65 @@ pub(crate) fn side_by_side(
         }
         say!("{line}");
     }
-    Ok(samples)
+    let other = cpu_before
+        .zip(CpuTimes::now())
+        .and_then(|(a, b)| b.other_share_since(&a));
+    if let Some(share) = other
+        && share > 0.05
+    {
+        say!(
+            "warning: {:.0}% of the CPU went to other processes during {case}; timings are noisy",
+            share * 100.0
+        );
+    }
+    Ok((samples, other))
+}
+
+/// CPU time counters, in clock ticks (`USER_HZ`, 100 on Linux).
+#[derive(Debug, Clone, Copy)]
+struct CpuTimes {
+    /// Busy time of all CPUs (`/proc/stat`: everything but idle and iowait).
+    busy: u64,
+    /// Total time of all CPUs.
+    total: u64,
+    /// This process and its waited-for children (`/proc/self/stat`).
+    ours: u64,
+}
+
+impl CpuTimes {
+    fn now() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()?
+            .strip_prefix("cpu ")?
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest times are inside user).
+        let field = |i: usize| cpu.get(i).copied().unwrap_or(0);
+        let busy = field(0) + field(1) + field(2) + field(5) + field(6) + field(7);
+        let total = busy + field(3) + field(4);
+        let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let after_comm = &own[own.rfind(')')? + 1..];
+        let fields: Vec<u64> = after_comm
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        // utime stime cutime cstime are fields 14-17, i.e. 11-14 after the command name.
+        let ours = fields.get(11..15)?.iter().sum();
+        Some(CpuTimes { busy, total, ours })
+    }
+
+    fn other_share_since(&self, before: &CpuTimes) -> Option<f64> {
+        let total = self.total.checked_sub(before.total)?;
+        if total == 0 {
+            return None;
+        }
+        let busy = self.busy.saturating_sub(before.busy);
+        let ours = self.ours.saturating_sub(before.ours);
+        Some(busy.saturating_sub(ours) as f64 / total as f64)
+    }
 }
 
 /// Runs `argv` once; returns the wall-clock seconds and its standard output.

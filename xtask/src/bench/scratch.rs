@@ -8,6 +8,7 @@
 //! on whatever filesystem holds the target directory, and the report says so.
 
 use std::fs::File;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -30,6 +31,8 @@ pub(crate) struct FilesystemInfo {
     pub(crate) description: String,
     /// The mount line from `/proc/self/mounts` for the work directory's filesystem, if found.
     pub(crate) mount: Option<String>,
+    /// Whether the loop device does direct I/O on its backing file (loop image only).
+    pub(crate) loop_direct_io: Option<bool>,
 }
 
 /// The scratch space; unmounts the loop image (if we use one) on drop.
@@ -47,15 +50,23 @@ impl Scratch {
                 Ok(mnt) => {
                     let work = mnt.join("work");
                     reset_dir(&work)?;
+                    let direct_io = loop_direct_io(&mnt);
+                    let dio = match direct_io {
+                        Some(true) => "on",
+                        Some(false) => "off",
+                        None => "unknown",
+                    };
                     let info = FilesystemInfo {
                         kind: "loop-ext4-journal".to_owned(),
                         work_dir: paths.show(&work),
                         description: format!(
-                            "ext4 with journal on a 4 GiB loop image ({}) mounted at {}",
+                            "ext4 with journal on a 4 GiB loop image ({}) mounted at {}, \
+                             loop direct I/O {dio}",
                             paths.show(&paths.bench.join("fs.img")),
                             paths.show(&mnt)
                         ),
                         mount: mount_line(&mnt),
+                        loop_direct_io: direct_io,
                     };
                     say!("scratch filesystem: {}", info.description);
                     return Ok(Scratch {
@@ -80,6 +91,7 @@ impl Scratch {
                 paths.show(&work)
             ),
             mount: mount_line(&work),
+            loop_direct_io: None,
         };
         say!("scratch filesystem: {}", info.description);
         Ok(Scratch {
@@ -139,9 +151,7 @@ fn mount_image(paths: &Paths) -> anyhow::Result<PathBuf> {
     if !image.exists() {
         say!("creating the 4 GiB ext4 image {}", paths.show(&image));
         let tmp = paths.bench.join("fs.img.tmp");
-        File::create(&tmp)
-            .and_then(|f| f.set_len(IMAGE_BYTES))
-            .with_context(|| format!("creating {}", tmp.display()))?;
+        write_zeros(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         // -j: a journal whatever mke2fs.conf says; no lazy init, so no background zeroing
         // of inode tables runs during the timed cases.
         run(Command::new("mkfs.ext4")
@@ -160,6 +170,37 @@ fn mount_image(paths: &Paths) -> anyhow::Result<PathBuf> {
         .arg(&image)
         .arg(&mnt))?;
     Ok(mnt)
+}
+
+/// Writes the image out in full rather than sparse: a sparse (or `fallocate`d) image makes
+/// the host filesystem allocate (or convert) blocks while the timed commands run.
+fn write_zeros(path: &Path) -> std::io::Result<()> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut file = File::create(path)?;
+    for _ in 0..IMAGE_BYTES / zeros.len() as u64 {
+        file.write_all(&zeros)?;
+    }
+    file.sync_all()
+}
+
+/// Switches the loop device under `mnt` to direct I/O (best effort) and reports whether it
+/// is on: without it every block is cached twice, once per filesystem, and `sync` on the
+/// image only moves dirty data into the backing file's page cache.
+fn loop_direct_io(mnt: &Path) -> Option<bool> {
+    let line = mount_line(mnt)?;
+    let device = line.split_whitespace().next()?;
+    let name = device.strip_prefix("/dev/")?;
+    if !name.starts_with("loop") {
+        return None;
+    }
+    let flag = Path::new("/sys/block").join(name).join("loop/dio");
+    let on = || std::fs::read_to_string(&flag).is_ok_and(|v| v.trim() == "1");
+    if !on() {
+        let _ = Command::new("losetup")
+            .args(["--direct-io=on", device])
+            .output();
+    }
+    Some(on())
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {

@@ -193,7 +193,7 @@ impl<S: Sink> Walker<'_, S> {
     ) -> Result<Option<OwnedFd>> {
         let mtime = stat.st_mtime as i64;
         let mut meta = Metadata {
-            mode: stat.st_mode & 0o7777,
+            mode: stat.st_mode as u32 & 0o7777,
             uid: stat.st_uid,
             gid: stat.st_gid,
             mtime: self.clamp.map_or(mtime, |c| mtime.min(c)),

@@ -139,7 +139,7 @@ pub(super) fn apply<R: Read>(input: R, dir: &Path, opts: &ExtractOptions) -> Res
     ex.finish_dirs()?;
     reader.finish()?;
     if opts.sync {
-        rustix::fs::syncfs(&*ex.root).map_err(|e| Error::io("sync", dir, e.into()))?;
+        sync_filesystem(&ex.root).map_err(|e| Error::io("sync", dir, e.into()))?;
     }
     let (files, bytes) = ex.pool.totals();
     ex.report.files += files;
@@ -162,6 +162,15 @@ struct Extractor<'a> {
     report: ExtractReport,
     pool: Pool,
     buf: Vec<u8>,
+}
+
+/// Permission bits as rustix wants them (`mode_t` is 16 bits on macOS).
+#[allow(
+    clippy::unnecessary_cast,
+    reason = "mode_t is u32 on Linux, u16 on macOS"
+)]
+fn mode(bits: u32) -> Mode {
+    Mode::from_raw_mode((bits & 0o7777) as rustix::fs::RawMode)
 }
 
 fn key(path: &[u8]) -> u128 {
@@ -321,11 +330,11 @@ impl Extractor<'_> {
                     }
                     _ => (FileType::Fifo, 0),
                 };
-                let mode = Mode::from_raw_mode(entry.meta.mode);
-                retry_replacing(&parent, &name, || {
-                    rustix::fs::mknodat(&*parent, name.as_slice(), ft, mode, dev)
-                })
-                .map_err(sys("create the node"))?;
+                let mode = mode(entry.meta.mode);
+                #[cfg(not(target_os = "linux"))]
+                let _ = (ft, dev);
+                retry_replacing(&parent, &name, || make_node(&parent, &name, ft, mode, dev))
+                    .map_err(sys("create the node"))?;
                 self.invalidate(&entry.path);
                 self.finish_node(&parent, &name, &entry.meta)?;
                 self.made.insert(k, Made::Other);
@@ -409,7 +418,7 @@ impl Extractor<'_> {
     }
 
     fn make_dir(&mut self, parent: &Fd, name: &[u8], entry: &Entry) -> Result<(), EntryProblem> {
-        match rustix::fs::mkdirat(&**parent, name, Mode::from_raw_mode(0o700)) {
+        match rustix::fs::mkdirat(&**parent, name, mode(0o700)) {
             Ok(()) => {}
             Err(Errno::EXIST) => {
                 let st = rustix::fs::statat(&**parent, name, AtFlags::SYMLINK_NOFOLLOW)
@@ -417,7 +426,7 @@ impl Extractor<'_> {
                 if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
                     remove_entry(parent, name).map_err(sys("replace the existing entry"))?;
                     self.invalidate(&entry.path);
-                    rustix::fs::mkdirat(&**parent, name, Mode::from_raw_mode(0o700))
+                    rustix::fs::mkdirat(&**parent, name, mode(0o700))
                         .map_err(sys("create the directory"))?;
                 }
             }
@@ -462,13 +471,8 @@ impl Extractor<'_> {
         }
         // mknodat applied the umask; set the exact mode. The node was just created at this
         // name by us, and chmodat cannot follow a device or fifo anywhere.
-        rustix::fs::chmodat(
-            &**parent,
-            name,
-            Mode::from_raw_mode(meta.mode),
-            AtFlags::empty(),
-        )
-        .map_err(sys("set the mode"))?;
+        rustix::fs::chmodat(&**parent, name, mode(meta.mode), AtFlags::empty())
+            .map_err(sys("set the mode"))?;
         rustix::fs::utimensat(&**parent, name, &times(meta), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(sys("set the mtime"))?;
         Ok(())
@@ -600,7 +604,7 @@ impl Extractor<'_> {
             let opened = match rustix::fs::openat(&*fd, component, DIR_FLAGS, Mode::empty()) {
                 Ok(child) => child,
                 Err(Errno::NOENT) if create => {
-                    match rustix::fs::mkdirat(&*fd, component, Mode::from_raw_mode(0o755)) {
+                    match rustix::fs::mkdirat(&*fd, component, mode(0o755)) {
                         Ok(()) | Err(Errno::EXIST) => {}
                         Err(e) => return Err(sys("create a parent directory")(e)),
                     }
@@ -642,11 +646,7 @@ impl Extractor<'_> {
             match rustix::fs::openat(&*cur, component.as_slice(), DIR_FLAGS, Mode::empty()) {
                 Ok(fd) => stack.push(Arc::new(fd)),
                 Err(Errno::NOENT) if create && !followed => {
-                    match rustix::fs::mkdirat(
-                        &*cur,
-                        component.as_slice(),
-                        Mode::from_raw_mode(0o755),
-                    ) {
+                    match rustix::fs::mkdirat(&*cur, component.as_slice(), mode(0o755)) {
                         Ok(()) | Err(Errno::EXIST) => {}
                         Err(e) => return Err(sys("create a parent directory")(e)),
                     }
@@ -727,8 +727,37 @@ fn stream_problem(e: Error) -> EntryProblem {
 }
 
 fn set_mode_and_time(fd: &OwnedFd, meta: &Metadata) -> Result<(), EntryProblem> {
-    rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode)).map_err(sys("set the mode"))?;
+    rustix::fs::fchmod(fd, mode(meta.mode)).map_err(sys("set the mode"))?;
     rustix::fs::futimens(fd, &times(meta)).map_err(sys("set the mtime"))
+}
+
+/// One `syncfs` for the whole target on Linux; elsewhere a global `sync`.
+fn sync_filesystem(root: &OwnedFd) -> rustix::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    return rustix::fs::syncfs(root);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = root;
+        rustix::fs::sync();
+        Ok(())
+    }
+}
+
+/// `mknodat`, which rustix offers on Linux only; elsewhere nodes are refused for now.
+fn make_node(
+    parent: &OwnedFd,
+    name: &[u8],
+    ft: FileType,
+    mode: Mode,
+    dev: rustix::fs::Dev,
+) -> rustix::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    return rustix::fs::mknodat(parent, name, ft, mode, dev);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (parent, name, ft, mode, dev);
+        Err(Errno::NOSYS)
+    }
 }
 
 /// Runs `create`; if the name exists (from a lower layer), removes it and tries once more.
@@ -775,7 +804,7 @@ fn remove_entry(parent: &OwnedFd, name: &[u8]) -> rustix::io::Result<()> {
 /// friends are added by `finish_file` after the owner is set).
 fn create_file(dir: &OwnedFd, name: &[u8], meta: &Metadata) -> Result<OwnedFd, EntryProblem> {
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let mode = Mode::from_raw_mode(meta.mode & 0o777);
+    let mode = mode(meta.mode & 0o777);
     match rustix::fs::openat(dir, name, flags, mode) {
         Err(Errno::EXIST) => {
             remove_entry(dir, name).map_err(sys("replace the existing entry"))?;
@@ -797,7 +826,7 @@ fn finish_file(file: &File, meta: &Metadata, setup: &FileSetup) -> Result<(), En
         .map_err(sys("set the owner"))?;
     }
     if setup.needs_chown(meta) || setup.needs_chmod(meta) {
-        rustix::fs::fchmod(file, Mode::from_raw_mode(meta.mode)).map_err(sys("set the mode"))?;
+        rustix::fs::fchmod(file, mode(meta.mode)).map_err(sys("set the mode"))?;
     }
     for (name, value) in &meta.xattrs {
         rustix::fs::fsetxattr(file, name.as_slice(), value, XattrFlags::empty())
