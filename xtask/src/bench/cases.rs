@@ -66,13 +66,7 @@ pub(crate) fn run_all(ctx: &Context<'_>, report: &mut Report, quick: bool) -> an
             runner::remove(&ctx.work.join(dir))?;
         }
         let (big, counts) = fixture::ensure_big(ctx.paths)?;
-        memory(
-            ctx,
-            report,
-            &big,
-            "big (2 GiB file + small files)",
-            counts.bytes,
-        )?;
+        memory(ctx, report, &big, "big tree", counts.bytes)?;
     }
     Ok(())
 }

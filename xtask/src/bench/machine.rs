@@ -134,7 +134,10 @@ pub(crate) fn collect() -> Machine {
         memory_total_kib,
         root: is_root(),
         tar_version: tool_line(Path::new("tar"), &["--version"]),
-        zstd_version: tool_line(Path::new("zstd"), &["--version"]),
+        zstd_version: tool_line(Path::new("zstd"), &["--version"]).map(|v| {
+            v.trim_matches(|c: char| c == '*' || c.is_whitespace())
+                .to_owned()
+        }),
         b3sum_version: tool_line(Path::new("b3sum"), &["--version"]),
         rustc_version: tool_line(Path::new(&rustc), &["--version"]),
         strata_version: None,

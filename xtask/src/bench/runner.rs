@@ -43,9 +43,9 @@ impl Samples {
 
 /// Runs every contender `runs` times, interleaved; fails on the first failing run.
 ///
-/// Also returns the share of the machine's CPU time (all cores, over the timed runs and their
-/// prepare steps) spent by anything but this process and its children: other users' builds,
-/// kernel writeback. Above a few percent, the timings are noisy.
+/// Also returns the share of the machine's CPU time (all cores, during the timed runs only)
+/// spent by anything but this process and its children: other users' builds, kernel
+/// writeback. Above a few percent, the timings are noisy.
 pub(crate) fn side_by_side(
     case: &str,
     contenders: &[Contender<'_>],
@@ -59,22 +59,24 @@ pub(crate) fn side_by_side(
         timed(&contender.argv)?;
     }
     say!("{case}: warm-up round done");
-    let cpu_before = CpuTimes::now();
+    let mut cpu = CpuTimes::default();
     for run in 1..=runs {
         let mut line = format!("{case} {run}/{runs}:");
         for (contender, samples) in contenders.iter().zip(&mut samples) {
             (contender.prepare)()
                 .with_context(|| format!("preparing {case} / {}", contender.label))?;
+            let before = CpuTimes::now();
             let (seconds, stdout) = timed(&contender.argv)?;
+            if let Some((before, after)) = before.zip(CpuTimes::now()) {
+                cpu.add_delta(&before, &after);
+            }
             samples.seconds.push(seconds);
             samples.stdout = stdout;
             line.push_str(&format!(" {} {seconds:.3}s", contender.label));
         }
         say!("{line}");
     }
-    let other = cpu_before
-        .zip(CpuTimes::now())
-        .and_then(|(a, b)| b.other_share_since(&a));
+    let other = cpu.other_share();
     if let Some(share) = other
         && share > 0.05
     {
@@ -87,7 +89,7 @@ pub(crate) fn side_by_side(
 }
 
 /// CPU time counters, in clock ticks (`USER_HZ`, 100 on Linux).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct CpuTimes {
     /// Busy time of all CPUs (`/proc/stat`: everything but idle and iowait).
     busy: u64,
@@ -122,14 +124,16 @@ impl CpuTimes {
         Some(CpuTimes { busy, total, ours })
     }
 
-    fn other_share_since(&self, before: &CpuTimes) -> Option<f64> {
-        let total = self.total.checked_sub(before.total)?;
-        if total == 0 {
-            return None;
-        }
-        let busy = self.busy.saturating_sub(before.busy);
-        let ours = self.ours.saturating_sub(before.ours);
-        Some(busy.saturating_sub(ours) as f64 / total as f64)
+    /// Adds the counters' increase from `before` to `after`.
+    fn add_delta(&mut self, before: &CpuTimes, after: &CpuTimes) {
+        self.busy += after.busy.saturating_sub(before.busy);
+        self.total += after.total.saturating_sub(before.total);
+        self.ours += after.ours.saturating_sub(before.ours);
+    }
+
+    /// For accumulated deltas: the share of CPU time that was busy but not ours.
+    fn other_share(&self) -> Option<f64> {
+        (self.total > 0).then(|| self.busy.saturating_sub(self.ours) as f64 / self.total as f64)
     }
 }
 
