@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -441,5 +443,207 @@ mod tests {
             SeekTable::read_from(&mut io::Cursor::new(&plain)).unwrap(),
             None
         );
+    }
+}
+
+/// Frames larger than this are not decoded whole in memory; such a blob is read with the
+/// streaming decoder instead (our writer never makes frames this large).
+const MAX_PARALLEL_FRAME: u32 = 64 << 20;
+
+/// Reads a framed blob's uncompressed bytes in order while decoding frames ahead on worker
+/// threads, using the seek table. A lying seek table cannot make it read out of bounds or
+/// allocate more than a few frames: each frame must decode to exactly the size the table
+/// gives, at most [`MAX_PARALLEL_FRAME`] bytes.
+pub struct ParallelFrameReader {
+    done: Receiver<(usize, io::Result<Vec<u8>>)>,
+    reorder: BTreeMap<usize, io::Result<Vec<u8>>>,
+    next: usize,
+    frames: usize,
+    current: Vec<u8>,
+    pos: usize,
+    window: Arc<Window>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ParallelFrameReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParallelFrameReader")
+            .field("next", &self.next)
+            .field("frames", &self.frames)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How far ahead of the consumer workers may decode.
+struct Window {
+    consumed: Mutex<usize>,
+    advanced: Condvar,
+    ahead: usize,
+    stop: AtomicBool,
+}
+
+impl ParallelFrameReader {
+    /// Decodes `file`'s frames (described by `table`) on `threads` threads. Returns `None`
+    /// when the table does not suit parallel decoding (a frame too large).
+    pub fn new(
+        file: &std::fs::File,
+        table: &SeekTable,
+        threads: usize,
+    ) -> io::Result<Option<Self>> {
+        if table
+            .frames
+            .iter()
+            .any(|f| f.decompressed > MAX_PARALLEL_FRAME || f.compressed > MAX_PARALLEL_FRAME)
+        {
+            return Ok(None);
+        }
+        let threads = threads.max(1);
+        let mut offsets = Vec::with_capacity(table.frames.len());
+        let mut offset = 0u64;
+        for f in &table.frames {
+            offsets.push((offset, *f));
+            offset += u64::from(f.compressed);
+        }
+        let offsets = Arc::new(offsets);
+        let window = Arc::new(Window {
+            consumed: Mutex::new(0),
+            advanced: Condvar::new(),
+            ahead: threads + 1,
+            stop: AtomicBool::new(false),
+        });
+        let next_job = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut workers = Vec::new();
+        for _ in 0..threads {
+            let file = file.try_clone()?;
+            let (offsets, window, next_job, tx) = (
+                offsets.clone(),
+                window.clone(),
+                next_job.clone(),
+                tx.clone(),
+            );
+            workers.push(std::thread::spawn(move || {
+                let mut decompressor = match zstd::bulk::Decompressor::new() {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = tx.send((next_job.fetch_add(1, Ordering::Relaxed), Err(e)));
+                        return;
+                    }
+                };
+                let mut compressed = Vec::new();
+                loop {
+                    let i = next_job.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(offset, frame)) = offsets.get(i) else {
+                        return;
+                    };
+                    {
+                        let mut consumed = window.consumed.lock().expect("window lock");
+                        while i >= *consumed + window.ahead && !window.stop.load(Ordering::Relaxed)
+                        {
+                            consumed = window.advanced.wait(consumed).expect("window lock");
+                        }
+                    }
+                    if window.stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let result =
+                        decode_frame(&file, offset, frame, &mut compressed, &mut decompressor);
+                    if tx.send((i, result)).is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+        Ok(Some(ParallelFrameReader {
+            done: rx,
+            reorder: BTreeMap::new(),
+            next: 0,
+            frames: table.frames.len(),
+            current: Vec::new(),
+            pos: 0,
+            window,
+            workers,
+        }))
+    }
+}
+
+fn decode_frame(
+    file: &std::fs::File,
+    offset: u64,
+    frame: FrameEntry,
+    compressed: &mut Vec<u8>,
+    decompressor: &mut zstd::bulk::Decompressor<'static>,
+) -> io::Result<Vec<u8>> {
+    compressed.resize(frame.compressed as usize, 0);
+    read_exact_at(file, compressed, offset)?;
+    let mut out = Vec::with_capacity(frame.decompressed as usize);
+    let n = decompressor.decompress_to_buffer(compressed, &mut out)?;
+    if n != frame.decompressed as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "frame at byte {offset} decodes to {n} bytes, the seek table says {}",
+                frame.decompressed
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_exact_at(file: &std::fs::File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match std::os::windows::fs::FileExt::seek_read(file, buf, offset)? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Read for ParallelFrameReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            if self.next == self.frames {
+                return Ok(0);
+            }
+            let result = loop {
+                if let Some(r) = self.reorder.remove(&self.next) {
+                    break r;
+                }
+                let (i, r) = self
+                    .done
+                    .recv()
+                    .map_err(|_| io::Error::other("frame decoding threads exited"))?;
+                self.reorder.insert(i, r);
+            };
+            self.current = result?;
+            self.pos = 0;
+            self.next += 1;
+            *self.window.consumed.lock().expect("window lock") = self.next;
+            self.window.advanced.notify_all();
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Drop for ParallelFrameReader {
+    fn drop(&mut self) {
+        self.window.stop.store(true, Ordering::Relaxed);
+        self.window.advanced.notify_all();
+        // Workers blocked on send see the channel closed once `done` is dropped after us;
+        // detach rather than join so dropping a reader never blocks.
+        self.workers.clear();
     }
 }

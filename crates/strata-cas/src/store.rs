@@ -269,13 +269,9 @@ impl Store {
             }
             Err(e) => return Err(Error::io("open", &path, e)),
         };
-        let mut decoder = zstd::stream::read::Decoder::new(file)
-            .map_err(|e| Error::io("start decompressing", &path, e))?;
-        decoder
-            .window_log_max(27)
-            .map_err(|e| Error::io("start decompressing", &path, e))?;
+        let inner = extract::zstd_reader(file, &path)?;
         Ok(LayerReader {
-            inner: Box::new(decoder),
+            inner,
             hasher: blake3::Hasher::new(),
             expected: *id,
             path,

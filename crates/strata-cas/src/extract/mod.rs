@@ -24,11 +24,12 @@
 //! discard it on failure.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use serde::Serialize;
 
+use crate::frames::{ParallelFrameReader, SeekTable};
 use crate::{Error, Result};
 
 pub use crate::tar::Limits;
@@ -142,27 +143,56 @@ pub fn apply_file(path: &Path, dir: &Path, opts: &ExtractOptions) -> Result<Extr
 
 /// Opens a layer file for reading its uncompressed tar, whatever its compression.
 pub fn open_layer_file(path: &Path) -> Result<Box<dyn Read + Send>> {
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let magic = {
-        use std::io::BufRead;
-        let buf = reader.fill_buf().map_err(|e| Error::io("read", path, e))?;
-        buf.get(..4).map(|m| [m[0], m[1], m[2], m[3]])
-    };
-    Ok(match magic {
-        Some([0x28, 0xb5, 0x2f, 0xfd]) | Some([0x50..=0x5f, 0x2a, 0x4d, 0x18]) => {
-            let mut decoder = zstd::stream::read::Decoder::with_buffer(reader)
-                .map_err(|e| Error::io("start decompressing", path, e))?;
-            // 2^27 is zstd's default decoding window limit; say it explicitly so a blob
-            // cannot ask for more memory.
-            decoder
-                .window_log_max(27)
-                .map_err(|e| Error::io("start decompressing", path, e))?;
-            Box::new(decoder)
-        }
-        Some([0x1f, 0x8b, _, _]) => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
-        _ => Box::new(reader),
+    let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut magic = [0u8; 4];
+    let n = read_up_to(&mut file, &mut magic).map_err(|e| Error::io("read", path, e))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io("read", path, e))?;
+    Ok(match &magic[..n] {
+        [0x28, 0xb5, 0x2f, 0xfd] | [0x50..=0x5f, 0x2a, 0x4d, 0x18] => zstd_reader(file, path)?,
+        [0x1f, 0x8b, ..] => Box::new(flate2::bufread::MultiGzDecoder::new(
+            BufReader::with_capacity(1 << 20, file),
+        )),
+        _ => Box::new(BufReader::with_capacity(1 << 20, file)),
     })
+}
+
+/// Decompresses a zstd file: frames decoded ahead on every core when the file has a seek
+/// table (every blob this crate writes does), else one streaming decoder.
+pub(crate) fn zstd_reader(mut file: File, path: &Path) -> Result<Box<dyn Read + Send>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // A file without a usable seek table is still a valid zstd stream: decode it in order.
+    if let Ok(Some(table)) = SeekTable::read_from(&mut file) {
+        if threads > 1 && table.frames.len() > 1 {
+            if let Some(reader) = ParallelFrameReader::new(&file, &table, threads)
+                .map_err(|e| Error::io("start decompressing", path, e))?
+            {
+                return Ok(Box::new(reader));
+            }
+        }
+    }
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io("read", path, e))?;
+    let mut decoder =
+        zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(1 << 20, file))
+            .map_err(|e| Error::io("start decompressing", path, e))?;
+    // 2^27 is zstd's default decoding window limit; say it explicitly so a blob cannot ask
+    // for more memory.
+    decoder
+        .window_log_max(27)
+        .map_err(|e| Error::io("start decompressing", path, e))?;
+    Ok(Box::new(decoder))
+}
+
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
 }
 
 /// Adds the file name to errors about the compressed stream.

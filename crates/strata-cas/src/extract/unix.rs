@@ -126,6 +126,8 @@ pub(super) fn apply<R: Read>(input: R, dir: &Path, opts: &ExtractOptions) -> Res
         cache: HashMap::new(),
         made: HashMap::new(),
         dirs: Vec::new(),
+        kept_dir_fds: 0,
+        max_kept_dir_fds: dir_fd_budget(),
         root_meta: None,
         report: ExtractReport::default(),
         pool: Pool::new(threads, setup),
@@ -157,7 +159,9 @@ struct Extractor<'a> {
     /// What this layer made, by path hash.
     made: HashMap<u128, Made>,
     /// Directories whose mode and mtime are set last, after their contents.
-    dirs: Vec<(Vec<u8>, Metadata)>,
+    dirs: Vec<PendingDir>,
+    kept_dir_fds: usize,
+    max_kept_dir_fds: usize,
     root_meta: Option<Metadata>,
     report: ExtractReport,
     pool: Pool,
@@ -418,15 +422,26 @@ impl Extractor<'_> {
     }
 
     fn make_dir(&mut self, parent: &Fd, name: &[u8], entry: &Entry) -> Result<(), EntryProblem> {
-        match rustix::fs::mkdirat(&**parent, name, mode(0o700)) {
+        let meta = &entry.meta;
+        // Create it with its final permissions when we can still write into it; setuid,
+        // setgid and sticky bits, and modes that would lock us out, are set at the end.
+        let initial = if self.restore_owner || meta.mode & 0o700 == 0o700 {
+            meta.mode & 0o777
+        } else {
+            0o700
+        };
+        let mut merged = false;
+        match rustix::fs::mkdirat(&**parent, name, mode(initial)) {
             Ok(()) => {}
             Err(Errno::EXIST) => {
                 let st = rustix::fs::statat(&**parent, name, AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(sys("stat the existing entry"))?;
-                if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+                if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                    merged = true;
+                } else {
                     remove_entry(parent, name).map_err(sys("replace the existing entry"))?;
                     self.invalidate(&entry.path);
-                    rustix::fs::mkdirat(&**parent, name, mode(0o700))
+                    rustix::fs::mkdirat(&**parent, name, mode(initial))
                         .map_err(sys("create the directory"))?;
                 }
             }
@@ -436,17 +451,24 @@ impl Extractor<'_> {
             rustix::fs::openat(&**parent, name, DIR_FLAGS, Mode::empty())
                 .map_err(sys("open the directory"))?,
         );
-        if self.restore_owner {
+        if self.restore_owner && (merged || self.setup.needs_chown(meta)) {
             rustix::fs::fchown(
                 &*fd,
-                Some(rustix::fs::Uid::from_raw(entry.meta.uid)),
-                Some(rustix::fs::Gid::from_raw(entry.meta.gid)),
+                Some(rustix::fs::Uid::from_raw(meta.uid)),
+                Some(rustix::fs::Gid::from_raw(meta.gid)),
             )
             .map_err(sys("set the owner"))?;
         }
-        self.apply_xattrs_fd(&fd, &entry.meta)?;
-        self.cache_insert(entry.path.clone(), fd);
-        self.dirs.push((entry.path.clone(), entry.meta.clone()));
+        self.apply_xattrs_fd(&fd, meta)?;
+        self.cache_insert(entry.path.clone(), fd.clone());
+        let keep_fd = self.kept_dir_fds < self.max_kept_dir_fds;
+        self.kept_dir_fds += usize::from(keep_fd);
+        self.dirs.push(PendingDir {
+            path: entry.path.clone(),
+            meta: meta.clone(),
+            fd: keep_fd.then_some(fd),
+            chmod: merged || initial != meta.mode & 0o777 || self.setup.needs_chmod(meta),
+        });
         Ok(())
     }
 
@@ -689,13 +711,24 @@ impl Extractor<'_> {
     /// Sets directory modes and mtimes, deepest first, once their contents are in place.
     fn finish_dirs(&mut self) -> Result<()> {
         let dirs = std::mem::take(&mut self.dirs);
-        for (path, meta) in dirs.iter().rev() {
-            let fd = self
-                .dir_fd(path, false)
-                .map_err(|p| Error::entry(path, p))?;
-            // A later whiteout or replacement may have removed it.
-            let Some(fd) = fd else { continue };
-            set_mode_and_time(&fd, meta).map_err(|p| Error::entry(path, p))?;
+        for dir in dirs.iter().rev() {
+            let fd = match &dir.fd {
+                Some(fd) => fd.clone(),
+                // A later whiteout or replacement may have removed it.
+                None => match self
+                    .dir_fd(&dir.path, false)
+                    .map_err(|p| Error::entry(&dir.path, p))?
+                {
+                    Some(fd) => fd,
+                    None => continue,
+                },
+            };
+            if dir.chmod {
+                rustix::fs::fchmod(&*fd, mode(dir.meta.mode))
+                    .map_err(|e| Error::entry(&dir.path, sys("set the mode")(e)))?;
+            }
+            rustix::fs::futimens(&*fd, &times(&dir.meta))
+                .map_err(|e| Error::entry(&dir.path, sys("set the mtime")(e)))?;
         }
         if let Some(meta) = self.root_meta.take() {
             if self.restore_owner {
@@ -710,6 +743,26 @@ impl Extractor<'_> {
         }
         Ok(())
     }
+}
+
+/// A directory whose mode and mtime are set once its contents are written.
+struct PendingDir {
+    path: Vec<u8>,
+    meta: Metadata,
+    /// Its handle, kept open while the process's file limit allows.
+    fd: Option<Fd>,
+    /// Whether its mode still needs setting.
+    chmod: bool,
+}
+
+/// How many directory handles to keep open for the final pass: a quarter of the soft file
+/// limit, so an embedding program keeps plenty.
+fn dir_fd_budget() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    limit
+        .current
+        .map_or(4096, |n| usize::try_from(n / 4).unwrap_or(4096))
+        .min(65_536)
 }
 
 fn is_under(path: &[u8], dir: &[u8]) -> bool {
@@ -860,12 +913,19 @@ struct Shared {
     failed: AtomicBool,
 }
 
-/// Writer threads for regular files, with a bound on queued bytes.
+/// Writer threads for regular files, with a bound on queued bytes. Files are handed over
+/// in batches, so the threads synchronise once per batch rather than once per file.
 struct Pool {
-    tx: Option<crossbeam_channel::Sender<Job>>,
+    tx: Option<crossbeam_channel::Sender<Vec<Job>>>,
     workers: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
+    batch: Vec<Job>,
+    batch_bytes: u64,
 }
+
+/// A batch is sent once it holds this many files or bytes.
+const BATCH_FILES: usize = 64;
+const BATCH_BYTES: u64 = 2 << 20;
 
 impl Pool {
     fn new(threads: usize, setup: FileSetup) -> Pool {
@@ -874,39 +934,46 @@ impl Pool {
             changed: Condvar::new(),
             failed: AtomicBool::new(false),
         });
+        let mut pool = Pool {
+            tx: None,
+            workers: Vec::new(),
+            shared: shared.clone(),
+            batch: Vec::new(),
+            batch_bytes: 0,
+        };
         if threads <= 1 {
-            return Pool {
-                tx: None,
-                workers: Vec::new(),
-                shared,
-            };
+            return pool;
         }
-        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
-        let workers = (0..threads)
+        let (tx, rx) = crossbeam_channel::unbounded::<Vec<Job>>();
+        pool.workers = (0..threads)
             .map(|_| {
                 let rx = rx.clone();
                 let shared = shared.clone();
                 std::thread::spawn(move || {
-                    for job in rx {
-                        let len = job.data.len() as u64;
-                        let result = if shared.failed.load(Ordering::Relaxed) {
-                            Ok(())
-                        } else {
-                            write_job(&job, &setup)
-                                .map_err(|problem| Error::entry(&job.raw_name, problem))
-                        };
+                    for batch in rx {
+                        let (mut files, mut bytes, mut error) = (0u64, 0u64, None);
+                        let queued = batch.len() as u64;
+                        let queued_bytes: u64 = batch.iter().map(|j| j.data.len() as u64).sum();
+                        for job in batch {
+                            if error.is_some() || shared.failed.load(Ordering::Relaxed) {
+                                continue;
+                            }
+                            match write_job(&job, &setup) {
+                                Ok(()) => {
+                                    files += 1;
+                                    bytes += job.data.len() as u64;
+                                }
+                                Err(problem) => error = Some(Error::entry(&job.raw_name, problem)),
+                            }
+                        }
                         let mut st = shared.state.lock().expect("pool lock");
-                        st.queued_jobs -= 1;
-                        st.queued_bytes -= len;
-                        match result {
-                            Ok(()) => {
-                                st.files += 1;
-                                st.bytes += len;
-                            }
-                            Err(e) => {
-                                shared.failed.store(true, Ordering::Relaxed);
-                                st.error.get_or_insert(e);
-                            }
+                        st.queued_jobs -= queued;
+                        st.queued_bytes -= queued_bytes;
+                        st.files += files;
+                        st.bytes += bytes;
+                        if let Some(e) = error {
+                            shared.failed.store(true, Ordering::Relaxed);
+                            st.error.get_or_insert(e);
                         }
                         drop(st);
                         shared.changed.notify_all();
@@ -914,30 +981,41 @@ impl Pool {
                 })
             })
             .collect();
-        Pool {
-            tx: Some(tx),
-            workers,
-            shared,
-        }
+        pool.tx = Some(tx);
+        pool
     }
 
     fn is_parallel(&self) -> bool {
         self.tx.is_some()
     }
 
-    fn submit(&self, job: Job) -> Result<(), EntryProblem> {
-        let len = job.data.len() as u64;
+    fn submit(&mut self, job: Job) -> Result<(), EntryProblem> {
+        self.batch_bytes += job.data.len() as u64;
+        self.batch.push(job);
+        if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
+            self.send_batch()?;
+        }
+        Ok(())
+    }
+
+    fn send_batch(&mut self) -> Result<(), EntryProblem> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let (len, bytes) = (self.batch.len() as u64, self.batch_bytes);
         let mut st = self.shared.state.lock().expect("pool lock");
-        while st.queued_jobs > 0 && st.queued_bytes + len > POOL_BUDGET && st.error.is_none() {
+        while st.queued_jobs > 0 && st.queued_bytes + bytes > POOL_BUDGET && st.error.is_none() {
             st = self.shared.changed.wait(st).expect("pool lock");
         }
-        st.queued_jobs += 1;
-        st.queued_bytes += len;
+        st.queued_jobs += len;
+        st.queued_bytes += bytes;
         drop(st);
+        self.batch_bytes = 0;
+        let batch = std::mem::take(&mut self.batch);
         self.tx
             .as_ref()
             .expect("submit only on a parallel pool")
-            .send(job)
+            .send(batch)
             .map_err(|_| EntryProblem::Io {
                 op: "queue the file",
                 source: io::Error::other("writer threads exited"),
@@ -956,7 +1034,8 @@ impl Pool {
     }
 
     /// Waits until every queued file is written.
-    fn wait_idle(&self) -> Result<(), EntryProblem> {
+    fn wait_idle(&mut self) -> Result<(), EntryProblem> {
+        self.send_batch()?;
         let mut st = self.shared.state.lock().expect("pool lock");
         while st.queued_jobs > 0 {
             st = self.shared.changed.wait(st).expect("pool lock");
@@ -966,6 +1045,7 @@ impl Pool {
 
     /// Stops the writers after the queue drains; returns the first error.
     fn finish(&mut self) -> Result<()> {
+        let sent = self.send_batch();
         self.tx = None;
         for worker in self.workers.drain(..) {
             if worker.join().is_err() {
@@ -974,7 +1054,8 @@ impl Pool {
                 });
             }
         }
-        self.check()
+        self.check()?;
+        sent.map_err(|p| Error::entry(b"", p))
     }
 
     fn totals(&self) -> (u64, u64) {

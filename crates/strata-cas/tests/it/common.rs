@@ -210,7 +210,7 @@ pub(crate) fn rich_tree(root: &Path) {
     fs::hard_link(root.join("bin/tool"), root.join("bin/tool-hardlink")).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &root.join("run-fifo"),
+        root.join("run-fifo"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o600),
         0,
