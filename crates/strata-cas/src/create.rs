@@ -137,7 +137,9 @@ pub fn compress_tar<R: Read, W: Write>(
     };
     let mut reader = TarReader::new(&mut tee, limits);
     let mut entries = 0;
-    while reader.next_entry()?.is_some() {
+    while let Some(entry) = reader.next_entry()? {
+        crate::tar::whiteout(&entry.path)
+            .map_err(|problem| Error::entry(reader.current_raw_name(), problem))?;
         entries += 1;
     }
     reader.finish()?;

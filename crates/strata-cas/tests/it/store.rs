@@ -305,3 +305,23 @@ fn oci_digests_match_sha256sum() {
     assert_eq!(digests.diff_id, sum(&raw));
     assert_eq!(digests.size, info.compressed_size);
 }
+
+#[test]
+fn imports_refuse_invalid_whiteouts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let mut w = strata_cas::tar::TarWriter::new(Vec::new());
+    w.append(&strata_cas::Entry {
+        path: b"dir/.wh.".to_vec(),
+        kind: strata_cas::EntryKind::File,
+        meta: strata_cas::Metadata::default(),
+        size: 0,
+    })
+    .unwrap();
+    let tar = w.finish().unwrap();
+    let err = store
+        .put_tar(&tar[..], &CreateOptions::default(), &strata_cas::Limits::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("dir/.wh."), "{err}");
+    assert!(store.ids().unwrap().is_empty());
+}
