@@ -31,6 +31,8 @@
 //! (threads or processes) simply race to rename identical bytes.
 
 pub mod create;
+#[cfg(unix)]
+mod dirfd;
 mod entry;
 mod error;
 pub mod extract;

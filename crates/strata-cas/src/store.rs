@@ -255,20 +255,23 @@ impl Store {
         Ok(swept)
     }
 
+    /// The blob file for `id`, or [`Error::NotFound`].
+    fn open_blob(&self, id: &LayerId) -> Result<(File, PathBuf)> {
+        let path = self.blob_path(id);
+        match File::open(&path) {
+            Ok(file) => Ok((file, path)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::NotFound {
+                id: *id,
+                store: self.root.clone(),
+            }),
+            Err(e) => Err(Error::io("open", &path, e)),
+        }
+    }
+
     /// Opens a layer's uncompressed tar. The reader checks the blake3 as it streams and
     /// fails at the end if the content does not match the id.
     pub fn open_layer(&self, id: &LayerId) -> Result<LayerReader> {
-        let path = self.blob_path(id);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(Error::NotFound {
-                    id: *id,
-                    store: self.root.clone(),
-                });
-            }
-            Err(e) => return Err(Error::io("open", &path, e)),
-        };
+        let (file, path) = self.open_blob(id)?;
         let inner = extract::zstd_reader(file, &path)?;
         Ok(LayerReader {
             inner,
@@ -286,17 +289,7 @@ impl Store {
 
     /// Sizes and location of a blob, from its seek table (no decompression).
     pub fn stat(&self, id: &LayerId) -> Result<BlobInfo> {
-        let path = self.blob_path(id);
-        let mut file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(Error::NotFound {
-                    id: *id,
-                    store: self.root.clone(),
-                });
-            }
-            Err(e) => return Err(Error::io("open", &path, e)),
-        };
+        let (mut file, path) = self.open_blob(id)?;
         let compressed_size = file
             .metadata()
             .map_err(|e| Error::io("stat", &path, e))?
@@ -405,9 +398,8 @@ impl Store {
     /// Computes the sha256 digests OCI registries and image configs use. Costs one read and
     /// decompression of the blob; the blake3 is verified on the way.
     pub fn oci_digests(&self, id: &LayerId) -> Result<OciDigests> {
-        let path = self.blob_path(id);
         let mut compressed = sha2::Sha256::new();
-        let mut raw = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+        let (mut raw, path) = self.open_blob(id)?;
         let size = io::copy(&mut raw, &mut DigestWriter(&mut compressed))
             .map_err(|e| Error::io("read", &path, e))?;
         let mut uncompressed = sha2::Sha256::new();

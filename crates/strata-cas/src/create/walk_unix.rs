@@ -8,16 +8,12 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags, Stat};
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 
 use super::{Change, ChangeKind, CreateOptions, Sink, Source};
+use crate::dirfd::{DIR_FLAGS, open_root};
 use crate::tar::{OPAQUE_MARKER, TarWriter, WHITEOUT_PREFIX, normalize, path_order, split_parent};
 use crate::{Entry, EntryKind, Error, Metadata, Result};
-
-const DIR_FLAGS: OFlags = OFlags::RDONLY
-    .union(OFlags::DIRECTORY)
-    .union(OFlags::NOFOLLOW)
-    .union(OFlags::CLOEXEC);
 
 pub(super) fn write_entries<S: Sink>(
     dir: &Path,
@@ -25,13 +21,7 @@ pub(super) fn write_entries<S: Sink>(
     opts: &CreateOptions,
     source: Source<'_>,
 ) -> Result<u64> {
-    let root = rustix::fs::openat(
-        CWD,
-        dir,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| Error::io("open the directory", dir, e.into()))?;
+    let root = open_root(dir)?;
     let mut walker = Walker {
         root_path: dir,
         tar,

@@ -9,17 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
 use super::{DevicePolicy, ExtractOptions, ExtractReport, Ownership, SetuidPolicy, Skipped};
+use crate::dirfd::{DIR_FLAGS, open_root};
 use crate::tar::{TarReader, Whiteout, split_parent, whiteout};
 use crate::{Entry, EntryKind, EntryName, EntryProblem, Error, Metadata, Result};
 
-const DIR_FLAGS: OFlags = OFlags::RDONLY
-    .union(OFlags::DIRECTORY)
-    .union(OFlags::NOFOLLOW)
-    .union(OFlags::CLOEXEC);
 /// Files up to this size are read into memory and written by the pool; larger ones are
 /// streamed by the reading thread so memory stays bounded whatever the layer holds.
 const POOLED_FILE_MAX: u64 = 4 << 20;
@@ -87,13 +84,7 @@ pub(super) fn apply<R: Read>(input: R, dir: &Path, opts: &ExtractOptions) -> Res
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(Error::io("create the directory", dir, e)),
     }
-    let root = rustix::fs::openat(
-        CWD,
-        dir,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| Error::io("open the directory", dir, e.into()))?;
+    let root = open_root(dir)?;
     let restore_owner = match opts.ownership {
         Ownership::Auto => rustix::process::geteuid().is_root(),
         Ownership::Restore => true,

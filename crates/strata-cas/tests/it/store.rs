@@ -320,7 +320,11 @@ fn imports_refuse_invalid_whiteouts() {
     .unwrap();
     let tar = w.finish().unwrap();
     let err = store
-        .put_tar(&tar[..], &CreateOptions::default(), &strata_cas::Limits::default())
+        .put_tar(
+            &tar[..],
+            &CreateOptions::default(),
+            &strata_cas::Limits::default(),
+        )
         .unwrap_err();
     assert!(err.to_string().contains("dir/.wh."), "{err}");
     assert!(store.ids().unwrap().is_empty());
