@@ -402,50 +402,6 @@ pub fn compress_all(data: &[u8], level: i32, chunk_size: usize) -> Vec<u8> {
     enc.finish().expect("compressing in memory").0
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample(len: usize) -> Vec<u8> {
-        (0..len).map(|i| ((i * 7) ^ (i >> 9)) as u8).collect()
-    }
-
-    #[test]
-    fn stock_decoder_reads_framed_blob_and_table_adds_up() {
-        let data = sample(300_000);
-        for threads in [1, 3] {
-            let mut enc = FrameEncoder::new(Vec::new(), 3, 64 << 10, threads).unwrap();
-            enc.write_all(&data).unwrap();
-            let (blob, stats) = enc.finish().unwrap();
-            assert_eq!(stats.frames, 5);
-            assert_eq!(stats.uncompressed_size, data.len() as u64);
-            assert_eq!(stats.compressed_size, blob.len() as u64);
-            assert_eq!(stats.uncompressed_hash, *blake3::hash(&data).as_bytes());
-            assert_eq!(zstd::stream::decode_all(&blob[..]).unwrap(), data);
-            let table = SeekTable::read_from(&mut io::Cursor::new(&blob))
-                .unwrap()
-                .unwrap();
-            assert_eq!(table.frames.len(), 5);
-            assert_eq!(table.uncompressed_size(), data.len() as u64);
-        }
-    }
-
-    #[test]
-    fn empty_input_and_plain_zstd_have_no_frames_or_table() {
-        let (blob, stats) = FrameEncoder::new(Vec::new(), 3, 1 << 20, 2)
-            .unwrap()
-            .finish()
-            .unwrap();
-        assert_eq!(stats.frames, 0);
-        assert!(zstd::stream::decode_all(&blob[..]).unwrap().is_empty());
-        let plain = zstd::stream::encode_all(&b"hello"[..], 3).unwrap();
-        assert_eq!(
-            SeekTable::read_from(&mut io::Cursor::new(&plain)).unwrap(),
-            None
-        );
-    }
-}
-
 /// Frames larger than this are not decoded whole in memory; such a blob is read with the
 /// streaming decoder instead (our writer never makes frames this large).
 const MAX_PARALLEL_FRAME: u32 = 64 << 20;
@@ -645,5 +601,49 @@ impl Drop for ParallelFrameReader {
         // Workers blocked on send see the channel closed once `done` is dropped after us;
         // detach rather than join so dropping a reader never blocks.
         self.workers.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(len: usize) -> Vec<u8> {
+        (0..len).map(|i| ((i * 7) ^ (i >> 9)) as u8).collect()
+    }
+
+    #[test]
+    fn stock_decoder_reads_framed_blob_and_table_adds_up() {
+        let data = sample(300_000);
+        for threads in [1, 3] {
+            let mut enc = FrameEncoder::new(Vec::new(), 3, 64 << 10, threads).unwrap();
+            enc.write_all(&data).unwrap();
+            let (blob, stats) = enc.finish().unwrap();
+            assert_eq!(stats.frames, 5);
+            assert_eq!(stats.uncompressed_size, data.len() as u64);
+            assert_eq!(stats.compressed_size, blob.len() as u64);
+            assert_eq!(stats.uncompressed_hash, *blake3::hash(&data).as_bytes());
+            assert_eq!(zstd::stream::decode_all(&blob[..]).unwrap(), data);
+            let table = SeekTable::read_from(&mut io::Cursor::new(&blob))
+                .unwrap()
+                .unwrap();
+            assert_eq!(table.frames.len(), 5);
+            assert_eq!(table.uncompressed_size(), data.len() as u64);
+        }
+    }
+
+    #[test]
+    fn empty_input_and_plain_zstd_have_no_frames_or_table() {
+        let (blob, stats) = FrameEncoder::new(Vec::new(), 3, 1 << 20, 2)
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert_eq!(stats.frames, 0);
+        assert!(zstd::stream::decode_all(&blob[..]).unwrap().is_empty());
+        let plain = zstd::stream::encode_all(&b"hello"[..], 3).unwrap();
+        assert_eq!(
+            SeekTable::read_from(&mut io::Cursor::new(&plain)).unwrap(),
+            None
+        );
     }
 }

@@ -162,14 +162,13 @@ pub fn open_layer_file(path: &Path) -> Result<Box<dyn Read + Send>> {
 pub(crate) fn zstd_reader(mut file: File, path: &Path) -> Result<Box<dyn Read + Send>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     // A file without a usable seek table is still a valid zstd stream: decode it in order.
-    if let Ok(Some(table)) = SeekTable::read_from(&mut file) {
-        if threads > 1 && table.frames.len() > 1 {
-            if let Some(reader) = ParallelFrameReader::new(&file, &table, threads)
-                .map_err(|e| Error::io("start decompressing", path, e))?
-            {
-                return Ok(Box::new(reader));
-            }
-        }
+    if let Ok(Some(table)) = SeekTable::read_from(&mut file)
+        && threads > 1
+        && table.frames.len() > 1
+        && let Some(reader) = ParallelFrameReader::new(&file, &table, threads)
+            .map_err(|e| Error::io("start decompressing", path, e))?
+    {
+        return Ok(Box::new(reader));
     }
     file.seek(SeekFrom::Start(0))
         .map_err(|e| Error::io("read", path, e))?;

@@ -217,7 +217,7 @@ pub(crate) fn rich_tree(root: &Path) {
     )
     .unwrap();
     let _ = rustix::fs::setxattr(
-        &root.join("etc/hostname"),
+        root.join("etc/hostname"),
         "user.strata.test",
         b"value\0with nul",
         rustix::fs::XattrFlags::empty(),
@@ -250,7 +250,8 @@ fn tree_comparison_notices_every_recorded_attribute() {
     rich_tree(&a);
     rich_tree(&b);
     assert_same_tree(&a, &b);
-    let mutations: [(&str, fn(&Path)); 5] = [
+    type Mutation = (&'static str, fn(&Path));
+    let mutations: [Mutation; 5] = [
         ("content", |t| fs::write(t.join("etc/empty"), b"x").unwrap()),
         ("mode", |t| {
             fs::set_permissions(t.join("etc/empty"), fs::Permissions::from_mode(0o644)).unwrap()
