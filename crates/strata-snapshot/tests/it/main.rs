@@ -1,0 +1,12 @@
+//! Integration tests of strata-snapshot against real SQLite files, real mounts and real trees.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests say why they skip, and child processes report on stdout"
+)]
+
+mod index;
+#[cfg(target_os = "linux")]
+mod overlay;
+mod relocate;
