@@ -44,7 +44,9 @@ pub mod tar;
 pub use create::{Change, ChangeKind, CreateOptions, LayerInfo};
 pub use entry::{Entry, EntryKind, Metadata};
 pub use error::{EntryName, EntryProblem, Error};
-pub use extract::{DevicePolicy, ExtractOptions, ExtractReport, Ownership, SetuidPolicy, Skipped};
+pub use extract::{
+    DevicePolicy, ExtractOptions, ExtractReport, Ownership, SetuidPolicy, Skipped, WhiteoutMode,
+};
 pub use id::{LayerId, ParseLayerIdError};
 pub use store::{BlobInfo, CorruptBlob, LayerReader, OciDigests, Store, VerifyReport};
 pub use tar::Limits;

@@ -72,6 +72,18 @@ pub enum Ownership {
     Ignore,
 }
 
+/// How whiteouts are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhiteoutMode {
+    /// Remove what they name from the target (the target holds the layers below).
+    #[default]
+    Apply,
+    /// Record them in overlayfs's format, for a directory that will be an overlay lower
+    /// layer: `.wh.<name>` becomes a 0/0 character device `<name>`, and `.wh..wh..opq` sets
+    /// `trusted.overlay.opaque=y` on its directory. Needs `CAP_MKNOD` and `CAP_SYS_ADMIN`.
+    Overlay,
+}
+
 /// How to extract.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ExtractOptions {
@@ -87,6 +99,8 @@ pub struct ExtractOptions {
     pub threads: usize,
     /// `syncfs` the target once at the end.
     pub sync: bool,
+    /// How whiteouts are applied.
+    pub whiteouts: WhiteoutMode,
 }
 
 /// An entry that was left out or changed, and why.

@@ -12,7 +12,9 @@ use std::thread::JoinHandle;
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
-use super::{DevicePolicy, ExtractOptions, ExtractReport, Ownership, SetuidPolicy, Skipped};
+use super::{
+    DevicePolicy, ExtractOptions, ExtractReport, Ownership, SetuidPolicy, Skipped, WhiteoutMode,
+};
 use crate::dirfd::{DIR_FLAGS, open_root};
 use crate::tar::{TarReader, Whiteout, split_parent, whiteout};
 use crate::{Entry, EntryKind, EntryName, EntryProblem, Error, Metadata, Result};
@@ -220,10 +222,18 @@ impl Extractor<'_> {
         raw_name: &[u8],
         reader: &mut TarReader<R>,
     ) -> Result<(), EntryProblem> {
-        match whiteout(&entry.path)? {
-            Some(Whiteout::Remove { parent, name }) => return self.remove(parent, name),
-            Some(Whiteout::Opaque { dir }) => return self.opaque(dir),
-            None => {}
+        match (whiteout(&entry.path)?, self.opts.whiteouts) {
+            (Some(Whiteout::Remove { parent, name }), WhiteoutMode::Apply) => {
+                return self.remove(parent, name);
+            }
+            (Some(Whiteout::Opaque { dir }), WhiteoutMode::Apply) => return self.opaque(dir),
+            (Some(Whiteout::Remove { parent, name }), WhiteoutMode::Overlay) => {
+                return self.overlay_whiteout(parent, name);
+            }
+            (Some(Whiteout::Opaque { dir }), WhiteoutMode::Overlay) => {
+                return self.overlay_opaque(dir);
+            }
+            (None, _) => {}
         }
         if entry.path.is_empty() {
             if self.root_meta.is_some() {
@@ -531,6 +541,44 @@ impl Extractor<'_> {
             Err(e) => return Err(sys("apply the whiteout")(e)),
         }
         self.cache.clear();
+        Ok(())
+    }
+
+    /// A `.wh.<name>` whiteout recorded for overlayfs: a 0/0 character device at `name`.
+    fn overlay_whiteout(&mut self, parent: &[u8], name: &[u8]) -> Result<(), EntryProblem> {
+        let mut path = parent.to_vec();
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(name);
+        let k = key(&path);
+        if self.made.contains_key(&k) {
+            return Err(EntryProblem::WhiteoutOfOwnEntry);
+        }
+        let dir = self.dir_fd(parent, true)?.expect("created when missing");
+        retry_replacing(&dir, name, || {
+            make_node(
+                &dir,
+                name,
+                FileType::CharacterDevice,
+                mode(0),
+                rustix::fs::makedev(0, 0),
+            )
+        })
+        .map_err(sys("create the overlay whiteout"))?;
+        self.invalidate(&path);
+        self.made.insert(k, Made::Other);
+        self.report.whiteouts += 1;
+        Ok(())
+    }
+
+    /// A `.wh..wh..opq` marker recorded for overlayfs: `trusted.overlay.opaque=y` on `dir`.
+    fn overlay_opaque(&mut self, dir: &[u8]) -> Result<(), EntryProblem> {
+        let fd = self.dir_fd(dir, true)?.expect("created when missing");
+        rustix::fs::fsetxattr(&*fd, "trusted.overlay.opaque", b"y", XattrFlags::empty())
+            .map_err(sys("mark the directory opaque"))?;
+        self.made.entry(key(dir)).or_insert(Made::ImplicitDir);
+        self.report.whiteouts += 1;
         Ok(())
     }
 

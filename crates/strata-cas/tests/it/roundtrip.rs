@@ -259,3 +259,45 @@ fn ownership_is_restored_as_root() {
         "chown must not clear the setuid bit we set after it"
     );
 }
+
+#[test]
+fn overlay_whiteout_mode_records_whiteouts_for_overlayfs() {
+    if !is_root() {
+        eprintln!("skipped: needs root (mknod and trusted xattrs)");
+        return;
+    }
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    write(&work.join("keep/x"), b"x", 0o644, 1_000);
+    write(&work.join("opaque/new"), b"n", 0o644, 1_000);
+    let changes = vec![
+        Change::new("keep/x", ChangeKind::Added),
+        Change::new("keep/gone", ChangeKind::Deleted),
+        Change::new("opaque", ChangeKind::Opaque),
+        Change::new("opaque/new", ChangeKind::Added),
+    ];
+    let mut layer = Vec::new();
+    create_from_changes(&work, &changes, &mut layer, &CreateOptions::default()).unwrap();
+    let tar = zstd::stream::decode_all(&layer[..]).unwrap();
+    let dst = tmp.path().join("unpacked");
+    let opts = ExtractOptions {
+        whiteouts: strata_cas::WhiteoutMode::Overlay,
+        ..permissive()
+    };
+    let report = apply_tar(&tar[..], &dst, &opts).unwrap();
+    assert_eq!(report.whiteouts, 2);
+    let wh = fs::symlink_metadata(dst.join("keep/gone")).unwrap();
+    assert!(wh.file_type().is_char_device());
+    assert_eq!(wh.rdev(), 0);
+    let mut value = [0u8; 8];
+    let n = rustix::fs::getxattr(
+        &dst.join("opaque"),
+        "trusted.overlay.opaque",
+        &mut value[..],
+    )
+    .unwrap();
+    assert_eq!(&value[..n], b"y");
+    assert_eq!(fs::read(dst.join("opaque/new")).unwrap(), b"n");
+    assert!(!dst.join("opaque/.wh..wh..opq").exists());
+}
