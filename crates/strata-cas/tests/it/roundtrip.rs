@@ -292,7 +292,7 @@ fn overlay_whiteout_mode_records_whiteouts_for_overlayfs() {
     assert_eq!(wh.rdev(), 0);
     let mut value = [0u8; 8];
     let n = rustix::fs::getxattr(
-        &dst.join("opaque"),
+        dst.join("opaque"),
         "trusted.overlay.opaque",
         &mut value[..],
     )
