@@ -38,7 +38,8 @@ const CROSS_TARGETS: &[&str] = &["x86_64-pc-windows-gnu", "aarch64-apple-darwin"
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 
 /// `cargo check` for other operating systems with `-Zbuild-std` (see
-/// `docs/architecture.md`). Needs Debian's `rustc-web rust-web-src libzstd-dev pkg-config`,
+/// `docs/architecture.md`). Needs Debian's `rustc-web rust-web-src libzstd-dev libsqlite3-dev
+/// pkg-config`,
 /// which `.ci/run` installs; skipped with a notice where they are missing, except in CI.
 fn cross_check() -> anyhow::Result<()> {
     let have_sources = std::path::Path::new("/usr/lib/rustlib/src/rust/library").is_dir();
@@ -70,8 +71,10 @@ fn cross_check() -> anyhow::Result<()> {
             .env("RUSTC_BOOTSTRAP", "1")
             .env("RUSTFLAGS", "-D warnings")
             // C code of dependencies cannot be compiled for macOS here (no SDK), and nothing
-            // is linked by `check`: take libzstd from pkg-config and blake3's portable Rust.
+            // is linked by `check`: take libzstd and SQLite from pkg-config and blake3's
+            // portable Rust.
             .env("ZSTD_SYS_USE_PKG_CONFIG", "1")
+            .env("LIBSQLITE3_SYS_USE_PKG_CONFIG", "1")
             .env("PKG_CONFIG_ALLOW_CROSS", "1")
             .env("CARGO_FEATURE_PURE", "1")
             .status()

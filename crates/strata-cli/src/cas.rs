@@ -46,7 +46,7 @@ pub(crate) fn run(global: &GlobalArgs, command: &CasCommand) -> Result<()> {
 
 /// The store directory: `--store`/`STRATA_STORE`, else `$XDG_CACHE_HOME/strata`, else
 /// `$HOME/.cache/strata`.
-fn store_root(given: Option<&Path>) -> Result<PathBuf> {
+pub(crate) fn store_root(given: Option<&Path>) -> Result<PathBuf> {
     if let Some(dir) = given {
         if dir.as_os_str().is_empty() {
             bail!("the store directory given by --store or STRATA_STORE is empty");

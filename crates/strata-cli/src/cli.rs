@@ -61,6 +61,93 @@ pub(crate) enum Command {
     /// Put, list, verify, read and remove layers in the content-addressed store
     #[command(subcommand)]
     Cas(CasCommand),
+
+    /// Make a base snapshot from a root filesystem tarball (.tar, .tar.gz, .tar.zst)
+    ///
+    /// Prints the snapshot id. With --tag, the snapshot can be named by that tag later.
+    #[command(after_help = "Example:\n  strata import busybox-rootfs.tar --tag busybox")]
+    Import(ImportArgs),
+
+    /// Check a snapshot out as a directory, tracked until commit or release
+    ///
+    /// REF is a snapshot id, a unique prefix of one (at least 4 hex digits) or a tag. DIR is
+    /// created if missing and must otherwise be empty. On Linux as root this is an overlayfs
+    /// mount (instant); elsewhere, or with --portable, a plain directory built with reflinks
+    /// where the filesystem has them and copies otherwise. Files recorded with the root they
+    /// were committed at are relocated to DIR. With --copy, DIR is a plain untracked copy.
+    Checkout(CheckoutArgs),
+
+    /// Commit a tracked checkout's changes as a child snapshot, and release it
+    ///
+    /// Prints the new snapshot's id. DIR is gone afterwards.
+    Commit(CommitArgs),
+
+    /// Discard a tracked checkout
+    Release(ReleaseArgs),
+
+    /// List and remove snapshots
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SnapshotCommand {
+    /// List snapshots: id, depth, parent and tags
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Remove snapshots that no other snapshot, checkout or running build uses
+    #[command(visible_alias = "remove")]
+    Rm(SnapshotRmArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SnapshotRmArgs {
+    /// Snapshot ids, prefixes or tags
+    #[arg(required = true, value_name = "REF")]
+    pub(crate) references: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// The root filesystem tarball
+    #[arg(value_name = "ROOTFS")]
+    pub(crate) rootfs: PathBuf,
+    /// Name the snapshot
+    #[arg(long, value_name = "NAME")]
+    pub(crate) tag: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CheckoutArgs {
+    /// Snapshot id, unique id prefix or tag
+    #[arg(value_name = "REF")]
+    pub(crate) reference: String,
+    /// Where to check it out
+    #[arg(value_name = "DIR")]
+    pub(crate) dir: PathBuf,
+    /// A plain directory (reflinks or copies) instead of an overlay mount
+    #[arg(long, conflicts_with = "copy")]
+    pub(crate) portable: bool,
+    /// A plain, untracked copy
+    #[arg(long)]
+    pub(crate) copy: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CommitArgs {
+    /// The tracked checkout
+    #[arg(value_name = "DIR")]
+    pub(crate) dir: PathBuf,
+    /// Name the new snapshot
+    #[arg(long, value_name = "NAME")]
+    pub(crate) tag: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReleaseArgs {
+    /// The tracked checkout
+    #[arg(value_name = "DIR")]
+    pub(crate) dir: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,7 +1,8 @@
-//! `strata`: the command line interface to Strata's content-addressed layer store.
+//! `strata`: the command line interface to Strata.
 //!
 //! `strata layer` creates and applies layer files; `strata cas` puts layers into the store,
-//! lists, verifies, reads and removes them. See `strata --help`.
+//! lists, verifies, reads and removes them; `strata import|checkout|commit|release|snapshot`
+//! work with snapshots. See `strata --help`.
 
 #![allow(
     clippy::print_stdout,
@@ -14,6 +15,7 @@ mod cli;
 mod ids;
 mod layer;
 mod output;
+mod snapshot;
 
 use std::io::{self, Write as _};
 use std::process::ExitCode;
@@ -43,6 +45,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Layer(LayerCommand::Create(args)) => layer::create(args, json),
         Command::Layer(LayerCommand::Apply(args)) => layer::apply(args, json),
         Command::Cas(command) => cas::run(&cli.global, command),
+        Command::Import(args) => snapshot::import(&cli.global, args),
+        Command::Checkout(args) => snapshot::checkout(&cli.global, args),
+        Command::Commit(args) => snapshot::commit(&cli.global, args),
+        Command::Release(args) => snapshot::release(&cli.global, args),
+        Command::Snapshot(command) => snapshot::snapshot(&cli.global, command),
     }
 }
 

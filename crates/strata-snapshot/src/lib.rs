@@ -2,12 +2,17 @@
 //! engine checks snapshots out as directories a sandbox can run in and commits a changed
 //! directory back as a child snapshot.
 //!
-//! Work in progress (issue 3): the index, overlay mounting and path relocation come first.
+//! [`Engine`] is the entry point: import, checkout (overlay or portable), commit, release;
+//! [`maintenance`] adds prune, gc, du and fsck. The engine's module docs draw the store layout.
 
+pub mod engine;
 mod id;
 pub mod index;
+pub mod maintenance;
 #[cfg(target_os = "linux")]
 pub mod overlay;
+pub mod portable;
 pub mod relocate;
 
+pub use engine::{CheckoutMode, Engine, Error, Result};
 pub use id::{ParseSnapshotIdError, SnapshotId};

@@ -1,1 +1,894 @@
-//! Placeholder: being written.
+//! Path relocation: find where a layer's files mention the checkout root at commit, and
+//! rewrite those places when the layer is checked out under another root.
+//!
+//! Tools such as opam and Python venvs embed the absolute path they were installed at, so a
+//! tree built in `/strata/slots/s01` breaks when checked out in `/strata/slots/s02`. Jobs run
+//! in slot directories of equal length, which lets most rewrites happen in place.
+//!
+//! # Forms
+//!
+//! The root is given `/`-separated (`/strata/slots/s01`, `C:/strata/s01`). It is searched in
+//! four spellings ([`Form`]): as given, with every `/` turned into `\` (how Windows spells
+//! `C:\strata\s01`), and the UTF-16LE encodings of both (Windows resources, registry dumps).
+//! Spellings that coincide are searched once; the UTF-16 ones only exist for UTF-8 roots.
+//!
+//! # Which occurrences count (the sibling rule)
+//!
+//! Anything may follow the root (`/strata/slots/s01/bin/python` is a hit). In a *text* file an
+//! occurrence is rejected when the character right after it continues a file name: an ASCII
+//! letter or digit, one of `._-+~`, or any non-ASCII character. So `/strata/slots/s010/x` and
+//! `/strata/slots/s01-cache` are not hits, while `/strata/slots/s01/x`, `"/strata/slots/s01"`,
+//! `s01:`, `s01;`, `s01 ` and a root at the end of the file are. In a *binary* file every
+//! occurrence is a hit: binary formats store strings length-prefixed or packed back to back
+//! (pyc constants, Go string tables), so the byte after a string is arbitrary and a rule there
+//! would silently miss real roots. Nothing is required *before* the root, because flags glue
+//! it to letters (`-I/strata/slots/s01/include`).
+//!
+//! # Text files
+//!
+//! [`is_text`] looks at the first 8 KiB only: text means no NUL byte there and valid UTF-8
+//! there (a multi-byte character cut by the 8 KiB boundary is fine). Only text files may
+//! change length, so a Latin-1 file is treated as binary: refusing is safer than corrupting.
+//!
+//! # Relocating
+//!
+//! A file whose hits keep their byte length under the new root is rewritten in place at the
+//! recorded offsets (same inode, mode and times). Any other file is rebuilt and atomically
+//! replaced (temporary file in the same directory, then rename), keeping mode, owner and times;
+//! that is only allowed for text files, and a binary one makes [`relocate`] refuse before it
+//! changes anything. Every recorded offset is checked to hold the old root first.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs::{self, File, FileTimes, Metadata, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use serde::{Deserialize, Serialize};
+
+/// How many leading bytes [`is_text`] inspects.
+pub const TEXT_WINDOW: usize = 8 * 1024;
+
+/// The tag [`Records::to_bytes`] writes, so a future format is not misread.
+const FORMAT: &str = "strata-relocate-v1";
+
+/// How much of a file [`scan`] reads at a time.
+const CHUNK: usize = 1 << 20;
+
+/// Results of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong scanning or relocating. Variants name the file (or root) involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operation on a file or directory failed.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        /// What was being done, as a verb phrase ("open", "rename into place").
+        op: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A root cannot be searched for or written.
+    #[error("cannot relocate root {root:?}: {problem}")]
+    InvalidRoot {
+        /// The root, lossily decoded.
+        root: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// A relative path (given to [`scan`] or found in records) is not a plain path in the tree.
+    #[error("invalid relative path {path:?}: {problem}")]
+    InvalidPath {
+        /// The path, lossily decoded.
+        path: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// A file the records mention is no longer a regular file (or sits below a symlink).
+    #[error("{} is not a regular file, but the relocation records list it", path.display())]
+    NotRegular {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The old root is not where the records say: the tree does not match the records.
+    #[error(
+        "{} does not match the relocation records: no {form} old root at byte {offset}",
+        path.display()
+    )]
+    Mismatch {
+        /// The file.
+        path: PathBuf,
+        /// The recorded offset.
+        offset: u64,
+        /// The recorded form.
+        form: Form,
+    },
+    /// The hits recorded for a file are unusable (unsorted or overlapping).
+    #[error("invalid relocation records for {}: {problem}", path.display())]
+    InvalidRecords {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The new root has another length and binary files mention the old one.
+    #[error(
+        "cannot relocate to a root of another length: binary files mention the old root: {}",
+        list(.paths)
+    )]
+    BinaryFiles {
+        /// Every binary file that would change length.
+        paths: Vec<PathBuf>,
+    },
+    /// [`Records::from_bytes`] got something that is not relocation records. There is no file
+    /// involved: the caller knows where the bytes came from.
+    #[error("cannot decode relocation records: {source}")]
+    Decode {
+        #[source]
+        source: serde_json::Error,
+    },
+    /// [`Records::from_bytes`] got records of another format version.
+    #[error("relocation records have unknown format {format:?}, expected {FORMAT:?}")]
+    Format {
+        /// The format tag found.
+        format: String,
+    },
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    names.join(", ")
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// How the root appears in a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Form {
+    /// The bytes of the root as given (`/strata/slots/s01`).
+    #[serde(rename = "slash")]
+    Slash,
+    /// The root with every `/` replaced by `\` (`C:\strata\s01`).
+    #[serde(rename = "backslash")]
+    Backslash,
+    /// UTF-16LE of [`Form::Slash`].
+    #[serde(rename = "utf16le_slash")]
+    Utf16LeSlash,
+    /// UTF-16LE of [`Form::Backslash`].
+    #[serde(rename = "utf16le_backslash")]
+    Utf16LeBackslash,
+}
+
+impl Form {
+    /// Every form, in search-priority order.
+    pub const ALL: [Form; 4] = [
+        Form::Slash,
+        Form::Backslash,
+        Form::Utf16LeSlash,
+        Form::Utf16LeBackslash,
+    ];
+
+    /// How `root` is spelled in this form, or `None` for a UTF-16 form of a non-UTF-8 root.
+    pub fn encode(self, root: &[u8]) -> Option<Vec<u8>> {
+        let backslashed = || -> Vec<u8> {
+            root.iter()
+                .map(|&b| if b == b'/' { b'\\' } else { b })
+                .collect()
+        };
+        let utf16 = |bytes: &[u8]| -> Option<Vec<u8>> {
+            let s = std::str::from_utf8(bytes).ok()?;
+            Some(s.encode_utf16().flat_map(u16::to_le_bytes).collect())
+        };
+        match self {
+            Form::Slash => Some(root.to_vec()),
+            Form::Backslash => Some(backslashed()),
+            Form::Utf16LeSlash => utf16(root),
+            Form::Utf16LeBackslash => utf16(&backslashed()),
+        }
+    }
+
+    fn is_utf16(self) -> bool {
+        matches!(self, Form::Utf16LeSlash | Form::Utf16LeBackslash)
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Form::Slash => "slash",
+            Form::Backslash => "backslash",
+            Form::Utf16LeSlash => "utf-16le slash",
+            Form::Utf16LeBackslash => "utf-16le backslash",
+        }
+    }
+}
+
+impl fmt::Display for Form {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where one file mentions the root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// Relative to the tree, `/`-separated; hex in JSON so any bytes round-trip.
+    #[serde(with = "hex_bytes")]
+    pub path: Vec<u8>,
+    /// Whether [`is_text`] held for the file, which allows changing its length.
+    pub text: bool,
+    /// Byte offsets of the root and how it was spelled there, ascending, never overlapping.
+    pub hits: Vec<(u64, Form)>,
+}
+
+/// The relocation records of one layer, with the root they were recorded against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Records {
+    /// The root as the job saw it, `/`-separated; hex in JSON.
+    #[serde(with = "hex_bytes")]
+    pub root: Vec<u8>,
+    /// Files that mention the root, sorted by path; files without hits are left out.
+    pub files: Vec<FileRecord>,
+}
+
+/// [`Records`] tagged with their format version, as stored.
+#[derive(Serialize)]
+struct TaggedRef<'a> {
+    format: &'a str,
+    #[serde(flatten)]
+    records: &'a Records,
+}
+
+#[derive(Deserialize)]
+struct Tagged {
+    format: String,
+    #[serde(flatten)]
+    records: Records,
+}
+
+impl Records {
+    /// Compact JSON with a format tag; paths and the root are hex.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let tagged = TaggedRef {
+            format: FORMAT,
+            records: self,
+        };
+        // Only strings, integers and unit variants: serde_json cannot fail on them.
+        serde_json::to_vec(&tagged).expect("relocation records always serialize")
+    }
+
+    /// Reads what [`Records::to_bytes`] wrote.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Records> {
+        let tagged: Tagged =
+            serde_json::from_slice(bytes).map_err(|source| Error::Decode { source })?;
+        if tagged.format != FORMAT {
+            return Err(Error::Format {
+                format: tagged.format,
+            });
+        }
+        Ok(tagged.records)
+    }
+
+    /// Whether no file mentions the root (relocating is then free).
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(bytes))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        hex::decode(s).map_err(D::Error::custom)
+    }
+}
+
+/// What [`relocate`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelocateReport {
+    /// Files rewritten.
+    pub files: usize,
+    /// Occurrences of the root rewritten.
+    pub hits: usize,
+    /// Of `files`, how many were replaced by a new file (length changed) rather than patched
+    /// in place; those have a new inode.
+    pub replaced: usize,
+}
+
+/// Whether `data` looks like text: no NUL byte in its first [`TEXT_WINDOW`] bytes, and those
+/// bytes are valid UTF-8, except that a character cut by the window's end is accepted when
+/// `data` goes on past it.
+pub fn is_text(data: &[u8]) -> bool {
+    let window = &data[..data.len().min(TEXT_WINDOW)];
+    if memchr::memchr(0, window).is_some() {
+        return false;
+    }
+    match std::str::from_utf8(window) {
+        Ok(_) => true,
+        // `error_len() == None` means the input ended inside a character.
+        Err(e) => e.error_len().is_none() && data.len() > TEXT_WINDOW,
+    }
+}
+
+/// Whether the character starting `rest` would continue a file name, making an occurrence
+/// just before it part of a longer sibling name.
+fn continues_name(form: Form, rest: &[u8]) -> bool {
+    let unit = if form.is_utf16() {
+        match rest {
+            [lo, hi, ..] => u32::from(u16::from_le_bytes([*lo, *hi])),
+            _ => return false,
+        }
+    } else {
+        match rest.first() {
+            Some(&b) => u32::from(b),
+            None => return false,
+        }
+    };
+    unit >= 0x80
+        || char::from_u32(unit)
+            .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+' | '~'))
+}
+
+/// Rejects roots that cannot be searched for meaningfully.
+fn check_root(root: &[u8]) -> Result<()> {
+    let problem = if root.is_empty() {
+        "it is empty"
+    } else if root.contains(&0) {
+        "it contains a nul byte"
+    } else if matches!(root.last(), Some(b'/' | b'\\')) {
+        "it ends with a path separator"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidRoot {
+        root: String::from_utf8_lossy(root).into_owned(),
+        problem,
+    })
+}
+
+/// Turns a `/`-separated relative path into a native one, refusing anything that could leave
+/// the tree.
+fn rel_path(bytes: &[u8]) -> Result<PathBuf> {
+    let bad = |problem| Error::InvalidPath {
+        path: String::from_utf8_lossy(bytes).into_owned(),
+        problem,
+    };
+    if bytes.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if bytes.contains(&0) {
+        return Err(bad("it contains a nul byte"));
+    }
+    for part in bytes.split(|&b| b == b'/') {
+        match part {
+            b"" => return Err(bad("it is absolute or has an empty component")),
+            b"." | b".." => return Err(bad("it has a `.` or `..` component")),
+            _ => {}
+        }
+    }
+    native_path(bytes)
+        .ok_or_else(|| bad("it is not utf-8 or has a character this platform forbids"))
+}
+
+#[cfg(unix)]
+fn native_path(bytes: &[u8]) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    Some(PathBuf::from(std::ffi::OsStr::from_bytes(bytes)))
+}
+
+#[cfg(not(unix))]
+fn native_path(bytes: &[u8]) -> Option<PathBuf> {
+    let s = std::str::from_utf8(bytes).ok()?;
+    // A `\` or `:` would change what the path means on Windows.
+    if s.contains(['\\', ':']) {
+        return None;
+    }
+    Some(s.split('/').collect())
+}
+
+/// Finds files in a tree without following symlinks on the way, remembering directories it
+/// already checked.
+struct Tree<'a> {
+    root: &'a Path,
+    dirs: HashSet<PathBuf>,
+}
+
+impl<'a> Tree<'a> {
+    fn new(root: &'a Path) -> Self {
+        Tree {
+            root,
+            dirs: HashSet::new(),
+        }
+    }
+
+    /// The full path of `rel` and its metadata if it is a regular file reached only through
+    /// real directories; `None` if it is anything else (symlink, directory, device, or below a
+    /// symlink).
+    fn regular_file(&mut self, rel: &Path) -> Result<Option<(PathBuf, Metadata)>> {
+        let mut ancestors: Vec<&Path> = rel
+            .ancestors()
+            .skip(1)
+            .filter(|a| !a.as_os_str().is_empty())
+            .collect();
+        // Check from the top so a symlinked directory is caught before anything below it.
+        ancestors.reverse();
+        for dir in ancestors {
+            if self.dirs.contains(dir) {
+                continue;
+            }
+            let full = self.root.join(dir);
+            let meta = fs::symlink_metadata(&full).map_err(io_err("inspect", &full))?;
+            if !meta.is_dir() {
+                return Ok(None);
+            }
+            self.dirs.insert(dir.to_owned());
+        }
+        let full = self.root.join(rel);
+        let meta = fs::symlink_metadata(&full).map_err(io_err("inspect", &full))?;
+        Ok(meta.is_file().then_some((full, meta)))
+    }
+}
+
+/// The spellings of one root, compiled into a single automaton.
+struct Needles {
+    forms: Vec<Form>,
+    automaton: AhoCorasick,
+    longest: usize,
+}
+
+impl Needles {
+    fn new(root: &[u8]) -> Result<Self> {
+        let mut forms = Vec::new();
+        let mut patterns: Vec<Vec<u8>> = Vec::new();
+        for form in Form::ALL {
+            // A root without `/` spells the same in both forms: search it once, as the first.
+            if let Some(p) = form.encode(root)
+                && !patterns.contains(&p)
+            {
+                forms.push(form);
+                patterns.push(p);
+            }
+        }
+        let longest = patterns.iter().map(Vec::len).max().unwrap_or(0);
+        // Standard semantics so overlapping search works: a rejected sibling must not hide
+        // a real occurrence that starts inside it.
+        let automaton = AhoCorasick::builder()
+            .match_kind(MatchKind::Standard)
+            .build(&patterns)
+            .map_err(|_| Error::InvalidRoot {
+                root: String::from_utf8_lossy(root).into_owned(),
+                problem: "it is too long to search for",
+            })?;
+        Ok(Needles {
+            forms,
+            automaton,
+            longest,
+        })
+    }
+}
+
+/// Searches files for a root, reusing one buffer.
+struct Scanner {
+    needles: Needles,
+    buf: Vec<u8>,
+    candidates: Vec<(usize, usize, Form)>,
+}
+
+impl Scanner {
+    fn new(needles: Needles) -> Self {
+        // Room for the overlap carried between chunks plus a useful amount of new data.
+        let size = CHUNK.max(4 * (needles.longest + 2)).max(TEXT_WINDOW + 1);
+        Scanner {
+            needles,
+            buf: vec![0; size],
+            candidates: Vec::new(),
+        }
+    }
+
+    /// Reads `file` once, chunk by chunk, and returns whether it is text and its hits.
+    fn scan_file(&mut self, file: &mut File) -> io::Result<(bool, Vec<(u64, Form)>)> {
+        // Keeping this many bytes between chunks lets every match that starts before the
+        // kept tail end, plus two bytes to look past it, inside the current chunk.
+        let keep = self.needles.longest + 1;
+        let mut hits = Vec::new();
+        let mut len = 0;
+        let mut base: u64 = 0;
+        let mut next_free: u64 = 0;
+        let mut first_chunk_text = None;
+        loop {
+            let eof = fill(file, &mut self.buf, &mut len)?;
+            let data = &self.buf[..len];
+            // The first chunk holds the whole text window (the buffer is bigger than it).
+            let text = *first_chunk_text.get_or_insert_with(|| is_text(data));
+            let limit = if eof { len } else { len - keep };
+            self.candidates.clear();
+            for m in self.needles.automaton.find_overlapping_iter(data) {
+                if m.start() >= limit {
+                    continue;
+                }
+                let form = self.needles.forms[m.pattern().as_usize()];
+                if text && continues_name(form, &data[m.end()..]) {
+                    continue;
+                }
+                self.candidates.push((m.start(), m.end(), form));
+            }
+            self.candidates.sort_unstable();
+            for &(start, end, form) in &self.candidates {
+                let start = base + start as u64;
+                // Leftmost wins; an occurrence overlapping an accepted one cannot be rewritten.
+                if start >= next_free {
+                    hits.push((start, form));
+                    next_free = base + end as u64;
+                }
+            }
+            if eof {
+                return Ok((text, hits));
+            }
+            self.buf.copy_within(limit..len, 0);
+            len -= limit;
+            base += limit as u64;
+        }
+    }
+}
+
+/// Reads into `buf[*len..]` until it is full or the file ends; true at end of file.
+fn fill(file: &mut File, buf: &mut [u8], len: &mut usize) -> io::Result<bool> {
+    while *len < buf.len() {
+        match file.read(&mut buf[*len..]) {
+            Ok(0) => return Ok(true),
+            Ok(n) => *len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// Finds every occurrence of `root` in `files` (relative, `/`-separated paths of new or
+/// changed files under `tree`). Symlinks, directories and other non-regular entries, and
+/// anything below a symlinked directory, are skipped; files without hits are left out.
+/// Each file is read once, searching all forms at the same time.
+pub fn scan(tree: &Path, root: &[u8], files: &[Vec<u8>]) -> Result<Records> {
+    check_root(root)?;
+    let mut scanner = Scanner::new(Needles::new(root)?);
+    let mut sorted: Vec<&Vec<u8>> = files.iter().collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut walker = Tree::new(tree);
+    let mut records = Vec::new();
+    for path in sorted {
+        let rel = rel_path(path)?;
+        let Some((full, _)) = walker.regular_file(&rel)? else {
+            continue;
+        };
+        let mut file = File::open(&full).map_err(io_err("open", &full))?;
+        let (text, hits) = scanner
+            .scan_file(&mut file)
+            .map_err(io_err("read", &full))?;
+        if !hits.is_empty() {
+            records.push(FileRecord {
+                path: path.clone(),
+                text,
+                hits,
+            });
+        }
+    }
+    Ok(Records {
+        root: root.to_vec(),
+        files: records,
+    })
+}
+
+/// The old and new spelling of the root in each form that can be spelled for both.
+struct Spellings {
+    pairs: [Option<(Vec<u8>, Vec<u8>)>; 4],
+}
+
+impl Spellings {
+    fn new(old: &[u8], new: &[u8]) -> Self {
+        Spellings {
+            pairs: Form::ALL.map(|form| Some((form.encode(old)?, form.encode(new)?))),
+        }
+    }
+
+    fn get(&self, form: Form) -> Option<(&[u8], &[u8])> {
+        let i = Form::ALL.iter().position(|&f| f == form)?;
+        self.pairs[i]
+            .as_ref()
+            .map(|(o, n)| (o.as_slice(), n.as_slice()))
+    }
+}
+
+/// One recorded file, checked and ready to rewrite.
+struct Plan<'r> {
+    record: &'r FileRecord,
+    path: PathBuf,
+    meta: Metadata,
+    in_place: bool,
+}
+
+/// Rewrites every occurrence recorded in `records` under `tree` to `new_root`.
+///
+/// Nothing happens when `new_root` is the recorded root. Before anything is written, every
+/// file is checked: it must still be a regular file holding the old root at each recorded
+/// offset ([`Error::Mismatch`] otherwise), and no binary file may need to change length
+/// ([`Error::BinaryFiles`] lists them all). Files whose hits keep their length are patched in
+/// place; the others (text only) are rebuilt and renamed over the original. Modes and times
+/// are kept either way; a replaced file also keeps its owner (Unix) but gets a new inode.
+pub fn relocate(tree: &Path, records: &Records, new_root: &[u8]) -> Result<RelocateReport> {
+    if records.root == new_root {
+        return Ok(RelocateReport::default());
+    }
+    check_root(&records.root)?;
+    check_root(new_root)?;
+    let spellings = Spellings::new(&records.root, new_root);
+    let mut walker = Tree::new(tree);
+    let mut plans = Vec::with_capacity(records.files.len());
+    let mut binary = Vec::new();
+    for record in &records.files {
+        let rel = rel_path(&record.path)?;
+        let full = tree.join(&rel);
+        let mut in_place = true;
+        let mut next_free = 0;
+        for &(offset, form) in &record.hits {
+            let Some((old, new)) = spellings.get(form) else {
+                let which = if form.encode(&records.root).is_none() {
+                    &records.root[..]
+                } else {
+                    new_root
+                };
+                return Err(Error::InvalidRoot {
+                    root: String::from_utf8_lossy(which).into_owned(),
+                    problem: "it is not utf-8, so its utf-16 occurrences cannot be rewritten",
+                });
+            };
+            if offset < next_free {
+                return Err(Error::InvalidRecords {
+                    path: full,
+                    problem: format!("hit at byte {offset} is out of order or overlaps another"),
+                });
+            }
+            next_free = offset.saturating_add(old.len() as u64);
+            in_place &= old.len() == new.len();
+        }
+        if !in_place && !record.text {
+            binary.push(full);
+            continue;
+        }
+        let Some((path, meta)) = walker.regular_file(&rel)? else {
+            return Err(Error::NotRegular { path: full });
+        };
+        plans.push(Plan {
+            record,
+            path,
+            meta,
+            in_place,
+        });
+    }
+    if !binary.is_empty() {
+        return Err(Error::BinaryFiles { paths: binary });
+    }
+    // Verify everything first so a stale tree is reported before any file changes.
+    let mut probe = Vec::new();
+    for plan in &plans {
+        let file = File::open(&plan.path).map_err(io_err("open", &plan.path))?;
+        for &(offset, form) in &plan.record.hits {
+            let (old, _) = spellings.get(form).expect("checked above");
+            probe.resize(old.len(), 0);
+            let found = match read_at(&file, &mut probe, offset) {
+                Ok(()) => probe == old,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => false,
+                Err(e) => return Err(io_err("read", &plan.path)(e)),
+            };
+            if !found {
+                return Err(Error::Mismatch {
+                    path: plan.path.clone(),
+                    offset,
+                    form,
+                });
+            }
+        }
+    }
+    let mut report = RelocateReport::default();
+    for plan in &plans {
+        if plan.in_place {
+            patch_in_place(plan, &spellings)?;
+        } else {
+            replace(plan, &spellings)?;
+            report.replaced += 1;
+        }
+        report.files += 1;
+        report.hits += plan.record.hits.len();
+    }
+    Ok(report)
+}
+
+/// The times to put back after writing, taken before the file was read or written.
+fn times_of(meta: &Metadata) -> FileTimes {
+    let mut times = FileTimes::new();
+    if let Ok(t) = meta.accessed() {
+        times = times.set_accessed(t);
+    }
+    if let Ok(t) = meta.modified() {
+        times = times.set_modified(t);
+    }
+    times
+}
+
+/// Overwrites each hit at its offset: same inode, so hard links and open handles see it.
+fn patch_in_place(plan: &Plan<'_>, spellings: &Spellings) -> Result<()> {
+    let path = &plan.path;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err("open for writing", path))?;
+    for &(offset, form) in &plan.record.hits {
+        let (_, new) = spellings.get(form).expect("checked by relocate");
+        write_at(&file, new, offset).map_err(io_err("write", path))?;
+    }
+    // Writing may drop set-id bits (without CAP_FSETID) and always bumps mtime: put them back.
+    file.set_permissions(plan.meta.permissions())
+        .map_err(io_err("restore the mode of", path))?;
+    file.set_times(times_of(&plan.meta))
+        .map_err(io_err("restore the times of", path))?;
+    Ok(())
+}
+
+/// Rebuilds a text file with the new root and renames it over the original.
+fn replace(plan: &Plan<'_>, spellings: &Spellings) -> Result<()> {
+    let path = &plan.path;
+    let data = fs::read(path).map_err(io_err("read", path))?;
+    let mut out = Vec::with_capacity(data.len() + 64 * plan.record.hits.len());
+    let mut pos = 0;
+    for &(offset, form) in &plan.record.hits {
+        let (old, new) = spellings.get(form).expect("checked by relocate");
+        // Checked once already; checked again because this is the copy that gets written.
+        let start = usize::try_from(offset).ok().filter(|&s| {
+            s.checked_add(old.len())
+                .is_some_and(|end| data.get(s..end) == Some(old))
+        });
+        let Some(start) = start else {
+            return Err(Error::Mismatch {
+                path: path.clone(),
+                offset,
+                form,
+            });
+        };
+        out.extend_from_slice(&data[pos..start]);
+        out.extend_from_slice(new);
+        pos = start + old.len();
+    }
+    out.extend_from_slice(&data[pos..]);
+
+    // Taken before the temporary file appears in the directory, which changes its times.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir_meta = fs::metadata(dir).map_err(io_err("inspect", dir))?;
+    let (tmp, file) = create_temp(path)?;
+    let written = finish_temp(plan, &tmp, file, &out).and_then(|()| {
+        fs::rename(&tmp, path).map_err(io_err("rename into place", path))?;
+        restore_dir_times(dir, &dir_meta)
+    });
+    if written.is_err() {
+        // Best effort: the error being returned matters more than a leftover temp file.
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Gives the temporary file its content and the original's owner, mode and times.
+fn finish_temp(plan: &Plan<'_>, tmp: &Path, mut file: File, content: &[u8]) -> Result<()> {
+    file.write_all(content).map_err(io_err("write", tmp))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::os::unix::fs::fchown(&file, Some(plan.meta.uid()), Some(plan.meta.gid()))
+            .map_err(io_err("restore the owner of", tmp))?;
+    }
+    // After chown, which clears set-id bits.
+    file.set_permissions(plan.meta.permissions())
+        .map_err(io_err("restore the mode of", tmp))?;
+    file.set_times(times_of(&plan.meta))
+        .map_err(io_err("restore the times of", tmp))?;
+    Ok(())
+}
+
+/// Creates a fresh file next to `path` to build its replacement in.
+fn create_temp(path: &Path) -> Result<(PathBuf, File)> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    for attempt in 0..100u32 {
+        let tmp = path.with_file_name(format!(
+            ".{name}.strata-relocate.{}.{attempt}",
+            std::process::id()
+        ));
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            // Private until the original mode is put on it.
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        match options.open(&tmp) {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("create", &tmp)(e)),
+        }
+    }
+    Err(Error::Io {
+        op: "create a temporary file for",
+        path: path.to_owned(),
+        source: io::ErrorKind::AlreadyExists.into(),
+    })
+}
+
+/// The rename touched the directory; put its times back so the tree looks untouched.
+#[cfg(unix)]
+fn restore_dir_times(dir: &Path, meta: &Metadata) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.set_times(times_of(meta)))
+        .map_err(io_err("restore the times of", dir))
+}
+
+/// Windows cannot open a directory with `File::open`; its times are left as they are.
+#[cfg(not(unix))]
+fn restore_dir_times(_dir: &Path, _meta: &Metadata) -> Result<()> {
+    Ok(())
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(unix)]
+fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(windows)]
+fn write_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_write(buf, offset) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                buf = &buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -82,6 +82,9 @@ pub enum WhiteoutMode {
     /// layer: `.wh.<name>` becomes a 0/0 character device `<name>`, and `.wh..wh..opq` sets
     /// `trusted.overlay.opaque=y` on its directory. Needs `CAP_MKNOD` and `CAP_SYS_ADMIN`.
     Overlay,
+    /// Keep them as the empty `.wh.` files they are in the tar, for a directory that holds
+    /// one layer on its own and is merged with others later (without privileges).
+    Keep,
 }
 
 /// How to extract.

@@ -233,7 +233,7 @@ impl Extractor<'_> {
             (Some(Whiteout::Opaque { dir }), WhiteoutMode::Overlay) => {
                 return self.overlay_opaque(dir);
             }
-            (None, _) => {}
+            (Some(_), WhiteoutMode::Keep) | (None, _) => {}
         }
         if entry.path.is_empty() {
             if self.root_meta.is_some() {

@@ -291,13 +291,19 @@ fn overlay_whiteout_mode_records_whiteouts_for_overlayfs() {
     assert!(wh.file_type().is_char_device());
     assert_eq!(wh.rdev(), 0);
     let mut value = [0u8; 8];
-    let n = rustix::fs::getxattr(
-        dst.join("opaque"),
-        "trusted.overlay.opaque",
-        &mut value[..],
-    )
-    .unwrap();
+    let n =
+        rustix::fs::getxattr(dst.join("opaque"), "trusted.overlay.opaque", &mut value[..]).unwrap();
     assert_eq!(&value[..n], b"y");
     assert_eq!(fs::read(dst.join("opaque/new")).unwrap(), b"n");
     assert!(!dst.join("opaque/.wh..wh..opq").exists());
+
+    // Keep mode leaves the markers as the files they are in the tar.
+    let kept = tmp.path().join("kept");
+    let opts = ExtractOptions {
+        whiteouts: strata_cas::WhiteoutMode::Keep,
+        ..permissive()
+    };
+    apply_tar(&tar[..], &kept, &opts).unwrap();
+    assert_eq!(fs::read(kept.join("keep/.wh.gone")).unwrap(), b"");
+    assert_eq!(fs::read(kept.join("opaque/.wh..wh..opq")).unwrap(), b"");
 }

@@ -3,4 +3,5 @@
 mod cas;
 mod cli;
 mod layer;
+mod snapshot;
 mod support;

@@ -6,7 +6,10 @@
     reason = "tests say why they skip, and child processes report on stdout"
 )]
 
+mod engine;
 mod index;
+mod maintenance;
 #[cfg(target_os = "linux")]
 mod overlay;
+mod portable;
 mod relocate;

@@ -1,0 +1,101 @@
+//! `strata import|checkout|commit|release|snapshot` against a real store.
+
+use std::fs;
+
+use crate::support::{Env, os, sample_tree};
+
+/// A root filesystem tarball made with `strata layer create`.
+fn rootfs(env: &Env) -> std::path::PathBuf {
+    let src = env.path("rootfs");
+    sample_tree(&src);
+    fs::create_dir_all(src.join("etc")).unwrap();
+    fs::write(src.join("etc/hostname"), "builder\n").unwrap();
+    let out = env.path("rootfs.tar.zst");
+    env.run([os("layer"), os("create"), os(&src), os("-o"), os(&out)])
+        .ok();
+    out
+}
+
+#[test]
+fn import_checkout_commit_list_and_copy() {
+    let env = Env::new();
+    let tarball = rootfs(&env);
+    let imported = env
+        .run([
+            os("import"),
+            os(&tarball),
+            os("--tag"),
+            os("base"),
+            os("--json"),
+        ])
+        .json();
+    let base = imported["id"].as_str().unwrap().to_owned();
+
+    let work = env.path("work");
+    let out = env
+        .run([
+            os("checkout"),
+            os("base"),
+            os(&work),
+            os("--portable"),
+            os("--json"),
+        ])
+        .json();
+    assert_eq!(out["mode"], "portable");
+    assert_eq!(
+        fs::read_to_string(work.join("etc/hostname")).unwrap(),
+        "builder\n"
+    );
+    fs::write(work.join("etc/hostname"), "step\n").unwrap();
+
+    let committed = env
+        .run([
+            os("commit"),
+            os(&work),
+            os("--tag"),
+            os("step1"),
+            os("--json"),
+        ])
+        .json();
+    assert_eq!(committed["parent"].as_str().unwrap(), base);
+    assert!(!work.exists(), "commit releases the checkout");
+
+    let listing = env.run([os("snapshot"), os("ls")]).ok();
+    assert!(
+        listing.contains(&base) && listing.contains("step1"),
+        "{listing}"
+    );
+
+    let copy = env.path("copy");
+    env.run([os("checkout"), os("--copy"), os("step1"), os(&copy)])
+        .ok();
+    assert_eq!(
+        fs::read_to_string(copy.join("etc/hostname")).unwrap(),
+        "step\n"
+    );
+
+    // In use: the base has a child, so removing it is refused and names it.
+    env.run([os("snapshot"), os("rm"), os("base")])
+        .fails_with(&["cannot remove snapshot base"]);
+    env.run([os("snapshot"), os("rm"), os("step1")]).ok();
+}
+
+#[test]
+fn release_and_errors_name_what_is_wrong() {
+    let env = Env::new();
+    let tarball = rootfs(&env);
+    env.run([os("import"), os(&tarball), os("--tag"), os("base")])
+        .ok();
+    let work = env.path("work");
+    env.run([os("checkout"), os("base"), os(&work), os("--portable")])
+        .ok();
+    env.run([os("release"), os(&work)]).ok();
+    assert!(!work.exists());
+    env.run([os("commit"), os(&work)])
+        .fails_with(&["cannot commit"]);
+    env.run([os("checkout"), os("no-such-tag"), os(env.path("x"))])
+        .fails_with(&["no-such-tag"]);
+    let junk = env.path("junk.tar");
+    fs::write(&junk, vec![0x42u8; 4096]).unwrap();
+    env.run([os("import"), os(&junk)]).fails_with(&["junk.tar"]);
+}
