@@ -5,23 +5,64 @@
 //! <store>/
 //! ├── layout, blobs-v1/, tmp/   the CAS (strata-cas)
 //! ├── index-v1.sqlite           snapshots, layers, tags, tracked checkouts, leases
+//! ├── gc.lock                   shared while layers are stored and recorded, exclusive in gc
 //! ├── unpacked-v1/
 //! │   ├── <layer>               a layer unpacked once, read-only, overlayfs whiteouts
 //! │   ├── <layer>.plain         the same with OCI `.wh.` files (unpacked without root)
+//! │   ├── <layer>@<root>        a relocated variant, for overlay checkouts at another root
+//! │   ├── <layer>@dup-<n>       a hard-linked twin, for a layer that repeats in one stack
 //! │   └── tmp-<pid>-<n>         an unpack in progress; renamed into place when complete
-//! └── checkouts-v1/<n>/         state of one tracked checkout: upper/ + work/ (overlay)
-//!                               or manifest (portable)
+//! ├── caches-v1/views/<n>/     private views of shared caches (tracked checkouts)
+//! └── checkouts-v1/
+//!     ├── c-<pid>-<n>/          state of one tracked checkout, made by process <pid>:
+//!     │                         upper/ + work/ (overlay) or manifest (portable)
+//!     └── x-<pid>-<n>/          state of a checkout being discarded by process <pid>
 //! ```
 //!
-//! Order of effects, so that a crash at any point leaves a store the next open recovers:
-//! blobs before index rows, unpacked layers renamed into place before they are used,
-//! checkout rows written before their mount or copy exists and removed after it is gone.
+//! # Crash safety
+//!
+//! A process may die at any point (`kill -9`, power loss). The order of effects makes every
+//! intermediate state one that [`Engine::open`] or [`Engine::fsck`] recognises:
+//!
+//! - Layers: blob stored, then the layer row (with its relocations) and the snapshot row, all
+//!   under the shared gc lock; `gc` removes the layer row before the blob, under the exclusive
+//!   lock. So no snapshot ever names a layer whose blob is missing; a crash leaves at most an
+//!   unreferenced layer or an unrecorded blob, which `gc` collects.
+//! - Unpacked layers: extracted into `tmp-<pid>-*`, renamed into place, then flagged in the
+//!   index. A commit renames its overlay upper dir into place after recording the layer.
+//! - Checkouts: state dir (with `upper/` and `work/` for overlay), then the row, then unpacking
+//!   and the mount or the files, then (portable) the manifest. Discarding unmounts, moves the
+//!   state dir aside (`x-*`, the point of no return), removes the files, the state, and last
+//!   the row. A committed overlay checkout loses its `upper/` (renamed into `unpacked-v1/`)
+//!   before it is discarded.
+//!
+//! Recovery in [`Engine::open`], cheap when there is nothing to do (two directory listings
+//! and one query):
+//!
+//! - `unpacked-v1/tmp-*` and row-less `checkouts-v1/*` of processes that no longer run are
+//!   removed, after detaching overlay mounts that sit under them;
+//! - a tracked checkout whose state dir is gone, or an overlay one without `upper/`, was
+//!   being discarded or committed: the discard is finished (mount detached, files, row);
+//! - a portable checkout without its manifest whose maker no longer runs was half made: it
+//!   is rolled back the same way;
+//! - leases of dead processes expire; the CAS sweeps its own temp files.
+//!
+//! Kept on purpose: a tracked overlay checkout whose mount is gone but whose upper dir is
+//! intact (a crash before mounting or while committing, or a reboot). `commit` and `release`
+//! work on it without a mount; `fsck` reports it and its repair releases it (remounting
+//! would hand a sandbox a tree it may not expect). Anything the current process, or another
+//! live one, may still be working on is never touched: makers are known by the pid in the
+//! state dir's name (a recycled pid errs on the side of keeping).
+//!
+//! Named failpoints ([`FAILPOINTS`]) sit between the effects, so tests can kill a process at
+//! each of them (`STRATA_FAILPOINT=<name>` aborts the process there).
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use strata_cas::{
     Change, ChangeKind, CreateOptions, DevicePolicy, ExtractOptions, LayerId, LayerInfo,
@@ -55,6 +96,80 @@ impl CheckoutMode {
             _ => None,
         }
     }
+}
+
+/// The shape a tracked checkout is in, as recovery and `fsck` judge it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CheckoutHealth {
+    /// Complete, or at least usable: `commit` and `release` work.
+    Healthy,
+    /// Incomplete, but its maker still runs and may be completing it.
+    InProgress,
+    /// Its state dir, or an overlay checkout's upper dir, is gone: a discard or commit died
+    /// past its point of no return. Finishing the discard is all that is left to do.
+    Abandoned,
+    /// A portable checkout without a manifest, whose maker died while materialising it.
+    HalfMade,
+    /// Its directory is gone (removed by hand, or on a filesystem that is not mounted).
+    Lost,
+    /// An overlay checkout whose maker is gone and whose mount is gone too, upper dir intact
+    /// (a crash before mounting or while committing, or a reboot).
+    Unmounted,
+}
+
+/// Every named failpoint, in roughly the order a workload meets them. `<op>.<mode>.<step>`
+/// names the step just completed.
+pub const FAILPOINTS: &[&str] = &[
+    "import.stored",
+    "import.recorded",
+    "checkout.portable.state",
+    "checkout.portable.row",
+    "unpack.extracted",
+    "unpack.renamed",
+    "checkout.portable.unpacked",
+    "checkout.portable.materialized",
+    "checkout.portable.done",
+    "commit.portable.stored",
+    "commit.portable.recorded",
+    "discard.portable.abandoned",
+    "discard.portable.removed",
+    "discard.portable.state",
+    "checkout.overlay.state",
+    "checkout.overlay.row",
+    "checkout.overlay.unpacked",
+    "checkout.overlay.relocated",
+    "checkout.overlay.mounted",
+    "commit.overlay.unmounted",
+    "commit.overlay.stored",
+    "commit.overlay.recorded",
+    "commit.overlay.renamed",
+    "commit.overlay.marked",
+    "discard.overlay.unmounted",
+    "discard.overlay.abandoned",
+    "discard.overlay.removed",
+    "discard.overlay.state",
+    "prune.removed",
+    "gc.row",
+    "gc.blob",
+];
+
+/// Aborts the process if `STRATA_FAILPOINT` names this point: crash tests use it to die
+/// between two effects. The variable is read once; otherwise this is one load and a branch.
+pub(crate) fn failpoint(name: &'static str) {
+    static ARMED: OnceLock<Option<String>> = OnceLock::new();
+    debug_assert!(FAILPOINTS.contains(&name), "failpoint {name} is not listed");
+    let armed = ARMED.get_or_init(|| std::env::var("STRATA_FAILPOINT").ok());
+    if armed.as_deref() == Some(name) {
+        std::process::abort();
+    }
+}
+
+/// The failpoint of `mode`'s variant of a step.
+fn failpoint_for(mode: CheckoutMode, overlay: &'static str, portable: &'static str) {
+    failpoint(match mode {
+        CheckoutMode::Overlay => overlay,
+        CheckoutMode::Portable => portable,
+    });
 }
 
 /// Errors of the engine. Each names the snapshot, checkout directory or path involved.
@@ -166,9 +281,12 @@ fn unique_name(prefix: &str) -> String {
 }
 
 impl Engine {
-    /// Opens (creating if needed) the store at `root` and recovers from crashed writers.
+    /// Opens (creating if needed) the store at `root` and recovers from crashed writers (see
+    /// the module docs for what is recovered and what is kept).
     pub fn open(root: &Path) -> Result<Engine> {
         let cas = Store::open(root)?;
+        // Canonical, so that state paths recorded in rows stay valid from any working dir.
+        let root = fs::canonicalize(root).map_err(io_err("resolve", root))?;
         let unpacked = root.join("unpacked-v1");
         let states = root.join("checkouts-v1");
         for dir in [&unpacked, &states] {
@@ -176,15 +294,39 @@ impl Engine {
         }
         let index = Index::open(&root.join("index-v1.sqlite"))?;
         let engine = Engine {
-            root: root.to_path_buf(),
+            root,
             cas,
             index: Mutex::new(index),
             unpacked,
             states,
             privileged: is_root(),
         };
-        engine.sweep_partial_unpacks()?;
+        engine.recover()?;
         Ok(engine)
+    }
+
+    /// Undoes or finishes what crashed processes left half done. Each item is best effort:
+    /// one that cannot be cleaned up now (a mount this user may not detach, say) stays for
+    /// `fsck` to report, and must not stop the store from opening.
+    fn recover(&self) -> Result<()> {
+        for tmp in self.partial_unpacks()? {
+            let _ = remove_tree(&tmp);
+        }
+        let rows = self.with_index(|ix| Ok(ix.checkouts()?))?;
+        for row in &rows {
+            if matches!(
+                self.checkout_health(row, None),
+                CheckoutHealth::Abandoned | CheckoutHealth::HalfMade
+            ) {
+                let _ = self.discard(row, true);
+            }
+        }
+        for state in self.stray_states()? {
+            let _ = self.remove_stray_state(&state);
+        }
+        // Cache views of dead processes would otherwise pin their snapshots forever.
+        let _ = self.cache_sweep_dead_views();
+        self.with_index(|ix| Ok(ix.expire_dead_leases().map(|_| ())?))
     }
 
     /// The store directory.
@@ -217,15 +359,20 @@ impl Engine {
     pub fn import(&self, tarball: &Path, tag: Option<&str>) -> Result<SnapshotRow> {
         let _gc = self.gc_lock(false)?;
         let info = self.cas.put_file(tarball)?;
-        self.record(None, &info, None, tag)
+        failpoint("import.stored");
+        let row = self.record(None, &info, None, None, tag)?;
+        failpoint("import.recorded");
+        Ok(row)
     }
 
-    /// Records a stored layer as a snapshot on top of `parent`.
+    /// Records a stored layer, with its relocation records, as a snapshot on top of
+    /// `parent`. Call it under the shared gc lock.
     fn record(
         &self,
         parent: Option<SnapshotId>,
         info: &LayerInfo,
         root_path: Option<Vec<u8>>,
+        relocations: Option<&relocate::Records>,
         tag: Option<&str>,
     ) -> Result<SnapshotRow> {
         let layer = LayerRow {
@@ -236,6 +383,15 @@ impl Engine {
             created: now_ms(),
         };
         self.with_index(|ix| {
+            // Relocations go in before the snapshot row exists, so no snapshot is ever seen
+            // without them. A crash in between leaves an unreferenced layer row, which `gc`
+            // removes; the shared gc lock keeps `gc` away from it meanwhile.
+            if let Some(records) = relocations.filter(|r| !r.files.is_empty())
+                && let Some(root) = &root_path
+            {
+                ix.add_layer(&layer)?;
+                ix.set_relocations(&layer.id, root, &records.to_bytes())?;
+            }
             // Layer and snapshot rows in one transaction, so `gc` never sees the layer
             // unreferenced in between.
             let row = ix.add_layer_and_snapshot(&layer, parent, root_path, layer.created)?;
@@ -297,31 +453,121 @@ impl Engine {
             let _ = remove_tree(&tmp);
             return Err(e.into());
         }
+        failpoint("unpack.extracted");
         match fs::rename(&tmp, &target) {
             Ok(()) => {}
             // Another process unpacked the same layer first: same content, keep theirs.
             Err(_) if target.is_dir() => remove_tree(&tmp)?,
             Err(e) => return Err(io_err("rename into place", &target)(e)),
         }
+        failpoint("unpack.renamed");
         let layer = *layer;
         self.with_index(|ix| Ok(ix.set_layer_unpacked(&layer, true)?))?;
         Ok(target)
     }
 
-    /// Removes unpacks left by processes that no longer run.
-    fn sweep_partial_unpacks(&self) -> Result<()> {
+    /// Unpacks in progress (`unpacked-v1/tmp-*`) of processes that no longer run.
+    pub(crate) fn partial_unpacks(&self) -> Result<Vec<PathBuf>> {
+        let mut found = Vec::new();
         for entry in fs::read_dir(&self.unpacked).map_err(io_err("list", &self.unpacked))? {
             let entry = entry.map_err(io_err("list", &self.unpacked))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix("tmp-") else {
-                continue;
-            };
-            let pid: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
-            if pid.is_some_and(|pid| !process_alive(pid)) {
-                remove_tree(&entry.path())?;
+            if name.starts_with("tmp-") && !maker_alive(&name) {
+                found.push(entry.path());
             }
         }
-        Ok(())
+        Ok(found)
+    }
+
+    /// State dirs no checkout row names, of processes that no longer run: checkouts that
+    /// died before their row was written, and discards that died after moving the state
+    /// aside.
+    pub(crate) fn stray_states(&self) -> Result<Vec<PathBuf>> {
+        // Liveness is decided before the rows are read: a maker that was dead then had
+        // written every row it ever will, so a row-less state of it stays row-less.
+        let mut dead = Vec::new();
+        for entry in fs::read_dir(&self.states).map_err(io_err("list", &self.states))? {
+            let entry = entry.map_err(io_err("list", &self.states))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !maker_alive(&name) {
+                dead.push((name, entry.path()));
+            }
+        }
+        if dead.is_empty() {
+            return Ok(Vec::new());
+        }
+        let named: HashSet<String> = self
+            .with_index(|ix| Ok(ix.checkouts()?))?
+            .iter()
+            .filter_map(|row| row.state_dir.as_deref().and_then(Path::file_name))
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        Ok(dead
+            .into_iter()
+            .filter(|(name, _)| !named.contains(name))
+            .map(|(_, path)| path)
+            .collect())
+    }
+
+    /// Removes a stray state dir, detaching any overlay mount that sits under it first.
+    pub(crate) fn remove_stray_state(&self, state: &Path) -> Result<()> {
+        #[cfg(target_os = "linux")]
+        for point in crate::overlay::mounts_under(state)? {
+            detach(&point)?;
+        }
+        remove_tree(state)
+    }
+
+    /// What shape a tracked checkout is in. `mounts` (the overlay mount points of the host)
+    /// is only needed to tell [`CheckoutHealth::Unmounted`]; without it such a checkout
+    /// passes as healthy.
+    pub(crate) fn checkout_health(
+        &self,
+        row: &CheckoutRow,
+        mounts: Option<&HashSet<PathBuf>>,
+    ) -> CheckoutHealth {
+        let Some(state) = &row.state_dir else {
+            // Not made by this engine's `checkout`: nothing to judge it by but its directory.
+            return if row.dir.is_dir() {
+                CheckoutHealth::Healthy
+            } else {
+                CheckoutHealth::Lost
+            };
+        };
+        let mode = CheckoutMode::parse(&row.mode);
+        // Only a discard or a commit past its point of no return takes these away.
+        if !state.is_dir() || (mode == Some(CheckoutMode::Overlay) && !state.join("upper").is_dir())
+        {
+            return CheckoutHealth::Abandoned;
+        }
+        if !row.dir.is_dir() {
+            return CheckoutHealth::Lost;
+        }
+        // Decided before looking at what the maker writes last, so a maker that finishes
+        // and exits in between is not mistaken for a dead one.
+        let maker_alive = state
+            .file_name()
+            .is_some_and(|n| maker_alive(&n.to_string_lossy()));
+        match mode {
+            Some(CheckoutMode::Portable) if !state.join("manifest").is_file() => {
+                if maker_alive {
+                    CheckoutHealth::InProgress
+                } else {
+                    CheckoutHealth::HalfMade
+                }
+            }
+            Some(CheckoutMode::Overlay) => match mounts {
+                Some(mounts) if !mounts.contains(&row.dir) => {
+                    if maker_alive {
+                        CheckoutHealth::InProgress
+                    } else {
+                        CheckoutHealth::Unmounted
+                    }
+                }
+                _ => CheckoutHealth::Healthy,
+            },
+            _ => CheckoutHealth::Healthy,
+        }
     }
 
     /// Which mode `checkout` uses when the caller does not choose.
@@ -346,13 +592,22 @@ impl Engine {
             return Err(Error::OverlayUnavailable);
         }
         let dir = prepare_target(dir)?;
-        let chain = self.with_index(|ix| Ok(ix.chain(snapshot)?))?;
-        let mut layers = Vec::with_capacity(chain.len());
-        for row in &chain {
-            layers.push(self.ensure_unpacked(&row.layer)?);
-        }
+        // The state is complete before the row names it (overlay: with its upper dir), so
+        // a row whose state lacks it can only be a discard or commit in progress.
         let state = self.states.join(unique_name("c-"));
-        fs::create_dir(&state).map_err(io_err("create", &state))?;
+        let made = fs::create_dir(&state).map_err(io_err("create", &state));
+        let made = made.and_then(|()| match mode {
+            CheckoutMode::Overlay => ["upper", "work"].iter().try_for_each(|d| {
+                let d = state.join(d);
+                fs::create_dir(&d).map_err(io_err("create", &d))
+            }),
+            CheckoutMode::Portable => Ok(()),
+        });
+        if let Err(e) = made {
+            let _ = remove_tree(&state);
+            return Err(e);
+        }
+        failpoint_for(mode, "checkout.overlay.state", "checkout.portable.state");
         let row = CheckoutRow {
             dir: dir.clone(),
             snapshot: *snapshot,
@@ -361,19 +616,47 @@ impl Engine {
             root_path: path_bytes(&dir),
             created: now_ms(),
         };
-        self.with_index(|ix| Ok(ix.add_checkout(&row)?))?;
-        let made = match mode {
-            CheckoutMode::Overlay => self.mount_overlay(&chain, &layers, &state, &dir),
-            CheckoutMode::Portable => self.materialize(&chain, &layers, &state, &dir),
-        };
-        if let Err(e) = made {
-            let _ = self.discard(&row);
+        // The row pins the snapshot (prune skips it, so gc keeps its layers) before its
+        // layers are unpacked and used.
+        if let Err(e) = self.with_index(|ix| Ok(ix.add_checkout(&row)?)) {
+            let _ = remove_tree(&state);
             return Err(e);
         }
+        failpoint_for(mode, "checkout.overlay.row", "checkout.portable.row");
+        let made = self.make_checkout(snapshot, mode, &state, &dir);
+        if let Err(e) = made {
+            let _ = self.discard(&row, false);
+            return Err(e);
+        }
+        Ok(row)
+    }
+
+    /// Unpacks the chain of `snapshot` and mounts or materialises it at `dir`.
+    fn make_checkout(
+        &self,
+        snapshot: &SnapshotId,
+        mode: CheckoutMode,
+        state: &Path,
+        dir: &Path,
+    ) -> Result<()> {
+        let chain = self.with_index(|ix| Ok(ix.chain(snapshot)?))?;
+        let mut layers = Vec::with_capacity(chain.len());
+        for row in &chain {
+            layers.push(self.ensure_unpacked(&row.layer)?);
+        }
+        failpoint_for(
+            mode,
+            "checkout.overlay.unpacked",
+            "checkout.portable.unpacked",
+        );
+        match mode {
+            CheckoutMode::Overlay => self.mount_overlay(&chain, &layers, state, dir)?,
+            CheckoutMode::Portable => self.materialize(&chain, &layers, state, dir)?,
+        }
+        failpoint_for(mode, "checkout.overlay.mounted", "checkout.portable.done");
         let ids: Vec<SnapshotId> = chain.iter().map(|r| r.id).collect();
         let now = now_ms();
-        self.with_index(|ix| Ok(ix.touch(&ids, now)?))?;
-        Ok(row)
+        self.with_index(|ix| Ok(ix.touch(&ids, now)?))
     }
 
     #[cfg(target_os = "linux")]
@@ -387,21 +670,31 @@ impl Engine {
         // Layers committed at another root are mounted through relocated variants, made once
         // per (layer, root) and shared by every checkout at that root.
         let target = path_bytes(dir);
-        let mut lowers = Vec::with_capacity(layers.len());
+        let mut lowers: Vec<PathBuf> = Vec::with_capacity(layers.len());
         for (row, layer_dir) in chain.iter().zip(layers) {
+            // An empty layer (a step that changed nothing) adds nothing to the view.
+            let mut listing = fs::read_dir(layer_dir).map_err(io_err("list", layer_dir))?;
+            if listing.next().is_none() {
+                continue;
+            }
             let recorded = self.with_index(|ix| Ok(ix.relocations(&row.layer)?))?;
-            match recorded {
+            let mut lower = match recorded {
                 Some((root, raw)) if root != target => {
                     let records = relocate::Records::from_bytes(&raw)?;
-                    lowers.push(self.relocated_variant(layer_dir, &records, &target)?);
+                    self.relocated_variant(layer_dir, &records, &target)?
                 }
-                _ => lowers.push(layer_dir.clone()),
+                _ => layer_dir.clone(),
+            };
+            // overlayfs refuses a stack that names one directory twice (ELOOP); a layer that
+            // repeats (the same change made twice) is mounted through hard-linked twins.
+            let mut twin = 0;
+            while lowers.contains(&lower) {
+                twin += 1;
+                lower = self.twin(layer_dir, twin)?;
             }
+            lowers.push(lower);
         }
         let (upper, work) = (state.join("upper"), state.join("work"));
-        for d in [&upper, &work] {
-            fs::create_dir(d).map_err(io_err("create", d))?;
-        }
         // The merged root shows the upper dir's own mode and owner: give it the snapshot's.
         if let Some(top) = lowers.last() {
             use std::os::unix::fs::MetadataExt;
@@ -418,6 +711,41 @@ impl Engine {
             target: dir.to_path_buf(),
         })?;
         Ok(())
+    }
+
+    /// The `n`th hard-linked twin of the unpacked layer at `source` (made once, then reused):
+    /// the same files under another directory name, so one stack can name the layer twice.
+    #[cfg(target_os = "linux")]
+    fn twin(&self, source: &Path, n: usize) -> Result<PathBuf> {
+        let name = format!(
+            "{}@dup-{n}",
+            source
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
+        let target = self.unpacked.join(name);
+        if target.is_dir() {
+            return Ok(target);
+        }
+        let tmp = self.unpacked.join(unique_name("tmp-"));
+        if let Err(e) = clone_tree(
+            source,
+            &tmp,
+            &mut Vec::new(),
+            &std::collections::HashSet::new(),
+        ) {
+            let _ = remove_tree(&tmp);
+            return Err(e);
+        }
+        match fs::rename(&tmp, &target) {
+            Ok(()) => Ok(target),
+            Err(_) if target.is_dir() => {
+                remove_tree(&tmp)?;
+                Ok(target)
+            }
+            Err(e) => Err(io_err("rename into place", &target)(e)),
+        }
     }
 
     /// A copy of the unpacked layer at `source`, relocated to `root`: files with recorded
@@ -451,6 +779,7 @@ impl Engine {
             let _ = remove_tree(&tmp);
             return Err(e);
         }
+        failpoint("checkout.overlay.relocated");
         match fs::rename(&tmp, &target) {
             Ok(()) => Ok(target),
             Err(_) if target.is_dir() => {
@@ -479,8 +808,12 @@ impl Engine {
             // Rewritten files changed their ctime: the diff must not see them as changes.
             manifest = portable::manifest_of(dir)?;
         }
+        failpoint("checkout.portable.materialized");
+        // Written whole then renamed: a manifest that exists marks a complete checkout.
         let path = state.join("manifest");
-        fs::write(&path, manifest.to_bytes()).map_err(io_err("write", &path))?;
+        let tmp = state.join("manifest.tmp");
+        fs::write(&tmp, manifest.to_bytes()).map_err(io_err("write", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err("rename into place", &path))?;
         Ok(())
     }
 
@@ -522,7 +855,11 @@ impl Engine {
             CheckoutMode::Overlay => {
                 #[cfg(target_os = "linux")]
                 {
-                    crate::overlay::unmount(&row.dir)?;
+                    // Not mounted after a crash or a reboot: the upper dir is all we need.
+                    if crate::overlay::is_mounted(&row.dir)? {
+                        crate::overlay::unmount(&row.dir)?;
+                    }
+                    failpoint("commit.overlay.unmounted");
                     let upper = state.join("upper");
                     let changes = crate::overlay::upper_changes(&upper)?;
                     (upper, changes)
@@ -537,56 +874,44 @@ impl Engine {
                 (row.dir.clone(), portable::diff(&row.dir, &manifest)?)
             }
         };
+        let relocations = scan_relocations(&source, &row.root_path, &changes)?;
+        // Held until the upper dir is in place too: `gc` must not drop the new layer (pruned
+        // at once by another process) between recording it and moving its directory in.
         let gc = self.gc_lock(false)?;
         let info = self
             .cas
             .put_changes(&source, &changes, &CreateOptions::default())?;
-        let snapshot = self.record(Some(row.snapshot), &info, Some(row.root_path.clone()), tag)?;
-        self.record_relocations(&info.id, &source, &row.root_path, &changes)?;
-        drop(gc);
+        failpoint_for(mode, "commit.overlay.stored", "commit.portable.stored");
+        let snapshot = self.record(
+            Some(row.snapshot),
+            &info,
+            Some(row.root_path.clone()),
+            Some(&relocations),
+            tag,
+        )?;
+        failpoint_for(mode, "commit.overlay.recorded", "commit.portable.recorded");
         if mode == CheckoutMode::Overlay {
             // The upper dir is the new layer in overlay format: keep it, never extract it.
+            // Without its upper dir the checkout is past its point of no return: a crash from
+            // here on leaves it for recovery to discard.
             let target = self.unpacked.join(info.id.to_hex());
             let upper = state.join("upper");
             if !target.exists() && fs::rename(&upper, &target).is_ok() {
+                failpoint("commit.overlay.renamed");
                 let id = info.id;
                 self.with_index(|ix| Ok(ix.set_layer_unpacked(&id, true)?))?;
             }
+            failpoint("commit.overlay.marked");
         }
-        self.discard(&row)?;
+        drop(gc);
+        self.discard(&row, false)?;
         Ok(snapshot)
-    }
-
-    fn record_relocations(
-        &self,
-        layer: &LayerId,
-        tree: &Path,
-        root: &[u8],
-        changes: &[Change],
-    ) -> Result<()> {
-        let files: Vec<Vec<u8>> = changes
-            .iter()
-            .filter(|c| matches!(c.kind, ChangeKind::Added | ChangeKind::Modified))
-            .filter(|c| {
-                fs::symlink_metadata(tree.join(bytes_path(&c.path)))
-                    .is_ok_and(|m| m.file_type().is_file())
-            })
-            .map(|c| c.path.clone())
-            .collect();
-        let records = relocate::scan(tree, root, &files)?;
-        if records.files.is_empty() {
-            return Ok(());
-        }
-        let bytes = records.to_bytes();
-        let layer = *layer;
-        let root = root.to_vec();
-        self.with_index(|ix| Ok(ix.set_relocations(&layer, &root, &bytes)?))
     }
 
     /// Discards a tracked checkout: unmounts or deletes it and forgets it.
     pub fn release(&self, dir: &Path) -> Result<()> {
         let row = self.tracked(dir)?;
-        self.discard(&row)
+        self.discard(&row, false)
     }
 
     fn tracked(&self, dir: &Path) -> Result<CheckoutRow> {
@@ -595,22 +920,47 @@ impl Engine {
             .ok_or(Error::NotTracked { dir })
     }
 
-    /// Removes a checkout's mount or files, its state, and its index row, in that order.
-    fn discard(&self, row: &CheckoutRow) -> Result<()> {
+    /// Removes a checkout's mount, its state, its files, and its index row, in that order.
+    /// Moving the state aside is the point of no return: a crash after it leaves a row
+    /// without state, which recovery finishes discarding. Every step tolerates its effect
+    /// being done already (by a crashed attempt, or another process finishing it). With
+    /// `detach`, mounts are detached (recovery: whoever used them is gone) rather than
+    /// unmounted, which fails while they are busy.
+    pub(crate) fn discard(&self, row: &CheckoutRow, detach: bool) -> Result<()> {
+        let mode = CheckoutMode::parse(&row.mode).unwrap_or(CheckoutMode::Portable);
         #[cfg(target_os = "linux")]
-        if row.mode == CheckoutMode::Overlay.as_str()
-            && crate::overlay::is_mounted(&row.dir).unwrap_or(false)
-        {
+        if detach {
+            for point in crate::overlay::mounts_under(&row.dir)? {
+                self::detach(&point)?;
+            }
+        } else if mode == CheckoutMode::Overlay && crate::overlay::is_mounted(&row.dir)? {
             crate::overlay::unmount(&row.dir)?;
         }
-        if row.dir.exists() {
-            remove_tree(&row.dir)?;
+        if mode == CheckoutMode::Overlay {
+            failpoint("discard.overlay.unmounted");
         }
-        if let Some(state) = &row.state_dir
-            && state.exists()
-        {
-            remove_tree(state)?;
+        let trash = match &row.state_dir {
+            Some(state) => {
+                let trash = self.states.join(unique_name("x-"));
+                match fs::rename(state, &trash) {
+                    Ok(()) => Some(trash),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(io_err("move aside", state)(e)),
+                }
+            }
+            None => None,
+        };
+        failpoint_for(
+            mode,
+            "discard.overlay.abandoned",
+            "discard.portable.abandoned",
+        );
+        remove_tree(&row.dir)?;
+        failpoint_for(mode, "discard.overlay.removed", "discard.portable.removed");
+        if let Some(trash) = &trash {
+            remove_tree(trash)?;
         }
+        failpoint_for(mode, "discard.overlay.state", "discard.portable.state");
         let dir = row.dir.clone();
         self.with_index(|ix| Ok(ix.remove_checkout(&dir).map(|_| ())?))
     }
@@ -618,16 +968,41 @@ impl Engine {
     /// Writes a plain, untracked copy of `snapshot` at `dir`, relocated to `dir`.
     pub fn copy_out(&self, snapshot: &SnapshotId, dir: &Path) -> Result<()> {
         let dir = prepare_target(dir)?;
+        // A lease keeps a concurrent prune (and so gc) off the snapshot's layers while they
+        // are read; if this process dies, the lease dies with it.
+        let lease = self.with_index(|ix| {
+            Ok(ix.lease(snapshot, index::Owner::current(), "copy out", now_ms())?)
+        })?;
+        let copied = self.copy_leased(snapshot, &dir);
+        let released = self.with_index(|ix| Ok(ix.release_lease(lease)?));
+        copied.and(released)
+    }
+
+    fn copy_leased(&self, snapshot: &SnapshotId, dir: &Path) -> Result<()> {
         let chain = self.with_index(|ix| Ok(ix.chain(snapshot)?))?;
         let mut layers = Vec::with_capacity(chain.len());
         for row in &chain {
             layers.push(self.ensure_unpacked(&row.layer)?);
         }
         let refs: Vec<&Path> = layers.iter().map(PathBuf::as_path).collect();
-        portable::materialize(&refs, &dir)?;
-        self.relocate_copy(&chain, &layers, &dir)?;
+        portable::materialize(&refs, dir)?;
+        self.relocate_copy(&chain, &layers, dir)?;
         Ok(())
     }
+}
+
+/// Where the changed regular files under `tree` mention `root`, for relocating them later.
+fn scan_relocations(tree: &Path, root: &[u8], changes: &[Change]) -> Result<relocate::Records> {
+    let files: Vec<Vec<u8>> = changes
+        .iter()
+        .filter(|c| matches!(c.kind, ChangeKind::Added | ChangeKind::Modified))
+        .filter(|c| {
+            fs::symlink_metadata(tree.join(bytes_path(&c.path)))
+                .is_ok_and(|m| m.file_type().is_file())
+        })
+        .map(|c| c.path.clone())
+        .collect();
+    Ok(relocate::scan(tree, root, &files)?)
 }
 
 /// Clones the tree at `source` into `target`: directories are recreated with their mode,
@@ -763,13 +1138,18 @@ fn prepare_target(dir: &Path) -> Result<PathBuf> {
     fs::canonicalize(dir).map_err(io_err("resolve", dir))
 }
 
-/// Removes a tree, including read-only directories (root can, others may need chmod).
+/// Removes a tree, including read-only directories (root can, others may need chmod). A
+/// missing path is not an error.
 pub(crate) fn remove_tree(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path).map_err(io_err("remove", path)),
-        Ok(_) => fs::remove_file(path).map_err(io_err("remove", path)),
+    let removed = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match removed {
+        // Gone already, or removed by another process meanwhile (recovery races are benign).
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err("stat", path)(e)),
+        other => other.map_err(io_err("remove", path)),
     }
 }
 
@@ -786,6 +1166,34 @@ pub fn overlay_available() -> bool {
     return crate::overlay::supported();
     #[cfg(not(target_os = "linux"))]
     false
+}
+
+/// Whether the process that named an entry `<prefix>-<pid>-...` may still run. Names
+/// without a pid were not made by this engine and count as dead.
+fn maker_alive(name: &str) -> bool {
+    name.split('-')
+        .nth(1)
+        .and_then(|pid| pid.parse().ok())
+        .is_some_and(process_alive)
+}
+
+/// The overlay mount points of the host (of this process's mount namespace).
+pub(crate) fn overlay_mounts() -> Result<HashSet<PathBuf>> {
+    #[cfg(target_os = "linux")]
+    return Ok(crate::overlay::mounts_under(Path::new("/"))?
+        .into_iter()
+        .collect());
+    #[cfg(not(target_os = "linux"))]
+    Ok(HashSet::new())
+}
+
+/// Detaches the mount at `point`; one already gone is fine (another process got there).
+#[cfg(target_os = "linux")]
+fn detach(point: &Path) -> Result<()> {
+    match crate::overlay::unmount_detach(point) {
+        Ok(()) | Err(crate::overlay::Error::NotMounted { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Whether a process with this pid exists (a recycled pid errs on the side of keeping).

@@ -129,6 +129,20 @@ pub enum Error {
         /// What is wrong with it.
         why: &'static str,
     },
+    /// A cache name was rejected.
+    #[error("invalid cache name `{name}`: {why}")]
+    BadCacheName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// The directory is not a view of a cache (it was released, or swept as abandoned).
+    #[error("{} is not a cache view", dir.display())]
+    UnknownCacheView {
+        /// The directory.
+        dir: PathBuf,
+    },
     /// A number does not fit SQLite's signed 64-bit integers.
     #[error("{what} {value} is too large for the snapshot index")]
     OutOfRange {
@@ -229,6 +243,121 @@ pub struct LeaseRow {
     pub created: i64,
 }
 
+/// A shared cache: a named tree whose successive versions are snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CacheRow {
+    /// The cache's name (see [`check_cache_name`]).
+    pub name: String,
+    /// The current version, or none while the cache is still empty.
+    pub snapshot: Option<SnapshotId>,
+    /// How many releases have replaced the version since the cache was created.
+    pub generation: u64,
+    /// Owner given to the root of every view (the user that created the cache).
+    pub owner_uid: u32,
+    /// Group given to the root of every view.
+    pub owner_gid: u32,
+    /// Views taken and not yet released or swept.
+    pub views: u64,
+    /// When it was created (ms since the Unix epoch).
+    pub created: i64,
+    /// When its version last changed (ms since the Unix epoch).
+    pub updated: i64,
+}
+
+/// A view of a cache: a tracked checkout that one user writes to privately.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CacheViewRow {
+    /// The checkout directory (the key).
+    #[serde(serialize_with = "serialize_path_lossy")]
+    pub dir: PathBuf,
+    /// The cache it is a view of.
+    pub cache: String,
+    /// The version it was taken from (the empty base snapshot for an empty cache).
+    pub snapshot: SnapshotId,
+    /// The cache's generation when it was taken.
+    pub base_generation: u64,
+    /// The process holding it; when that process dies the view may be swept.
+    pub owner: Owner,
+    /// When it was taken (ms since the Unix epoch).
+    pub created: i64,
+}
+
+/// What [`Index::add_cache_view`] needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCacheView {
+    /// The cache; created (empty, generation 0) if missing.
+    pub cache: String,
+    /// Where the view will be checked out.
+    pub dir: PathBuf,
+    /// The process taking it.
+    pub owner: Owner,
+    /// Owner of the root of views, recorded if the cache is created.
+    pub uid: u32,
+    /// Group of the root of views, recorded if the cache is created.
+    pub gid: u32,
+    /// A layer with no entries, already stored: the base of views of an empty cache.
+    pub empty_layer: LayerRow,
+    /// The current time (ms since the Unix epoch).
+    pub now: i64,
+}
+
+/// What [`Index::add_cache_view`] recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedCacheView {
+    /// The cache, as it is now.
+    pub cache: CacheRow,
+    /// The new view.
+    pub view: CacheViewRow,
+    /// The snapshot to check out (the empty base if the cache is empty).
+    pub base: SnapshotRow,
+}
+
+/// A new version of a cache, for [`Index::publish_cache_version`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheVersion {
+    /// A snapshot already recorded (committed from the view, a child of its base).
+    Snapshot(SnapshotId),
+    /// A stored layer holding the whole tree, recorded here as a base snapshot, only if the
+    /// release wins.
+    Flattened {
+        /// The layer.
+        layer: LayerRow,
+        /// The snapshot's `root_path`.
+        root_path: Option<Vec<u8>>,
+    },
+}
+
+/// How [`Index::publish_cache_version`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Publish {
+    /// The version was unchanged since the view was taken: the new one is current.
+    Won {
+        /// The new current version.
+        snapshot: SnapshotRow,
+        /// The cache's generation now.
+        generation: u64,
+    },
+    /// Another release came first; nothing was changed or recorded.
+    Lost {
+        /// The cache's generation now.
+        generation: u64,
+    },
+}
+
+/// How [`Index::remove_cache`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoveCache {
+    /// The cache is forgotten; its versions are no longer pinned by it.
+    Removed,
+    /// There was no such cache.
+    Missing,
+    /// Views of the cache are out; nothing was changed.
+    Busy {
+        /// How many.
+        views: u64,
+    },
+}
+
 /// Totals over the index, for `strata df`-style reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct Usage {
@@ -311,6 +440,30 @@ pub fn bytes_to_path(bytes: Vec<u8>) -> PathBuf {
     }
 }
 
+/// Longest cache name, in bytes.
+pub const MAX_CACHE_NAME_LEN: usize = 255;
+
+/// Checks a cache name: non-empty, at most [`MAX_CACHE_NAME_LEN`] bytes, no `/` or NUL, and
+/// not `.` or `..`. Names are only index keys, never paths, so nothing else is refused.
+pub fn check_cache_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("it is empty");
+    }
+    if name.len() > MAX_CACHE_NAME_LEN {
+        return Err("it is longer than 255 bytes");
+    }
+    if name.contains('/') {
+        return Err("it contains `/`");
+    }
+    if name.contains('\0') {
+        return Err("it contains a NUL byte");
+    }
+    if name == "." || name == ".." {
+        return Err("it is `.` or `..`");
+    }
+    Ok(())
+}
+
 /// Shortest id prefix [`Index::resolve`] accepts.
 pub const MIN_PREFIX_LEN: usize = 4;
 
@@ -319,9 +472,11 @@ pub const MAX_TAG_LEN: usize = 255;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
-// Version 1. Never edit a released migration: append a new one.
-const MIGRATIONS_SLICE: &[M<'_>] = &[M::up(
-    "CREATE TABLE layers (
+// Never edit a released migration: append a new one. Version 1: layers, snapshots, tags,
+// checkouts, leases. Version 2: shared caches and the views taken of them.
+const MIGRATIONS_SLICE: &[M<'_>] = &[
+    M::up(
+        "CREATE TABLE layers (
         id TEXT PRIMARY KEY NOT NULL,
         uncompressed_size INTEGER NOT NULL,
         compressed_size INTEGER NOT NULL,
@@ -365,7 +520,34 @@ const MIGRATIONS_SLICE: &[M<'_>] = &[M::up(
         created INTEGER NOT NULL
     ) STRICT;
     CREATE INDEX leases_snapshot ON leases(snapshot);",
-)];
+    ),
+    // A cache's current version is `snapshot` (none: empty). `generation` counts the releases
+    // that replaced it; a view records the generation it was taken at, and its release wins
+    // only if the generation is unchanged. Both tables pin the snapshots they name.
+    M::up(
+        "CREATE TABLE caches (
+        name TEXT PRIMARY KEY NOT NULL,
+        snapshot TEXT REFERENCES snapshots(id) ON DELETE RESTRICT,
+        generation INTEGER NOT NULL,
+        owner_uid INTEGER NOT NULL,
+        owner_gid INTEGER NOT NULL,
+        created INTEGER NOT NULL,
+        updated INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX caches_snapshot ON caches(snapshot);
+    CREATE TABLE cache_views (
+        dir BLOB PRIMARY KEY NOT NULL,
+        cache TEXT NOT NULL REFERENCES caches(name) ON DELETE RESTRICT,
+        snapshot TEXT NOT NULL REFERENCES snapshots(id) ON DELETE RESTRICT,
+        base_generation INTEGER NOT NULL,
+        owner_pid INTEGER NOT NULL,
+        owner_start INTEGER NOT NULL,
+        created INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX cache_views_cache ON cache_views(cache);
+    CREATE INDEX cache_views_snapshot ON cache_views(snapshot);",
+    ),
+];
 
 const MIGRATIONS: Migrations<'_> = Migrations::from_slice(MIGRATIONS_SLICE);
 
@@ -373,6 +555,20 @@ const MIGRATIONS: Migrations<'_> = Migrations::from_slice(MIGRATIONS_SLICE);
 macro_rules! snapshot_columns {
     () => {
         "s.id, s.parent, s.layer, s.depth, s.root_path, s.created, s.last_used"
+    };
+}
+
+macro_rules! cache_columns {
+    () => {
+        "c.name, c.snapshot, c.generation, c.owner_uid, c.owner_gid, c.created, c.updated,
+         (SELECT count(*) FROM cache_views v WHERE v.cache = c.name)"
+    };
+}
+
+// Owner first, so that `owner_cols` decodes it.
+macro_rules! cache_view_columns {
+    () => {
+        "v.owner_pid, v.owner_start, v.dir, v.cache, v.snapshot, v.base_generation, v.created"
     };
 }
 
@@ -735,7 +931,9 @@ impl Index {
     }
 
     /// Forgets snapshot `id` and its tags (and its dead leases). Refuses with
-    /// [`Error::InUse`] while it has children, tracked checkouts or live leases.
+    /// [`Error::InUse`] while it has children, tracked checkouts or live leases, while it is
+    /// a cache's current version, and while a cache view is based on it or on its parent
+    /// (that view's release may be about to make it current).
     pub fn remove_snapshot(&mut self, id: &SnapshotId) -> Result<()> {
         let op = "remove a snapshot";
         let hex = id.to_hex();
@@ -745,23 +943,36 @@ impl Index {
             id: hex.clone(),
             why,
         };
-        let counts: Option<(i64, i64)> = tx
+        let counts: Option<(i64, i64, Option<String>, i64)> = tx
             .query_row(
                 "SELECT (SELECT count(*) FROM snapshots WHERE parent = ?1),
-                        (SELECT count(*) FROM checkouts WHERE snapshot = ?1)
-                 FROM snapshots WHERE id = ?1",
+                        (SELECT count(*) FROM checkouts WHERE snapshot = ?1),
+                        (SELECT min(name) FROM caches WHERE snapshot = ?1),
+                        (SELECT count(*) FROM cache_views v
+                         WHERE v.snapshot = ?1 OR v.snapshot = s.parent)
+                 FROM snapshots s WHERE s.id = ?1",
                 [&hex],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()
             .map_err(sql(op))?;
         match counts {
             None => return Err(Error::MissingSnapshot { id: *id }),
-            Some((children, _)) if children > 0 => {
+            Some((children, ..)) if children > 0 => {
                 return Err(in_use(format!("it has {children} child snapshot(s)")));
             }
-            Some((_, checkouts)) if checkouts > 0 => {
+            Some((_, checkouts, ..)) if checkouts > 0 => {
                 return Err(in_use(format!("it has {checkouts} tracked checkout(s)")));
+            }
+            Some((_, _, Some(cache), _)) => {
+                return Err(in_use(format!(
+                    "it is the current version of cache `{cache}`"
+                )));
+            }
+            Some((.., views)) if views > 0 => {
+                return Err(in_use(format!(
+                    "{views} cache view(s) are based on it or on its parent"
+                )));
             }
             Some(_) => {}
         }
@@ -948,10 +1159,260 @@ impl Index {
         Ok(removed)
     }
 
+    // ---- caches ----
+
+    /// The cache `name`, if it exists.
+    pub fn cache(&self, name: &str) -> Result<Option<CacheRow>> {
+        select_cache(&self.conn, name)
+    }
+
+    /// Every cache, by name.
+    pub fn caches(&self) -> Result<Vec<CacheRow>> {
+        let op = "list caches";
+        let mut st = self
+            .conn
+            .prepare_cached(concat!(
+                "SELECT ",
+                cache_columns!(),
+                " FROM caches c ORDER BY c.name"
+            ))
+            .map_err(sql(op))?;
+        st.query_map([], cache_row)
+            .and_then(Iterator::collect)
+            .map_err(sql(op))
+    }
+
+    /// Records a view of cache `new.cache` at `new.dir`, in one transaction: creates the
+    /// cache (empty, generation 0, its root owned by `new.uid`/`new.gid`) if missing, records
+    /// the empty base snapshot if the cache is empty, and pins the version the view is taken
+    /// from. The caller then checks `base` out at `dir`.
+    pub fn add_cache_view(&mut self, new: &NewCacheView) -> Result<AddedCacheView> {
+        let op = "add a cache view";
+        if let Err(why) = check_cache_name(&new.cache) {
+            return Err(Error::BadCacheName {
+                name: new.cache.clone(),
+                why,
+            });
+        }
+        let owner_start = to_i64("process start time", new.owner.start_time)?;
+        let tx = self.begin()?;
+        tx.execute(
+            "INSERT INTO caches (name, snapshot, generation, owner_uid, owner_gid, created, updated)
+             VALUES (?1, NULL, 0, ?2, ?3, ?4, ?4) ON CONFLICT (name) DO NOTHING",
+            params![new.cache, new.uid, new.gid, new.now],
+        )
+        .map_err(sql(op))?;
+        let (current, generation): (Option<String>, i64) = tx
+            .query_row(
+                "SELECT snapshot, generation FROM caches WHERE name = ?1",
+                [&new.cache],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(sql(op))?;
+        let base = match current {
+            Some(hex) => {
+                let id: SnapshotId = parse_hex(0, &hex).map_err(sql(op))?;
+                select_snapshot(&tx, &id)?.ok_or(Error::MissingSnapshot { id })?
+            }
+            None => {
+                insert_layer(&tx, &new.empty_layer)?;
+                insert_snapshot(
+                    &tx,
+                    &NewSnapshot {
+                        parent: None,
+                        layer: new.empty_layer.id,
+                        root_path: None,
+                        now: new.now,
+                    },
+                )?
+            }
+        };
+        let inserted = tx.execute(
+            "INSERT INTO cache_views
+                 (dir, cache, snapshot, base_generation, owner_pid, owner_start, created)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                path_to_bytes(&new.dir),
+                new.cache,
+                base.id.to_hex(),
+                generation,
+                new.owner.pid,
+                owner_start,
+                new.now
+            ],
+        );
+        match inserted {
+            Ok(_) => {}
+            Err(e) if extended_code(&e) == Some(rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
+                return Err(Error::AlreadyTracked {
+                    dir: new.dir.clone(),
+                });
+            }
+            Err(e) => return Err(sql(op)(e)),
+        }
+        let cache = select_cache(&tx, &new.cache)?.ok_or_else(|| Error::Sqlite {
+            op,
+            source: rusqlite::Error::QueryReturnedNoRows,
+        })?;
+        tx.commit().map_err(sql(op))?;
+        let view = CacheViewRow {
+            dir: new.dir.clone(),
+            cache: new.cache.clone(),
+            snapshot: base.id,
+            base_generation: cache.generation,
+            owner: new.owner,
+            created: new.now,
+        };
+        Ok(AddedCacheView { cache, view, base })
+    }
+
+    /// The cache view at `dir`, if any.
+    pub fn cache_view(&self, dir: &Path) -> Result<Option<CacheViewRow>> {
+        select_cache_view(&self.conn, dir)
+    }
+
+    /// The views of cache `name` (of every cache if none), by directory.
+    pub fn cache_views(&self, name: Option<&str>) -> Result<Vec<CacheViewRow>> {
+        let op = "list cache views";
+        let mut st = self
+            .conn
+            .prepare_cached(concat!(
+                "SELECT ",
+                cache_view_columns!(),
+                " FROM cache_views v WHERE ?1 IS NULL OR v.cache = ?1 ORDER BY v.dir"
+            ))
+            .map_err(sql(op))?;
+        st.query_map([name], cache_view_row)
+            .and_then(Iterator::collect)
+            .map_err(sql(op))
+    }
+
+    /// Hands the view at `dir` to another process (the one that will release it); `false`
+    /// if there is no such view.
+    pub fn set_cache_view_owner(&mut self, dir: &Path, owner: Owner) -> Result<bool> {
+        let start = to_i64("process start time", owner.start_time)?;
+        let n = self
+            .conn
+            .execute(
+                "UPDATE cache_views SET owner_pid = ?2, owner_start = ?3 WHERE dir = ?1",
+                params![path_to_bytes(dir), owner.pid, start],
+            )
+            .map_err(sql("set the owner of a cache view"))?;
+        Ok(n > 0)
+    }
+
+    /// Forgets the view at `dir` (once its checkout is gone); `false` if it was not recorded.
+    pub fn remove_cache_view(&mut self, dir: &Path) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM cache_views WHERE dir = ?1",
+                [path_to_bytes(dir)],
+            )
+            .map_err(sql("remove a cache view"))?;
+        Ok(n > 0)
+    }
+
+    /// Makes `version` the current version of the cache the view at `dir` belongs to, if no
+    /// other release happened since the view was taken: a compare-and-swap on the cache's
+    /// generation, in one write transaction. A flattened version's layer and snapshot are
+    /// recorded in the same transaction, and only if the release wins. The view stays
+    /// recorded (and keeps pinning its base) until [`Index::remove_cache_view`].
+    pub fn publish_cache_version(
+        &mut self,
+        dir: &Path,
+        version: &CacheVersion,
+        now: i64,
+    ) -> Result<Publish> {
+        let op = "publish a cache version";
+        let tx = self.begin()?;
+        let view = select_cache_view(&tx, dir)?.ok_or_else(|| Error::UnknownCacheView {
+            dir: dir.to_path_buf(),
+        })?;
+        // The view pins its cache (a foreign key), so the cache exists.
+        let current: i64 = tx
+            .query_row(
+                "SELECT generation FROM caches WHERE name = ?1",
+                [&view.cache],
+                |r| r.get(0),
+            )
+            .map_err(sql(op))?;
+        let base = to_i64("cache generation", view.base_generation)?;
+        if current != base {
+            return Ok(Publish::Lost {
+                generation: u64::try_from(current).unwrap_or(0),
+            });
+        }
+        let snapshot = match version {
+            CacheVersion::Snapshot(id) => {
+                select_snapshot(&tx, id)?.ok_or(Error::MissingSnapshot { id: *id })?
+            }
+            CacheVersion::Flattened { layer, root_path } => {
+                insert_layer(&tx, layer)?;
+                insert_snapshot(
+                    &tx,
+                    &NewSnapshot {
+                        parent: None,
+                        layer: layer.id,
+                        root_path: root_path.clone(),
+                        now,
+                    },
+                )?
+            }
+        };
+        let swapped = tx
+            .execute(
+                "UPDATE caches SET snapshot = ?2, generation = generation + 1, updated = ?4
+                 WHERE name = ?1 AND generation = ?3",
+                params![view.cache, snapshot.id.to_hex(), base, now],
+            )
+            .map_err(sql(op))?;
+        if swapped != 1 {
+            // Unreachable inside the write transaction; kept as the swap's own guard.
+            return Ok(Publish::Lost {
+                generation: u64::try_from(current).unwrap_or(0),
+            });
+        }
+        tx.commit().map_err(sql(op))?;
+        Ok(Publish::Won {
+            snapshot,
+            generation: view.base_generation + 1,
+        })
+    }
+
+    /// Forgets cache `name` unless views of it are out. Its versions stay until pruned.
+    pub fn remove_cache(&mut self, name: &str) -> Result<RemoveCache> {
+        let op = "remove a cache";
+        let tx = self.begin()?;
+        let views: Option<i64> = tx
+            .query_row(
+                "SELECT (SELECT count(*) FROM cache_views WHERE cache = ?1)
+                 FROM caches WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql(op))?;
+        let outcome = match views {
+            None => RemoveCache::Missing,
+            Some(0) => {
+                tx.execute("DELETE FROM caches WHERE name = ?1", [name])
+                    .map_err(sql(op))?;
+                RemoveCache::Removed
+            }
+            Some(n) => RemoveCache::Busy {
+                views: u64::try_from(n).unwrap_or(0),
+            },
+        };
+        tx.commit().map_err(sql(op))?;
+        Ok(outcome)
+    }
+
     // ---- pruning ----
 
     /// Up to `limit` snapshots that could be removed now, least recently used first: those
-    /// with no children, tracked checkouts, tags or live leases, and `last_used <
+    /// with no children, tracked checkouts, tags or live leases, that are no cache's current
+    /// version and have no cache view based on them or on their parent, and `last_used <
     /// older_than`. Removing them can make their parents candidates (leaf-first pruning).
     /// The answer is advisory: [`Index::remove_snapshot`] checks again atomically.
     pub fn prune_candidates(&self, older_than: i64, limit: usize) -> Result<Vec<SnapshotRow>> {
@@ -975,6 +1436,9 @@ impl Index {
                    AND NOT EXISTS (SELECT 1 FROM snapshots c WHERE c.parent = s.id)
                    AND NOT EXISTS (SELECT 1 FROM checkouts k WHERE k.snapshot = s.id)
                    AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.snapshot = s.id)
+                   AND NOT EXISTS (SELECT 1 FROM caches ca WHERE ca.snapshot = s.id)
+                   AND NOT EXISTS (SELECT 1 FROM cache_views v
+                                   WHERE v.snapshot = s.id OR v.snapshot = s.parent)
                  ORDER BY s.last_used, s.id"
             ))
             .map_err(sql(op))?;
@@ -1161,6 +1625,56 @@ fn select_snapshot(conn: &Connection, id: &SnapshotId) -> Result<Option<Snapshot
     ))
     .and_then(|mut st| st.query_row([id.to_hex()], snapshot_row).optional())
     .map_err(sql("read a snapshot"))
+}
+
+fn select_cache(conn: &Connection, name: &str) -> Result<Option<CacheRow>> {
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        cache_columns!(),
+        " FROM caches c WHERE c.name = ?1"
+    ))
+    .and_then(|mut st| st.query_row([name], cache_row).optional())
+    .map_err(sql("read a cache"))
+}
+
+fn select_cache_view(conn: &Connection, dir: &Path) -> Result<Option<CacheViewRow>> {
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        cache_view_columns!(),
+        " FROM cache_views v WHERE v.dir = ?1"
+    ))
+    .and_then(|mut st| {
+        st.query_row([path_to_bytes(dir)], cache_view_row)
+            .optional()
+    })
+    .map_err(sql("read a cache view"))
+}
+
+fn cache_row(r: &Row<'_>) -> rusqlite::Result<CacheRow> {
+    Ok(CacheRow {
+        name: r.get(0)?,
+        snapshot: r
+            .get::<_, Option<String>>(1)?
+            .map(|s| parse_hex(1, &s))
+            .transpose()?,
+        generation: u64_col(r, 2)?,
+        owner_uid: r.get(3)?,
+        owner_gid: r.get(4)?,
+        created: r.get(5)?,
+        updated: r.get(6)?,
+        views: u64_col(r, 7)?,
+    })
+}
+
+fn cache_view_row(r: &Row<'_>) -> rusqlite::Result<CacheViewRow> {
+    Ok(CacheViewRow {
+        owner: owner_cols(r)?,
+        dir: bytes_to_path(r.get(2)?),
+        cache: r.get(3)?,
+        snapshot: hex_col(r, 4)?,
+        base_generation: u64_col(r, 5)?,
+        created: r.get(6)?,
+    })
 }
 
 fn select_leases(conn: &Connection, snapshot: Option<&SnapshotId>) -> Result<Vec<LeaseRow>> {
@@ -1439,6 +1953,20 @@ mod tests {
             };
             assert!(!impostor.is_alive());
         }
+    }
+
+    #[test]
+    fn cache_names() {
+        assert!(check_cache_name("opam-archives").is_ok());
+        assert!(check_cache_name("a b:c%d").is_ok());
+        assert!(check_cache_name(&"x".repeat(255)).is_ok());
+        assert!(check_cache_name("").is_err());
+        assert!(check_cache_name(&"x".repeat(256)).is_err());
+        assert!(check_cache_name("a/b").is_err());
+        assert!(check_cache_name("a\0b").is_err());
+        assert!(check_cache_name(".").is_err());
+        assert!(check_cache_name("..").is_err());
+        assert!(check_cache_name("...").is_ok());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! [`Engine`] is the entry point: import, checkout (overlay or portable), commit, release;
 //! [`maintenance`] adds prune, gc, du and fsck. The engine's module docs draw the store layout.
 
+pub mod caches;
 pub mod engine;
 mod id;
 pub mod index;

@@ -1,5 +1,8 @@
 //! Keeping a store healthy: leaf-first LRU prune, garbage collection of unreferenced layers,
 //! disk usage, and a consistency check that can repair what a crash left behind.
+//!
+//! `fsck` checks what [`Engine::open`] recovers and more (see the engine's module docs for
+//! the crash model): a repaired store checks clean, and no repair drops a snapshot.
 
 use std::collections::HashMap;
 use std::fs;
@@ -10,7 +13,7 @@ use serde::Serialize;
 use strata_cas::LayerId;
 
 use crate::SnapshotId;
-use crate::engine::{Engine, Result};
+use crate::engine::{CheckoutHealth, Engine, Result, failpoint, overlay_mounts, remove_tree};
 
 /// Blobs and unpacked directories that no index row mentions are only collected once they
 /// are this old: a commit in another process may have stored them and not recorded them yet.
@@ -79,6 +82,9 @@ impl Engine {
     /// then collects the layers nothing refers to any more.
     pub fn prune(&self, opts: &PruneOptions) -> Result<PruneReport> {
         let mut report = PruneReport::default();
+        // Views and leases of dead processes must not keep their snapshots alive. A view that
+        // cannot be swept now only keeps its snapshot a little longer: not worth failing for.
+        let _ = self.cache_sweep_dead_views();
         self.with_index(|ix| Ok(ix.expire_dead_leases().map(|_| ())?))?;
         let older_than = opts.older_than.unwrap_or(i64::MAX);
         let limited = opts.keep_count.is_some() || opts.keep_bytes.is_some();
@@ -113,6 +119,7 @@ impl Engine {
                     Ok(ix.remove_snapshot(&row.id).map(|()| size))
                 })?;
                 if let Ok(size) = removed {
+                    failpoint("prune.removed");
                     report.snapshots.push(row.id);
                     snapshots -= 1;
                     bytes = bytes.saturating_sub(size);
@@ -128,7 +135,8 @@ impl Engine {
     }
 
     /// Removes layers no snapshot refers to: their index rows, blobs and unpacked
-    /// directories; and blobs or unpacked directories no row mentions, once old enough.
+    /// directories; unpacked directories no row mentions; and blobs no row mentions, once
+    /// old enough.
     pub fn gc(&self) -> Result<GcReport> {
         let _lock = self.gc_lock(true)?;
         let mut report = GcReport::default();
@@ -140,10 +148,24 @@ impl Engine {
             if self.with_index(|ix| Ok(ix.remove_layer(&layer)?)).is_err() {
                 continue; // referenced again meanwhile
             }
+            failpoint("gc.row");
             report.bytes += self.cas().stat(&layer).map_or(0, |b| b.compressed_size);
             self.cas().remove(&layer)?;
+            failpoint("gc.blob");
             self.remove_unpacked(&layer, &mut unpacked)?;
             report.layers += 1;
+        }
+        // Unpacked directories are only made for recorded layers (a commit moves its upper
+        // dir in after recording, under the shared lock), so under the exclusive lock one
+        // without a row is left over from a crashed gc, or from a copy of a snapshot pruned
+        // meanwhile: no grace period is needed.
+        for (hex, paths) in std::mem::take(&mut unpacked) {
+            if self.layer_row_missing(&hex)? {
+                for path in paths {
+                    remove_tree(&path)?;
+                }
+                report.orphans += 1;
+            }
         }
         for id in self.cas().ids()? {
             let known = self.with_index(|ix| Ok(ix.layer(&id)?.is_some()))?;
@@ -154,6 +176,15 @@ impl Engine {
             }
         }
         Ok(report)
+    }
+
+    /// Whether `hex` spells a layer id that no layer row has (anything else in the unpacked
+    /// dir is not the engine's, and is left alone).
+    fn layer_row_missing(&self, hex: &str) -> Result<bool> {
+        let Ok(id) = hex.parse::<LayerId>() else {
+            return Ok(false);
+        };
+        self.with_index(|ix| Ok(ix.layer(&id)?.is_none()))
     }
 
     /// Unpacked directories by the layer id they start with (`<id>`, `<id>.plain`, and
@@ -201,60 +232,127 @@ impl Engine {
         })
     }
 
-    /// Checks that every snapshot's layer is stored, every unpacked mark is true, and every
-    /// tracked checkout still exists; with `repair`, fixes what can be fixed without losing
-    /// a valid snapshot (marks are cleared, dead checkouts forgotten, dead leases expired).
+    /// Checks the store: every snapshot's layer is stored and intact; every layer marked
+    /// unpacked is; every unpacked directory belongs to a layer; no unpack, state dir or
+    /// overlay mount is left by a dead process; every tracked checkout is whole (its
+    /// directory, its state, and for overlay its mount).
+    ///
+    /// With `repair`, fixes what can be fixed without losing a snapshot: marks are cleared,
+    /// leftovers removed (mounts detached first), broken checkouts discarded, dead leases
+    /// expired. A tracked overlay checkout whose mount is gone (after a crash or a reboot) is
+    /// released, its uncommitted changes with it: commit it before repairing to keep them.
+    /// Checkouts still being made by a live process are left alone, so a store in use may
+    /// need a second pass once it is quiet. A missing or corrupt blob cannot be repaired.
     pub fn fsck(&self, repair: bool) -> Result<Vec<Problem>> {
         let mut problems = Vec::new();
+        let mut report = |what: String, repaired: bool| problems.push(Problem { what, repaired });
         let snapshots = self.with_index(|ix| Ok(ix.snapshots()?))?;
         for row in &snapshots {
             if !self.cas().contains(&row.layer) {
-                problems.push(Problem {
-                    what: format!(
+                report(
+                    format!(
                         "snapshot {} needs layer {}, which is not stored",
                         row.id, row.layer
                     ),
-                    repaired: false,
-                });
+                    false,
+                );
             }
         }
-        let checkouts = self.with_index(|ix| Ok(ix.checkouts()?))?;
-        for row in checkouts {
-            let alive = row.dir.is_dir() && row.state_dir.as_ref().is_none_or(|s| s.is_dir());
-            if !alive {
-                let mut repaired = false;
-                if repair {
-                    let dir = row.dir.clone();
-                    self.with_index(|ix| Ok(ix.remove_checkout(&dir).map(|_| ())?))?;
-                    if let Some(state) = &row.state_dir {
-                        crate::engine::remove_tree(state)?;
-                    }
-                    repaired = true;
+
+        // Checkouts before leftovers: discarding one leaves nothing behind.
+        let mounts = overlay_mounts()?;
+        for row in self.with_index(|ix| Ok(ix.checkouts()?))? {
+            let why = match self.checkout_health(&row, Some(&mounts)) {
+                CheckoutHealth::Healthy | CheckoutHealth::InProgress => continue,
+                CheckoutHealth::Abandoned => {
+                    "was being discarded or committed when its process died"
                 }
-                problems.push(Problem {
-                    what: format!(
-                        "checkout {} has lost its directory or state",
-                        row.dir.display()
-                    ),
-                    repaired,
-                });
+                CheckoutHealth::HalfMade => "was being made when its process died",
+                CheckoutHealth::Lost => "has lost its directory",
+                CheckoutHealth::Unmounted => "is an overlay checkout that is not mounted",
+            };
+            if repair {
+                self.discard(&row, true)?;
+            }
+            report(format!("checkout {} {why}", row.dir.display()), repair);
+        }
+        for state in self.stray_states()? {
+            if repair {
+                self.remove_stray_state(&state)?;
+            }
+            report(
+                format!(
+                    "{} is the state of no checkout (left by a process that died)",
+                    state.display()
+                ),
+                repair,
+            );
+        }
+        for tmp in self.partial_unpacks()? {
+            if repair {
+                remove_tree(&tmp)?;
+            }
+            report(
+                format!(
+                    "{} is an unfinished unpack of a dead process",
+                    tmp.display()
+                ),
+                repair,
+            );
+        }
+
+        // Unpacked layers and their marks. Every layer row is either used by a snapshot or
+        // unreferenced.
+        let unpacked = self.unpacked_entries()?;
+        for (hex, paths) in &unpacked {
+            if self.layer_row_missing(hex)? {
+                for path in paths {
+                    if repair {
+                        remove_tree(path)?;
+                    }
+                    report(
+                        format!("{} unpacks a layer the index does not know", path.display()),
+                        repair,
+                    );
+                }
             }
         }
+        let mut layers: Vec<LayerId> = snapshots.iter().map(|r| r.layer).collect();
+        layers.extend(self.with_index(|ix| Ok(ix.unreferenced_layers()?))?);
+        layers.sort();
+        layers.dedup();
+        for id in layers {
+            let marked = self.with_index(|ix| Ok(ix.layer(&id)?.is_some_and(|l| l.unpacked)))?;
+            let hex = id.to_hex();
+            let present = unpacked.get(&hex).is_some_and(|paths| {
+                paths.iter().any(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n == hex.as_str() || n == format!("{hex}.plain").as_str())
+                })
+            });
+            if marked && !present {
+                if repair {
+                    self.with_index(|ix| Ok(ix.set_layer_unpacked(&id, false)?))?;
+                }
+                report(
+                    format!("layer {id} is marked unpacked but its directory is missing"),
+                    repair,
+                );
+            }
+        }
+
         if repair {
             let expired = self.with_index(|ix| Ok(ix.expire_dead_leases()?))?;
             if expired > 0 {
-                problems.push(Problem {
-                    what: format!("{expired} leases of processes that no longer run"),
-                    repaired: true,
-                });
+                report(
+                    format!("{expired} leases of processes that no longer run"),
+                    true,
+                );
             }
         }
-        let report = self.cas().verify()?;
-        for bad in report.corrupt {
-            problems.push(Problem {
-                what: format!("layer {}: {}", bad.id, bad.reason),
-                repaired: false,
-            });
+        let verified = self.cas().verify()?;
+        for bad in verified.corrupt {
+            report(format!("layer {}: {}", bad.id, bad.reason), false);
         }
         Ok(problems)
     }

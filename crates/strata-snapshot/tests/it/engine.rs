@@ -1,14 +1,16 @@
 //! The engine end to end: import a root filesystem, check it out (overlay and portable),
-//! change it, commit, check the child out again, and relocate a Python venv between slots.
+//! change it, commit, check the child out again, and relocate a Python venv between slots;
+//! and what `Engine::open` recovers from states a crash leaves behind.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use strata_snapshot::index::CheckoutRow;
 use strata_snapshot::{CheckoutMode, Engine};
 
 /// A small root filesystem tarball made with strata-cas itself.
-fn rootfs_tar(tmp: &Path) -> PathBuf {
+pub(crate) fn rootfs_tar(tmp: &Path) -> PathBuf {
     let tree = tmp.join("rootfs-src");
     fs::create_dir_all(tree.join("etc")).unwrap();
     fs::create_dir_all(tree.join("usr/lib")).unwrap();
@@ -20,6 +22,44 @@ fn rootfs_tar(tmp: &Path) -> PathBuf {
     let file = fs::File::create(&out).unwrap();
     strata_cas::create::write_tar(&tree, file, &Default::default()).unwrap();
     out
+}
+
+/// The pid of a process that has exited (and been reaped).
+pub(crate) fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+/// Makes the tracked checkout `row` look made by a process that died: its state dir is
+/// renamed to carry a dead pid, and its row is recorded again with that state.
+pub(crate) fn orphan_checkout(engine: &Engine, row: &CheckoutRow) -> CheckoutRow {
+    let state = row.state_dir.clone().unwrap();
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let moved = state.with_file_name(format!("c-{}-0-{n}", dead_pid()));
+    fs::rename(&state, &moved).unwrap();
+    let orphan = CheckoutRow {
+        state_dir: Some(moved),
+        ..row.clone()
+    };
+    engine
+        .with_index(|ix| {
+            ix.remove_checkout(&row.dir)?;
+            Ok(ix.add_checkout(&orphan)?)
+        })
+        .unwrap();
+    orphan
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 fn modes() -> Vec<CheckoutMode> {
@@ -211,5 +251,173 @@ fn a_python_venv_committed_in_one_slot_works_in_another() {
             String::from_utf8_lossy(&hello.stderr)
         );
         engine.release(&slot_b).unwrap();
+    }
+}
+
+#[test]
+fn failpoint_names_are_unique() {
+    let names = strata_snapshot::engine::FAILPOINTS;
+    let unique: std::collections::HashSet<_> = names.iter().collect();
+    assert_eq!(unique.len(), names.len());
+}
+
+#[test]
+fn open_finishes_or_rolls_back_what_dead_processes_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let engine = Engine::open(&store).unwrap();
+    let base = engine.import(&rootfs_tar(tmp.path()), None).unwrap();
+    let portable = Some(CheckoutMode::Portable);
+
+    // A discard that died after moving the state aside.
+    let abandoned = tmp.path().join("abandoned");
+    let row = engine.checkout(&base.id, &abandoned, portable).unwrap();
+    fs::remove_dir_all(row.state_dir.as_ref().unwrap()).unwrap();
+    // A checkout whose maker died while copying files (no manifest yet).
+    let half = tmp.path().join("half");
+    let row = engine.checkout(&base.id, &half, portable).unwrap();
+    let row = orphan_checkout(&engine, &row);
+    fs::remove_file(row.state_dir.as_ref().unwrap().join("manifest")).unwrap();
+    // The same, but its maker (this process) still runs: it may be finishing.
+    let busy = tmp.path().join("busy");
+    let row = engine.checkout(&base.id, &busy, portable).unwrap();
+    fs::remove_file(row.state_dir.as_ref().unwrap().join("manifest")).unwrap();
+    // A finished checkout of a process that exited.
+    let done = tmp.path().join("done");
+    let row = engine.checkout(&base.id, &done, portable).unwrap();
+    orphan_checkout(&engine, &row);
+    // Leftovers without rows, of dead and of live processes.
+    let states = store.join("checkouts-v1");
+    let unpacked = store.join("unpacked-v1");
+    let dead = dead_pid();
+    let me = std::process::id();
+    for dir in [
+        states.join(format!("c-{dead}-1-1/upper")),
+        states.join(format!("x-{dead}-1-2")),
+        states.join(format!("c-{me}-1-3")),
+        unpacked.join(format!("tmp-{dead}-1-4/etc")),
+        unpacked.join(format!("tmp-{me}-1-5")),
+    ] {
+        fs::create_dir_all(dir).unwrap();
+    }
+    drop(engine);
+
+    let engine = Engine::open(&store).unwrap();
+    let tracked: Vec<_> = engine
+        .with_index(|ix| Ok(ix.checkouts()?))
+        .unwrap()
+        .into_iter()
+        .map(|r| r.dir.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(tracked, ["busy", "done"]);
+    assert!(
+        !abandoned.exists() && !half.exists(),
+        "their files are gone"
+    );
+    assert!(busy.join("etc/hostname").exists() && done.join("etc/hostname").exists());
+    let left = names_in(&states);
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(left.contains(&format!("c-{me}-1-3")), "{left:?}");
+    assert!(!left.iter().any(|n| n.contains(&format!("-{dead}-1-"))));
+    assert!(names_in(&unpacked).contains(&format!("tmp-{me}-1-5")));
+    assert!(!names_in(&unpacked).contains(&format!("tmp-{dead}-1-4")));
+    // The finished one is as good as new.
+    fs::write(done.join("new"), "new\n").unwrap();
+    let child = engine.commit(&done, None).unwrap();
+    assert_eq!(child.parent, Some(base.id));
+}
+
+#[test]
+fn an_overlay_checkout_that_lost_its_mount_commits_and_releases() {
+    if !strata_snapshot::engine::overlay_available() {
+        eprintln!("skipped: overlay unavailable here");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let engine = Engine::open(&store).unwrap();
+    let base = engine.import(&rootfs_tar(tmp.path()), None).unwrap();
+    let overlay = Some(CheckoutMode::Overlay);
+
+    // As after a reboot: the upper dir is there, the mount is not.
+    let work = tmp.path().join("work");
+    engine.checkout(&base.id, &work, overlay).unwrap();
+    fs::write(work.join("etc/new"), "new\n").unwrap();
+    strata_snapshot::overlay::unmount(&work).unwrap();
+    drop(engine);
+    let engine = Engine::open(&store).unwrap();
+    let child = engine.commit(&work, None).unwrap();
+    let copy = tmp.path().join("copy");
+    engine.copy_out(&child.id, &copy).unwrap();
+    assert_eq!(fs::read_to_string(copy.join("etc/new")).unwrap(), "new\n");
+
+    let other = tmp.path().join("other");
+    engine.checkout(&base.id, &other, overlay).unwrap();
+    strata_snapshot::overlay::unmount(&other).unwrap();
+    engine.release(&other).unwrap();
+    assert!(!other.exists());
+    assert!(names_in(&store.join("checkouts-v1")).is_empty());
+    assert!(engine.fsck(false).unwrap().is_empty());
+}
+
+/// overlayfs refuses a stack naming one directory twice; stacks repeat layers when a step
+/// changes nothing (the empty layer) or makes exactly the change an earlier step made.
+#[test]
+fn stacks_with_empty_and_repeated_layers_check_out() {
+    fn set(dir: &Path, name: &str, content: &str) {
+        let file = dir.join("etc").join(name);
+        fs::write(&file, content).unwrap();
+        for path in [file, dir.join("etc")] {
+            let t = rustix::fs::Timespec {
+                tv_sec: 1_000_000,
+                tv_nsec: 0,
+            };
+            let times = rustix::fs::Timestamps {
+                last_access: t,
+                last_modification: t,
+            };
+            rustix::fs::utimensat(rustix::fs::CWD, &path, &times, rustix::fs::AtFlags::empty())
+                .unwrap();
+        }
+    }
+    for mode in modes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&tmp.path().join("store")).unwrap();
+        let mut top = engine.import(&rootfs_tar(tmp.path()), None).unwrap();
+        let work = tmp.path().join("work");
+        let mut layers = Vec::new();
+        for step in ["a=1", "nothing", "a=2", "a=1", "nothing"] {
+            engine.checkout(&top.id, &work, Some(mode)).unwrap();
+            if let Some(value) = step.strip_prefix("a=") {
+                set(&work, "a", value);
+            }
+            top = engine.commit(&work, None).unwrap();
+            layers.push(top.layer);
+        }
+        assert_eq!(layers[1], layers[4], "two empty layers");
+        assert_eq!(
+            layers[0], layers[3],
+            "the same change twice gives the same layer"
+        );
+        engine.checkout(&top.id, &work, Some(mode)).unwrap();
+        assert_eq!(fs::read_to_string(work.join("etc/a")).unwrap(), "1");
+        assert_eq!(
+            fs::read_to_string(work.join("etc/hostname")).unwrap(),
+            "builder\n"
+        );
+        engine.release(&work).unwrap();
+        if mode == CheckoutMode::Overlay {
+            let twins = fs::read_dir(tmp.path().join("store/unpacked-v1"))
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .contains("@dup-")
+                })
+                .count();
+            assert_eq!(twins, 1, "the repeated layer was mounted through a twin");
+        }
     }
 }

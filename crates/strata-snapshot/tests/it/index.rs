@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use strata_cas::LayerId;
 use strata_snapshot::SnapshotId;
-use strata_snapshot::index::{CheckoutRow, Error, Index, LayerRow, NewSnapshot, Owner, Usage};
+use strata_snapshot::index::{
+    CacheVersion, CheckoutRow, Error, Index, LayerRow, NewCacheView, NewSnapshot, Owner, Publish,
+    RemoveCache, Usage,
+};
 
 fn fresh() -> (tempfile::TempDir, Index) {
     let dir = tempfile::tempdir().unwrap();
@@ -56,7 +59,7 @@ fn checkout_row(dir: &str, snapshot: SnapshotId) -> CheckoutRow {
 /// A process that has exited (and been reaped), identified while it ran. Unix only: elsewhere
 /// every owner counts as alive.
 #[cfg(unix)]
-fn dead_owner() -> Owner {
+pub(crate) fn dead_owner() -> Owner {
     let mut child = Command::new("cat")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -99,7 +102,7 @@ fn open_sets_wal_and_schema_and_reopens() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
     let mut st = conn
         .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
         .unwrap();
@@ -108,7 +111,15 @@ fn open_sets_wal_and_schema_and_reopens() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    for table in ["checkouts", "layers", "leases", "snapshots", "tags"] {
+    for table in [
+        "cache_views",
+        "caches",
+        "checkouts",
+        "layers",
+        "leases",
+        "snapshots",
+        "tags",
+    ] {
         assert!(tables.iter().any(|t| t == table), "{table} in {tables:?}");
     }
 }
@@ -126,7 +137,7 @@ fn a_newer_schema_is_refused() {
     let path = dir.path().join("index.db");
     drop(Index::open(&path).unwrap());
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.pragma_update(None, "user_version", 2).unwrap();
+    conn.pragma_update(None, "user_version", 3).unwrap();
     drop(conn);
     let err = Index::open(&path).unwrap_err();
     assert!(matches!(err, Error::Migrate { .. }), "{err}");
@@ -800,4 +811,216 @@ fn processes_race_on_a_fresh_database() {
             "round {round}"
         );
     }
+}
+
+fn new_view(cache: &str, dir: &str, owner: Owner) -> NewCacheView {
+    NewCacheView {
+        cache: cache.to_owned(),
+        dir: PathBuf::from(dir),
+        owner,
+        uid: 1,
+        gid: 2,
+        empty_layer: layer_row("empty"),
+        now: 100,
+    }
+}
+
+#[test]
+fn cache_views_and_the_generation_swap() {
+    let (_dir, mut index) = fresh();
+    let me = Owner::current();
+    let a = index.add_cache_view(&new_view("c", "/v/a", me)).unwrap();
+    assert_eq!(a.cache.name, "c");
+    assert_eq!((a.cache.snapshot, a.cache.generation), (None, 0));
+    assert_eq!(
+        (a.cache.owner_uid, a.cache.owner_gid, a.cache.views),
+        (1, 2, 1)
+    );
+    assert_eq!((a.base.parent, a.base.depth), (None, 0));
+    assert_eq!(a.base.layer, layer_row("empty").id);
+    assert_eq!(a.view.snapshot, a.base.id);
+    assert_eq!((a.view.base_generation, a.view.owner), (0, me));
+    // The owner only counts when the cache is created.
+    let mut other_owner = new_view("c", "/v/b", me);
+    other_owner.uid = 9;
+    let b = index.add_cache_view(&other_owner).unwrap();
+    assert_eq!((b.cache.owner_uid, b.cache.views), (1, 2));
+    assert_eq!(b.base.id, a.base.id, "one empty base");
+    let err = index
+        .add_cache_view(&new_view("c", "/v/b", me))
+        .unwrap_err();
+    assert!(matches!(err, Error::AlreadyTracked { .. }), "{err}");
+    for bad in ["", "a/b", ".", "..", "a\0b"] {
+        let err = index
+            .add_cache_view(&new_view(bad, "/v/x", me))
+            .unwrap_err();
+        assert!(matches!(err, Error::BadCacheName { .. }), "{bad:?}: {err}");
+    }
+    assert_eq!(index.cache_views(Some("c")).unwrap().len(), 2);
+    assert_eq!(
+        index.cache_view(Path::new("/v/a")).unwrap(),
+        Some(a.view.clone())
+    );
+
+    // b releases first and wins; a loses and nothing changes.
+    let from_b = add(&mut index, Some(b.base.id), "from b", 200);
+    let from_a = add(&mut index, Some(a.base.id), "from a", 200);
+    let won = index
+        .publish_cache_version(Path::new("/v/b"), &CacheVersion::Snapshot(from_b), 300)
+        .unwrap();
+    let Publish::Won {
+        snapshot,
+        generation: 1,
+    } = won
+    else {
+        panic!("{won:?}");
+    };
+    assert_eq!(snapshot.id, from_b);
+    let lost = index
+        .publish_cache_version(Path::new("/v/a"), &CacheVersion::Snapshot(from_a), 400)
+        .unwrap();
+    assert_eq!(lost, Publish::Lost { generation: 1 });
+    let cache = index.cache("c").unwrap().unwrap();
+    assert_eq!((cache.snapshot, cache.generation), (Some(from_b), 1));
+    assert_eq!((cache.created, cache.updated), (100, 300));
+    let err = index
+        .publish_cache_version(Path::new("/v/none"), &CacheVersion::Snapshot(from_a), 1)
+        .unwrap_err();
+    assert!(matches!(err, Error::UnknownCacheView { .. }), "{err}");
+
+    // A view of the new version, and a flattened release of it.
+    let c = index.add_cache_view(&new_view("c", "/v/c", me)).unwrap();
+    assert_eq!((c.base.id, c.view.base_generation), (from_b, 1));
+    let missing = SnapshotId::derive(None, &LayerId::of(b"nowhere"));
+    let err = index
+        .publish_cache_version(Path::new("/v/c"), &CacheVersion::Snapshot(missing), 1)
+        .unwrap_err();
+    assert!(matches!(err, Error::MissingSnapshot { .. }), "{err}");
+    let flat = CacheVersion::Flattened {
+        layer: layer_row("flat"),
+        root_path: None,
+    };
+    // A losing flattened release records nothing.
+    assert_eq!(
+        index
+            .publish_cache_version(Path::new("/v/a"), &flat, 500)
+            .unwrap(),
+        Publish::Lost { generation: 1 }
+    );
+    assert!(index.layer(&layer_row("flat").id).unwrap().is_none());
+    let Publish::Won {
+        snapshot,
+        generation: 2,
+    } = index
+        .publish_cache_version(Path::new("/v/c"), &flat, 500)
+        .unwrap()
+    else {
+        panic!("c was taken at the current generation");
+    };
+    assert_eq!((snapshot.parent, snapshot.depth), (None, 0));
+    assert!(index.layer(&layer_row("flat").id).unwrap().is_some());
+
+    // Handing a view to another process.
+    let dead = dead_owner();
+    assert!(index.set_cache_view_owner(Path::new("/v/c"), dead).unwrap());
+    assert!(
+        !index
+            .set_cache_view_owner(Path::new("/v/none"), dead)
+            .unwrap()
+    );
+    assert_eq!(
+        index.cache_view(Path::new("/v/c")).unwrap().unwrap().owner,
+        dead
+    );
+
+    assert_eq!(
+        index.remove_cache("c").unwrap(),
+        RemoveCache::Busy { views: 3 }
+    );
+    for dir in ["/v/a", "/v/b", "/v/c"] {
+        assert!(index.remove_cache_view(Path::new(dir)).unwrap());
+    }
+    assert!(!index.remove_cache_view(Path::new("/v/a")).unwrap());
+    assert_eq!(index.remove_cache("c").unwrap(), RemoveCache::Removed);
+    assert_eq!(index.remove_cache("c").unwrap(), RemoveCache::Missing);
+    assert!(index.caches().unwrap().is_empty());
+}
+
+#[test]
+fn prune_keeps_cache_versions_view_bases_and_releases_in_progress() {
+    let (_dir, mut index) = fresh();
+    let me = Owner::current();
+    let lone = add(&mut index, None, "lone", 1);
+    let first = index.add_cache_view(&new_view("c", "/v/1", me)).unwrap();
+    let version = add(&mut index, Some(first.base.id), "version", 2);
+    index
+        .publish_cache_version(Path::new("/v/1"), &CacheVersion::Snapshot(version), 3)
+        .unwrap();
+    index.remove_cache_view(Path::new("/v/1")).unwrap();
+    // A view of the version, and its release committed but not yet published.
+    let view = index.add_cache_view(&new_view("c", "/v/2", me)).unwrap();
+    assert_eq!(view.base.id, version);
+    let pending = add(&mut index, Some(version), "pending", 4);
+
+    let ids = |index: &Index| -> Vec<SnapshotId> {
+        index
+            .prune_candidates(i64::MAX, 100)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect()
+    };
+    assert_eq!(ids(&index), [lone]);
+    let err = index.remove_snapshot(&pending).unwrap_err();
+    assert!(err.to_string().contains("cache view"), "{err}");
+
+    // Once the view is gone the pending release is an ordinary leaf.
+    index.remove_cache_view(Path::new("/v/2")).unwrap();
+    assert_eq!(ids(&index), [lone, pending]);
+    index.remove_snapshot(&pending).unwrap();
+    // The current version stays, and with it the empty base below.
+    assert_eq!(ids(&index), [lone]);
+    let err = index.remove_snapshot(&version).unwrap_err();
+    assert!(
+        err.to_string().contains("current version of cache `c`"),
+        "{err}"
+    );
+    index.remove_cache("c").unwrap();
+    assert_eq!(ids(&index), [lone, version]);
+    index.remove_snapshot(&version).unwrap();
+    assert_eq!(
+        ids(&index),
+        [lone, first.base.id],
+        "least recently used first"
+    );
+
+    // A view pins its base even before its checkout exists.
+    let view = index.add_cache_view(&new_view("d", "/v/3", me)).unwrap();
+    assert_eq!(view.base.id, first.base.id);
+    assert_eq!(ids(&index), [lone]);
+    let err = index.remove_snapshot(&view.base.id).unwrap_err();
+    assert!(err.to_string().contains("cache view"), "{err}");
+    index.remove_cache_view(Path::new("/v/3")).unwrap();
+    assert_eq!(ids(&index), [lone, first.base.id]);
+}
+
+#[test]
+fn a_version_1_index_is_migrated_with_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.db");
+    let mut index = Index::open(&path).unwrap();
+    let kept = add(&mut index, None, "kept", 1);
+    drop(index);
+    // What version 1 looked like: no cache tables.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("DROP TABLE cache_views; DROP TABLE caches; PRAGMA user_version = 1;")
+        .unwrap();
+    drop(conn);
+    let mut index = Index::open(&path).unwrap();
+    assert!(index.snapshot(&kept).unwrap().is_some());
+    assert!(index.caches().unwrap().is_empty());
+    index
+        .add_cache_view(&new_view("c", "/v/1", Owner::current()))
+        .unwrap();
+    assert_eq!(index.caches().unwrap().len(), 1);
 }

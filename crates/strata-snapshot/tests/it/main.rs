@@ -6,6 +6,8 @@
     reason = "tests say why they skip, and child processes report on stdout"
 )]
 
+mod caches;
+mod crash;
 mod engine;
 mod index;
 mod maintenance;

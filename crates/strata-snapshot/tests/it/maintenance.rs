@@ -1,11 +1,14 @@
-//! Prune, gc, du and fsck on real stores.
+//! Prune, gc, du and fsck on real stores, including stores left as crashes leave them.
 
 use std::collections::HashSet;
+use std::fs;
 
 use strata_cas::LayerId;
 use strata_snapshot::index::LayerRow;
 use strata_snapshot::maintenance::PruneOptions;
-use strata_snapshot::{Engine, SnapshotId};
+use strata_snapshot::{CheckoutMode, Engine, SnapshotId};
+
+use crate::engine::{dead_pid, orphan_checkout, rootfs_tar};
 
 /// Records `n` snapshots in a tree (each parent has up to 4 children), without blobs.
 fn tree(engine: &Engine, n: usize) -> Vec<SnapshotId> {
@@ -86,5 +89,109 @@ fn prune_of_ten_thousand_snapshots_finishes() {
             .with_index(|ix| Ok(ix.snapshots()?))
             .unwrap()
             .is_empty()
+    );
+}
+
+#[test]
+fn fsck_repairs_what_crashes_leave_and_then_finds_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let engine = Engine::open(&store).unwrap();
+    let base = engine.import(&rootfs_tar(tmp.path()), None).unwrap();
+    let unpacked = store.join("unpacked-v1");
+    let states = store.join("checkouts-v1");
+    let dead = dead_pid();
+    let mut expected = Vec::new();
+
+    // An unpacked layer the index does not know, and an unpack of a dead process.
+    let unknown = LayerId::of(b"no such layer").to_hex();
+    fs::create_dir_all(unpacked.join(&unknown).join("etc")).unwrap();
+    fs::create_dir_all(unpacked.join(format!("{unknown}.plain"))).unwrap();
+    fs::create_dir_all(unpacked.join(format!("tmp-{dead}-0-0"))).unwrap();
+    expected.extend(["does not know", "does not know", "unfinished unpack"]);
+    // A state dir no row names.
+    fs::create_dir_all(states.join(format!("c-{dead}-0-0/upper"))).unwrap();
+    expected.push("state of no checkout");
+    // A checkout whose directory was deleted by hand.
+    let lost = tmp.path().join("lost");
+    engine
+        .checkout(&base.id, &lost, Some(CheckoutMode::Portable))
+        .unwrap();
+    fs::remove_dir_all(&lost).unwrap();
+    expected.push("lost its directory");
+    // An overlay checkout of a dead process whose mount is gone (a reboot).
+    if strata_snapshot::engine::overlay_available() {
+        let rebooted = tmp.path().join("rebooted");
+        let row = engine
+            .checkout(&base.id, &rebooted, Some(CheckoutMode::Overlay))
+            .unwrap();
+        orphan_checkout(&engine, &row);
+        strata_snapshot::overlay::unmount(&rebooted).unwrap();
+        expected.push("not mounted");
+    }
+
+    // The base unpacked and marked (by the checkouts above), then its directory lost.
+    let hex = base.layer.to_hex();
+    for entry in fs::read_dir(&unpacked).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name().to_string_lossy().starts_with(&hex) {
+            fs::remove_dir_all(entry.path()).unwrap();
+        }
+    }
+    expected.push("marked unpacked");
+
+    let found = engine.fsck(false).unwrap();
+    let mut unmatched: Vec<String> = found.iter().map(|p| p.what.clone()).collect();
+    for phrase in &expected {
+        let at = unmatched
+            .iter()
+            .position(|w| w.contains(phrase))
+            .unwrap_or_else(|| panic!("no problem says `{phrase}`: {found:?}"));
+        unmatched.remove(at);
+    }
+    assert!(unmatched.is_empty(), "unexpected: {unmatched:?}");
+    assert!(found.iter().all(|p| !p.repaired));
+
+    let repaired = engine.fsck(true).unwrap();
+    assert_eq!(repaired.len(), found.len(), "{repaired:?}");
+    assert!(repaired.iter().all(|p| p.repaired), "{repaired:?}");
+    assert!(engine.fsck(false).unwrap().is_empty());
+    assert!(fs::read_dir(&states).unwrap().next().is_none());
+    // Nothing valid was lost: the base still checks out (unpacked again).
+    let again = tmp.path().join("again");
+    engine
+        .checkout(&base.id, &again, Some(CheckoutMode::Portable))
+        .unwrap();
+    assert!(again.join("etc/hostname").exists());
+}
+
+#[test]
+fn gc_removes_unpacked_layers_the_index_does_not_know() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let engine = Engine::open(&store).unwrap();
+    let base = engine.import(&rootfs_tar(tmp.path()), None).unwrap();
+    engine.copy_out(&base.id, &tmp.path().join("copy")).unwrap();
+    let unpacked = store.join("unpacked-v1");
+    let known: Vec<_> = fs::read_dir(&unpacked)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let unknown = LayerId::of(b"no such layer").to_hex();
+    fs::create_dir_all(unpacked.join(&unknown).join("etc")).unwrap();
+    fs::create_dir_all(unpacked.join("not-a-layer")).unwrap();
+    let report = engine.gc().unwrap();
+    assert_eq!(report.orphans, 1);
+    let mut left: Vec<_> = fs::read_dir(&unpacked)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.sort();
+    let mut want = known;
+    want.push("not-a-layer".into());
+    want.sort();
+    assert_eq!(
+        left, want,
+        "the base's unpacked layer and foreign entries stay"
     );
 }
