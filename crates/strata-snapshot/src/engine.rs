@@ -694,6 +694,12 @@ impl Engine {
             }
             lowers.push(lower);
         }
+        // overlayfs needs one lower at least: a stack of empty layers mounts its base.
+        if lowers.is_empty()
+            && let Some(base) = layers.first()
+        {
+            lowers.push(base.clone());
+        }
         let (upper, work) = (state.join("upper"), state.join("work"));
         // The merged root shows the upper dir's own mode and owner: give it the snapshot's.
         if let Some(top) = lowers.last() {
