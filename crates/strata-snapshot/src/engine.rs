@@ -723,35 +723,14 @@ impl Engine {
     /// the same files under another directory name, so one stack can name the layer twice.
     #[cfg(target_os = "linux")]
     fn twin(&self, source: &Path, n: usize) -> Result<PathBuf> {
-        let name = format!(
-            "{}@dup-{n}",
-            source
-                .file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        );
-        let target = self.unpacked.join(name);
-        if target.is_dir() {
-            return Ok(target);
-        }
-        let tmp = self.unpacked.join(unique_name("tmp-"));
-        if let Err(e) = clone_tree(
-            source,
-            &tmp,
-            &mut Vec::new(),
-            &std::collections::HashSet::new(),
-        ) {
-            let _ = remove_tree(&tmp);
-            return Err(e);
-        }
-        match fs::rename(&tmp, &target) {
-            Ok(()) => Ok(target),
-            Err(_) if target.is_dir() => {
-                remove_tree(&tmp)?;
-                Ok(target)
-            }
-            Err(e) => Err(io_err("rename into place", &target)(e)),
-        }
+        self.derived_layer(source, &format!("dup-{n}"), |tmp| {
+            clone_tree(
+                source,
+                tmp,
+                &mut Vec::new(),
+                &std::collections::HashSet::new(),
+            )
+        })
     }
 
     /// A copy of the unpacked layer at `source`, relocated to `root`: files with recorded
@@ -764,28 +743,38 @@ impl Engine {
         records: &relocate::Records,
         root: &[u8],
     ) -> Result<PathBuf> {
-        let suffix = &blake3::hash(root).to_hex()[..16];
-        let name = format!(
-            "{}@{suffix}",
-            source
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        );
-        let target = self.unpacked.join(name);
+        let copied: std::collections::HashSet<&[u8]> =
+            records.files.iter().map(|f| f.path.as_slice()).collect();
+        self.derived_layer(source, &blake3::hash(root).to_hex()[..16], |tmp| {
+            clone_tree(source, tmp, &mut Vec::new(), &copied)?;
+            relocate::relocate(tmp, records, root)?;
+            failpoint("checkout.overlay.relocated");
+            Ok(())
+        })
+    }
+
+    /// `unpacked-v1/<source name>@<suffix>`, built once by `build` in a temporary directory
+    /// and renamed into place; concurrent builders race harmlessly (the loser's copy goes).
+    #[cfg(target_os = "linux")]
+    fn derived_layer(
+        &self,
+        source: &Path,
+        suffix: &str,
+        build: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<PathBuf> {
+        let name = source
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let target = self.unpacked.join(format!("{name}@{suffix}"));
         if target.is_dir() {
             return Ok(target);
         }
         let tmp = self.unpacked.join(unique_name("tmp-"));
-        let copied: std::collections::HashSet<&[u8]> =
-            records.files.iter().map(|f| f.path.as_slice()).collect();
-        let made = clone_tree(source, &tmp, &mut Vec::new(), &copied)
-            .and_then(|()| Ok(relocate::relocate(&tmp, records, root).map(|_| ())?));
-        if let Err(e) = made {
+        if let Err(e) = build(&tmp) {
             let _ = remove_tree(&tmp);
             return Err(e);
         }
-        failpoint("checkout.overlay.relocated");
         match fs::rename(&tmp, &target) {
             Ok(()) => Ok(target),
             Err(_) if target.is_dir() => {
