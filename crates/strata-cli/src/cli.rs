@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 const AFTER_HELP: &str = "\
 Exit status:
   0  success
-  1  the command failed (the message on stderr says why), or `cas verify` found corrupt layers
+  1  the command failed (the message on stderr says why), `cas verify` found corrupt layers,
+     or `fsck` found problems it did not repair
   2  the command line is wrong
 
 Environment:
@@ -88,7 +89,60 @@ pub(crate) enum Command {
     /// List and remove snapshots
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+
+    /// Show what the store holds: snapshots, layers, bytes, unpacked layers, checkouts
+    ///
+    /// Counts come from the index and the blob directory; sizes are the stored (compressed)
+    /// blobs and the layers' uncompressed tar streams. Unpacked layers are the read-only
+    /// directories checkouts are built from: a layer is unpacked on its first checkout and
+    /// kept until gc removes the layer.
+    #[command(after_help = "Example:\n  strata du --json | jq .blob_bytes")]
+    Du,
+
+    /// Delete unused snapshots, least recently used leaves first, then collect garbage
+    ///
+    /// A snapshot is in use while another snapshot is built on it, a tracked checkout holds
+    /// it, a tag names it or a running process leases it; snapshots in use are never
+    /// deleted. Leaves go first and a parent only once its children are gone, so a build
+    /// cache shrinks from the tips of old branches inwards. With --keep and --keep-bytes,
+    /// deletion stops as soon as every given limit holds; with --older-than alone, or
+    /// --all, every unused snapshot that qualifies goes. The layers nothing refers to any
+    /// more are then removed as by `strata gc`.
+    ///
+    /// One of --older-than, --keep, --keep-bytes or --all is required: pruning everything
+    /// unused has to be asked for explicitly.
+    #[command(after_help = PRUNE_AFTER_HELP)]
+    Prune(PruneArgs),
+
+    /// Remove layers no snapshot refers to, and leftovers of crashed commits
+    ///
+    /// Deletes each unreferenced layer's index row, blob and unpacked directories. Blobs
+    /// and unpacked directories that no index row mentions are only removed once they are
+    /// an hour old: a commit running in another process may not have recorded them yet.
+    /// Safe to run while other strata processes use the store.
+    Gc,
+
+    /// Check the store for problems, and repair what can be repaired
+    ///
+    /// Checks that every snapshot's layer is stored, that every stored layer hashes to its
+    /// id (this reads every blob), and that every tracked checkout still has its directory.
+    /// With --repair, forgets checkouts whose directory is gone and expires leases of
+    /// processes that no longer run; missing or corrupt layers cannot be repaired (remove
+    /// the snapshots that need them). Exits with status 1 if a problem remains.
+    Fsck(FsckArgs),
 }
+
+const PRUNE_AFTER_HELP: &str = "\
+Examples:
+  strata prune --older-than 7d              unused snapshots not used for a week
+  strata prune --keep-bytes 20G             until the layers take at most 20 GiB
+  strata prune --older-than 1d --keep 500   down to 500 snapshots, deleting only ones
+                                            unused for a day
+  strata prune --all                        every unused snapshot
+
+DURATION is a number with a unit: s, m, h, d or w (30m, 12h, 7d, 2w).
+SIZE is bytes, or a number with a binary unit: K, M, G or T, optionally followed by B or iB
+(500M = 500 MiB, 1.5G, 10GiB). --keep-bytes counts the layers' uncompressed sizes.";
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SnapshotCommand {
@@ -105,6 +159,103 @@ pub(crate) struct SnapshotRmArgs {
     /// Snapshot ids, prefixes or tags
     #[arg(required = true, value_name = "REF")]
     pub(crate) references: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PruneArgs {
+    /// Only delete snapshots not used (created, checked out or built on) for DURATION
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) older_than: Option<std::time::Duration>,
+    /// Stop once at most N snapshots remain
+    #[arg(long, value_name = "N")]
+    pub(crate) keep: Option<u64>,
+    /// Stop once the remaining snapshots' layers take at most SIZE (uncompressed)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub(crate) keep_bytes: Option<u64>,
+    /// Delete every unused snapshot
+    #[arg(long, conflicts_with_all = ["older_than", "keep", "keep_bytes"])]
+    pub(crate) all: bool,
+}
+
+impl PruneArgs {
+    /// Whether any option says what to delete.
+    pub(crate) fn has_limit(&self) -> bool {
+        self.all || self.older_than.is_some() || self.keep.is_some() || self.keep_bytes.is_some()
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FsckArgs {
+    /// Fix what can be fixed without losing a valid snapshot
+    #[arg(long)]
+    pub(crate) repair: bool,
+}
+
+/// Parses `30s`, `30m`, `12h`, `7d` or `2w` (a whole number and a unit).
+pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` has no unit: write e.g. 30m, 12h, 7d or 2w"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` does not start with a whole number (e.g. 7d)"))?;
+    let seconds: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{text}`: use s, m, h, d or w (e.g. 7d)"
+            ));
+        }
+    };
+    number
+        .checked_mul(seconds)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("`{text}` is too long a duration"))
+}
+
+/// Parses a byte count: `1048576`, `500M`, `1.5G`, `10GiB`, `2TB` (binary units).
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{text}`: use K, M, G or T (e.g. 500M, 10G)"
+            ));
+        }
+    };
+    let bad_number = || format!("`{text}` does not start with a number (e.g. 10G)");
+    if number.is_empty() {
+        return Err(bad_number());
+    }
+    if let Ok(whole) = number.parse::<u64>() {
+        return whole
+            .checked_mul(1 << shift)
+            .ok_or_else(|| format!("`{text}` is too large"));
+    }
+    let value: f64 = number.parse().map_err(|_| bad_number())?;
+    let bytes = (value * (1u64 << shift) as f64).round();
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(format!("`{text}` is too large"));
+    }
+    if shift == 0 && bytes != value {
+        return Err(format!("`{text}`: a byte count must be a whole number"));
+    }
+    Ok(bytes as u64)
 }
 
 #[derive(Debug, Args)]
@@ -388,5 +539,45 @@ mod tests {
     #[test]
     fn grammar_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(1_209_600)));
+        assert_eq!(parse_duration("0d"), Ok(Duration::ZERO));
+        for bad in [
+            "",
+            "7",
+            "d",
+            "7 days",
+            "1.5h",
+            "-1d",
+            "7y",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("1234"), Ok(1234));
+        assert_eq!(parse_size("1234B"), Ok(1234));
+        assert_eq!(parse_size("1K"), Ok(1024));
+        assert_eq!(parse_size("500M"), Ok(500 << 20));
+        assert_eq!(parse_size("10G"), Ok(10 << 30));
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("10gb"), Ok(10 << 30));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("2T"), Ok(2 << 40));
+        for bad in ["", "G", "10X", "1.5", "-1G", "1..5G", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 }

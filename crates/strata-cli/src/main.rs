@@ -2,7 +2,7 @@
 //!
 //! `strata layer` creates and applies layer files; `strata cas` puts layers into the store,
 //! lists, verifies, reads and removes them; `strata import|checkout|commit|release|snapshot`
-//! work with snapshots. See `strata --help`.
+//! work with snapshots; `strata du|prune|gc|fsck` maintain the store. See `strata --help`.
 
 #![allow(
     clippy::print_stdout,
@@ -14,13 +14,14 @@ mod cas;
 mod cli;
 mod ids;
 mod layer;
+mod maintenance;
 mod output;
 mod snapshot;
 
 use std::io::{self, Write as _};
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 
 use crate::cli::{Cli, Command, LayerCommand};
 use crate::output::BrokenPipe;
@@ -28,6 +29,11 @@ use crate::output::BrokenPipe;
 fn main() -> ExitCode {
     // Usage errors exit with status 2, --help and --version with 0 (clap's conventions).
     let cli = Cli::parse();
+    if let Command::Prune(args) = &cli.command
+        && !args.has_limit()
+    {
+        refuse_unlimited_prune();
+    }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader of stdout stopped reading (`strata cas ls | head -1`): not a failure.
@@ -50,7 +56,28 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Commit(args) => snapshot::commit(&cli.global, args),
         Command::Release(args) => snapshot::release(&cli.global, args),
         Command::Snapshot(command) => snapshot::snapshot(&cli.global, command),
+        Command::Du => maintenance::du(&cli.global),
+        Command::Prune(args) => maintenance::prune(&cli.global, args),
+        Command::Gc => maintenance::gc(&cli.global),
+        Command::Fsck(args) => maintenance::fsck(&cli.global, args),
     }
+}
+
+/// `strata prune` without a limit is a usage error (status 2): deleting every unused
+/// snapshot must be asked for with `--all`.
+fn refuse_unlimited_prune() -> ! {
+    let mut command = Cli::command();
+    command.build();
+    let prune = command
+        .find_subcommand_mut("prune")
+        .expect("the grammar has a prune subcommand");
+    prune
+        .error(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "say what to prune: --older-than DURATION, --keep N or --keep-bytes SIZE, \
+             or --all to delete every unused snapshot",
+        )
+        .exit()
 }
 
 /// Prints `error: <message>` and a `caused by:` line per underlying cause on stderr.

@@ -267,6 +267,97 @@ pub struct Engine {
     unpacked: PathBuf,
     states: PathBuf,
     privileged: bool,
+    reaper: Reaper,
+}
+
+/// Deletes released checkout trees on a background thread, so that `commit` and `release`
+/// return once the index no longer tracks the checkout, not once 20,000 files are unlinked.
+/// The trees wait in `checkouts-v1/x-<pid>-<n>` directories: if the process dies first, the
+/// next `Engine::open` sweeps them like any other state of a dead process. Dropping the
+/// engine waits for the deletions to finish.
+#[derive(Debug, Default)]
+struct Reaper {
+    queue: Mutex<Option<std::sync::mpsc::Sender<Reap>>>,
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Work for the reaper thread.
+enum Reap {
+    /// Delete this tree.
+    Tree(PathBuf),
+    /// Report when everything queued before is deleted.
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+impl Reaper {
+    fn send(&self, job: Reap) {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<Reap>();
+            let worker = std::thread::Builder::new()
+                .name("strata-reaper".into())
+                .spawn(move || {
+                    for job in rx {
+                        match job {
+                            // Best effort: what is left is swept by the next open.
+                            Reap::Tree(path) => {
+                                let _ = remove_tree(&path);
+                            }
+                            Reap::Flush(done) => {
+                                let _ = done.send(());
+                            }
+                        }
+                    }
+                });
+            match worker {
+                Ok(handle) => {
+                    *self.worker.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+                    *queue = Some(tx);
+                }
+                Err(_) => return Self::run_inline(job),
+            }
+        }
+        if let Some(Err(std::sync::mpsc::SendError(job))) = queue.as_ref().map(|q| q.send(job)) {
+            Self::run_inline(job);
+        }
+    }
+
+    fn run_inline(job: Reap) {
+        match job {
+            Reap::Tree(path) => {
+                let _ = remove_tree(&path);
+            }
+            Reap::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    fn delete(&self, path: PathBuf) {
+        self.send(Reap::Tree(path));
+    }
+
+    fn flush(&self) {
+        let started = self
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if started {
+            let (done, wait) = std::sync::mpsc::sync_channel(1);
+            self.send(Reap::Flush(done));
+            let _ = wait.recv();
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        drop(self.queue.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(worker) = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = worker.join();
+        }
+    }
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -300,6 +391,7 @@ impl Engine {
             unpacked,
             states,
             privileged: is_root(),
+            reaper: Reaper::default(),
         };
         engine.recover()?;
         Ok(engine)
@@ -326,7 +418,15 @@ impl Engine {
         }
         // Cache views of dead processes would otherwise pin their snapshots forever.
         let _ = self.cache_sweep_dead_views();
+        // Recovery is rare: finish its deletions so the store is clean once open returns.
+        self.reaper.flush();
         self.with_index(|ix| Ok(ix.expire_dead_leases().map(|_| ())?))
+    }
+
+    /// Waits until the trees of released checkouts, deleted in the background, are gone
+    /// (before measuring disk usage, say). Dropping the engine waits for them too.
+    pub fn wait_for_deletions(&self) {
+        self.reaper.flush();
     }
 
     /// The store directory.
@@ -950,14 +1050,22 @@ impl Engine {
             "discard.overlay.abandoned",
             "discard.portable.abandoned",
         );
-        remove_tree(&row.dir)?;
-        failpoint_for(mode, "discard.overlay.removed", "discard.portable.removed");
-        if let Some(trash) = &trash {
-            remove_tree(trash)?;
+        // The tree joins the moved-aside state, to be deleted in the background; where it
+        // cannot be moved (another filesystem) it is deleted now.
+        let moved = trash.as_ref().is_some_and(|trash| {
+            row.dir.exists() && fs::rename(&row.dir, trash.join("released-tree")).is_ok()
+        });
+        if !moved {
+            remove_tree(&row.dir)?;
         }
-        failpoint_for(mode, "discard.overlay.state", "discard.portable.state");
+        failpoint_for(mode, "discard.overlay.removed", "discard.portable.removed");
         let dir = row.dir.clone();
-        self.with_index(|ix| Ok(ix.remove_checkout(&dir).map(|_| ())?))
+        self.with_index(|ix| Ok(ix.remove_checkout(&dir).map(|_| ())?))?;
+        failpoint_for(mode, "discard.overlay.state", "discard.portable.state");
+        if let Some(trash) = trash {
+            self.reaper.delete(trash);
+        }
+        Ok(())
     }
 
     /// Writes a plain, untracked copy of `snapshot` at `dir`, relocated to `dir`.

@@ -1,4 +1,5 @@
-//! The whole-process cases: create, extract (cold), compressed size and peak memory.
+//! The whole-process cases: create, extract (cold), compressed size and peak memory; the
+//! snapshot cases live in [`super::snapshots`].
 
 use std::path::{Path, PathBuf};
 
@@ -22,29 +23,29 @@ pub(crate) struct Context<'a> {
 }
 
 impl Context<'_> {
-    fn strata(&self, args: &[&str]) -> Vec<String> {
+    pub(crate) fn strata(&self, args: &[&str]) -> Vec<String> {
         std::iter::once(self.strata.to_string_lossy().into_owned())
             .chain(args.iter().map(|a| (*a).to_owned()))
             .collect()
     }
 
-    fn dir(&self, name: &str) -> anyhow::Result<PathBuf> {
+    pub(crate) fn dir(&self, name: &str) -> anyhow::Result<PathBuf> {
         let dir = self.work.join(name);
         runner::remove(&dir)?;
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(dir)
     }
 
-    fn show(&self, command: &str) -> String {
+    pub(crate) fn show(&self, command: &str) -> String {
         self.paths.show_command(command)
     }
 }
 
-fn s(p: &Path) -> String {
+pub(crate) fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-fn sh(script: String) -> Vec<String> {
+pub(crate) fn sh(script: String) -> Vec<String> {
     vec!["sh".to_owned(), "-c".to_owned(), script]
 }
 
@@ -60,11 +61,13 @@ pub(crate) fn run_all(ctx: &Context<'_>, report: &mut Report, quick: bool) -> an
         "fixture",
         ctx.fixture.info.counts.bytes,
     )?;
+    // Free the scratch space (and inodes): the snapshot cases hold several copies of the
+    // fixture at once, and the big layer needs ~2 GiB to extract into.
+    for dir in ["create", "extract", "memory-fixture"] {
+        runner::remove(&ctx.work.join(dir))?;
+    }
+    super::snapshots::run(ctx, report, quick)?;
     if !quick {
-        // Free the scratch space: the big layer needs ~2 GiB to extract into.
-        for dir in ["create", "extract", "memory-fixture"] {
-            runner::remove(&ctx.work.join(dir))?;
-        }
         let (big, counts) = fixture::ensure_big(ctx.paths)?;
         memory(ctx, report, &big, "big tree", counts.bytes)?;
     }
@@ -359,7 +362,7 @@ fn memory_case(
     })
 }
 
-fn time_case(
+pub(crate) fn time_case(
     ctx: &Context<'_>,
     name: &str,
     (ours, ours_samples): (&Contender<'_>, &Samples),

@@ -18,6 +18,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("b3sum", "b3sum"),
     ("wc", "coreutils"),
     ("sync", "coreutils"),
+    ("cp", "coreutils"),
+    ("rsync", "rsync"),
     (GNU_TIME, "time"),
     ("dpkg", "dpkg"),
     ("dpkg-deb", "dpkg"),

@@ -1,16 +1,20 @@
-//! `cargo xtask bench [--quick]`: whole-process comparisons against GNU tar, zstd and b3sum on a
-//! real Debian tree, peak-memory checks, and the criterion micro-benchmarks of `benches/`.
+//! `cargo xtask bench [--quick]`: whole-process comparisons against GNU tar, zstd, b3sum, cp
+//! and rsync on a real Debian tree, snapshot checkout/commit/prune timings, peak-memory
+//! checks, and the criterion micro-benchmarks of `benches/`.
 //!
 //! Steps, in order:
 //!
-//! 1. check the external tools (`tar`, `zstd`, `b3sum`, GNU `time`, `dpkg`, `apt-get`, and as
-//!    root `mkfs.ext4` and `mount`), failing with the Debian package to install;
+//! 1. check the external tools (`tar`, `zstd`, `b3sum`, `cp`, `rsync`, GNU `time`, `dpkg`,
+//!    `apt-get`, and as root `mkfs.ext4` and `mount`), failing with the Debian package to
+//!    install;
 //! 2. build (once) the fixture tree under `target/bench/fixture/root` from a fixed list of
 //!    Debian packages ([`fixture`]);
 //! 3. `cargo build --release -p strata-cli`;
 //! 4. set up the scratch filesystem: as root, a journaled ext4 loop image mounted at
 //!    `target/bench/mnt`; otherwise `target/bench/work` ([`scratch`]);
-//! 5. run the cases side by side, ours and baseline interleaved ([`cases`], [`runner`]);
+//! 5. run the cases side by side, ours and baseline interleaved ([`cases`], [`runner`]),
+//!    then the snapshot cases: checkouts, commits and prune of a 10-layer snapshot of the
+//!    fixture ([`snapshots`]);
 //! 6. `cargo bench -p benches` and collect criterion's estimates ([`micro`]);
 //! 7. write `target/bench/report.json` and `target/bench/report.md`, print the markdown.
 
@@ -35,6 +39,7 @@ mod micro;
 mod report;
 mod runner;
 mod scratch;
+mod snapshots;
 
 /// Command-line options of `cargo xtask bench`.
 #[derive(Debug, Clone)]

@@ -21,14 +21,22 @@ pub(crate) enum Target {
     AtMost(f64),
     /// The value, in MiB, must be below this.
     Below(f64),
+    /// The value, in seconds, must be below this.
+    UnderSeconds(f64),
+    /// No target: the figure is reported for comparison only (shown as `–`, always passes).
+    None,
 }
+
+/// How a case without a target shows its target.
+pub(crate) const NO_TARGET: &str = "–";
 
 impl Target {
     pub(crate) fn pass(self, value: f64) -> bool {
         match self {
             Target::AtLeast(t) => value >= t,
             Target::AtMost(t) => value <= t,
-            Target::Below(t) => value < t,
+            Target::Below(t) | Target::UnderSeconds(t) => value < t,
+            Target::None => true,
         }
     }
 }
@@ -39,6 +47,9 @@ impl fmt::Display for Target {
             Target::AtLeast(t) => write!(f, ">= {t}"),
             Target::AtMost(t) => write!(f, "<= {t}"),
             Target::Below(t) => write!(f, "< {t} MiB"),
+            Target::UnderSeconds(t) if *t < 1.0 => write!(f, "< {} ms", t * 1e3),
+            Target::UnderSeconds(t) => write!(f, "< {t} s"),
+            Target::None => f.write_str(NO_TARGET),
         }
     }
 }
@@ -50,6 +61,59 @@ pub(crate) enum Case {
     Time(TimeCase),
     Size(SizeCase),
     Memory(MemoryCase),
+    Latency(LatencyCase),
+}
+
+impl Case {
+    fn name(&self) -> &str {
+        match self {
+            Case::Time(c) => &c.name,
+            Case::Size(c) => &c.name,
+            Case::Memory(c) => &c.name,
+            Case::Latency(c) => &c.name,
+        }
+    }
+
+    /// Whether the case has a target (rather than a figure reported for comparison).
+    fn has_target(&self) -> bool {
+        let target = match self {
+            Case::Time(c) => &c.target,
+            Case::Size(c) => &c.target,
+            Case::Memory(c) => &c.target,
+            Case::Latency(c) => &c.target,
+        };
+        target != NO_TARGET
+    }
+
+    fn pass(&self) -> bool {
+        match self {
+            Case::Time(c) => c.pass,
+            Case::Size(c) => c.pass,
+            Case::Memory(c) => c.pass,
+            Case::Latency(c) => c.pass,
+        }
+    }
+}
+
+/// One of our commands timed on its own: the time it reports for its library work
+/// (`seconds` in its JSON: from before the store is opened to the result) next to the
+/// whole-process wall-clock time.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct LatencyCase {
+    pub(crate) name: String,
+    pub(crate) command: String,
+    /// Median of the in-process seconds the command reported.
+    pub(crate) in_process_seconds: f64,
+    pub(crate) in_process_samples: Vec<f64>,
+    /// Median whole-process wall-clock seconds.
+    pub(crate) process_seconds: f64,
+    pub(crate) process_samples: Vec<f64>,
+    /// The target applies to `in_process_seconds`.
+    pub(crate) target: String,
+    pub(crate) pass: bool,
+    /// What the figure is compared with, or what to know when reading it.
+    pub(crate) note: Option<String>,
+    pub(crate) other_cpu_share: Option<f64>,
 }
 
 /// A timed comparison; `ratio` is baseline / ours (higher is better for us).
@@ -123,6 +187,8 @@ pub(crate) struct Report {
     pub(crate) ours_layer: Option<serde_json::Value>,
     pub(crate) cases: Vec<Case>,
     pub(crate) checks: Vec<Check>,
+    /// Cases skipped and why, and how the snapshot cases were set up.
+    pub(crate) notes: Vec<String>,
     /// Criterion estimates of `benches/benches/cas.rs`.
     pub(crate) micro: Vec<MicroResult>,
 }
@@ -146,6 +212,7 @@ impl Report {
             ours_layer: None,
             cases: Vec::new(),
             checks: Vec::new(),
+            notes: Vec::new(),
             micro: Vec::new(),
         }
     }
@@ -243,9 +310,8 @@ impl Report {
                     t.baseline_seconds,
                     t.ratio,
                     t.target,
-                    yes_no(t.pass),
-                    t.other_cpu_share
-                        .map_or_else(|| "?".to_owned(), |v| format!("{:.0}%", v * 100.0))
+                    pass_cell(&t.target, t.pass),
+                    share(t.other_cpu_share)
                 )?;
             }
             writeln!(
@@ -262,6 +328,70 @@ impl Report {
                     "  (samples, s: strata {}; baseline {})",
                     samples(&t.ours_samples),
                     samples(&t.baseline_samples)
+                )?;
+            }
+            writeln!(md)?;
+        }
+
+        let latencies: Vec<&LatencyCase> = self
+            .cases
+            .iter()
+            .filter_map(|c| {
+                if let Case::Latency(l) = c {
+                    Some(l)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        if !latencies.is_empty() {
+            writeln!(
+                md,
+                "## Snapshot operations
+"
+            )?;
+            writeln!(
+                md,
+                "\"in-process\" is the time the command reports in its JSON `seconds` (store \
+                 opened, operation done); \"process\" is the whole command's wall-clock time. \
+                 Medians; targets apply to the in-process time.\n"
+            )?;
+            writeln!(
+                md,
+                "| Case | in-process | process | target | pass | other CPU |"
+            )?;
+            writeln!(md, "| --- | ---: | ---: | --- | --- | ---: |")?;
+            for l in &latencies {
+                writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {} |",
+                    l.name,
+                    seconds(l.in_process_seconds),
+                    seconds(l.process_seconds),
+                    l.target,
+                    pass_cell(&l.target, l.pass),
+                    share(l.other_cpu_share)
+                )?;
+            }
+            writeln!(md, "\nCommands:\n")?;
+            for l in &latencies {
+                writeln!(md, "- {}: `{}`", l.name, l.command)?;
+                if let Some(note) = &l.note {
+                    writeln!(md, "  ({note})")?;
+                }
+                writeln!(
+                    md,
+                    "  (samples: in-process {}; process {})",
+                    l.in_process_samples
+                        .iter()
+                        .map(|&v| seconds(v))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    l.process_samples
+                        .iter()
+                        .map(|&v| seconds(v))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )?;
             }
             writeln!(md)?;
@@ -367,22 +497,32 @@ impl Report {
             writeln!(md)?;
         }
 
+        if !self.notes.is_empty() {
+            writeln!(md, "## Notes\n")?;
+            for note in &self.notes {
+                writeln!(md, "- {note}")?;
+            }
+            writeln!(md)?;
+        }
+
+        let targeted = self.cases.iter().filter(|c| c.has_target()).count();
         let failed: Vec<&str> = self
             .cases
             .iter()
-            .filter_map(|c| match c {
-                Case::Time(t) if !t.pass => Some(t.name.as_str()),
-                Case::Size(sz) if !sz.pass => Some(sz.name.as_str()),
-                Case::Memory(mc) if !mc.pass => Some(mc.name.as_str()),
-                _ => None,
-            })
+            .filter(|c| c.has_target() && !c.pass())
+            .map(Case::name)
             .collect();
         if self.cases.is_empty() {
             writeln!(md, "No whole-process case ran.")?;
         } else if failed.is_empty() {
-            writeln!(md, "All {} targets met.", self.cases.len())?;
+            writeln!(md, "All {targeted} targets met.")?;
         } else {
-            writeln!(md, "Targets missed: {}.", failed.join(", "))?;
+            writeln!(
+                md,
+                "Targets missed ({} of {targeted}): {}.",
+                failed.len(),
+                failed.join(", ")
+            )?;
         }
         writeln!(
             md,
@@ -395,6 +535,29 @@ impl Report {
 
 fn yes_no(pass: bool) -> &'static str {
     if pass { "yes" } else { "**no**" }
+}
+
+/// The pass column: `–` when there is no target.
+fn pass_cell(target: &str, pass: bool) -> &'static str {
+    if target == NO_TARGET {
+        NO_TARGET
+    } else {
+        yes_no(pass)
+    }
+}
+
+/// The "other CPU" column.
+fn share(value: Option<f64>) -> String {
+    value.map_or_else(|| "?".to_owned(), |v| format!("{:.0}%", v * 100.0))
+}
+
+/// Seconds, in ms below one second: `4.21 ms`, `1.234 s`.
+fn seconds(s: f64) -> String {
+    if s < 1.0 {
+        format!("{:.2} ms", s * 1e3)
+    } else {
+        format!("{s:.3} s")
+    }
 }
 
 fn samples(v: &[f64]) -> String {

@@ -33,6 +33,9 @@ pub(crate) struct Samples {
     pub(crate) seconds: Vec<f64>,
     /// Standard output of the last run.
     pub(crate) stdout: String,
+    /// Standard output of every timed run, in order (for commands that report their own
+    /// in-process time).
+    pub(crate) outputs: Vec<String>,
 }
 
 impl Samples {
@@ -51,14 +54,28 @@ pub(crate) fn side_by_side(
     contenders: &[Contender<'_>],
     runs: usize,
 ) -> anyhow::Result<(Vec<Samples>, Option<f64>)> {
+    side_by_side_with(case, contenders, runs, true)
+}
+
+/// [`side_by_side`], with or without the untimed warm-up round (cases whose inputs were
+/// just written, hence already in the page cache, can skip it to save time).
+pub(crate) fn side_by_side_with(
+    case: &str,
+    contenders: &[Contender<'_>],
+    runs: usize,
+    warm_up: bool,
+) -> anyhow::Result<(Vec<Samples>, Option<f64>)> {
     let mut samples = vec![Samples::default(); contenders.len()];
     // One untimed round first: it warms the page cache with the inputs and the binaries,
     // which would otherwise penalise whoever runs first.
-    for contender in contenders {
-        (contender.prepare)().with_context(|| format!("preparing {case} / {}", contender.label))?;
-        timed(&contender.argv)?;
+    if warm_up {
+        for contender in contenders {
+            (contender.prepare)()
+                .with_context(|| format!("preparing {case} / {}", contender.label))?;
+            timed(&contender.argv)?;
+        }
+        say!("{case}: warm-up round done");
     }
-    say!("{case}: warm-up round done");
     let mut cpu = CpuTimes::default();
     for run in 1..=runs {
         let mut line = format!("{case} {run}/{runs}:");
@@ -71,6 +88,7 @@ pub(crate) fn side_by_side(
                 cpu.add_delta(&before, &after);
             }
             samples.seconds.push(seconds);
+            samples.outputs.push(stdout.clone());
             samples.stdout = stdout;
             line.push_str(&format!(" {} {seconds:.3}s", contender.label));
         }

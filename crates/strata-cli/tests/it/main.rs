@@ -3,5 +3,6 @@
 mod cas;
 mod cli;
 mod layer;
+mod maintenance;
 mod snapshot;
 mod support;

@@ -446,6 +446,7 @@ fn check_recovered(store: &Path, top: &Path, label: &str) {
         engine.release(&row.dir).unwrap();
     }
     assert!(mounts_under(top).is_empty(), "{label}: mounts left");
+    engine.wait_for_deletions();
     assert!(names_in(&store.join("checkouts-v1")).is_empty());
 }
 

@@ -356,6 +356,7 @@ fn an_overlay_checkout_that_lost_its_mount_commits_and_releases() {
     strata_snapshot::overlay::unmount(&other).unwrap();
     engine.release(&other).unwrap();
     assert!(!other.exists());
+    engine.wait_for_deletions();
     assert!(names_in(&store.join("checkouts-v1")).is_empty());
     assert!(engine.fsck(false).unwrap().is_empty());
 }
