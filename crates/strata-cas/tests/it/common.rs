@@ -216,6 +216,10 @@ pub(crate) fn rich_tree(root: &Path) {
         0,
     )
     .unwrap();
+    // Everything gets a fixed mtime, so two trees built a second apart are identical.
+    for path in ["bin/host-link", "bin/dangling", "run-fifo"] {
+        set_mtime(&root.join(path), 1_600_000_006);
+    }
     let _ = rustix::fs::setxattr(
         root.join("etc/hostname"),
         "user.strata.test",
