@@ -1023,6 +1023,8 @@ impl Engine {
     /// unmounted, which fails while they are busy.
     pub(crate) fn discard(&self, row: &CheckoutRow, detach: bool) -> Result<()> {
         let mode = CheckoutMode::parse(&row.mode).unwrap_or(CheckoutMode::Portable);
+        #[cfg(not(target_os = "linux"))]
+        let _ = detach; // only overlay mounts need detaching
         #[cfg(target_os = "linux")]
         if detach {
             for point in crate::overlay::mounts_under(&row.dir)? {
