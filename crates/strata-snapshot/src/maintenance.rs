@@ -354,6 +354,11 @@ impl Engine {
         for bad in verified.corrupt {
             report(format!("layer {}: {}", bad.id, bad.reason), false);
         }
+        // Repairs discard checkouts, whose trees are deleted in the background: finish that,
+        // so the store is clean once fsck returns.
+        if repair {
+            self.wait_for_deletions();
+        }
         Ok(problems)
     }
 }
