@@ -239,24 +239,6 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Io { op, path, source }
 }
 
-/// Milliseconds since the Unix epoch.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-#[cfg(unix)]
-fn path_bytes(path: &Path) -> Vec<u8> {
-    use std::os::unix::ffi::OsStrExt;
-    path.as_os_str().as_bytes().to_vec()
-}
-
-#[cfg(not(unix))]
-fn path_bytes(path: &Path) -> Vec<u8> {
-    path.to_string_lossy().into_owned().into_bytes()
-}
-
 /// The engine over one store directory. Share it between threads; several processes may
 /// open the same store.
 #[derive(Debug)]
@@ -366,7 +348,7 @@ fn unique_name(prefix: &str) -> String {
     format!(
         "{prefix}{}-{}-{}",
         std::process::id(),
-        now_ms(),
+        index::now_millis(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
 }
@@ -480,7 +462,7 @@ impl Engine {
             uncompressed_size: info.uncompressed_size,
             compressed_size: info.compressed_size,
             unpacked: false,
-            created: now_ms(),
+            created: index::now_millis(),
         };
         self.with_index(|ix| {
             // Relocations go in before the snapshot row exists, so no snapshot is ever seen
@@ -713,8 +695,8 @@ impl Engine {
             snapshot: *snapshot,
             mode: mode.as_str().to_owned(),
             state_dir: Some(state.clone()),
-            root_path: path_bytes(&dir),
-            created: now_ms(),
+            root_path: index::path_to_bytes(&dir),
+            created: index::now_millis(),
         };
         // The row pins the snapshot (prune skips it, so gc keeps its layers) before its
         // layers are unpacked and used.
@@ -755,7 +737,7 @@ impl Engine {
         }
         failpoint_for(mode, "checkout.overlay.mounted", "checkout.portable.done");
         let ids: Vec<SnapshotId> = chain.iter().map(|r| r.id).collect();
-        let now = now_ms();
+        let now = index::now_millis();
         self.with_index(|ix| Ok(ix.touch(&ids, now)?))
     }
 
@@ -769,7 +751,7 @@ impl Engine {
     ) -> Result<()> {
         // Layers committed at another root are mounted through relocated variants, made once
         // per (layer, root) and shared by every checkout at that root.
-        let target = path_bytes(dir);
+        let target = index::path_to_bytes(dir);
         let mut lowers: Vec<PathBuf> = Vec::with_capacity(layers.len());
         for (row, layer_dir) in chain.iter().zip(layers) {
             // An empty layer (a step that changed nothing) adds nothing to the view.
@@ -916,7 +898,7 @@ impl Engine {
     /// A file is relocated with the records of the topmost layer that has it. Returns
     /// whether anything was rewritten.
     fn relocate_copy(&self, chain: &[SnapshotRow], layers: &[PathBuf], dir: &Path) -> Result<bool> {
-        let target = path_bytes(dir);
+        let target = index::path_to_bytes(dir);
         let mut any = false;
         for (i, row) in chain.iter().enumerate() {
             let Some((root, raw)) = self.with_index(|ix| Ok(ix.relocations(&row.layer)?))? else {
@@ -1076,7 +1058,12 @@ impl Engine {
         // A lease keeps a concurrent prune (and so gc) off the snapshot's layers while they
         // are read; if this process dies, the lease dies with it.
         let lease = self.with_index(|ix| {
-            Ok(ix.lease(snapshot, index::Owner::current(), "copy out", now_ms())?)
+            Ok(ix.lease(
+                snapshot,
+                index::Owner::current(),
+                "copy out",
+                index::now_millis(),
+            )?)
         })?;
         let copied = self.copy_leased(snapshot, &dir);
         let released = self.with_index(|ix| Ok(ix.release_lease(lease)?));

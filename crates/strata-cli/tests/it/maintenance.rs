@@ -7,19 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::support::{Env, Run, assert_keys, id_field, os, sample_tree, u64_field};
-
-/// A root filesystem tarball made with `strata layer create`.
-fn rootfs(env: &Env) -> PathBuf {
-    let src = env.path("rootfs");
-    sample_tree(&src);
-    fs::create_dir_all(src.join("etc")).unwrap();
-    fs::write(src.join("etc/hostname"), "builder\n").unwrap();
-    let out = env.path("rootfs.tar.zst");
-    env.run([os("layer"), os("create"), os(&src), os("-o"), os(&out)])
-        .ok();
-    out
-}
+use crate::support::{Env, Run, assert_keys, id_field, os, rootfs, u64_field};
 
 /// Checks `parent` out (portable), writes `file` with `content`, commits; returns the new id.
 fn step(env: &Env, parent: &str, file: &str, content: &str) -> String {

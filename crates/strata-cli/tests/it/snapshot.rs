@@ -2,19 +2,7 @@
 
 use std::fs;
 
-use crate::support::{Env, os, sample_tree};
-
-/// A root filesystem tarball made with `strata layer create`.
-fn rootfs(env: &Env) -> std::path::PathBuf {
-    let src = env.path("rootfs");
-    sample_tree(&src);
-    fs::create_dir_all(src.join("etc")).unwrap();
-    fs::write(src.join("etc/hostname"), "builder\n").unwrap();
-    let out = env.path("rootfs.tar.zst");
-    env.run([os("layer"), os("create"), os(&src), os("-o"), os(&out)])
-        .ok();
-    out
-}
+use crate::support::{Env, os, rootfs};
 
 #[test]
 fn import_checkout_commit_list_and_copy() {

@@ -321,3 +321,16 @@ pub(crate) fn tar_with_file(name: &str, content: &[u8]) -> Vec<u8> {
     tar.resize(tar.len() + 1024, 0);
     tar
 }
+
+/// A root filesystem tarball made with `strata layer create`: the sample tree plus
+/// `etc/hostname`.
+pub(crate) fn rootfs(env: &Env) -> PathBuf {
+    let src = env.path("rootfs");
+    sample_tree(&src);
+    fs::create_dir_all(src.join("etc")).unwrap();
+    fs::write(src.join("etc/hostname"), "builder\n").unwrap();
+    let out = env.path("rootfs.tar.zst");
+    env.run([os("layer"), os("create"), os(&src), os("-o"), os(&out)])
+        .ok();
+    out
+}
