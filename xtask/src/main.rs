@@ -1,8 +1,10 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
 //!
 //! - `cargo xtask ci`: everything CI checks (formatting, clippy, the test suite, tidy).
+//! - `cargo xtask wine-test`: the Windows unit tests under Wine (also part of `ci`).
 //! - `cargo xtask bench [--quick]`: criterion micro-benchmarks plus whole-process comparisons
 //!   against GNU tar, zstd and b3sum; writes `target/bench/report.{md,json}`.
+//! - `cargo xtask stress [--jobs N] [--concurrency C]`: OBuilder's stress test with real runc.
 
 #![allow(
     clippy::print_stdout,
@@ -12,7 +14,9 @@
 
 mod bench;
 mod ci;
+mod stress;
 mod tidy;
+mod wine;
 
 use std::path::{Path, PathBuf};
 
@@ -24,8 +28,10 @@ fn main() -> anyhow::Result<()> {
     match cmd {
         "ci" => ci::run(rest),
         "bench" => bench::run(rest),
+        "wine-test" => wine::run(rest),
+        "stress" => stress::run(rest),
         "help" | "--help" | "-h" => {
-            eprintln!("usage: cargo xtask <ci | bench [--quick]>");
+            eprintln!("usage: cargo xtask <ci | wine-test | bench [--quick]>");
             Ok(())
         }
         other => anyhow::bail!("unknown xtask command `{other}`; try `cargo xtask help`"),

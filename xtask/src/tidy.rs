@@ -127,3 +127,37 @@ fn only_binaries_use_anyhow() {
         );
     }
 }
+
+#[test]
+fn specs_and_the_builder_stay_independent_of_drivers_and_stores() {
+    let spec = dependencies("strata-spec");
+    assert!(
+        !spec
+            .iter()
+            .any(|d| d.starts_with("strata-") && d != "strata-spec"),
+        "strata-spec depends on nothing of Strata's: {spec:?}"
+    );
+    // Direct dependencies only: the drivers' own (oci-spec, later bollard) come in through
+    // strata-isolate, and must not leak into the builder's manifest.
+    let manifest =
+        fs::read_to_string(project_root().join("crates/strata-build/Cargo.toml")).unwrap();
+    for forbidden in ["oci-spec", "tokio", "bollard", "windows-sys", "clap"] {
+        assert!(
+            !manifest.contains(forbidden),
+            "strata-build must not depend on {forbidden}: drivers keep their dependencies"
+        );
+    }
+    // The builder reaches drivers only through the trait.
+    let mut files = Vec::new();
+    rust_files(&project_root().join("crates/strata-build/src"), &mut files);
+    for file in files {
+        let text = fs::read_to_string(&file).unwrap();
+        for concrete in ["RuncDriver", "HostDriver", "isolate::runc", "isolate::host"] {
+            assert!(
+                !text.contains(concrete),
+                "{} names the concrete driver `{concrete}`",
+                file.display()
+            );
+        }
+    }
+}

@@ -55,6 +55,26 @@ pub(crate) struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
+    /// Run an OBuilder build spec step by step in a sandbox, reusing cached steps
+    ///
+    /// Reads SPEC (default: CONTEXT/build.spec), runs each step in the sandbox on a
+    /// checkout of the previous step's snapshot and commits the result. A step whose cache
+    /// key (parent snapshot, op, context) was built before is reused, its log replayed.
+    /// Prints OBuilder's step headers, the steps' output, and `Got: "<id>"` at the end.
+    /// A `(from busybox…)` base missing from the store is made from the host's
+    /// busybox-static. Ctrl-C stops the running step and caches nothing.
+    #[command(after_help = BUILD_AFTER_HELP)]
+    Build(BuildArgs),
+
+    /// Check that the sandbox works: run `echo healthcheck` in a base image
+    Healthcheck(HealthcheckArgs),
+
+    /// Delete a snapshot, everything built on it and the cached steps that made them
+    Delete(DeleteArgs),
+
+    /// Print a build spec as a Dockerfile
+    Dockerfile(DockerfileArgs),
+
     /// Create and apply layer files, without a store
     #[command(subcommand)]
     Layer(LayerCommand),
@@ -580,4 +600,94 @@ mod tests {
             assert!(parse_size(bad).is_err(), "{bad:?} was accepted");
         }
     }
+}
+
+const BUILD_AFTER_HELP: &str = "\
+Examples:
+  strata build examples/hello                    runs examples/hello/build.spec
+  strata build -f ci.spec . --secret token:./tok a secret at the spec's (secrets …) target
+  strata build . --sandbox host                  no isolation (development only)
+
+Sandboxes: runc (default on Linux; needs root and `runc` on PATH), host.";
+
+/// Which sandbox runs the steps.
+#[derive(Debug, Args)]
+pub(crate) struct SandboxArgs {
+    /// The sandbox driver [default: runc on Linux]
+    #[arg(long, value_name = "NAME")]
+    pub(crate) sandbox: Option<String>,
+
+    /// How many steps may run at once [default: the driver's capacity]
+    #[arg(long, value_name = "N")]
+    pub(crate) slots: Option<usize>,
+
+    /// Make fsync and friends no-ops inside the sandbox (runc), trading durability of the
+    /// step's own writes for speed; commits are still durable
+    #[arg(long)]
+    pub(crate) fast_sync: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BuildArgs {
+    /// The spec file [default: CONTEXT/build.spec]
+    #[arg(short = 'f', long = "file", value_name = "SPEC")]
+    pub(crate) file: Option<PathBuf>,
+
+    /// The build context: the directory `copy` reads from
+    #[arg(value_name = "CONTEXT", default_value = ".")]
+    pub(crate) context: PathBuf,
+
+    /// Provide a secret: the file at PATH is mounted read-only where the spec's
+    /// `(secrets (ID (target …)))` says; it never enters a snapshot, a log or a cache key
+    #[arg(long = "secret", value_name = "ID:PATH")]
+    pub(crate) secrets: Vec<String>,
+
+    /// Kill a `run` step that takes longer than this many seconds
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) step_timeout: Option<u64>,
+
+    #[command(flatten)]
+    pub(crate) sandbox: SandboxArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct HealthcheckArgs {
+    /// The base image (a tag or snapshot id) to run in
+    #[arg(long, default_value = "busybox", value_name = "IMAGE")]
+    pub(crate) base: String,
+
+    /// Give up after this many seconds
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub(crate) timeout: u64,
+
+    #[command(flatten)]
+    pub(crate) sandbox: SandboxArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DeleteArgs {
+    /// The snapshot: an id, a unique prefix of one, or a tag
+    #[arg(value_name = "ID")]
+    pub(crate) id: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DockerfileArgs {
+    /// The spec file
+    #[arg(short = 'f', long = "file", value_name = "SPEC")]
+    pub(crate) file: PathBuf,
+
+    /// Use BuildKit syntax: caches and secrets become `RUN --mount=…`
+    #[arg(long)]
+    pub(crate) buildkit: bool,
+
+    /// Path and escape conventions of the output
+    #[arg(long, value_enum, default_value = "unix")]
+    pub(crate) os: DockerOs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum DockerOs {
+    Unix,
+    Windows,
 }

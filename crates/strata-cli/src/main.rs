@@ -10,6 +10,7 @@
     reason = "a CLI prints its results"
 )]
 
+mod build;
 mod cas;
 mod cli;
 mod ids;
@@ -50,6 +51,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Layer(LayerCommand::Create(args)) => layer::create(args, json),
         Command::Layer(LayerCommand::Apply(args)) => layer::apply(args, json),
+        Command::Build(args) => build::build(&cli.global, args),
+        Command::Healthcheck(args) => build::healthcheck(&cli.global, args),
+        Command::Delete(args) => build::delete(&cli.global, args),
+        Command::Dockerfile(args) => build::dockerfile(&cli.global, args),
         Command::Cas(command) => cas::run(&cli.global, command),
         Command::Import(args) => snapshot::import(&cli.global, args),
         Command::Checkout(args) => snapshot::checkout(&cli.global, args),

@@ -67,6 +67,7 @@ pub(crate) fn run_all(ctx: &Context<'_>, report: &mut Report, quick: bool) -> an
         runner::remove(&ctx.work.join(dir))?;
     }
     super::snapshots::run(ctx, report, quick)?;
+    super::build::run(ctx, report)?;
     if !quick {
         let (big, counts) = fixture::ensure_big(ctx.paths)?;
         memory(ctx, report, &big, "big tree", counts.bytes)?;

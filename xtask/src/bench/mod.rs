@@ -14,7 +14,8 @@
 //!    `target/bench/mnt`; otherwise `target/bench/work` ([`scratch`]);
 //! 5. run the cases side by side, ours and baseline interleaved ([`cases`], [`runner`]),
 //!    then the snapshot cases: checkouts, commits and prune of a 10-layer snapshot of the
-//!    fixture ([`snapshots`]);
+//!    fixture ([`snapshots`]), then the builder cases: cache hits and a no-op runc step
+//!    against a bare `runc run` ([`build`]);
 //! 6. `cargo bench -p benches` and collect criterion's estimates ([`micro`]);
 //! 7. write `target/bench/report.json` and `target/bench/report.md`, print the markdown.
 
@@ -32,6 +33,7 @@ macro_rules! say {
     };
 }
 
+mod build;
 mod cases;
 mod fixture;
 mod machine;

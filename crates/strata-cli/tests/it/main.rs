@@ -1,5 +1,6 @@
 //! Integration tests of the `strata` binary: real processes, real files, real stores.
 
+mod build;
 mod cas;
 mod cli;
 mod layer;

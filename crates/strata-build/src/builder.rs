@@ -1,0 +1,820 @@
+//! The builder: walks a spec, keys each step, reuses hits, runs misses through the driver.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use strata_isolate::{BindMount, Cancel, Driver, Job, NetworkMode, Outcome, SecretMount};
+use strata_snapshot::{Engine, SnapshotId};
+use strata_spec::{Copy, CopyFrom, Op, Run, Spec, User};
+
+use crate::context::{self, Context};
+use crate::copy::Manifest;
+use crate::error::{Error, Result, io_err};
+use crate::key::{KeyBuilder, StepKey};
+use crate::log::{Follower, Tee, replay};
+use crate::steps::Steps;
+
+/// Where a build's progress goes: OBuilder's `Heading | Note | Output` logger.
+pub trait Reporter: Send + Sync {
+    /// A step starts: `/src: (run (shell "make"))`.
+    fn heading(&self, text: &str);
+    /// A remark on the step: `---> saved as "…"`.
+    fn note(&self, text: &str);
+    /// Output of the step (live, followed or replayed from the cache).
+    fn output(&self, data: &[u8]);
+}
+
+/// A secret given to a build: `--secret ID:PATH`. Its value never enters a key, a layer or a log
+/// written by Strata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Secret {
+    pub id: String,
+    pub path: PathBuf,
+}
+
+/// One build's inputs besides the spec.
+#[derive(Clone, Copy)]
+pub struct BuildOptions<'a> {
+    /// The directory `copy` reads from.
+    pub context: &'a Path,
+    pub secrets: &'a [Secret],
+    pub reporter: &'a dyn Reporter,
+    /// Stops the build: the running step's sandbox is killed, nothing is cached.
+    pub cancel: &'a Cancel,
+    /// Kills a `run` step that takes longer.
+    pub step_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for BuildOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildOptions")
+            .field("context", &self.context)
+            .field("secrets", &self.secrets)
+            .field("step_timeout", &self.step_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Cache hits and misses since the builder was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// Runs specs against one store with one driver. Share it between threads: concurrent builds
+/// are limited by the driver's slots, and identical steps run once.
+#[derive(Debug)]
+pub struct Builder {
+    engine: Arc<Engine>,
+    driver: Box<dyn Driver>,
+    steps: Steps,
+    inflight: Mutex<HashMap<StepKey, Arc<InFlight>>>,
+    slots: Slots,
+    next: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    /// Set once the driver was checked and its leftovers cleaned: on the first step that
+    /// runs, so that a build served from the cache never starts the sandbox tooling.
+    ready: std::sync::OnceLock<Result<(), String>>,
+}
+
+/// How stale a last-used time may get before a hit refreshes it (prune's LRU needs no finer).
+const TOUCH_AFTER_MS: i64 = 60_000;
+
+/// A step being run by this process; later requesters of the same key wait on it.
+#[derive(Debug)]
+struct InFlight {
+    log: PathBuf,
+    result: Mutex<Option<Shared>>,
+    cv: Condvar,
+}
+
+#[derive(Debug, Clone)]
+enum Shared {
+    Done(SnapshotId),
+    Failed(String),
+    Cancelled,
+}
+
+impl InFlight {
+    fn finished(&self) -> bool {
+        self.result
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    fn wait(&self) -> Shared {
+        let guard = self.result.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = self
+            .cv
+            .wait_while(guard, |r| r.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        guard.clone().unwrap_or(Shared::Cancelled)
+    }
+}
+
+impl Builder {
+    /// A builder over `engine` running steps with `driver`. Cleans up what crashed runs of
+    /// the driver left behind.
+    pub fn new(engine: Arc<Engine>, driver: Box<dyn Driver>) -> Result<Builder> {
+        let steps = Steps::open(engine.root())?;
+        let slots = Slots::new(driver.capabilities().slots.max(1));
+        let b = Builder {
+            engine,
+            driver,
+            steps,
+            inflight: Mutex::new(HashMap::new()),
+            slots,
+            next: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            ready: std::sync::OnceLock::new(),
+        };
+        b.sweep_checkout_dirs();
+        Ok(b)
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn driver(&self) -> &dyn Driver {
+        &*self.driver
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Builds `spec` and returns the final snapshot.
+    pub fn build(&self, spec: &Spec, opts: &BuildOptions<'_>) -> Result<SnapshotId> {
+        self.build_stage(spec, opts, &HashMap::new())
+    }
+
+    fn build_stage(
+        &self,
+        spec: &Spec,
+        opts: &BuildOptions<'_>,
+        outer: &HashMap<String, SnapshotId>,
+    ) -> Result<SnapshotId> {
+        let mut stages = outer.clone();
+        for stage in &spec.stages {
+            let id = self.build_stage(&stage.spec, opts, &stages)?;
+            stages.insert(stage.name.clone(), id);
+        }
+        let base = self.resolve_base(&spec.from)?;
+        opts.reporter.heading(&format!(
+            "(from {})",
+            strata_spec::sexp::quote_atom(&spec.from)
+        ));
+        opts.reporter
+            .note(&format!("---> using \"{base}\" from cache"));
+        let mut ctx = Context::for_driver(self.driver.capabilities());
+        let mut current = base;
+        for op in &spec.ops {
+            if opts.cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            opts.reporter
+                .heading(&format!("{}: {}", ctx.workdir, op.to_sexp()));
+            match op {
+                Op::Comment(_) => {}
+                Op::Workdir(p) => ctx.set_workdir(p),
+                Op::Shell(argv) => ctx.shell = argv.clone(),
+                Op::Env { name, value } => ctx.set_env(name, value),
+                Op::User(u) => ctx.user = u.clone(),
+                Op::Run(run) => current = self.run_step(&current, &ctx, run, op, opts)?,
+                Op::Copy(copy) => {
+                    current = self.copy_step(&current, &ctx, copy, op, opts, &stages)?
+                }
+            }
+        }
+        Ok(current)
+    }
+
+    /// The snapshot a `(from IMAGE)` names: a tag or id equal to IMAGE, else IMAGE without its
+    /// `@digest`, else without its `:tag` (images are imported under their names).
+    pub fn resolve_base(&self, image: &str) -> Result<SnapshotId> {
+        let no_digest = image.split('@').next().unwrap_or(image);
+        let no_tag = match no_digest.rsplit_once(':') {
+            Some((name, tag)) if !tag.contains('/') => name,
+            _ => no_digest,
+        };
+        for candidate in [image, no_digest, no_tag] {
+            match self.engine.resolve(candidate) {
+                Ok(id) => return Ok(id),
+                Err(strata_snapshot::Error::Index(
+                    strata_snapshot::index::Error::UnknownReference { .. },
+                )) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::MissingBase {
+            image: image.to_owned(),
+        })
+    }
+
+    fn run_step(
+        &self,
+        parent: &SnapshotId,
+        ctx: &Context,
+        run: &Run,
+        op: &Op,
+        opts: &BuildOptions<'_>,
+    ) -> Result<SnapshotId> {
+        let label = format!("{}: {}", ctx.workdir, op.to_sexp());
+        let network = match run.network.as_slice() {
+            [] => NetworkMode::None,
+            [n] if n == "host" => NetworkMode::Host,
+            other => {
+                return Err(Error::Network {
+                    step: label,
+                    network: other.join(" "),
+                });
+            }
+        };
+        let mut secrets = Vec::new();
+        for m in &run.secrets {
+            let Some(s) = opts.secrets.iter().find(|s| s.id == m.id) else {
+                return Err(Error::MissingSecret {
+                    step: label,
+                    id: m.id.clone(),
+                });
+            };
+            secrets.push(SecretMount {
+                source: s.path.clone(),
+                target: m.target.clone(),
+            });
+        }
+        let mut k = KeyBuilder::new(parent, "run");
+        ctx.hash_into(&mut k);
+        k.str("cmd", &run.shell);
+        k.list("network", &run.network, |k, n| {
+            k.str("name", n);
+        });
+        k.list("cache", &run.cache, |k, m| {
+            k.str("id", &m.id).str("target", &m.target);
+        });
+        // By id and target only: the value stays out of the key (see `key`).
+        k.list("secrets", &run.secrets, |k, m| {
+            k.str("id", &m.id).str("target", &m.target);
+        });
+        let key = k.finish();
+        self.step(key, &label, opts, &|log| {
+            self.execute_run(parent, ctx, run, network, &secrets, &label, log, opts)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "one step's full description")]
+    fn execute_run(
+        &self,
+        parent: &SnapshotId,
+        ctx: &Context,
+        run: &Run,
+        network: NetworkMode,
+        secrets: &[SecretMount],
+        step: &str,
+        log: &mut dyn Write,
+        opts: &BuildOptions<'_>,
+    ) -> Result<SnapshotId> {
+        let dir = self.checkout_dir();
+        self.engine.checkout(parent, &dir, None)?;
+        let ran = (|| {
+            // Mount points the sandbox creates for secrets must not end up in the layer.
+            let made_for_secrets: Vec<PathBuf> = secrets
+                .iter()
+                .filter_map(|s| first_missing(&dir, &s.target))
+                .collect();
+            let mut views = Vec::new();
+            let mut mounts = Vec::new();
+            let mut acquired = Ok(());
+            for c in &run.cache {
+                match self.engine.cache_acquire(&c.id, ctx.owner()) {
+                    Ok(v) => {
+                        mounts.push(BindMount {
+                            source: v.dir.clone(),
+                            target: c.target.clone(),
+                            readonly: false,
+                        });
+                        views.push(v);
+                    }
+                    Err(e) => {
+                        acquired = Err(Error::from(e));
+                        break;
+                    }
+                }
+            }
+            let outcome = acquired.and_then(|()| {
+                let mut argv = ctx.shell.clone();
+                argv.push(run.shell.clone());
+                let job = Job {
+                    name: format!(
+                        "strata-{}-{}",
+                        std::process::id(),
+                        self.next.fetch_add(1, Ordering::Relaxed)
+                    ),
+                    root: dir.clone(),
+                    argv,
+                    cwd: ctx.workdir.clone(),
+                    env: ctx.env.clone(),
+                    user: match &ctx.user {
+                        User::Unix { uid, gid } => strata_isolate::User::Unix {
+                            uid: *uid,
+                            gid: *gid,
+                        },
+                        User::Name(n) => strata_isolate::User::Name(n.clone()),
+                    },
+                    network,
+                    mounts,
+                    secrets: secrets.to_vec(),
+                    hostname: "builder".to_owned(),
+                };
+                self.driver_ready()?;
+                let plan = self.driver.plan(&job)?;
+                let _slot = self.slots.acquire(opts.cancel)?;
+                let cancel = match opts.step_timeout {
+                    Some(t) => opts.cancel.with_timeout(t),
+                    None => opts.cancel.clone(),
+                };
+                Ok(self.driver.run(&plan, log, &cancel)?)
+            });
+            // Caches are handed back whether the step worked or not (first release wins).
+            let mut released = Ok(());
+            for v in views {
+                if let Err(e) = self.engine.cache_release(v) {
+                    released = released.and(Err(Error::from(e)));
+                }
+            }
+            for p in made_for_secrets.iter().rev() {
+                remove_inside(&dir, p);
+            }
+            let outcome = outcome?;
+            released?;
+            match outcome {
+                Outcome::Exited(0) => Ok(()),
+                Outcome::Cancelled => Err(Error::Cancelled),
+                o => Err(Error::StepFailed {
+                    step: step.to_owned(),
+                    outcome: o,
+                }),
+            }
+        })();
+        match ran {
+            Ok(()) => Ok(self.engine.commit(&dir, None)?.id),
+            Err(e) => {
+                let _ = self.engine.release(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    fn copy_step(
+        &self,
+        parent: &SnapshotId,
+        ctx: &Context,
+        copy: &Copy,
+        op: &Op,
+        opts: &BuildOptions<'_>,
+        stages: &HashMap<String, SnapshotId>,
+    ) -> Result<SnapshotId> {
+        let label = format!("{}: {}", ctx.workdir, op.to_sexp());
+        let dst = context::join(&ctx.workdir, &copy.dst);
+        let (root, stage_dir) = match &copy.from {
+            CopyFrom::Context => (opts.context.to_path_buf(), None),
+            CopyFrom::Build(name) => {
+                let id = stages
+                    .get(name)
+                    .ok_or_else(|| Error::UnknownStage { name: name.clone() })?;
+                let dir = self.checkout_dir();
+                self.engine.checkout(id, &dir, None)?;
+                (dir.clone(), Some(dir))
+            }
+        };
+        let result = (|| {
+            let manifest = Manifest::build(&root, copy, &dst)?;
+            let mut k = KeyBuilder::new(parent, "copy");
+            match &ctx.user {
+                User::Unix { uid, gid } => {
+                    k.u64("uid", u64::from(*uid)).u64("gid", u64::from(*gid))
+                }
+                User::Name(n) => k.str("user", n),
+            };
+            k.str("dst", &dst);
+            match &copy.from {
+                CopyFrom::Context => k.str("from", "context"),
+                CopyFrom::Build(name) => k.str("from", "build").str("stage", name),
+            };
+            manifest.hash_into(&mut k);
+            let key = k.finish();
+            let owner = ctx.owner();
+            self.step(key, &label, opts, &|_log| {
+                self.execute_copy(parent, &manifest, owner)
+            })
+        })();
+        if let Some(dir) = stage_dir {
+            let _ = self.engine.release(&dir);
+        }
+        result
+    }
+
+    fn execute_copy(
+        &self,
+        parent: &SnapshotId,
+        manifest: &Manifest,
+        (uid, gid): (u32, u32),
+    ) -> Result<SnapshotId> {
+        let dir = self.checkout_dir();
+        self.engine.checkout(parent, &dir, None)?;
+        let applied = std::thread::scope(|s| {
+            let (reader, writer) = io::pipe().map_err(io_err("create a pipe for", &dir))?;
+            let writing = s.spawn(move || manifest.write_tar(writer, uid, gid));
+            let applied = strata_cas::extract::apply_tar(
+                reader,
+                &dir,
+                &strata_cas::ExtractOptions::default(),
+            );
+            let written = writing.join().unwrap_or_else(|_| Err(Error::Cancelled));
+            // The writer's own error explains a broken pipe better than the reader's.
+            written?;
+            applied?;
+            Ok::<_, Error>(())
+        });
+        match applied {
+            Ok(()) => Ok(self.engine.commit(&dir, None)?.id),
+            Err(e) => {
+                let _ = self.engine.release(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs a keyed step once: a recorded result is replayed; a step this process is already
+    /// running is followed; one another process is running is waited for.
+    fn step(
+        &self,
+        key: StepKey,
+        label: &str,
+        opts: &BuildOptions<'_>,
+        run: &dyn Fn(&mut dyn Write) -> Result<SnapshotId>,
+    ) -> Result<SnapshotId> {
+        loop {
+            if let Some(id) = self.lookup(&key)? {
+                replay(&self.steps.log_path(&key), opts.reporter)
+                    .map_err(io_err("read", self.steps.log_path(&key)))?;
+                opts.reporter
+                    .note(&format!("---> using \"{id}\" from cache"));
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(id);
+            }
+            let (flight, primary) = {
+                let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+                match map.get(&key) {
+                    Some(f) => (f.clone(), false),
+                    None => {
+                        let f = Arc::new(InFlight {
+                            log: self.steps.running_log_path(&key),
+                            result: Mutex::new(None),
+                            cv: Condvar::new(),
+                        });
+                        map.insert(key, f.clone());
+                        (f, true)
+                    }
+                }
+            };
+            if primary {
+                let result = self.run_locked(&key, opts, run);
+                let shared = match &result {
+                    Ok(id) => Shared::Done(*id),
+                    Err(Error::Cancelled) => Shared::Cancelled,
+                    Err(e) => Shared::Failed(e.to_string()),
+                };
+                self.inflight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key);
+                *flight.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared);
+                flight.cv.notify_all();
+                return result;
+            }
+            let mut follower = Follower::new();
+            follower
+                .follow(&flight.log, opts.reporter, || {
+                    flight.finished() || opts.cancel.is_cancelled()
+                })
+                .map_err(io_err("follow", &flight.log))?;
+            if opts.cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            match flight.wait() {
+                Shared::Done(id) => {
+                    if !follower.attached() {
+                        replay(&self.steps.log_path(&key), opts.reporter)
+                            .map_err(io_err("read", self.steps.log_path(&key)))?;
+                    }
+                    opts.reporter.note(&format!("---> saved as \"{id}\""));
+                    return Ok(id);
+                }
+                Shared::Failed(message) => {
+                    return Err(Error::SharedFailure {
+                        step: label.to_owned(),
+                        message,
+                    });
+                }
+                // The requester that ran it was cancelled, not us: try again.
+                Shared::Cancelled => continue,
+            }
+        }
+    }
+
+    /// Runs a step under its cross-process lock, unless another process recorded it meanwhile.
+    fn run_locked(
+        &self,
+        key: &StepKey,
+        opts: &BuildOptions<'_>,
+        run: &dyn Fn(&mut dyn Write) -> Result<SnapshotId>,
+    ) -> Result<SnapshotId> {
+        let lock = self.steps.lock_file(key)?;
+        let running = self.steps.running_log_path(key);
+        let mut follower = Follower::new();
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) => {
+                    if opts.cancel.is_cancelled() {
+                        return Err(Error::Cancelled);
+                    }
+                    if follower
+                        .poll(&running, opts.reporter)
+                        .map_err(io_err("follow", &running))?
+                        == 0
+                    {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &running)(e)),
+            }
+        }
+        if follower.attached() {
+            follower
+                .poll(&running, opts.reporter)
+                .map_err(io_err("follow", &running))?;
+        }
+        if let Some(id) = self.lookup(key)? {
+            if !follower.attached() {
+                replay(&self.steps.log_path(key), opts.reporter)
+                    .map_err(io_err("read", self.steps.log_path(key)))?;
+            }
+            opts.reporter
+                .note(&format!("---> using \"{id}\" from cache"));
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(id);
+        }
+        if follower.attached() {
+            opts.reporter
+                .note("---> another build's attempt at this step failed; running it here");
+        }
+        let _ = fs::remove_file(&running);
+        let file = File::create(&running).map_err(io_err("create", &running))?;
+        let mut tee = Tee {
+            file,
+            reporter: opts.reporter,
+        };
+        let result = run(&mut tee);
+        drop(tee);
+        match result {
+            Ok(id) => {
+                let log = self.steps.log_path(key);
+                fs::rename(&running, &log).map_err(io_err("keep", &log))?;
+                self.steps.put(key, &id)?;
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                opts.reporter.note(&format!("---> saved as \"{id}\""));
+                Ok(id)
+            }
+            Err(e) => {
+                // Failures are not cached: the log goes with them.
+                let _ = fs::remove_file(&running);
+                Err(e)
+            }
+        }
+        // `lock` is released when dropped here, after the key is recorded.
+    }
+
+    /// A recorded step whose snapshot still exists; forgets it if the snapshot was pruned.
+    fn lookup(&self, key: &StepKey) -> Result<Option<SnapshotId>> {
+        let Some(id) = self.steps.get(key)? else {
+            return Ok(None);
+        };
+        let now = strata_snapshot::index::now_millis();
+        // Hits must stay cheap: last-used times move only when a minute stale, so a build
+        // served from the cache usually writes nothing.
+        let exists = self.engine.with_index(|ix| match ix.snapshot(&id)? {
+            Some(row) => {
+                if now - row.last_used > TOUCH_AFTER_MS {
+                    ix.touch(&[id], now)?;
+                }
+                Ok(true)
+            }
+            None => Ok(false),
+        })?;
+        if !exists {
+            self.steps.forget(key)?;
+            return Ok(None);
+        }
+        self.steps.touch(key)?;
+        Ok(Some(id))
+    }
+
+    /// Runs `echo healthcheck` in `base` without caching anything; fails unless it prints that.
+    pub fn healthcheck(&self, base: &SnapshotId, cancel: &Cancel) -> Result<()> {
+        let dir = self.checkout_dir();
+        self.engine.checkout(base, &dir, None)?;
+        let ctx = Context::for_driver(self.driver.capabilities());
+        let mut argv = ctx.shell.clone();
+        argv.push("echo healthcheck".to_owned());
+        let job = Job {
+            name: format!(
+                "strata-{}-{}",
+                std::process::id(),
+                self.next.fetch_add(1, Ordering::Relaxed)
+            ),
+            root: dir.clone(),
+            argv,
+            cwd: ctx.workdir.clone(),
+            env: ctx.env.clone(),
+            user: self.driver.capabilities().default_user.clone(),
+            network: NetworkMode::None,
+            mounts: vec![],
+            secrets: vec![],
+            hostname: "builder".to_owned(),
+        };
+        self.driver_ready()?;
+        let mut out = Vec::new();
+        let ran = self
+            .driver
+            .plan(&job)
+            .and_then(|plan| self.driver.run(&plan, &mut out, cancel));
+        let _ = self.engine.release(&dir);
+        let outcome = ran?;
+        if outcome == Outcome::Exited(0) && out.windows(11).any(|w| w == b"healthcheck") {
+            Ok(())
+        } else {
+            Err(Error::StepFailed {
+                step: format!("healthcheck (output: {:?})", String::from_utf8_lossy(&out)),
+                outcome,
+            })
+        }
+    }
+
+    /// Checks the driver and cleans up after crashed runs, once per builder.
+    fn driver_ready(&self) -> Result<()> {
+        let ready = self.ready.get_or_init(|| {
+            let name = self.driver.name().to_owned();
+            self.driver
+                .check()
+                .and_then(|()| self.driver.cleanup().map(drop))
+                .map_err(|e| format!("sandbox `{name}`: {e}"))
+        });
+        ready.clone().map_err(|reason| Error::Driver { reason })
+    }
+
+    fn checkout_dir(&self) -> PathBuf {
+        // Fixed-width names: every checkout root has the same length, which keeps relocation
+        // between them possible for binaries too.
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        self.steps
+            .checkouts_dir()
+            .join(format!("{:010}-{:010}", std::process::id(), n))
+    }
+
+    /// Removes empty checkout directories left by dead processes (the engine already
+    /// recovered whatever it tracked in them).
+    fn sweep_checkout_dirs(&self) {
+        let Ok(entries) = fs::read_dir(self.steps.checkouts_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid != std::process::id() && strata_snapshot::index::Owner::of(pid).is_none() {
+                let _ = fs::remove_dir(e.path());
+            }
+        }
+    }
+}
+
+/// Deletes `id` and every snapshot built on it, children first, and forgets the steps that
+/// produced them. Returns what was removed. Refused (with nothing removed past the refusal)
+/// while one of them is checked out or in use.
+pub fn delete(engine: &Engine, id: &SnapshotId) -> Result<Vec<SnapshotId>> {
+    let steps = Steps::open(engine.root())?;
+    let mut order = Vec::new();
+    let mut stack = vec![*id];
+    while let Some(s) = stack.pop() {
+        order.push(s);
+        stack.extend(engine.with_index(|ix| Ok(ix.children(&s)?))?);
+    }
+    let mut removed = Vec::new();
+    let result = order.iter().rev().try_for_each(|s| {
+        engine.with_index(|ix| Ok(ix.remove_snapshot(s)?))?;
+        removed.push(*s);
+        Ok::<_, Error>(())
+    });
+    steps.forget_snapshots(&removed)?;
+    result.map(|()| removed)
+}
+
+/// The first component of `target` (an absolute path inside the rootfs `root`) that does not
+/// exist yet, as a host path.
+fn first_missing(root: &Path, target: &str) -> Option<PathBuf> {
+    let mut p = root.to_path_buf();
+    for part in target.split('/').filter(|s| !s.is_empty()) {
+        p.push(part);
+        if fs::symlink_metadata(&p).is_err() {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// Removes `path` (under `root`) unless a symlink sits on the way: the job could have planted
+/// one pointing at the host.
+fn remove_inside(root: &Path, path: &Path) {
+    let Ok(rel) = path.strip_prefix(root) else {
+        return;
+    };
+    let mut p = root.to_path_buf();
+    let parts: Vec<_> = rel.components().collect();
+    for (i, c) in parts.iter().enumerate() {
+        p.push(c);
+        match fs::symlink_metadata(&p) {
+            Ok(md) if md.file_type().is_symlink() => return,
+            Ok(md) if i + 1 < parts.len() && !md.is_dir() => return,
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+    let _ = if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+        fs::remove_dir_all(&p)
+    } else {
+        fs::remove_file(&p)
+    };
+}
+
+/// Bounds how many sandboxes run at once in this process.
+#[derive(Debug)]
+struct Slots {
+    free: Mutex<usize>,
+    cv: Condvar,
+}
+
+struct SlotGuard<'a>(&'a Slots);
+
+impl Slots {
+    fn new(n: usize) -> Slots {
+        Slots {
+            free: Mutex::new(n),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn acquire(&self, cancel: &Cancel) -> Result<SlotGuard<'_>> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            if *free > 0 {
+                *free -= 1;
+                return Ok(SlotGuard(self));
+            }
+            free = self
+                .cv
+                .wait_timeout(free, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.0.cv.notify_one();
+    }
+}

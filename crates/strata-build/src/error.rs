@@ -1,0 +1,61 @@
+//! Errors of the builder.
+
+use std::io;
+use std::path::PathBuf;
+
+use strata_isolate::Outcome;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What stopped a build.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Snapshot(#[from] strata_snapshot::Error),
+    #[error(transparent)]
+    Cache(#[from] strata_snapshot::caches::Error),
+    #[error(transparent)]
+    Isolate(#[from] strata_isolate::Error),
+    #[error(transparent)]
+    Cas(#[from] strata_cas::Error),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("step cache {path}: {source}")]
+    Db {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "base image `{image}` is not in the store; import a root filesystem with \
+         `strata import ROOTFS.tar --tag {image}`"
+    )]
+    MissingBase { image: String },
+    #[error("step {step} failed: {outcome}")]
+    StepFailed { step: String, outcome: Outcome },
+    #[error("step {step} failed in another build: {message}")]
+    SharedFailure { step: String, message: String },
+    #[error("{reason}")]
+    Driver { reason: String },
+    #[error("build cancelled")]
+    Cancelled,
+    #[error("step {step}: secret `{id}` was not given (pass --secret {id}:PATH)")]
+    MissingSecret { step: String, id: String },
+    #[error("step {step}: network `{network}` is not supported; use `(network host)` or none")]
+    Network { step: String, network: String },
+    #[error("copy {src}: {reason}")]
+    Copy { src: String, reason: String },
+    #[error("stage `{name}` is not defined before its use")]
+    UnknownStage { name: String },
+}
+
+pub(crate) fn io_err(
+    what: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io { what, path, source }
+}

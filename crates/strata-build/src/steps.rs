@@ -1,0 +1,167 @@
+//! The step cache on disk: which snapshot and log each step key produced, and per-key locks.
+//!
+//! ```text
+//! <store>/build-v1/
+//! ├── steps.sqlite        key → snapshot, created, used (WAL; shared by processes)
+//! ├── logs/<key>.log      the log of a successful step, replayed on every hit
+//! ├── logs/<key>.running  the log of the step running now (tailed by waiters)
+//! ├── locks/<key>.lock    held (flock) by the process running that step
+//! └── checkouts/          where steps' checkouts are made
+//! ```
+//!
+//! The snapshot engine knows nothing of this: its prune may drop a snapshot a key names, so a
+//! lookup checks that the snapshot still exists and forgets the key if not.
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use strata_snapshot::SnapshotId;
+
+use crate::error::{Error, Result, io_err};
+use crate::key::StepKey;
+
+#[derive(Debug)]
+pub(crate) struct Steps {
+    pub(crate) dir: PathBuf,
+    db_path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS steps (
+    key TEXT PRIMARY KEY NOT NULL,
+    snapshot TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    used INTEGER NOT NULL
+) STRICT;
+";
+
+impl Steps {
+    pub(crate) fn open(store: &Path) -> Result<Steps> {
+        let dir = store.join("build-v1");
+        for d in ["logs", "locks", "checkouts"] {
+            let p = dir.join(d);
+            fs::create_dir_all(&p).map_err(io_err("create", &p))?;
+        }
+        let db_path = dir.join("steps.sqlite");
+        let db = |source| Error::Db {
+            path: db_path.clone(),
+            source,
+        };
+        let conn = Connection::open(&db_path).map_err(db)?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db)?;
+        // Checkpointing is left to SQLite's automatic checkpoints: one on every close would
+        // cost a build served from the cache a few fsyncs for nothing.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .map_err(db)?;
+        // IF NOT EXISTS plus SQLite's own write lock make concurrent first opens safe.
+        conn.execute_batch(SCHEMA).map_err(db)?;
+        Ok(Steps {
+            dir,
+            db_path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        f(&conn).map_err(|source| Error::Db {
+            path: self.db_path.clone(),
+            source,
+        })
+    }
+
+    pub(crate) fn get(&self, key: &StepKey) -> Result<Option<SnapshotId>> {
+        let hex: Option<String> = self.with(|c| {
+            c.query_row(
+                "SELECT snapshot FROM steps WHERE key = ?1",
+                [key.to_hex()],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        Ok(hex.and_then(|h| h.parse().ok()))
+    }
+
+    /// Records a successful step. The log must already be in place: a key is never visible
+    /// without its log.
+    pub(crate) fn put(&self, key: &StepKey, snapshot: &SnapshotId) -> Result<()> {
+        let now = strata_snapshot::index::now_millis();
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO steps (key, snapshot, created, used) VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT (key) DO UPDATE SET snapshot = excluded.snapshot, used = excluded.used",
+                params![key.to_hex(), snapshot.to_hex(), now],
+            )
+        })?;
+        Ok(())
+    }
+
+    pub(crate) fn touch(&self, key: &StepKey) -> Result<()> {
+        let now = strata_snapshot::index::now_millis();
+        self.with(|c| {
+            c.execute(
+                "UPDATE steps SET used = ?2 WHERE key = ?1 AND used < ?2 - 60000",
+                params![key.to_hex(), now],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Forgets a key whose snapshot is gone.
+    pub(crate) fn forget(&self, key: &StepKey) -> Result<()> {
+        self.with(|c| c.execute("DELETE FROM steps WHERE key = ?1", [key.to_hex()]))?;
+        let _ = fs::remove_file(self.log_path(key));
+        Ok(())
+    }
+
+    /// Forgets every key naming one of `snapshots` (after `strata delete`).
+    pub(crate) fn forget_snapshots(&self, snapshots: &[SnapshotId]) -> Result<usize> {
+        let mut n = 0;
+        for s in snapshots {
+            let keys: Vec<String> = self.with(|c| {
+                let mut st = c.prepare("SELECT key FROM steps WHERE snapshot = ?1")?;
+                let rows = st.query_map([s.to_hex()], |r| r.get(0))?;
+                rows.collect()
+            })?;
+            for k in keys {
+                self.with(|c| c.execute("DELETE FROM steps WHERE key = ?1", [&k]))?;
+                let _ = fs::remove_file(self.dir.join("logs").join(format!("{k}.log")));
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    pub(crate) fn log_path(&self, key: &StepKey) -> PathBuf {
+        self.dir.join("logs").join(format!("{key}.log"))
+    }
+
+    pub(crate) fn running_log_path(&self, key: &StepKey) -> PathBuf {
+        self.dir.join("logs").join(format!("{key}.running"))
+    }
+
+    pub(crate) fn lock_file(&self, key: &StepKey) -> Result<File> {
+        let p = self.dir.join("locks").join(format!("{key}.lock"));
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(io_err("open", &p))
+    }
+
+    pub(crate) fn checkouts_dir(&self) -> PathBuf {
+        self.dir.join("checkouts")
+    }
+}

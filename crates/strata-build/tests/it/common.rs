@@ -1,0 +1,186 @@
+//! Shared setup: a store with the busybox base, a runc builder, a reporter that records.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use strata_build::{BuildOptions, Builder, Reporter, Secret};
+use strata_isolate::{Cancel, DriverOptions};
+use strata_snapshot::{Engine, SnapshotId};
+
+/// Whether runc tests can run here; in CI they must.
+pub(crate) fn runc_ready() -> bool {
+    let ok = std::process::Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && rustix::process::geteuid().is_root()
+        && Path::new("/bin/busybox").exists();
+    assert!(
+        ok || std::env::var_os("CI").is_none(),
+        "CI must have runc, root and busybox-static"
+    );
+    ok
+}
+
+pub(crate) struct Fixture {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) builder: Builder,
+}
+
+impl Fixture {
+    pub(crate) fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let builder = builder_at(&dir.path().join("store"));
+        Fixture { dir, builder }
+    }
+
+    pub(crate) fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// A context directory with these files.
+    pub(crate) fn context(&self, files: &[(&str, &str)]) -> PathBuf {
+        let ctx = self.dir.path().join("context");
+        std::fs::create_dir_all(&ctx).unwrap();
+        for (name, text) in files {
+            let p = ctx.join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        ctx
+    }
+
+    pub(crate) fn build(
+        &self,
+        spec: &str,
+        context: &Path,
+    ) -> (Result<SnapshotId, strata_build::Error>, String) {
+        self.build_with(spec, context, &[], &Cancel::new())
+    }
+
+    pub(crate) fn build_with(
+        &self,
+        spec: &str,
+        context: &Path,
+        secrets: &[Secret],
+        cancel: &Cancel,
+    ) -> (Result<SnapshotId, strata_build::Error>, String) {
+        build_on(&self.builder, spec, context, secrets, cancel)
+    }
+}
+
+pub(crate) fn builder_at(store: &Path) -> Builder {
+    let engine = Engine::open(store).unwrap();
+    strata_build::base::ensure_busybox(&engine).unwrap();
+    let driver = strata_isolate::driver(
+        "runc",
+        &DriverOptions {
+            state_dir: store.join("isolate-v1/runc"),
+            slots: Some(4),
+            fast_sync: true,
+        },
+    )
+    .unwrap();
+    Builder::new(Arc::new(engine), driver).unwrap()
+}
+
+pub(crate) fn build_on(
+    builder: &Builder,
+    spec: &str,
+    context: &Path,
+    secrets: &[Secret],
+    cancel: &Cancel,
+) -> (Result<SnapshotId, strata_build::Error>, String) {
+    let spec = strata_spec::parse(spec).unwrap();
+    let log = Log::default();
+    let opts = BuildOptions {
+        context,
+        secrets,
+        reporter: &log,
+        cancel,
+        step_timeout: None,
+    };
+    let r = builder.build(&spec, &opts);
+    (r, log.text())
+}
+
+/// Records everything a build reports, as text.
+#[derive(Default, Clone)]
+pub(crate) struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl Log {
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl Reporter for Log {
+    fn heading(&self, text: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .extend_from_slice(format!("{text}\n").as_bytes());
+    }
+    fn note(&self, text: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .extend_from_slice(format!("{text}\n").as_bytes());
+    }
+    fn output(&self, data: &[u8]) {
+        self.0.lock().unwrap().extend_from_slice(data);
+    }
+}
+
+/// Reads a file from a snapshot by checking it out as a plain copy.
+pub(crate) fn read_file(builder: &Builder, id: &SnapshotId, path: &str) -> Option<String> {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("tree");
+    builder.engine().copy_out(id, &dir).unwrap();
+    std::fs::read_to_string(dir.join(path.trim_start_matches('/'))).ok()
+}
+
+/// Every file of a snapshot, as (path, bytes), for searching.
+pub(crate) fn all_files(builder: &Builder, id: &SnapshotId) -> Vec<(PathBuf, Vec<u8>)> {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("tree");
+    builder.engine().copy_out(id, &dir).unwrap();
+    let mut files = Vec::new();
+    let mut stack = vec![dir.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                files.push((
+                    e.path().strip_prefix(&dir).unwrap().to_path_buf(),
+                    std::fs::read(e.path()).unwrap(),
+                ));
+            } else {
+                files.push((
+                    e.path().strip_prefix(&dir).unwrap().to_path_buf(),
+                    Vec::new(),
+                ));
+            }
+        }
+    }
+    files
+}
+
+/// Names of runc containers still known under the store's runc root.
+pub(crate) fn leftover_containers(store: &Path) -> Vec<String> {
+    let root = store.join("isolate-v1/runc/runc");
+    let out = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(&root)
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .collect()
+}

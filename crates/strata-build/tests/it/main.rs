@@ -1,0 +1,5 @@
+//! Integration tests of the builder against real runc, real snapshots and real SQLite files.
+
+mod build;
+mod common;
+mod concurrency;

@@ -1,0 +1,52 @@
+//! Errors of the isolation drivers.
+
+use std::io;
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong planning or running a job.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("driver `{driver}` cannot run this job: {reason}")]
+    Unsupported { driver: String, reason: String },
+    #[error("unknown sandbox `{name}`; available: {available}")]
+    UnknownDriver { name: String, available: String },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("`{program}` failed: {message}")]
+    Command { program: String, message: String },
+    #[error("driver `{driver}` is not usable here: {reason}")]
+    Unavailable { driver: String, reason: String },
+    /// An OS operation that has no path to name: a pipe, a thread, writing the job log.
+    #[error("{what}: {source}")]
+    Os {
+        what: &'static str,
+        source: io::Error,
+    },
+    /// The host has no static busybox to build a rootfs from.
+    #[error(
+        "no usable static busybox at {path}: {reason} (install it with `apt-get install busybox-static`)"
+    )]
+    Busybox { path: PathBuf, reason: String },
+}
+
+// Used by the Unix drivers only.
+#[cfg(unix)]
+impl Error {
+    pub(crate) fn io(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { what, path, source }
+    }
+
+    pub(crate) fn os(what: &'static str) -> impl FnOnce(io::Error) -> Error {
+        move |source| Error::Os { what, source }
+    }
+}

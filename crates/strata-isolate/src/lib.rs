@@ -1,0 +1,425 @@
+//! Strata's isolation drivers: one [`Driver`] trait for every way a step can be sandboxed.
+//!
+//! A driver first turns a [`Job`] into a [`Plan`]: plain data (the host command, the files
+//! to write, the OCI config or Docker request) that tests check on every platform. Running
+//! the plan is the thin, OS-specific part. The builder only ever sees `dyn Driver`.
+//!
+//! Drivers: [`runc`] (Linux, the default there) and [`host`] (Unix, no isolation, for
+//! development and tests, only when asked for by name). [`driver`] builds one by name;
+//! [`busybox`] makes a minimal Linux rootfs offline for a default base image and for tests.
+
+use std::fmt;
+use std::io::Write;
+use std::num::NonZero;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+#[cfg(target_os = "linux")]
+pub mod busybox;
+mod error;
+#[cfg(unix)]
+pub mod host;
+#[cfg(target_os = "linux")]
+pub mod runc;
+#[cfg(unix)]
+mod supervise;
+
+pub use error::{Error, Result};
+
+/// The drivers this build of the crate can make, in order of preference.
+#[cfg(target_os = "linux")]
+pub const DRIVERS: &[&str] = &["runc", "host"];
+/// The drivers this build of the crate can make, in order of preference.
+#[cfg(all(unix, not(target_os = "linux")))]
+pub const DRIVERS: &[&str] = &["host"];
+/// The drivers this build of the crate can make, in order of preference.
+#[cfg(not(unix))]
+pub const DRIVERS: &[&str] = &[];
+
+/// What every driver is made from; each driver ignores what it has no use for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverOptions {
+    /// Where a driver keeps its state (runc's `--root`, bundle dirs). Created on demand.
+    pub state_dir: PathBuf,
+    /// How many jobs may run at once; `None` means [`default_slots`].
+    pub slots: Option<usize>,
+    /// Make the fsync family of syscalls no-ops inside jobs (runc only): a crashed build is
+    /// thrown away anyway, and syncs are slow on some filesystems.
+    pub fast_sync: bool,
+}
+
+impl DriverOptions {
+    pub fn new(state_dir: impl Into<PathBuf>) -> DriverOptions {
+        DriverOptions {
+            state_dir: state_dir.into(),
+            slots: None,
+            fast_sync: false,
+        }
+    }
+}
+
+/// Makes the driver `name` (one of [`DRIVERS`]). It is not [checked](Driver::check) yet.
+pub fn driver(name: &str, options: &DriverOptions) -> Result<Box<dyn Driver>> {
+    #[cfg(not(unix))]
+    let _ = options;
+    match name {
+        #[cfg(target_os = "linux")]
+        "runc" => Ok(Box::new(runc::RuncDriver::new(runc::RuncOptions {
+            state_dir: options.state_dir.clone(),
+            runc: PathBuf::from("runc"),
+            slots: options.slots.unwrap_or_else(default_slots),
+            fast_sync: options.fast_sync,
+        }))),
+        #[cfg(unix)]
+        "host" => Ok(Box::new(host::HostDriver::new(
+            options.slots.unwrap_or_else(default_slots),
+        ))),
+        _ => Err(Error::UnknownDriver {
+            name: name.to_owned(),
+            available: available_drivers(),
+        }),
+    }
+}
+
+fn available_drivers() -> String {
+    if DRIVERS.is_empty() {
+        "none on this platform".to_owned()
+    } else {
+        DRIVERS.join(", ")
+    }
+}
+
+/// The driver used when none is named: `runc` on Linux. Elsewhere it names the driver
+/// planned for that OS, which [`driver`] rejects until it exists.
+pub fn default_driver_name() -> &'static str {
+    if cfg!(target_os = "linux") {
+        "runc"
+    } else {
+        "docker"
+    }
+}
+
+/// Slots when none are configured: the host's available parallelism.
+pub fn default_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, NonZero::get)
+}
+
+const JOB_NAME_PREFIX: &str = "strata-";
+
+/// A job name unique on this host, `strata-<pid>-<n>`: it records the owning process so that
+/// [`Driver::cleanup`] in another process can tell leftovers of dead builders from live jobs.
+/// `n` must be unique within this process.
+pub fn job_name(n: u64) -> String {
+    format!("{JOB_NAME_PREFIX}{}-{n}", std::process::id())
+}
+
+/// The owning pid and counter of a name made by [`job_name`]; `None` for any other name.
+pub fn parse_job_name(name: &str) -> Option<(u32, u64)> {
+    let (pid, n) = name.strip_prefix(JOB_NAME_PREFIX)?.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(n) {
+        return None;
+    }
+    Some((pid.parse().ok()?, n.parse().ok()?))
+}
+
+/// What a driver can do; the builder plans around it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Capabilities {
+    /// How many jobs may run at once.
+    pub slots: usize,
+    /// Whether the snapshot is the whole root filesystem or is mounted into a host/base OS.
+    pub layout: Layout,
+    /// The network modes the driver can give a job.
+    pub networks: Vec<NetworkMode>,
+    /// Whether jobs may run as `uid:gid`.
+    pub unix_users: bool,
+    /// Whether jobs may run as a named user.
+    pub named_users: bool,
+    /// The OS the job sees.
+    pub os: TargetOs,
+    /// The defaults a spec starts from: shell argv prefix, workdir and user.
+    pub default_shell: Vec<String>,
+    pub default_workdir: String,
+    pub default_user: User,
+}
+
+/// How a snapshot reaches the job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// The checkout is the job's root filesystem (runc, Docker on Linux).
+    FullRootfs,
+    /// The host or a base image supplies the OS; the checkout is mounted at these fixed
+    /// paths (Windows user isolation and Sandbox, Docker on Windows, macOS users).
+    MountedState { targets: Vec<String> },
+}
+
+/// A job's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// Loopback only.
+    None,
+    /// The host's network.
+    Host,
+}
+
+/// The OS a job runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetOs {
+    Linux,
+    Windows,
+    Macos,
+}
+
+/// Who a job runs as.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum User {
+    Unix { uid: u32, gid: u32 },
+    Name(String),
+}
+
+/// A host directory bind-mounted into the job (shared caches).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub target: String,
+    pub readonly: bool,
+}
+
+/// A secret: a host file exposed read-only at `target`, never part of the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretMount {
+    pub source: PathBuf,
+    pub target: String,
+}
+
+/// One step to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// Unique among running jobs on this host (container name, state dir name).
+    pub name: String,
+    /// The checkout: the root filesystem, or the state mounted at the layout's targets.
+    pub root: PathBuf,
+    pub argv: Vec<String>,
+    pub cwd: String,
+    pub env: Vec<(String, String)>,
+    pub user: User,
+    pub network: NetworkMode,
+    pub mounts: Vec<BindMount>,
+    pub secrets: Vec<SecretMount>,
+    pub hostname: String,
+}
+
+/// What a driver will do for a job, as data. Written before anything runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    /// The driver that made the plan and will run it.
+    pub driver: String,
+    pub job: Job,
+    /// Files the driver writes into its private bundle dir before running.
+    pub files: Vec<PlannedFile>,
+    /// The host command it runs (empty for API drivers such as Docker).
+    pub argv: Vec<String>,
+    /// Driver-specific detail: the OCI config, a Docker request, `.wsb` XML...
+    pub detail: serde_json::Value,
+}
+
+/// A file in a plan's bundle dir.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedFile {
+    /// Relative to the bundle dir.
+    pub path: PathBuf,
+    pub contents: Vec<u8>,
+    pub mode: u32,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Exited(i32),
+    /// Killed by this signal (Unix).
+    Signalled(i32),
+    /// Stopped because [`Cancel::cancel`] was called.
+    Cancelled,
+    /// Stopped because the deadline passed.
+    TimedOut,
+}
+
+impl Outcome {
+    pub fn success(self) -> bool {
+        self == Outcome::Exited(0)
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Exited(code) => write!(f, "exited with status {code}"),
+            Outcome::Signalled(sig) => write!(f, "killed by signal {sig}"),
+            Outcome::Cancelled => f.write_str("cancelled"),
+            Outcome::TimedOut => f.write_str("timed out"),
+        }
+    }
+}
+
+/// A cancellation flag a running job watches, with an optional deadline. Clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel {
+    inner: Arc<(Mutex<bool>, Condvar)>,
+    deadline: Option<Instant>,
+}
+
+impl Cancel {
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    /// A clone of this flag that also stops the job once `timeout` has passed.
+    pub fn with_timeout(&self, timeout: Duration) -> Cancel {
+        Cancel {
+            inner: self.inner.clone(),
+            deadline: Some(Instant::now() + timeout),
+        }
+    }
+
+    pub fn cancel(&self) {
+        let (flag, cv) = &*self.inner;
+        *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_all();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        *self.inner.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Waits up to `d` (and never past the deadline). Returns why the job must stop, if it must.
+    pub fn wait(&self, d: Duration) -> Option<Outcome> {
+        let (flag, cv) = &*self.inner;
+        let mut d = d;
+        if let Some(deadline) = self.deadline {
+            d = d.min(deadline.saturating_duration_since(Instant::now()));
+        }
+        let guard = flag.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = cv
+            .wait_timeout_while(guard, d, |cancelled| !*cancelled)
+            .unwrap_or_else(|e| e.into_inner());
+        if *guard {
+            Some(Outcome::Cancelled)
+        } else if self.deadline.is_some_and(|t| Instant::now() >= t) {
+            Some(Outcome::TimedOut)
+        } else {
+            None
+        }
+    }
+}
+
+/// An isolation driver. The builder holds `Box<dyn Driver>` and never names a concrete one.
+pub trait Driver: Send + Sync + fmt::Debug {
+    /// The name `--sandbox` selects it by.
+    fn name(&self) -> &str;
+
+    fn capabilities(&self) -> &Capabilities;
+
+    /// Checks the job against the capabilities and says, as data, what running it means.
+    fn plan(&self, job: &Job) -> Result<Plan>;
+
+    /// Runs a plan made by this driver, sending the job's stdout and stderr (merged, in
+    /// order) to `log`. Returns once the job and everything it started are gone.
+    fn run(&self, plan: &Plan, log: &mut dyn Write, cancel: &Cancel) -> Result<Outcome>;
+
+    /// Removes what crashed earlier runs left behind (containers, bundle dirs); returns
+    /// their names. Safe to call while other processes run jobs with this driver.
+    fn cleanup(&self) -> Result<Vec<String>>;
+
+    /// Whether the driver can run here at all, and if not, why.
+    fn check(&self) -> Result<()>;
+}
+
+/// Refuses environment entries that cannot be passed to a process.
+#[cfg(unix)]
+pub(crate) fn check_env(driver: &str, env: &[(String, String)]) -> Result<()> {
+    for (key, value) in env {
+        if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
+            return Err(Error::Unsupported {
+                driver: driver.to_owned(),
+                reason: format!("invalid environment variable `{key}`"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a plan another driver made, or one with nothing to run.
+#[cfg(unix)]
+pub(crate) fn check_plan(driver: &str, plan: &Plan) -> Result<()> {
+    let reason = if plan.driver != driver {
+        format!("the plan was made by driver `{}`", plan.driver)
+    } else if plan.argv.is_empty() {
+        "the plan has no command".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(Error::Unsupported {
+        driver: driver.to_owned(),
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_names_round_trip() {
+        let name = job_name(7);
+        assert_eq!(parse_job_name(&name), Some((std::process::id(), 7)));
+        assert_eq!(parse_job_name("strata-12-0"), Some((12, 0)));
+        for bad in [
+            "strata-12",
+            "strata--1",
+            "strata-+1-2",
+            "strata-1-2-3",
+            "other-1-2",
+            "strata-1-",
+        ] {
+            assert_eq!(parse_job_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_driver_lists_the_available_ones() {
+        let err = driver("nope", &DriverOptions::new("/tmp/x")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("`nope`"), "{msg}");
+        for name in DRIVERS {
+            assert!(msg.contains(name), "{msg}");
+        }
+    }
+
+    #[test]
+    fn drivers_are_made_by_name() {
+        let options = DriverOptions {
+            slots: Some(3),
+            ..DriverOptions::new("/tmp/x")
+        };
+        for name in DRIVERS {
+            let d = driver(name, &options).unwrap();
+            assert_eq!(d.name(), *name);
+            assert_eq!(d.capabilities().slots, 3);
+        }
+        #[cfg(target_os = "linux")]
+        assert!(DRIVERS.contains(&default_driver_name()));
+    }
+}

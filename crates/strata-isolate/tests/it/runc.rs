@@ -1,0 +1,555 @@
+//! The runc driver against real runc, as root, with a busybox rootfs in a temp dir.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use strata_isolate::busybox::{busybox_rootfs, static_busybox};
+use strata_isolate::runc::{RuncDriver, RuncOptions};
+use strata_isolate::{
+    BindMount, Cancel, Driver, Error, Job, NetworkMode, Outcome, SecretMount, User,
+};
+use tempfile::TempDir;
+
+use crate::{BrokenLog, eventually, process_exists, require};
+
+static NEXT_JOB: AtomicU64 = AtomicU64::new(1);
+
+/// A busybox rootfs and a runc driver with its own state dir.
+struct Sandbox {
+    dir: TempDir,
+    rootfs: PathBuf,
+    driver: RuncDriver,
+}
+
+impl Sandbox {
+    /// `None` (the test skips) without runc, root or a static busybox, except under CI.
+    fn new() -> Option<Sandbox> {
+        Sandbox::with(|_| {})
+    }
+
+    fn with(configure: impl FnOnce(&mut RuncOptions)) -> Option<Sandbox> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = RuncOptions::new(dir.path().join("state"));
+        configure(&mut options);
+        let driver = RuncDriver::new(options);
+        if !require("runc as root", driver.check().err().map(|e| e.to_string()))
+            || !require(
+                "a static busybox",
+                static_busybox().err().map(|e| e.to_string()),
+            )
+        {
+            return None;
+        }
+        let rootfs = dir.path().join("rootfs");
+        busybox_rootfs(&rootfs).unwrap();
+        Some(Sandbox {
+            dir,
+            rootfs,
+            driver,
+        })
+    }
+
+    fn job(&self, script: &str) -> Job {
+        Job {
+            name: strata_isolate::job_name(NEXT_JOB.fetch_add(1, Ordering::Relaxed)),
+            root: self.rootfs.clone(),
+            argv: ["/bin/sh", "-c", script].map(str::to_owned).to_vec(),
+            cwd: "/".to_owned(),
+            env: vec![(
+                "PATH".to_owned(),
+                "/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+            )],
+            user: User::Unix { uid: 0, gid: 0 },
+            network: NetworkMode::None,
+            mounts: Vec::new(),
+            secrets: Vec::new(),
+            hostname: "builder".to_owned(),
+        }
+    }
+
+    fn run_with(&self, job: &Job, cancel: &Cancel) -> (Outcome, String) {
+        let plan = self.driver.plan(job).unwrap();
+        let mut log = Vec::new();
+        let outcome = self.driver.run(&plan, &mut log, cancel).unwrap();
+        (outcome, String::from_utf8(log).unwrap())
+    }
+
+    fn run(&self, job: &Job) -> (Outcome, String) {
+        self.run_with(job, &Cancel::new())
+    }
+
+    /// Runs a script that must succeed; its log.
+    fn ok(&self, job: &Job) -> String {
+        let (outcome, log) = self.run(job);
+        assert_eq!(outcome, Outcome::Exited(0), "{log}");
+        log
+    }
+
+    /// What `runc list` says about our root.
+    fn runc_list(&self) -> String {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(self.driver.runc_root())
+            .args(["list", "-q"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Nothing of job `name` is left: no container, no bundle.
+    fn assert_gone(&self, name: &str) {
+        self.driver.wait_for_deletes();
+        assert_eq!(self.runc_list(), "");
+        assert_eq!(self.driver.containers().unwrap(), Vec::<String>::new());
+        assert!(!self.driver.bundle_dir(name).exists());
+    }
+}
+
+#[test]
+fn output_is_merged_in_order() {
+    let Some(sb) = Sandbox::new() else { return };
+    let script = "for i in 1 2 3 4 5; do echo out$i; echo err$i >&2; done";
+    let job = sb.job(script);
+    let log = sb.ok(&job);
+    let expected: String = (1..=5).map(|i| format!("out{i}\nerr{i}\n")).collect();
+    assert_eq!(log, expected);
+    sb.assert_gone(&job.name);
+}
+
+#[test]
+fn large_output_arrives_whole() {
+    let Some(sb) = Sandbox::new() else { return };
+    let log = sb.ok(&sb.job("seq 1 200000"));
+    let expected: String = (1..=200_000).map(|i| format!("{i}\n")).collect();
+    assert!(
+        log == expected,
+        "{} bytes, expected {}",
+        log.len(),
+        expected.len()
+    );
+}
+
+#[test]
+fn exit_status_and_signals() {
+    let Some(sb) = Sandbox::new() else { return };
+    assert_eq!(sb.run(&sb.job("exit 3")).0, Outcome::Exited(3));
+    // The container's init is this process's child: a signal death is told apart from
+    // an exit status. (Inside, pid 1 cannot be killed, so it is signalled from outside.)
+    let job = sb.job("sleep 1010");
+    let outcome = thread::scope(|s| {
+        let run = s.spawn(|| sb.run(&job).0);
+        let runc = |args: &[&str]| {
+            Command::new("runc")
+                .arg("--root")
+                .arg(sb.driver.runc_root())
+                .args(args)
+                .stderr(Stdio::null())
+                .output()
+                .unwrap()
+        };
+        // Killed while merely created, runc's start would fail instead.
+        let running = eventually(Duration::from_secs(5), || {
+            String::from_utf8_lossy(&runc(&["state", &job.name]).stdout)
+                .contains("\"status\": \"running\"")
+        });
+        assert!(running);
+        let killed = runc(&["kill", &job.name, "KILL"]).status.success();
+        assert!(killed);
+        run.join().unwrap()
+    });
+    assert_eq!(outcome, Outcome::Signalled(9));
+}
+
+#[test]
+fn missing_program_fails_with_runcs_message() {
+    let Some(sb) = Sandbox::new() else { return };
+    let mut job = sb.job("");
+    job.argv = vec!["/no/such/program".to_owned()];
+    let (outcome, log) = sb.run(&job);
+    assert!(!outcome.success());
+    assert!(log.contains("/no/such/program"), "{log}");
+    sb.assert_gone(&job.name);
+}
+
+#[test]
+fn obuilders_default_shell_works_with_busybox() {
+    let Some(sb) = Sandbox::new() else { return };
+    let mut job = sb.job("");
+    job.argv = sb.driver.capabilities().default_shell.clone();
+    job.argv.push("echo $0 ok".to_owned());
+    assert_eq!(sb.ok(&job), "/bin/sh ok\n");
+}
+
+#[test]
+fn runs_as_the_jobs_user() {
+    let Some(sb) = Sandbox::new() else { return };
+    assert_eq!(sb.ok(&sb.job("id -u; id -g")), "0\n0\n");
+    let mut job = sb.job("id -u; id -g; touch /root/x 2>/dev/null && echo writable || echo denied");
+    job.user = User::Unix {
+        uid: 1000,
+        gid: 1001,
+    };
+    assert_eq!(sb.ok(&job), "1000\n1001\ndenied\n");
+}
+
+#[test]
+fn capabilities_are_the_twelve() {
+    let Some(sb) = Sandbox::new() else { return };
+    let log = sb.ok(&sb.job("grep -E '^Cap(Bnd|Eff|Inh|Prm)' /proc/self/status"));
+    // CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP SYS_CHROOT MKNOD
+    // AUDIT_WRITE SETFCAP; Docker's a80425fb minus NET_BIND_SERVICE and NET_RAW.
+    for set in ["CapBnd", "CapEff", "CapPrm"] {
+        assert!(log.contains(&format!("{set}:\t00000000a80401fb")), "{log}");
+    }
+}
+
+#[test]
+fn working_directory_is_created() {
+    let Some(sb) = Sandbox::new() else { return };
+    let mut job = sb.job("pwd");
+    job.cwd = "/work/dir".to_owned();
+    assert_eq!(sb.ok(&job), "/work/dir\n");
+}
+
+#[test]
+fn environment_is_the_jobs() {
+    let Some(sb) = Sandbox::new() else { return };
+    let mut job = sb.job("echo \"$FOO\"; env");
+    job.env.push(("FOO".to_owned(), "bar baz".to_owned()));
+    let log = sb.ok(&job);
+    assert!(log.starts_with("bar baz\n"), "{log}");
+    assert!(
+        log.contains("PATH=/usr/sbin:/usr/bin:/sbin:/bin\n"),
+        "{log}"
+    );
+    assert!(!log.contains("CARGO"), "host environment leaked: {log}");
+}
+
+#[test]
+fn hostname_and_hosts() {
+    let Some(sb) = Sandbox::new() else { return };
+    assert_eq!(
+        sb.ok(&sb.job("hostname; cat /etc/hosts")),
+        "builder\n127.0.0.1 localhost builder\n"
+    );
+}
+
+#[test]
+fn no_network_by_default_host_network_on_request() {
+    let Some(sb) = Sandbox::new() else { return };
+    assert_eq!(sb.ok(&sb.job("ls /sys/class/net")), "lo\n");
+    let devices = sb.ok(&sb.job("tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"));
+    assert_eq!(devices, "lo\n");
+    assert_eq!(
+        sb.ok(&sb.job("cat /etc/resolv.conf")),
+        "",
+        "the rootfs's own (empty) file"
+    );
+
+    let mut job = sb.job("ls /sys/class/net; cat /etc/resolv.conf");
+    job.network = NetworkMode::Host;
+    let mut host: Vec<String> = fs::read_dir("/sys/class/net")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    host.sort();
+    let expected = host.join("\n") + "\n" + &fs::read_to_string("/etc/resolv.conf").unwrap();
+    assert_eq!(sb.ok(&job), expected);
+}
+
+#[test]
+fn secret_is_readable_read_only_and_leaves_no_trace() {
+    let Some(sb) = Sandbox::new() else { return };
+    let secret = sb.dir.path().join("token");
+    fs::write(&secret, "s3cret").unwrap();
+    assert!(!sb.rootfs.join("run/secrets").exists());
+    let mut job = sb.job(
+        "cat /run/secrets/deep/token; echo; echo x > /run/secrets/deep/token || echo read-only",
+    );
+    job.secrets.push(SecretMount {
+        source: secret.clone(),
+        target: "/run/secrets/deep/token".to_owned(),
+    });
+    let log = sb.ok(&job);
+    assert!(log.starts_with("s3cret\n"), "{log}");
+    assert!(log.ends_with("read-only\n"), "{log}");
+    assert_eq!(fs::read_to_string(&secret).unwrap(), "s3cret");
+    // runc created the mount point and its parents; none of it stays in the snapshot.
+    assert!(!sb.rootfs.join("run/secrets").exists());
+    assert!(sb.rootfs.join("run").is_dir());
+    sb.assert_gone(&job.name);
+}
+
+#[test]
+fn cache_mount_is_writable_and_persists() {
+    let Some(sb) = Sandbox::new() else { return };
+    let cache = sb.dir.path().join("cache");
+    fs::create_dir(&cache).unwrap();
+    let mount = BindMount {
+        source: cache.clone(),
+        target: "/var/cache/build".to_owned(),
+        readonly: false,
+    };
+    let mut write = sb.job("echo first > /var/cache/build/data");
+    write.mounts.push(mount.clone());
+    sb.ok(&write);
+    assert_eq!(fs::read_to_string(cache.join("data")).unwrap(), "first\n");
+    assert!(
+        !sb.rootfs.join("var/cache/build/data").exists(),
+        "written to the cache, not the rootfs"
+    );
+
+    let mut read =
+        sb.job("cat /var/cache/build/data; echo x > /var/cache/build/other || echo read-only");
+    read.mounts.push(BindMount {
+        readonly: true,
+        ..mount
+    });
+    let log = sb.ok(&read);
+    assert!(
+        log.starts_with("first\n") && log.ends_with("read-only\n"),
+        "{log}"
+    );
+    assert!(!cache.join("other").exists());
+}
+
+#[test]
+fn rootfs_writes_persist() {
+    let Some(sb) = Sandbox::new() else { return };
+    sb.ok(&sb.job("echo hello > /tmp/out"));
+    assert_eq!(
+        fs::read_to_string(sb.rootfs.join("tmp/out")).unwrap(),
+        "hello\n"
+    );
+}
+
+#[test]
+fn cancel_is_prompt_and_leaves_nothing() {
+    let Some(sb) = Sandbox::new() else { return };
+    let job = sb.job("echo started; sleep 1001");
+    let cancel = Cancel::new();
+    let canceller = {
+        let cancel = cancel.clone();
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(500));
+            cancel.cancel();
+            Instant::now()
+        })
+    };
+    let (outcome, log) = sb.run_with(&job, &cancel);
+    let cancelled_at = canceller.join().unwrap();
+    assert_eq!(outcome, Outcome::Cancelled);
+    assert!(
+        cancelled_at.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        cancelled_at.elapsed()
+    );
+    assert_eq!(log, "started\n");
+    sb.assert_gone(&job.name);
+    assert!(eventually(Duration::from_secs(2), || !process_exists(&[
+        "sleep", "1001"
+    ])));
+}
+
+#[test]
+fn timeout() {
+    let Some(sb) = Sandbox::new() else { return };
+    let job = sb.job("sleep 1002");
+    let start = Instant::now();
+    let (outcome, _) = sb.run_with(
+        &job,
+        &Cancel::new().with_timeout(Duration::from_millis(500)),
+    );
+    assert_eq!(outcome, Outcome::TimedOut);
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        start.elapsed()
+    );
+    sb.assert_gone(&job.name);
+    assert!(eventually(Duration::from_secs(2), || !process_exists(&[
+        "sleep", "1002"
+    ])));
+}
+
+#[test]
+fn a_failing_log_stops_the_job_and_cleans_up() {
+    let Some(sb) = Sandbox::new() else { return };
+    let job = sb.job("echo hi; sleep 1003");
+    let plan = sb.driver.plan(&job).unwrap();
+    let err = sb
+        .driver
+        .run(&plan, &mut BrokenLog, &Cancel::new())
+        .unwrap_err();
+    assert!(matches!(err, Error::Os { .. }), "{err}");
+    sb.assert_gone(&job.name);
+    assert!(eventually(Duration::from_secs(2), || !process_exists(&[
+        "sleep", "1003"
+    ])));
+}
+
+#[test]
+fn fast_sync_config_is_accepted() {
+    let Some(sb) = Sandbox::with(|o| o.fast_sync = true) else {
+        return;
+    };
+    assert_eq!(
+        sb.ok(&sb.job("echo data > /tmp/f && sync && echo synced")),
+        "synced\n"
+    );
+}
+
+#[test]
+fn jobs_run_in_parallel() {
+    let Some(sb) = Sandbox::new() else { return };
+    let start = Instant::now();
+    thread::scope(|s| {
+        let jobs: Vec<_> = (0..3)
+            .map(|i| {
+                s.spawn({
+                    let sb = &sb;
+                    move || sb.ok(&sb.job(&format!("sleep 1; echo {i}")))
+                })
+            })
+            .collect();
+        for (i, job) in jobs.into_iter().enumerate() {
+            assert_eq!(job.join().unwrap(), format!("{i}\n"));
+        }
+    });
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+/// Starts a detached container named `name` running `sleep 1004`, as a crashed builder
+/// would have left it.
+fn leave_container(sb: &Sandbox, name: &str) {
+    let mut job = sb.job("sleep 1004");
+    job.name = name.to_owned();
+    let plan = sb.driver.plan(&job).unwrap();
+    let bundle = sb.driver.bundle_dir(name);
+    fs::create_dir_all(&bundle).unwrap();
+    for file in &plan.files {
+        fs::write(bundle.join(&file.path), &file.contents).unwrap();
+    }
+    let status = Command::new("runc")
+        .arg("--root")
+        .arg(sb.driver.runc_root())
+        .args(["run", "--detach", "--bundle"])
+        .arg(&bundle)
+        .arg(name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+#[test]
+fn cleanup_removes_only_leftovers_of_dead_builders() {
+    let Some(sb) = Sandbox::new() else { return };
+    let dead = format!("strata-{}-1", dead_pid());
+    let live = strata_isolate::job_name(NEXT_JOB.fetch_add(1, Ordering::Relaxed));
+    leave_container(&sb, &dead);
+    leave_container(&sb, &live);
+    let stale_bundle = format!("strata-{}-2", dead_pid());
+    fs::create_dir_all(sb.driver.bundle_dir(&stale_bundle)).unwrap();
+    fs::create_dir_all(sb.driver.bundle_dir("not-ours")).unwrap();
+    assert_eq!(
+        sb.driver.containers().unwrap(),
+        sorted([dead.clone(), live.clone()])
+    );
+
+    let removed = sb.driver.cleanup().unwrap();
+    assert_eq!(removed, sorted([dead.clone(), stale_bundle.clone()]));
+    assert_eq!(sb.driver.containers().unwrap(), std::slice::from_ref(&live));
+    assert_eq!(sb.runc_list(), format!("{live}\n"));
+    assert!(!sb.driver.bundle_dir(&dead).exists());
+    assert!(!sb.driver.bundle_dir(&stale_bundle).exists());
+    assert!(sb.driver.bundle_dir(&live).exists());
+    assert!(
+        sb.driver.bundle_dir("not-ours").exists(),
+        "names not made by job_name are kept"
+    );
+    assert_eq!(sb.driver.cleanup().unwrap(), Vec::<String>::new());
+
+    let status = Command::new("runc")
+        .arg("--root")
+        .arg(sb.driver.runc_root())
+        .args(["delete", "--force", &live])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn sorted<const N: usize>(mut names: [String; N]) -> Vec<String> {
+    names.sort();
+    names.to_vec()
+}
+
+#[test]
+fn check_names_what_is_missing() {
+    let driver = RuncDriver::new(RuncOptions {
+        runc: PathBuf::from("/nonexistent/runc"),
+        ..RuncOptions::new("/tmp/unused")
+    });
+    let err = driver.check().unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+    assert!(err.to_string().contains("/nonexistent/runc"), "{err}");
+}
+
+#[test]
+fn busybox_rootfs_has_what_jobs_expect() {
+    if !require(
+        "a static busybox",
+        static_busybox().err().map(|e| e.to_string()),
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    busybox_rootfs(root).unwrap();
+    // Twice: it is idempotent.
+    busybox_rootfs(root).unwrap();
+    for path in [
+        "bin/busybox",
+        "bin/sh",
+        "bin/bash",
+        "usr/bin/env",
+        "etc/passwd",
+        "etc/group",
+        "etc/hosts",
+    ] {
+        assert!(root.join(path).exists(), "{path}");
+    }
+    for dir in ["proc", "sys", "dev", "root", "home", "tmp"] {
+        assert!(root.join(dir).is_dir(), "{dir}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(root.join("tmp")).unwrap().permissions().mode() & 0o7777,
+        0o1777
+    );
+    let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap();
+    assert!(passwd.starts_with("root:x:0:0:"), "{passwd}");
+    assert!(passwd.contains("nobody:x:65534:65534:"), "{passwd}");
+    assert_eq!(
+        fs::read_link(root.join("bin/sh")).unwrap(),
+        Path::new("/bin/busybox")
+    );
+}
