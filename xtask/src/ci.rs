@@ -1,8 +1,9 @@
 //! `cargo xtask ci`: exactly what CI checks, runnable locally.
 //!
 //! Formatting, clippy with warnings as errors, the whole test suite (the tidy checks in
-//! `tidy.rs` run as xtask's own tests), then a type-check of every crate for Windows and
-//! macOS, in that order, stopping at the first failure.
+//! `tidy.rs` run as xtask's own tests), a type-check of every crate for Windows and macOS,
+//! then the Windows unit tests under Wine (`wine.rs`), in that order, stopping at the first
+//! failure.
 
 use std::process::Command;
 
@@ -29,21 +30,27 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     )?;
     step("test", &["test", "--workspace", "--locked"])?;
     cross_check()?;
+    crate::wine::run_tests()?;
     Ok(())
 }
 
 /// Targets whose code we cannot run here but must compile: `cfg(windows)` and macOS paths.
 const CROSS_TARGETS: &[&str] = &["x86_64-pc-windows-gnu", "aarch64-apple-darwin"];
 /// Debian's compiler, whose std sources (`rust-web-src`) let `-Zbuild-std` build any target.
-const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+pub(crate) const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+
+/// Whether Debian's compiler and its std sources are installed.
+pub(crate) fn have_debian_rust() -> bool {
+    std::path::Path::new(DEBIAN_RUSTC).exists()
+        && std::path::Path::new("/usr/lib/rustlib/src/rust/library").is_dir()
+}
 
 /// `cargo check` for other operating systems with `-Zbuild-std` (see
 /// `docs/architecture.md`). Needs Debian's `rustc-web rust-web-src libzstd-dev libsqlite3-dev
-/// pkg-config`,
-/// which `.ci/run` installs; skipped with a notice where they are missing, except in CI.
+/// pkg-config`, which `.ci/run` installs; skipped with a notice where they are missing, except
+/// in CI.
 fn cross_check() -> anyhow::Result<()> {
-    let have_sources = std::path::Path::new("/usr/lib/rustlib/src/rust/library").is_dir();
-    if !std::path::Path::new(DEBIAN_RUSTC).exists() || !have_sources {
+    if !have_debian_rust() {
         if std::env::var_os("CI").is_some() {
             bail!("the cross-platform check needs Debian's rustc-web and rust-web-src in CI");
         }
@@ -54,29 +61,33 @@ fn cross_check() -> anyhow::Result<()> {
     }
     for target in CROSS_TARGETS {
         eprintln!("==> cross: cargo check --target {target}");
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "check",
-                "--workspace",
-                "--exclude",
-                "xtask",
-                "--exclude",
-                "benches",
-                "--locked",
-            ])
-            .args(["-Zbuild-std=std,panic_abort", "--target", target])
-            .args(["--target-dir", "target/cross"])
-            .current_dir(project_root())
-            .env("RUSTC", DEBIAN_RUSTC)
-            .env("RUSTC_BOOTSTRAP", "1")
-            .env("RUSTFLAGS", "-D warnings")
-            // C code of dependencies cannot be compiled for macOS here (no SDK), and nothing
-            // is linked by `check`: take libzstd and SQLite from pkg-config and blake3's
-            // portable Rust.
-            .env("ZSTD_SYS_USE_PKG_CONFIG", "1")
-            .env("LIBSQLITE3_SYS_USE_PKG_CONFIG", "1")
-            .env("PKG_CONFIG_ALLOW_CROSS", "1")
-            .env("CARGO_FEATURE_PURE", "1")
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args([
+            "check",
+            "--workspace",
+            "--exclude",
+            "xtask",
+            "--exclude",
+            "benches",
+            "--locked",
+        ])
+        .args(["-Zbuild-std=std,panic_abort", "--target", target])
+        .args(["--target-dir", "target/cross"])
+        .current_dir(project_root())
+        .env("RUSTC", DEBIAN_RUSTC)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("RUSTFLAGS", "-D warnings");
+        // C code of dependencies cannot be compiled for macOS here (no SDK), and nothing is
+        // linked by `check`: take libzstd and SQLite from pkg-config and blake3's portable
+        // Rust. Not for Windows when mingw is here: the Wine tests need the real C builds,
+        // and sharing them keeps each step from redoing them after the other.
+        if !(target.contains("windows") && crate::wine::have_mingw()) {
+            cmd.env("ZSTD_SYS_USE_PKG_CONFIG", "1")
+                .env("LIBSQLITE3_SYS_USE_PKG_CONFIG", "1")
+                .env("PKG_CONFIG_ALLOW_CROSS", "1")
+                .env("CARGO_FEATURE_PURE", "1");
+        }
+        let status = cmd
             .status()
             .context("cannot run cargo for the cross-platform check")?;
         if !status.success() {
