@@ -1,9 +1,9 @@
 //! `cargo xtask ci`: exactly what CI checks, runnable locally.
 //!
 //! Formatting, clippy with warnings as errors, the whole test suite (the tidy checks in
-//! `tidy.rs` run as xtask's own tests), a type-check of every crate for Windows and macOS,
-//! then the Windows unit tests under Wine (`wine.rs`), in that order, stopping at the first
-//! failure.
+//! `tidy.rs` run as xtask's own tests), a small run of OBuilder's stress test against real
+//! runc (`stress.rs`), a type-check of every crate for Windows and macOS, then the Windows
+//! unit tests under Wine (`wine.rs`), in that order, stopping at the first failure.
 
 use std::process::Command;
 
@@ -29,6 +29,26 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         ],
     )?;
     step("test", &["test", "--workspace", "--locked"])?;
+    // OBuilder's stress test, smaller: 30 jobs, 6 at a time, against real runc.
+    if runc_usable() || std::env::var_os("CI").is_some() {
+        step(
+            "stress",
+            &[
+                "run",
+                "--locked",
+                "-p",
+                "xtask",
+                "--",
+                "stress",
+                "--jobs",
+                "30",
+                "--concurrency",
+                "6",
+            ],
+        )?;
+    } else {
+        eprintln!("==> stress: skipped (needs root, runc and busybox-static)");
+    }
     cross_check()?;
     crate::wine::run_tests()?;
     Ok(())
@@ -95,6 +115,19 @@ fn cross_check() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether runc jobs can run here: root, `runc` on PATH and a static busybox for the base.
+fn runc_usable() -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let runc = Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    root && runc && std::path::Path::new("/bin/busybox").exists()
 }
 
 fn step(name: &str, args: &[&str]) -> anyhow::Result<()> {

@@ -24,6 +24,9 @@ const WINE_CRATES: &[(&str, Tests)] = &[
     ("strata-cas", Tests::Unit),
     ("strata-snapshot", Tests::Unit),
     ("strata-spec", Tests::All),
+    // Their integration tests drive runc.
+    ("strata-isolate", Tests::Unit),
+    ("strata-build", Tests::Unit),
 ];
 
 /// Which of a crate's tests build for Windows.

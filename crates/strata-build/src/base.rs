@@ -36,9 +36,22 @@ pub fn ensure_busybox(engine: &Engine) -> Result<SnapshotId> {
 fn make(engine: &Engine, tmp: &Path) -> Result<SnapshotId> {
     let rootfs = tmp.join("rootfs");
     std::fs::create_dir_all(&rootfs).map_err(io_err("create", &rootfs))?;
-    strata_isolate::busybox::busybox_rootfs(&rootfs)?;
+    busybox_rootfs(&rootfs)?;
     let tarball = tmp.join("rootfs.tar.zst");
     let out = File::create(&tarball).map_err(io_err("create", &tarball))?;
     strata_cas::create::create_from_dir(&rootfs, out, &strata_cas::CreateOptions::default())?;
     Ok(engine.import(&tarball, Some(BUSYBOX))?.id)
+}
+
+#[cfg(target_os = "linux")]
+fn busybox_rootfs(rootfs: &Path) -> Result<()> {
+    Ok(strata_isolate::busybox::busybox_rootfs(rootfs)?)
+}
+
+/// A Linux busybox base only makes sense where Linux containers run.
+#[cfg(not(target_os = "linux"))]
+fn busybox_rootfs(_rootfs: &Path) -> Result<()> {
+    Err(crate::Error::MissingBase {
+        image: BUSYBOX.to_owned(),
+    })
 }

@@ -281,3 +281,33 @@ fn bad_input_is_named() {
     );
     assert!(r.unwrap_err().to_string().contains("network `bridge`"));
 }
+
+#[test]
+fn a_step_timeout_kills_the_step_and_names_it() {
+    if !runc_ready() {
+        return;
+    }
+    let f = Fixture::new();
+    let ctx = f.context(&[]);
+    let spec = strata_spec::parse(&format!(
+        r#"((from busybox) {SH} (run (shell "sleep 1000")))"#
+    ))
+    .unwrap();
+    let log = crate::common::Log::default();
+    let cancel = Cancel::new();
+    let opts = strata_build::BuildOptions {
+        context: &ctx,
+        secrets: &[],
+        reporter: &log,
+        cancel: &cancel,
+        step_timeout: Some(Duration::from_millis(500)),
+    };
+    let started = Instant::now();
+    let e = f.builder.build(&spec, &opts).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(
+        e.to_string().contains("sleep 1000") && e.to_string().contains("timed out"),
+        "{e}"
+    );
+    assert_eq!(leftover_containers(&f.store()), Vec::<String>::new());
+}
