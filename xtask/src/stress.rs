@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context as _, bail, ensure};
-use strata_build::{BuildOptions, Builder, Reporter};
+use strata_build::{BuildOptions, Builder, Transcript};
 use strata_isolate::{Cancel, DriverOptions};
 use strata_snapshot::Engine;
 
@@ -130,30 +130,9 @@ fn stress(dir: &Path, jobs: usize, concurrency: usize) -> anyhow::Result<Report>
     })
 }
 
-#[derive(Default)]
-struct Log(Mutex<Vec<u8>>);
-
-impl Reporter for Log {
-    fn heading(&self, text: &str) {
-        self.0
-            .lock()
-            .unwrap()
-            .extend_from_slice(format!("{text}\n").as_bytes());
-    }
-    fn note(&self, text: &str) {
-        self.0
-            .lock()
-            .unwrap()
-            .extend_from_slice(format!("{text}\n").as_bytes());
-    }
-    fn output(&self, data: &[u8]) {
-        self.0.lock().unwrap().extend_from_slice(data);
-    }
-}
-
 fn one_job(builder: &Builder, dir: &Path, job: usize) -> anyhow::Result<()> {
     let spec = strata_spec::parse(&spec(job))?;
-    let log = Log::default();
+    let log = Transcript::new();
     let cancel = Cancel::new();
     let opts = BuildOptions {
         context: &dir.join("context"),
@@ -163,7 +142,7 @@ fn one_job(builder: &Builder, dir: &Path, job: usize) -> anyhow::Result<()> {
         step_timeout: None,
     };
     let id = builder.build(&spec, &opts)?;
-    let text = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+    let text = log.text();
     let want = digits(job);
     ensure!(
         text.contains(&format!("verify\n{want}\n")),

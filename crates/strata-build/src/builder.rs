@@ -29,6 +29,43 @@ pub trait Reporter: Send + Sync {
     fn output(&self, data: &[u8]);
 }
 
+/// A [`Reporter`] that keeps everything as one transcript (headings and notes as lines,
+/// output as it came), for embedders that show a build later and for tests. Clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct Transcript(Arc<Mutex<Vec<u8>>>);
+
+impl Transcript {
+    pub fn new() -> Transcript {
+        Transcript::default()
+    }
+
+    /// The transcript so far, as text (invalid UTF-8 replaced).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+
+    fn push(&self, data: &[u8]) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(data);
+    }
+}
+
+impl Reporter for Transcript {
+    fn heading(&self, text: &str) {
+        self.push(format!("{text}\n").as_bytes());
+    }
+
+    fn note(&self, text: &str) {
+        self.push(format!("{text}\n").as_bytes());
+    }
+
+    fn output(&self, data: &[u8]) {
+        self.push(data);
+    }
+}
+
 /// A secret given to a build: `--secret ID:PATH`. Its value never enters a key, a layer or a log
 /// written by Strata.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,9 +324,8 @@ impl Builder {
         log: &mut dyn Write,
         opts: &BuildOptions<'_>,
     ) -> Result<SnapshotId> {
-        let dir = self.checkout_dir();
-        self.engine.checkout(parent, &dir, None)?;
-        let ran = (|| {
+        self.in_checkout(parent, |dir| {
+            let dir = dir.to_path_buf();
             // Mount points the sandbox creates for secrets must not end up in the layer.
             let made_for_secrets: Vec<PathBuf> = secrets
                 .iter()
@@ -368,8 +404,19 @@ impl Builder {
                     outcome: o,
                 }),
             }
-        })();
-        match ran {
+        })
+    }
+
+    /// Checks `parent` out, lets `work` change the checkout, and commits it as a child
+    /// snapshot; on any error the checkout is discarded instead.
+    fn in_checkout(
+        &self,
+        parent: &SnapshotId,
+        work: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<SnapshotId> {
+        let dir = self.checkout_dir();
+        self.engine.checkout(parent, &dir, None)?;
+        match work(&dir) {
             Ok(()) => Ok(self.engine.commit(&dir, None)?.id),
             Err(e) => {
                 let _ = self.engine.release(&dir);
@@ -433,29 +480,22 @@ impl Builder {
         manifest: &Manifest,
         (uid, gid): (u32, u32),
     ) -> Result<SnapshotId> {
-        let dir = self.checkout_dir();
-        self.engine.checkout(parent, &dir, None)?;
-        let applied = std::thread::scope(|s| {
-            let (reader, writer) = io::pipe().map_err(io_err("create a pipe for", &dir))?;
-            let writing = s.spawn(move || manifest.write_tar(writer, uid, gid));
-            let applied = strata_cas::extract::apply_tar(
-                reader,
-                &dir,
-                &strata_cas::ExtractOptions::default(),
-            );
-            let written = writing.join().unwrap_or_else(|_| Err(Error::Cancelled));
-            // The writer's own error explains a broken pipe better than the reader's.
-            written?;
-            applied?;
-            Ok::<_, Error>(())
-        });
-        match applied {
-            Ok(()) => Ok(self.engine.commit(&dir, None)?.id),
-            Err(e) => {
-                let _ = self.engine.release(&dir);
-                Err(e)
-            }
-        }
+        self.in_checkout(parent, |dir| {
+            std::thread::scope(|s| {
+                let (reader, writer) = io::pipe().map_err(io_err("create a pipe for", dir))?;
+                let writing = s.spawn(move || manifest.write_tar(writer, uid, gid));
+                let applied = strata_cas::extract::apply_tar(
+                    reader,
+                    dir,
+                    &strata_cas::ExtractOptions::default(),
+                );
+                let written = writing.join().unwrap_or_else(|_| Err(Error::Cancelled));
+                // The writer's own error explains a broken pipe better than the reader's.
+                written?;
+                applied?;
+                Ok(())
+            })
+        })
     }
 
     /// Runs a keyed step once: a recorded result is replayed; a step this process is already
@@ -469,12 +509,7 @@ impl Builder {
     ) -> Result<SnapshotId> {
         loop {
             if let Some(id) = self.lookup(&key)? {
-                replay(&self.steps.log_path(&key), opts.reporter)
-                    .map_err(io_err("read", self.steps.log_path(&key)))?;
-                opts.reporter
-                    .note(&format!("---> using \"{id}\" from cache"));
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(id);
+                return self.hit(&key, id, true, opts);
             }
             let (flight, primary) = {
                 let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
@@ -570,14 +605,8 @@ impl Builder {
                 .map_err(io_err("follow", &running))?;
         }
         if let Some(id) = self.lookup(key)? {
-            if !follower.attached() {
-                replay(&self.steps.log_path(key), opts.reporter)
-                    .map_err(io_err("read", self.steps.log_path(key)))?;
-            }
-            opts.reporter
-                .note(&format!("---> using \"{id}\" from cache"));
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(id);
+            // What we followed of the other process's run was the log: don't repeat it.
+            return self.hit(key, id, !follower.attached(), opts);
         }
         if follower.attached() {
             opts.reporter
@@ -607,6 +636,24 @@ impl Builder {
             }
         }
         // `lock` is released when dropped here, after the key is recorded.
+    }
+
+    /// Reports a cache hit, replaying the step's log unless the requester already saw it.
+    fn hit(
+        &self,
+        key: &StepKey,
+        id: SnapshotId,
+        replay_log: bool,
+        opts: &BuildOptions<'_>,
+    ) -> Result<SnapshotId> {
+        if replay_log {
+            let log = self.steps.log_path(key);
+            replay(&log, opts.reporter).map_err(io_err("read", &log))?;
+        }
+        opts.reporter
+            .note(&format!("---> using \"{id}\" from cache"));
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Ok(id)
     }
 
     /// A recorded step whose snapshot still exists; forgets it if the snapshot was pruned.

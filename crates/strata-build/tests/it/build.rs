@@ -293,7 +293,7 @@ fn a_step_timeout_kills_the_step_and_names_it() {
         r#"((from busybox) {SH} (run (shell "sleep 1000")))"#
     ))
     .unwrap();
-    let log = crate::common::Log::default();
+    let log = strata_build::Transcript::new();
     let cancel = Cancel::new();
     let opts = strata_build::BuildOptions {
         context: &ctx,

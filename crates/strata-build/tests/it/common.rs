@@ -1,9 +1,9 @@
 //! Shared setup: a store with the busybox base, a runc builder, a reporter that records.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use strata_build::{BuildOptions, Builder, Reporter, Secret};
+use strata_build::{BuildOptions, Builder, Secret, Transcript};
 use strata_isolate::{Cancel, DriverOptions};
 use strata_snapshot::{Engine, SnapshotId};
 
@@ -92,7 +92,7 @@ pub(crate) fn build_on(
     cancel: &Cancel,
 ) -> (Result<SnapshotId, strata_build::Error>, String) {
     let spec = strata_spec::parse(spec).unwrap();
-    let log = Log::default();
+    let log = Transcript::new();
     let opts = BuildOptions {
         context,
         secrets,
@@ -102,34 +102,6 @@ pub(crate) fn build_on(
     };
     let r = builder.build(&spec, &opts);
     (r, log.text())
-}
-
-/// Records everything a build reports, as text.
-#[derive(Default, Clone)]
-pub(crate) struct Log(Arc<Mutex<Vec<u8>>>);
-
-impl Log {
-    pub(crate) fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl Reporter for Log {
-    fn heading(&self, text: &str) {
-        self.0
-            .lock()
-            .unwrap()
-            .extend_from_slice(format!("{text}\n").as_bytes());
-    }
-    fn note(&self, text: &str) {
-        self.0
-            .lock()
-            .unwrap()
-            .extend_from_slice(format!("{text}\n").as_bytes());
-    }
-    fn output(&self, data: &[u8]) {
-        self.0.lock().unwrap().extend_from_slice(data);
-    }
 }
 
 /// Reads a file from a snapshot by checking it out as a plain copy.

@@ -21,6 +21,14 @@ fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A build context holding just `build.spec` with this text.
+fn spec_dir(env: &Env, spec: &str) -> PathBuf {
+    let ctx = env.path("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("build.spec"), spec).unwrap();
+    ctx
+}
+
 /// The `Got: "<id>"` line's id.
 fn got(stdout: &str) -> String {
     let line = stdout
@@ -80,15 +88,12 @@ fn two_processes_building_one_spec_run_each_step_once() {
         return;
     }
     let env = Env::new();
-    let ctx = env.path("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("build.spec"),
+    let ctx = spec_dir(
+        &env,
         r#"((from busybox) (shell /bin/sh -c)
             (run (cache (runs (target /runs))) (shell "echo x >> /runs/count; echo start; sleep 2; echo end"))
             (run (cache (runs (target /runs))) (shell "wc -l < /runs/count > /n")))"#,
-    )
-    .unwrap();
+    );
     // Make the base first so both processes start on equal terms.
     env.run(["healthcheck"]).ok();
     let spawn = || {
@@ -130,13 +135,10 @@ fn a_failing_step_exits_non_zero_naming_it() {
         return;
     }
     let env = Env::new();
-    let ctx = env.path("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("build.spec"),
+    let ctx = spec_dir(
+        &env,
         "((from busybox) (shell /bin/sh -c)\n (run (shell \"echo oops; exit 7\")))",
-    )
-    .unwrap();
+    );
     let run = env.run(["build".as_ref(), ctx.as_os_str()]);
     run.fails_with(&["step /: (run (shell \"echo oops; exit 7\")) failed: exited with status 7"]);
     assert!(run.stdout_text().contains("oops"), "{run:?}");
@@ -145,13 +147,7 @@ fn a_failing_step_exits_non_zero_naming_it() {
 #[test]
 fn spec_errors_point_into_the_file() {
     let env = Env::new();
-    let ctx = env.path("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("build.spec"),
-        "((from busybox)\n (rnu (shell \"true\")))\n",
-    )
-    .unwrap();
+    let ctx = spec_dir(&env, "((from busybox)\n (rnu (shell \"true\")))\n");
     let run = env.run(["build".as_ref(), ctx.as_os_str()]);
     run.fails_with(&["build.spec:2:3", "rnu", "did you mean", "^^^"]);
     let run = env.run(["build".as_ref(), env.path("missing").as_os_str()]);
@@ -202,13 +198,10 @@ fn delete_removes_a_snapshot_and_what_was_built_on_it() {
         return;
     }
     let env = Env::new();
-    let ctx = env.path("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("build.spec"),
+    let ctx = spec_dir(
+        &env,
         "((from busybox) (shell /bin/sh -c)\n (run (shell \"echo one > /1\"))\n (run (shell \"echo two > /2\")))",
-    )
-    .unwrap();
+    );
     let out = env.run(["build".as_ref(), ctx.as_os_str()]).ok();
     let saved: Vec<&str> = out
         .lines()
