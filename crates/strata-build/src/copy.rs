@@ -352,19 +352,13 @@ mod tests {
     fn dot_into_dir_copies_contents_and_excludes_by_basename() {
         let t = tree();
         let m = Manifest::build(t.path(), &copy(&["."], "/src/", &[".git", "c"]), "/src/").unwrap();
-        assert_eq!(
-            dsts(&m),
-            [
-                "src",
-                "src/a.txt",
-                "src/lib",
-                "src/lib/b.ml",
-                "src/lib/link",
-                "src/lib/sub"
-            ]
-        );
-        let link = m.items.iter().find(|i| i.dst == "src/lib/link").unwrap();
-        assert_eq!(link.kind, ItemKind::Symlink(b"../a.txt".to_vec()));
+        let mut want = vec!["src", "src/a.txt", "src/lib", "src/lib/b.ml", "src/lib/sub"];
+        if cfg!(unix) {
+            want.insert(4, "src/lib/link");
+            let link = m.items.iter().find(|i| i.dst == "src/lib/link").unwrap();
+            assert_eq!(link.kind, ItemKind::Symlink(b"../a.txt".to_vec()));
+        }
+        assert_eq!(dsts(&m), want);
     }
 
     #[test]

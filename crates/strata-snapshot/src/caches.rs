@@ -188,7 +188,7 @@ impl Engine {
         let views = self.cache_views_dir();
         fs::create_dir_all(&views).map_err(io_error("create", &views))?;
         // Canonical, like the checkout row the engine will record for it.
-        let views = fs::canonicalize(&views).map_err(io_error("resolve", &views))?;
+        let views = crate::engine::canonical(&views).map_err(io_error("resolve", &views))?;
         let dir = views.join(format!(
             "{}-{}-{}",
             std::process::id(),
@@ -355,7 +355,10 @@ impl Engine {
 
     fn publish(&self, view: &CacheView, version: &CacheVersion) -> crate::Result<Publish> {
         let now = index::now_millis();
-        self.with_index(|ix| Ok(ix.publish_cache_version(&view.dir, version, now)?))
+        // A new cache version must survive power loss, like a new snapshot.
+        self.with_index(
+            |ix| Ok(ix.durably(|ix| ix.publish_cache_version(&view.dir, version, now))?),
+        )
     }
 
     /// Publishes the whole tree at the view's directory as one layer, recorded as a base

@@ -54,6 +54,24 @@
 //! live one, may still be working on is never touched: makers are known by the pid in the
 //! state dir's name (a recycled pid errs on the side of keeping).
 //!
+//! # Durability
+//!
+//! A snapshot that `import`, `commit` or a cache release returned survives power loss, with
+//! as few flushes as that allows, since they dominate a small commit:
+//!
+//! - the CAS flushes a blob and its directory before it has a name (two fsyncs);
+//! - the index runs with `synchronous=NORMAL` and is not checkpointed when a process closes
+//!   it (that cost two flushes per `strata` command, and recreating the WAL two more); rows
+//!   that must last are written with [`Index::durably`] (one fsync of the WAL), or
+//! - an overlay commit, whose upper dir was mounted `volatile` (unmounting flushes nothing),
+//!   records the snapshot unflushed and then calls `syncfs` once on the store's filesystem:
+//!   that writes the rows and the upper dir together, before the upper dir is renamed into
+//!   `unpacked-v1/`. So an unpacked layer is complete whenever it has its name, and the
+//!   rename itself may be lost (the layer is then unpacked again from its blob).
+//!
+//! A volatile upper dir left by a host crash may have lost writes: `commit` refuses an
+//! overlay checkout mounted in an earlier boot (its state dir records the boot id).
+//!
 //! Named failpoints ([`FAILPOINTS`]) sit between the effects, so tests can kill a process at
 //! each of them (`STRATA_FAILPOINT=<name>` aborts the process there).
 
@@ -214,6 +232,17 @@ pub enum Error {
         /// The directory.
         dir: PathBuf,
     },
+    /// An overlay checkout whose mount did not survive a reboot: its upper dir may have lost
+    /// writes (mounts are volatile), so it cannot be committed.
+    #[error(
+        "{} was mounted before the host last restarted, and its changes may be incomplete: \
+         release it and run the step again",
+        dir.display()
+    )]
+    EarlierBoot {
+        /// The checkout directory.
+        dir: PathBuf,
+    },
     /// Overlay checkouts need Linux, root and overlayfs.
     #[error("overlay checkouts need Linux, root and overlayfs here; use a portable checkout")]
     OverlayUnavailable,
@@ -359,7 +388,7 @@ impl Engine {
     pub fn open(root: &Path) -> Result<Engine> {
         let cas = Store::open(root)?;
         // Canonical, so that state paths recorded in rows stay valid from any working dir.
-        let root = fs::canonicalize(root).map_err(io_err("resolve", root))?;
+        let root = canonical(root).map_err(io_err("resolve", root))?;
         let unpacked = root.join("unpacked-v1");
         let states = root.join("checkouts-v1");
         for dir in [&unpacked, &states] {
@@ -442,13 +471,14 @@ impl Engine {
         let _gc = self.gc_lock(false)?;
         let info = self.cas.put_file(tarball)?;
         failpoint("import.stored");
-        let row = self.record(None, &info, None, None, tag)?;
+        let row = self.record(None, &info, None, None, tag, true)?;
         failpoint("import.recorded");
         Ok(row)
     }
 
     /// Records a stored layer, with its relocation records, as a snapshot on top of
-    /// `parent`. Call it under the shared gc lock.
+    /// `parent`. Call it under the shared gc lock. With `durable`, the rows are on disk when
+    /// this returns; without, the caller flushes the index's filesystem itself.
     fn record(
         &self,
         parent: Option<SnapshotId>,
@@ -456,6 +486,7 @@ impl Engine {
         root_path: Option<Vec<u8>>,
         relocations: Option<&relocate::Records>,
         tag: Option<&str>,
+        durable: bool,
     ) -> Result<SnapshotRow> {
         let layer = LayerRow {
             id: info.id,
@@ -464,7 +495,7 @@ impl Engine {
             unpacked: false,
             created: index::now_millis(),
         };
-        self.with_index(|ix| {
+        let write = |ix: &mut Index| {
             // Relocations go in before the snapshot row exists, so no snapshot is ever seen
             // without them. A crash in between leaves an unreferenced layer row, which `gc`
             // removes; the shared gc lock keeps `gc` away from it meanwhile.
@@ -481,6 +512,14 @@ impl Engine {
                 ix.set_tag(tag, &row.id)?;
             }
             Ok(row)
+        };
+        self.with_index(|ix| {
+            if durable {
+                ix.durably(write)
+            } else {
+                write(ix)
+            }
+            .map_err(Error::from)
         })
     }
 
@@ -503,19 +542,22 @@ impl Engine {
         Ok(file)
     }
 
-    /// The directory holding `layer` unpacked, unpacking it first if needed.
-    fn ensure_unpacked(&self, layer: &LayerId) -> Result<PathBuf> {
+    /// The directories holding `layers` unpacked, unpacking the missing ones first. Each is
+    /// extracted into `tmp-<pid>-*` and renamed into place once flushed: on Linux with one
+    /// `syncfs` for all of them (a cold checkout of ten layers paid ten), elsewhere by the
+    /// extraction itself.
+    fn ensure_unpacked(&self, layers: &[LayerId]) -> Result<Vec<PathBuf>> {
         let overlay_format = self.privileged;
-        let name = if overlay_format {
-            layer.to_hex()
-        } else {
-            format!("{}.plain", layer.to_hex())
-        };
-        let target = self.unpacked.join(&name);
-        if target.is_dir() {
-            return Ok(target);
-        }
-        let tmp = self.unpacked.join(unique_name("tmp-"));
+        let targets: Vec<PathBuf> = layers
+            .iter()
+            .map(|layer| {
+                self.unpacked.join(if overlay_format {
+                    layer.to_hex()
+                } else {
+                    format!("{}.plain", layer.to_hex())
+                })
+            })
+            .collect();
         let opts = ExtractOptions {
             devices: if self.privileged {
                 DevicePolicy::Create
@@ -528,24 +570,44 @@ impl Engine {
             } else {
                 WhiteoutMode::Keep
             },
-            sync: true,
+            sync: !cfg!(target_os = "linux"),
             ..ExtractOptions::default()
         };
-        if let Err(e) = self.cas.apply(layer, &tmp, &opts) {
-            let _ = remove_tree(&tmp);
-            return Err(e.into());
+        // (layer, its temporary directory, its place), for each one not unpacked yet.
+        let mut made: Vec<(LayerId, PathBuf, &PathBuf)> = Vec::new();
+        let extracted = (|| {
+            for (layer, target) in layers.iter().zip(&targets) {
+                if target.is_dir() || made.iter().any(|(_, _, t)| *t == target) {
+                    continue;
+                }
+                let tmp = self.unpacked.join(unique_name("tmp-"));
+                made.push((*layer, tmp.clone(), target));
+                self.cas.apply(layer, &tmp, &opts)?;
+                failpoint("unpack.extracted");
+            }
+            #[cfg(target_os = "linux")]
+            if !made.is_empty() {
+                sync_filesystems(&[self.unpacked.as_path()])?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = extracted {
+            for (_, tmp, _) in &made {
+                let _ = remove_tree(tmp);
+            }
+            return Err(e);
         }
-        failpoint("unpack.extracted");
-        match fs::rename(&tmp, &target) {
-            Ok(()) => {}
-            // Another process unpacked the same layer first: same content, keep theirs.
-            Err(_) if target.is_dir() => remove_tree(&tmp)?,
-            Err(e) => return Err(io_err("rename into place", &target)(e)),
+        for (layer, tmp, target) in made {
+            match fs::rename(&tmp, target) {
+                Ok(()) => {}
+                // Another process unpacked the same layer first: same content, keep theirs.
+                Err(_) if target.is_dir() => remove_tree(&tmp)?,
+                Err(e) => return Err(io_err("rename into place", target)(e)),
+            }
+            failpoint("unpack.renamed");
+            self.with_index(|ix| Ok(ix.set_layer_unpacked(&layer, true)?))?;
         }
-        failpoint("unpack.renamed");
-        let layer = *layer;
-        self.with_index(|ix| Ok(ix.set_layer_unpacked(&layer, true)?))?;
-        Ok(target)
+        Ok(targets)
     }
 
     /// Unpacks in progress (`unpacked-v1/tmp-*`) of processes that no longer run.
@@ -679,10 +741,15 @@ impl Engine {
         let state = self.states.join(unique_name("c-"));
         let made = fs::create_dir(&state).map_err(io_err("create", &state));
         let made = made.and_then(|()| match mode {
-            CheckoutMode::Overlay => ["upper", "work"].iter().try_for_each(|d| {
-                let d = state.join(d);
-                fs::create_dir(&d).map_err(io_err("create", &d))
-            }),
+            CheckoutMode::Overlay => {
+                ["upper", "work"].iter().try_for_each(|d| {
+                    let d = state.join(d);
+                    fs::create_dir(&d).map_err(io_err("create", &d))
+                })?;
+                #[cfg(target_os = "linux")]
+                record_boot(&state)?;
+                Ok(())
+            }
             CheckoutMode::Portable => Ok(()),
         });
         if let Err(e) = made {
@@ -722,10 +789,8 @@ impl Engine {
         dir: &Path,
     ) -> Result<()> {
         let chain = self.with_index(|ix| Ok(ix.chain(snapshot)?))?;
-        let mut layers = Vec::with_capacity(chain.len());
-        for row in &chain {
-            layers.push(self.ensure_unpacked(&row.layer)?);
-        }
+        let ids: Vec<LayerId> = chain.iter().map(|row| row.layer).collect();
+        let layers = self.ensure_unpacked(&ids)?;
         failpoint_for(
             mode,
             "checkout.overlay.unpacked",
@@ -932,9 +997,14 @@ impl Engine {
             CheckoutMode::Overlay => {
                 #[cfg(target_os = "linux")]
                 {
-                    // Not mounted after a crash or a reboot: the upper dir is all we need.
+                    // Not mounted after a crash or a reboot: the upper dir is all we need,
+                    // unless the host went down since it was mounted (see `same_boot`).
                     if crate::overlay::is_mounted(&row.dir)? {
                         crate::overlay::unmount(&row.dir)?;
+                    } else if !same_boot(&state) {
+                        return Err(Error::EarlierBoot {
+                            dir: row.dir.clone(),
+                        });
                     }
                     failpoint("commit.overlay.unmounted");
                     let upper = state.join("upper");
@@ -951,21 +1021,33 @@ impl Engine {
                 (row.dir.clone(), portable::diff(&row.dir, &manifest)?)
             }
         };
-        let relocations = scan_relocations(&source, &row.root_path, &changes)?;
+        let (files, bytes) = changed_files(&source, &changes);
+        let relocations = relocate::scan(&source, &row.root_path, &files)?;
         // Held until the upper dir is in place too: `gc` must not drop the new layer (pruned
         // at once by another process) between recording it and moving its directory in.
         let gc = self.gc_lock(false)?;
-        let info = self
-            .cas
-            .put_changes(&source, &changes, &CreateOptions::default())?;
+        let info =
+            self.cas
+                .put_changes(&source, &changes, &create_options(bytes, changes.len()))?;
         failpoint_for(mode, "commit.overlay.stored", "commit.portable.stored");
+        // The blob is on disk (the CAS flushed it). An overlay commit flushes the new rows
+        // together with the upper dir below, in one go; a portable one flushes the index.
         let snapshot = self.record(
             Some(row.snapshot),
             &info,
             Some(row.root_path.clone()),
             Some(&relocations),
             tag,
+            mode == CheckoutMode::Portable,
         )?;
+        #[cfg(target_os = "linux")]
+        if mode == CheckoutMode::Overlay {
+            // The upper dir becomes the layer's unpacked tree below; the mount was volatile,
+            // so nothing has flushed it yet. One sync of the store's filesystem (and the
+            // upper dir's, were it elsewhere) writes it and the index rows, so the snapshot
+            // survives power loss and its unpacked tree is complete once it has a name.
+            sync_filesystems(&[self.root.as_path(), source.as_path()])?;
+        }
         failpoint_for(mode, "commit.overlay.recorded", "commit.portable.recorded");
         if mode == CheckoutMode::Overlay {
             // The upper dir is the new layer in overlay format: keep it, never extract it.
@@ -992,7 +1074,7 @@ impl Engine {
     }
 
     fn tracked(&self, dir: &Path) -> Result<CheckoutRow> {
-        let dir = fs::canonicalize(dir).map_err(io_err("resolve", dir))?;
+        let dir = canonical(dir).map_err(io_err("resolve", dir))?;
         self.with_index(|ix| Ok(ix.checkout(&dir)?))?
             .ok_or(Error::NotTracked { dir })
     }
@@ -1072,10 +1154,8 @@ impl Engine {
 
     fn copy_leased(&self, snapshot: &SnapshotId, dir: &Path) -> Result<()> {
         let chain = self.with_index(|ix| Ok(ix.chain(snapshot)?))?;
-        let mut layers = Vec::with_capacity(chain.len());
-        for row in &chain {
-            layers.push(self.ensure_unpacked(&row.layer)?);
-        }
+        let ids: Vec<LayerId> = chain.iter().map(|row| row.layer).collect();
+        let layers = self.ensure_unpacked(&ids)?;
         let refs: Vec<&Path> = layers.iter().map(PathBuf::as_path).collect();
         portable::materialize(&refs, dir)?;
         self.relocate_copy(&chain, &layers, dir)?;
@@ -1083,18 +1163,96 @@ impl Engine {
     }
 }
 
-/// Where the changed regular files under `tree` mention `root`, for relocating them later.
-fn scan_relocations(tree: &Path, root: &[u8], changes: &[Change]) -> Result<relocate::Records> {
-    let files: Vec<Vec<u8>> = changes
+/// The added or modified regular files under `tree` (to scan for the checkout root) and
+/// their total size.
+fn changed_files(tree: &Path, changes: &[Change]) -> (Vec<Vec<u8>>, u64) {
+    let mut bytes = 0;
+    let files = changes
         .iter()
         .filter(|c| matches!(c.kind, ChangeKind::Added | ChangeKind::Modified))
         .filter(|c| {
-            fs::symlink_metadata(tree.join(bytes_path(&c.path)))
-                .is_ok_and(|m| m.file_type().is_file())
+            fs::symlink_metadata(tree.join(bytes_path(&c.path))).is_ok_and(|m| {
+                bytes += m.len();
+                m.file_type().is_file()
+            })
         })
         .map(|c| c.path.clone())
         .collect();
-    Ok(relocate::scan(tree, root, &files)?)
+    (files, bytes)
+}
+
+/// How to compress a layer of `entries` entries and about `bytes` bytes of file data. Most
+/// commits of a build step are small: a layer that surely fits in one zstd frame is
+/// compressed on this thread, with a chunk buffer of its size rather than the default's
+/// 8 MiB (allocating and zeroing those, and starting workers, costs more than compressing a
+/// few kilobytes). The blob is the same either way: one frame of the whole tar.
+fn create_options(bytes: u64, entries: usize) -> CreateOptions {
+    let defaults = CreateOptions::default();
+    // Headers, padding and PAX records: a generous 4 KiB per entry, and twice that in all.
+    let tar = bytes.saturating_add(4096u64.saturating_mul(entries as u64 + 1));
+    let chunk = tar.saturating_mul(2).next_power_of_two();
+    if chunk < defaults.chunk_size as u64 {
+        CreateOptions {
+            threads: 1,
+            chunk_size: chunk as usize,
+            ..defaults
+        }
+    } else {
+        defaults
+    }
+}
+
+/// Flushes the filesystems holding `paths` (each once): `syncfs`, one journal commit for
+/// everything written there, rather than an fsync per file and directory.
+#[cfg(target_os = "linux")]
+fn sync_filesystems(paths: &[&Path]) -> Result<()> {
+    let mut synced = Vec::new();
+    for path in paths {
+        let fd = rustix::fs::open(
+            *path,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| io_err("open", path)(e.into()))?;
+        let dev = rustix::fs::fstat(&fd)
+            .map_err(|e| io_err("stat", path)(e.into()))?
+            .st_dev;
+        if !synced.contains(&dev) {
+            rustix::fs::syncfs(&fd)
+                .map_err(|e| io_err("flush the filesystem of", path)(e.into()))?;
+            synced.push(dev);
+        }
+    }
+    Ok(())
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), if the kernel tells.
+#[cfg(target_os = "linux")]
+fn boot_id() -> Option<String> {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+/// Notes in an overlay checkout's state dir which boot mounted it (see [`same_boot`]).
+#[cfg(target_os = "linux")]
+fn record_boot(state: &Path) -> Result<()> {
+    let path = state.join("boot-id");
+    match boot_id() {
+        Some(id) => fs::write(&path, id).map_err(io_err("write", &path)),
+        None => Ok(()),
+    }
+}
+
+/// Whether the overlay checkout with this state dir was mounted during this boot. Mounts are
+/// volatile, so the upper dir of an earlier boot may have lost writes when the host went
+/// down; one without a record (or without a boot id to compare) is given the benefit.
+#[cfg(target_os = "linux")]
+fn same_boot(state: &Path) -> bool {
+    match (fs::read_to_string(state.join("boot-id")), boot_id()) {
+        (Ok(recorded), Some(now)) => recorded.trim() == now,
+        _ => true,
+    }
 }
 
 /// Clones the tree at `source` into `target`: directories are recreated with their mode,
@@ -1227,7 +1385,42 @@ fn prepare_target(dir: &Path) -> Result<PathBuf> {
         }
         Err(e) => return Err(io_err("create", dir)(e)),
     }
-    fs::canonicalize(dir).map_err(io_err("resolve", dir))
+    canonical(dir).map_err(io_err("resolve", dir))
+}
+
+/// `fs::canonicalize`, without Windows's `\\?\` prefix where the path has a plain form: a
+/// checkout's root is recorded, and looked for in files (relocation), as tools spell it.
+pub(crate) fn canonical(path: &Path) -> io::Result<PathBuf> {
+    let path = fs::canonicalize(path)?;
+    #[cfg(windows)]
+    if let Some(plain) = path.to_str().and_then(plain_windows_path) {
+        return Ok(PathBuf::from(plain));
+    }
+    Ok(path)
+}
+
+/// The plain form of a verbatim Windows path: `\\?\C:\x` is `C:\x`, `\\?\UNC\host\share\x`
+/// is `\\host\share\x`. `None` for other verbatim paths (devices, volume GUIDs) and where the
+/// plain form would name something else: Win32 drops trailing dots and spaces of components.
+#[cfg_attr(
+    not(windows),
+    allow(dead_code, reason = "used on Windows; unit-tested everywhere")
+)]
+fn plain_windows_path(path: &str) -> Option<String> {
+    let plain = if let Some(rest) = path.strip_prefix(r"\\?\UNC\") {
+        format!(r"\\{rest}")
+    } else {
+        let rest = path.strip_prefix(r"\\?\")?;
+        let drive = rest.as_bytes();
+        if !(drive.len() >= 3 && drive[0].is_ascii_alphabetic() && &drive[1..3] == b":\\") {
+            return None;
+        }
+        rest.to_owned()
+    };
+    let odd = plain
+        .split('\\')
+        .any(|c| c.ends_with('.') || c.ends_with(' '));
+    (!odd && !plain.contains('/')).then_some(plain)
 }
 
 /// Removes a tree, including read-only directories (root can, others may need chmod). A
@@ -1299,5 +1492,41 @@ fn process_alive(pid: u32) -> bool {
     {
         let _ = pid;
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbatim_windows_paths_get_their_plain_form_where_it_means_the_same() {
+        let plain = |p: &str| plain_windows_path(p);
+        assert_eq!(plain(r"\\?\C:\strata\s01"), Some(r"C:\strata\s01".into()));
+        assert_eq!(
+            plain(r"\\?\UNC\host\share\s01"),
+            Some(r"\\host\share\s01".into())
+        );
+        // Already plain, a device or volume path, or a name Win32 would trim.
+        assert_eq!(plain(r"C:\strata"), None);
+        assert_eq!(plain(r"\\?\Volume{1234}\x"), None);
+        assert_eq!(plain(r"\\?\C:\strata\dot."), None);
+        assert_eq!(plain(r"\\?\C:\strata\space \x"), None);
+    }
+
+    #[test]
+    fn small_layers_are_compressed_inline_in_one_frame() {
+        let defaults = CreateOptions::default();
+        let small = create_options(64 << 10, 7);
+        assert_eq!((small.threads, small.level), (1, defaults.level));
+        assert!(small.chunk_size >= 2 * ((64 << 10) + 8 * 4096));
+        assert!(small.chunk_size < defaults.chunk_size);
+        let large = create_options(100 << 20, 10);
+        assert_eq!(
+            (large.threads, large.chunk_size),
+            (defaults.threads, defaults.chunk_size)
+        );
+        // Many small files: the per-entry allowance alone passes the default chunk.
+        assert_eq!(create_options(0, 4000).threads, defaults.threads);
     }
 }

@@ -1,6 +1,8 @@
-//! Portable checkout: materialise a stack of unpacked layers into a plain directory (any Unix
-//! filesystem, no overlayfs), and find what a build step changed there with a stat walk
-//! against the [`Manifest`] taken at checkout.
+//! Portable checkout: materialise a stack of unpacked layers into a plain directory (any
+//! filesystem, no overlayfs; Unix and Windows), and find what a build step changed there with
+//! a stat walk against the [`Manifest`] taken at checkout. File data is cloned where the
+//! filesystem can (`FICLONE` on Linux, `clonefile` on APFS, block cloning on ReFS) and
+//! copied otherwise.
 //!
 //! Each layer is a read-only directory in which whiteouts appear in either encoding, and both
 //! are understood in every layer:
@@ -11,7 +13,9 @@
 //! [`materialize`] merges the layers one directory at a time, walking all of them at once: for
 //! each directory it lists each contributing layer top-first and decides every name once, so
 //! hidden entries are never opened and each visible file is read (or reflinked) once. Every
-//! path is resolved from directory handles with `O_NOFOLLOW`, in the layers and in the target.
+//! path is resolved from directory handles with `O_NOFOLLOW`, in the layers and in the target
+//! (on Unix; std offers no handle-relative calls on Windows, where paths are resolved, so
+//! layers and targets must not change under a checkout).
 //!
 //! [`diff`] walks the directory in depth-first byte order next to the manifest (which is kept
 //! in that order), so it costs one `lstat` per entry plus the changes, and never reads data.
@@ -197,8 +201,11 @@ impl TryFrom<ManifestRepr> for Manifest {
 impl Manifest {
     /// Builds a manifest from entries already in depth-first byte order.
     #[cfg_attr(
-        not(unix),
-        allow(dead_code, reason = "only the Unix walker builds manifests")
+        not(any(unix, windows)),
+        allow(
+            dead_code,
+            reason = "only the Unix and Windows walkers build manifests"
+        )
     )]
     fn new(taken: Timestamp, entries: Vec<ManifestEntry>) -> Self {
         debug_assert!(
@@ -312,7 +319,8 @@ pub struct MaterializeReport {
     pub entries: u64,
     /// File data bytes placed in the target (reflinked or copied; hard links not counted).
     pub bytes: u64,
-    /// Regular files whose data was shared with the layer (`FICLONE`).
+    /// Regular files whose data was shared with the layer (`FICLONE`, `clonefile`, ReFS
+    /// block cloning).
     pub reflinked: u64,
     /// Regular files whose data was copied (`copy_file_range`, else read/write); empty files
     /// count here.
@@ -360,28 +368,371 @@ pub fn manifest_of(dir: &Path) -> Result<Manifest> {
     imp::manifest_of(dir)
 }
 
+// ---- shared by the platform implementations (and unit-tested on every platform) ----
+
+/// What a layer holds at one name of a directory being merged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A directory.
+    Dir,
+    /// Anything else that is materialised (file, symlink, device, fifo).
+    Other,
+    /// An overlayfs whiteout (a 0/0 character device).
+    Whiteout,
+}
+
+/// The decision for one name of a merged directory.
+#[derive(Debug, PartialEq, Eq)]
+enum Pick {
+    /// Whited out: nothing at this name.
+    Hidden,
+    /// A non-directory from the source at this position.
+    Leaf(usize),
+    /// A directory merged from the sources at these positions, top-first; `closed` once a
+    /// layer hides everything further down.
+    Dir { from: Vec<usize>, closed: bool },
+}
+
+/// Decides every name of one merged directory from the listings of its layers, fed top
+/// layer first: each name is decided once, and hidden entries are never looked at again.
+#[derive(Debug, Default)]
+struct Picker {
+    picks: std::collections::BTreeMap<Vec<u8>, Pick>,
+}
+
+impl Picker {
+    /// Adds the listing of the next layer down, the source at position `pos`. Names in the
+    /// `.wh.` space are OCI whiteouts; `opaque` says the directory is marked opaque in
+    /// overlayfs's encoding. Returns whether the layers below are hidden, or the name of a
+    /// malformed whiteout.
+    fn add_layer(
+        &mut self,
+        pos: usize,
+        mut opaque: bool,
+        entries: Vec<(Vec<u8>, Kind)>,
+    ) -> Result<bool, Vec<u8>> {
+        use strata_cas::tar::{WHITEOUT_PREFIX, Whiteout, whiteout};
+        let mut whiteouts = Vec::new();
+        for (name, kind) in entries {
+            if name.starts_with(WHITEOUT_PREFIX) {
+                match whiteout(&name) {
+                    Ok(Some(Whiteout::Opaque { .. })) => opaque = true,
+                    Ok(Some(Whiteout::Remove { name: hidden, .. })) => {
+                        whiteouts.push(hidden.to_vec());
+                    }
+                    Ok(None) | Err(_) => return Err(name),
+                }
+                continue;
+            }
+            if kind == Kind::Whiteout {
+                whiteouts.push(name);
+                continue;
+            }
+            match self.picks.get_mut(&name) {
+                None => {
+                    let pick = if kind == Kind::Dir {
+                        Pick::Dir {
+                            from: vec![pos],
+                            closed: false,
+                        }
+                    } else {
+                        Pick::Leaf(pos)
+                    };
+                    self.picks.insert(name, pick);
+                }
+                Some(Pick::Dir { from, closed }) if !*closed => {
+                    if kind == Kind::Dir {
+                        from.push(pos);
+                    } else {
+                        *closed = true;
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        // After this layer's own entries: a whiteout hides lower layers only.
+        for name in whiteouts {
+            match self.picks.get_mut(&name) {
+                None => {
+                    self.picks.insert(name, Pick::Hidden);
+                }
+                Some(Pick::Dir { closed, .. }) => *closed = true,
+                Some(_) => {}
+            }
+        }
+        Ok(opaque)
+    }
+}
+
+/// One directory of a tree walked by [`diff`] and [`manifest_of`]: Unix reaches children
+/// through handles, Windows through paths.
+trait WalkDir: Sized {
+    /// The names of its entries (not `.` and `..`), in any order.
+    fn names(&self) -> io::Result<Vec<Vec<u8>>>;
+    /// The stat of child `name`, not following a symlink; `None` if it is gone.
+    fn stat(&self, name: &[u8]) -> io::Result<Option<EntryStat>>;
+    /// Child directory `name`; `None` if it is gone.
+    fn open(&self, name: &[u8]) -> io::Result<Option<Self>>;
+}
+
+/// `rel` (`/`-separated) under `base`, for error messages and platform calls.
+fn join(base: &Path, rel: &[u8]) -> PathBuf {
+    if rel.is_empty() {
+        return base.to_path_buf();
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        base.join(std::ffi::OsStr::from_bytes(rel))
+    }
+    #[cfg(not(unix))]
+    {
+        let mut out = base.to_path_buf();
+        for component in String::from_utf8_lossy(rel).split('/') {
+            out.push(component);
+        }
+        out
+    }
+}
+
+/// An error about `rel` under `base`; the path is only built if the call failed.
+fn walk_err<'s>(
+    op: &'static str,
+    base: &'s Path,
+    rel: &'s [u8],
+) -> impl FnOnce(io::Error) -> Error + 's {
+    move |source| Error::Io {
+        op,
+        path: join(base, rel),
+        source,
+    }
+}
+
+fn child_path(prefix: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(prefix.len() + 1 + name.len());
+    p.extend_from_slice(prefix);
+    if !p.is_empty() {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+/// Whether `path` is strictly below `dir` (everything is below the root, `""`).
+fn is_under(path: &[u8], dir: &[u8]) -> bool {
+    if dir.is_empty() {
+        return !path.is_empty();
+    }
+    path.len() > dir.len() && path.starts_with(dir) && path[dir.len()] == b'/'
+}
+
+fn sorted_names<D: WalkDir>(dir: &D) -> io::Result<Vec<Vec<u8>>> {
+    let mut names = dir.names()?;
+    names.sort_unstable();
+    Ok(names)
+}
+
+/// Stats every entry below `dir`, depth-first with children in byte order. Entries that
+/// vanish meanwhile are left out.
+fn collect<D: WalkDir>(
+    root: &Path,
+    dir: &D,
+    prefix: &mut Vec<u8>,
+    out: &mut Vec<ManifestEntry>,
+) -> Result<()> {
+    for name in sorted_names(dir).map_err(walk_err("list", root, prefix))? {
+        let len = prefix.len();
+        if !prefix.is_empty() {
+            prefix.push(b'/');
+        }
+        prefix.extend_from_slice(&name);
+        if let Some(stat) = dir.stat(&name).map_err(walk_err("stat", root, prefix))? {
+            out.push(ManifestEntry {
+                path: prefix.clone(),
+                stat,
+            });
+            if stat.is_dir()
+                && let Some(child) = dir.open(&name).map_err(walk_err("open", root, prefix))?
+            {
+                collect(root, &child, prefix, out)?;
+            }
+        }
+        prefix.truncate(len);
+    }
+    Ok(())
+}
+
+/// Whether an entry changed since the manifest taken at `taken` recorded it as `old`.
+fn changed(old: &EntryStat, now: &EntryStat, taken: Timestamp) -> bool {
+    old.mode != now.mode
+        || old.ino != now.ino
+        || old.size != now.size
+        || old.uid != now.uid
+        || old.gid != now.gid
+        || old.mtime != now.mtime
+        || old.ctime != now.ctime
+        // Racy: a change within the manifest's timestamp could leave the stat as is.
+        || old.mtime >= taken
+}
+
+/// What changed under `root` (reached as `dir`) since `manifest`.
+fn diff_walk<D: WalkDir>(root: &Path, dir: &D, manifest: &Manifest) -> Result<Vec<Change>> {
+    let mut d = Differ {
+        dir: root,
+        entries: &manifest.entries,
+        taken: manifest.taken,
+        next: 0,
+        out: Vec::new(),
+    };
+    d.walk(dir, &mut Vec::new())?;
+    Ok(d.out)
+}
+
+/// Walks the directory and the manifest side by side: both are in depth-first byte order,
+/// so the manifest is read through one cursor and nothing is looked up.
+struct Differ<'a> {
+    dir: &'a Path,
+    entries: &'a [ManifestEntry],
+    taken: Timestamp,
+    /// The first manifest entry not yet matched or reported.
+    next: usize,
+    out: Vec<Change>,
+}
+
+impl Differ<'_> {
+    fn walk<D: WalkDir>(&mut self, fd: &D, prefix: &mut Vec<u8>) -> Result<()> {
+        let dir = self.dir;
+        for name in sorted_names(fd).map_err(walk_err("list", dir, prefix))? {
+            let len = prefix.len();
+            if !prefix.is_empty() {
+                prefix.push(b'/');
+            }
+            prefix.extend_from_slice(&name);
+            self.deleted_before(&prefix[..len], Some(prefix));
+            self.visit(fd, &name, prefix)?;
+            prefix.truncate(len);
+        }
+        self.deleted_before(prefix, None);
+        Ok(())
+    }
+
+    fn visit<D: WalkDir>(&mut self, fd: &D, name: &[u8], path: &mut Vec<u8>) -> Result<()> {
+        use strata_cas::ChangeKind;
+        let dir = self.dir;
+        // Removed since the listing: the cursor reports it if it was recorded.
+        let Some(now) = fd.stat(name).map_err(walk_err("stat", dir, path))? else {
+            return Ok(());
+        };
+        match self.entries.get(self.next) {
+            Some(e) if e.path == *path => {
+                let old = e.stat;
+                self.next += 1;
+                if changed(&old, &now, self.taken) {
+                    self.out
+                        .push(Change::new(path.clone(), ChangeKind::Modified));
+                }
+                // A directory replaced by a non-directory took its children with it.
+                if !now.is_dir() {
+                    self.skip_below(path);
+                }
+            }
+            _ => self.out.push(Change::new(path.clone(), ChangeKind::Added)),
+        }
+        // Removed since the stat: its recorded children are reported as deleted.
+        if now.is_dir()
+            && let Some(child) = fd.open(name).map_err(walk_err("open", dir, path))?
+        {
+            self.walk(&child, path)?;
+        }
+        Ok(())
+    }
+
+    /// Reports as deleted the recorded entries below `prefix` that come before `until`
+    /// (all of them without it): the walk has passed their place without meeting them.
+    fn deleted_before(&mut self, prefix: &[u8], until: Option<&[u8]>) {
+        use strata_cas::ChangeKind;
+        while let Some(e) = self.entries.get(self.next) {
+            let passed =
+                until.is_none_or(|u| strata_cas::tar::path_order(&e.path, u) == Ordering::Less);
+            if !is_under(&e.path, prefix) || !passed {
+                break;
+            }
+            self.out
+                .push(Change::new(e.path.clone(), ChangeKind::Deleted));
+            self.next += 1;
+            self.skip_below(&e.path);
+        }
+    }
+
+    /// Moves the cursor past the recorded entries below `path`.
+    fn skip_below(&mut self, path: &[u8]) {
+        while self
+            .entries
+            .get(self.next)
+            .is_some_and(|e| is_under(&e.path, path))
+        {
+            self.next += 1;
+        }
+    }
+}
+
+/// Windows FILETIME ticks (100 ns since 1601) as a Unix timestamp.
+#[cfg_attr(
+    not(windows),
+    allow(dead_code, reason = "used on Windows; unit-tested everywhere")
+)]
+fn timestamp_from_filetime(ticks: i64) -> Timestamp {
+    /// 1601-01-01 to 1970-01-01 in ticks.
+    const UNIX_EPOCH_TICKS: i64 = 116_444_736_000_000_000;
+    let since = i128::from(ticks) - i128::from(UNIX_EPOCH_TICKS);
+    Timestamp {
+        sec: i64::try_from(since.div_euclid(10_000_000)).unwrap_or(i64::MIN),
+        nsec: u32::try_from(since.rem_euclid(10_000_000) * 100).unwrap_or(0),
+    }
+}
+
+/// A Unix-like `st_mode` for a Windows entry, so that manifests compare types and the
+/// read-only attribute the same way everywhere.
+#[cfg_attr(
+    not(windows),
+    allow(dead_code, reason = "used on Windows; unit-tested everywhere")
+)]
+fn mode_from_attributes(attributes: u32, directory: bool, symlink: bool) -> u32 {
+    const READONLY: u32 = 0x1;
+    const S_IFLNK: u32 = 0o120_000;
+    const S_IFREG: u32 = 0o100_000;
+    let readonly = attributes & READONLY != 0;
+    if symlink {
+        S_IFLNK | 0o777
+    } else if directory {
+        S_IFDIR | if readonly { 0o555 } else { 0o755 }
+    } else {
+        S_IFREG | if readonly { 0o444 } else { 0o644 }
+    }
+}
+
 #[cfg(unix)]
 mod imp {
     //! The Unix implementation: directory handles, `*at` calls, `O_NOFOLLOW`.
 
-    use std::cmp::Ordering;
-    use std::collections::{BTreeMap, HashMap};
-    use std::ffi::OsStr;
+    use std::collections::HashMap;
     use std::fs::File;
     use std::io::{Read, Write};
     use std::os::fd::OwnedFd;
-    use std::os::unix::ffi::OsStrExt;
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
     use rustix::fs::{
         AtFlags, CWD, Dir, FileType, Gid, Mode, OFlags, Stat, Timespec, Timestamps, Uid, XattrFlags,
     };
     use rustix::io::Errno;
-    use strata_cas::tar::{WHITEOUT_PREFIX, path_order, split_parent};
-    use strata_cas::{Change, ChangeKind};
+    use strata_cas::Change;
+    use strata_cas::tar::{WHITEOUT_PREFIX, split_parent};
 
-    use super::{EntryStat, Error, Manifest, ManifestEntry, MaterializeReport, Result, Timestamp};
+    use super::{
+        EntryStat, Error, Kind, Manifest, ManifestEntry, MaterializeReport, Pick, Picker, Result,
+        Timestamp, WalkDir, child_path, collect, diff_walk, join,
+    };
 
     /// Directories below a handle: never through a symlink.
     const DIR_FLAGS: OFlags = OFlags::RDONLY
@@ -414,32 +765,6 @@ mod imp {
             path: join(base, rel),
             source: e.into(),
         }
-    }
-
-    fn join(base: &Path, rel: &[u8]) -> PathBuf {
-        if rel.is_empty() {
-            base.to_path_buf()
-        } else {
-            base.join(OsStr::from_bytes(rel))
-        }
-    }
-
-    fn child_path(prefix: &[u8], name: &[u8]) -> Vec<u8> {
-        let mut p = Vec::with_capacity(prefix.len() + 1 + name.len());
-        p.extend_from_slice(prefix);
-        if !p.is_empty() {
-            p.push(b'/');
-        }
-        p.extend_from_slice(name);
-        p
-    }
-
-    /// Whether `path` is strictly below `dir` (everything is below the root, `""`).
-    fn is_under(path: &[u8], dir: &[u8]) -> bool {
-        if dir.is_empty() {
-            return !path.is_empty();
-        }
-        path.len() > dir.len() && path.starts_with(dir) && path[dir.len()] == b'/'
     }
 
     /// Opens a directory the caller named (possibly through symlinks: the caller chose it).
@@ -618,17 +943,6 @@ mod imp {
         }
     }
 
-    /// The decision for one name of a merged directory.
-    enum Pick {
-        /// Whited out: nothing at this name.
-        Hidden,
-        /// A non-directory from the source at this position.
-        Leaf(usize),
-        /// A directory merged from the sources at these positions, top-first; `closed` once
-        /// a layer hides everything further down.
-        Dir { from: Vec<usize>, closed: bool },
-    }
-
     /// One layer's handle on the directory being merged.
     struct Source {
         layer: usize,
@@ -637,10 +951,6 @@ mod imp {
 
     /// How a regular file's data reached the target.
     enum Placed {
-        #[cfg_attr(
-            not(target_os = "linux"),
-            allow(dead_code, reason = "only Linux clones files")
-        )]
         Reflinked,
         Copied,
     }
@@ -650,10 +960,11 @@ mod imp {
         target: &'a Path,
         root: OwnedFd,
         as_root: bool,
-        /// Per layer: whether `FICLONE` and `copy_file_range` are still worth trying.
+        /// Per layer: whether `FICLONE` (`fclonefileat` on macOS) and `copy_file_range` are
+        /// still worth trying.
         #[cfg_attr(
-            not(target_os = "linux"),
-            allow(dead_code, reason = "only Linux clones or copies in the kernel")
+            not(any(target_os = "linux", target_vendor = "apple")),
+            allow(dead_code, reason = "only Linux and macOS clone files")
         )]
         reflink: Vec<bool>,
         #[cfg_attr(
@@ -788,34 +1099,20 @@ mod imp {
             out: &OwnedFd,
             prefix: &mut Vec<u8>,
         ) -> Result<()> {
-            let mut picks: BTreeMap<Vec<u8>, Pick> = BTreeMap::new();
+            let mut picker = Picker::default();
             let mut used = sources.len();
             for (pos, src) in sources.iter().enumerate() {
                 let base = self.layers[src.layer];
-                let mut opaque = overlay_opaque(&src.fd).map_err(io_err(
+                let opaque = overlay_opaque(&src.fd).map_err(io_err(
                     "read the extended attributes of",
                     base,
                     prefix,
                 ))?;
-                let mut whiteouts = Vec::new();
+                let mut entries = Vec::new();
                 for (name, ft) in list(&src.fd).map_err(io_err("list", base, prefix))? {
-                    if name.starts_with(WHITEOUT_PREFIX) {
-                        match strata_cas::tar::whiteout(&name) {
-                            Ok(Some(strata_cas::tar::Whiteout::Opaque { .. })) => opaque = true,
-                            Ok(Some(strata_cas::tar::Whiteout::Remove {
-                                name: hidden, ..
-                            })) => {
-                                whiteouts.push(hidden.to_vec());
-                            }
-                            Ok(None) | Err(_) => {
-                                return Err(Error::BadWhiteout {
-                                    path: join(base, &child_path(prefix, &name)),
-                                });
-                            }
-                        }
-                        continue;
-                    }
-                    let ft = match ft {
+                    let kind = match ft {
+                        _ if name.starts_with(WHITEOUT_PREFIX) => Kind::Other,
+                        FileType::Directory => Kind::Dir,
                         // Only a stat tells an overlay whiteout (rdev 0/0) from a device.
                         FileType::CharacterDevice | FileType::Unknown => {
                             let st = rustix::fs::statat(
@@ -824,48 +1121,23 @@ mod imp {
                                 AtFlags::SYMLINK_NOFOLLOW,
                             )
                             .map_err(|e| io_err("stat", base, &child_path(prefix, &name))(e))?;
-                            let ft = FileType::from_raw_mode(st.st_mode);
-                            if ft == FileType::CharacterDevice && st.st_rdev == 0 {
-                                whiteouts.push(name);
-                                continue;
+                            match FileType::from_raw_mode(st.st_mode) {
+                                FileType::CharacterDevice if st.st_rdev == 0 => Kind::Whiteout,
+                                FileType::Directory => Kind::Dir,
+                                _ => Kind::Other,
                             }
-                            ft
                         }
-                        ft => ft,
+                        _ => Kind::Other,
                     };
-                    match picks.get_mut(&name) {
-                        None => {
-                            let pick = if ft == FileType::Directory {
-                                Pick::Dir {
-                                    from: vec![pos],
-                                    closed: false,
-                                }
-                            } else {
-                                Pick::Leaf(pos)
-                            };
-                            picks.insert(name, pick);
-                        }
-                        Some(Pick::Dir { from, closed }) if !*closed => {
-                            if ft == FileType::Directory {
-                                from.push(pos);
-                            } else {
-                                *closed = true;
-                            }
-                        }
-                        Some(_) => {}
-                    }
+                    entries.push((name, kind));
                 }
-                // After this layer's own entries: a whiteout hides lower layers only.
-                for name in whiteouts {
-                    match picks.get_mut(&name) {
-                        None => {
-                            picks.insert(name, Pick::Hidden);
-                        }
-                        Some(Pick::Dir { closed, .. }) => *closed = true,
-                        Some(_) => {}
-                    }
-                }
-                if opaque {
+                let hides_below =
+                    picker
+                        .add_layer(pos, opaque, entries)
+                        .map_err(|name| Error::BadWhiteout {
+                            path: join(base, &child_path(prefix, &name)),
+                        })?;
+                if hides_below {
                     used = pos + 1;
                     break;
                 }
@@ -873,7 +1145,7 @@ mod imp {
             // Handles of layers below an opaque one are not needed any more.
             sources.truncate(used);
 
-            for (name, pick) in picks {
+            for (name, pick) in picker.picks {
                 let len = prefix.len();
                 if !prefix.is_empty() {
                     prefix.push(b'/');
@@ -1035,19 +1307,31 @@ mod imp {
                 Mode::empty(),
             )
             .map_err(io_err("open", base, path))?;
-            // Owner-writable until the end, so xattrs can be set whatever the final mode.
-            let to = rustix::fs::openat(
-                out,
-                name,
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                owner_only(0o600),
-            )
-            .map_err(io_err("create", target, path))?;
             let src_file = Source {
                 layer: src.layer,
                 fd: from,
             };
-            let (placed, bytes) = self.copy_data(&src_file, &to, st.st_size as u64, path)?;
+            let size = st.st_size as u64;
+            let (to, placed, bytes) = match self.clone_file(&src_file, out, name, size, path)? {
+                Some(to) => (to, Placed::Reflinked, size),
+                None => {
+                    // Owner-writable until the end, so xattrs can be set whatever the final
+                    // mode.
+                    let to = rustix::fs::openat(
+                        out,
+                        name,
+                        OFlags::WRONLY
+                            | OFlags::CREATE
+                            | OFlags::EXCL
+                            | OFlags::NOFOLLOW
+                            | OFlags::CLOEXEC,
+                        owner_only(0o600),
+                    )
+                    .map_err(io_err("create", target, path))?;
+                    let (placed, bytes) = self.copy_data(&src_file, &to, size, path)?;
+                    (to, placed, bytes)
+                }
+            };
             match placed {
                 Placed::Reflinked => self.report.reflinked += 1,
                 Placed::Copied => self.report.copied += 1,
@@ -1110,6 +1394,66 @@ mod imp {
                 }
             }
             Ok(fd)
+        }
+
+        /// macOS: creates `name` in `out` as a clone of `from` (`fclonefileat`, APFS), opened
+        /// for writing its metadata; `None` where the filesystem cannot clone, and the caller
+        /// copies. Elsewhere cloning needs the file created first (see `copy_data`).
+        #[cfg(target_vendor = "apple")]
+        fn clone_file(
+            &mut self,
+            from: &Source,
+            out: &OwnedFd,
+            name: &[u8],
+            size: u64,
+            path: &[u8],
+        ) -> Result<Option<OwnedFd>> {
+            let target = self.target;
+            if size == 0 || !self.reflink[from.layer] {
+                return Ok(None);
+            }
+            let flags = rustix::fs::CloneFlags::NOFOLLOW | rustix::fs::CloneFlags::NOOWNERCOPY;
+            match rustix::fs::fclonefileat(&from.fd, out, name, flags) {
+                Ok(()) => {}
+                // Not APFS, or another volume: stop asking for this layer.
+                Err(Errno::NOTSUP | Errno::XDEV | Errno::NOSYS) => {
+                    self.reflink[from.layer] = false;
+                    return Ok(None);
+                }
+                Err(e) => return Err(io_err("clone", target, path)(e)),
+            }
+            // The clone has the layer file's mode, maybe read-only: writable by us until the
+            // end, like a copy. It is our fresh regular file, so chmodat cannot be misled.
+            rustix::fs::chmodat(out, name, owner_only(0o600), AtFlags::empty()).map_err(io_err(
+                "set the mode of",
+                target,
+                path,
+            ))?;
+            let to = rustix::fs::openat(
+                out,
+                name,
+                OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(io_err("open", target, path))?;
+            Ok(Some(to))
+        }
+
+        #[cfg(not(target_vendor = "apple"))]
+        #[allow(
+            clippy::unnecessary_wraps,
+            clippy::unused_self,
+            reason = "the same signature as the macOS variant"
+        )]
+        fn clone_file(
+            &mut self,
+            _from: &Source,
+            _out: &OwnedFd,
+            _name: &[u8],
+            _size: u64,
+            _path: &[u8],
+        ) -> Result<Option<OwnedFd>> {
+            Ok(None)
         }
 
         /// Puts the data of `from` into `to`: a reflink, else an in-kernel copy, else a copy
@@ -1234,6 +1578,7 @@ mod imp {
         let root = open_root(dir)?;
         let root_stat = rustix::fs::fstat(&root).map_err(io_err("stat", dir, b""))?;
         let taken = racy_bound(&entry_stat(&root_stat));
+        let root = FdDir(root);
         let mut entries = Vec::new();
         collect(dir, &root, &mut Vec::new(), &mut entries)?;
         // As in a checkout, return once the filesystem's clock has surely passed every
@@ -1264,160 +1609,44 @@ mod imp {
         }
     }
 
-    fn sorted_names(fd: &OwnedFd) -> rustix::io::Result<Vec<Vec<u8>>> {
-        let mut names: Vec<Vec<u8>> = list(fd)?.into_iter().map(|(n, _)| n).collect();
-        names.sort_unstable();
-        Ok(names)
-    }
-
-    /// Stats every entry below `fd`, depth-first with children in byte order.
-    fn collect(
-        root: &Path,
-        fd: &OwnedFd,
-        prefix: &mut Vec<u8>,
-        out: &mut Vec<ManifestEntry>,
-    ) -> Result<()> {
-        for name in sorted_names(fd).map_err(io_err("list", root, prefix))? {
-            let len = prefix.len();
-            if !prefix.is_empty() {
-                prefix.push(b'/');
-            }
-            prefix.extend_from_slice(&name);
-            let st = rustix::fs::statat(fd, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(io_err("stat", root, prefix))?;
-            let stat = entry_stat(&st);
-            out.push(ManifestEntry {
-                path: prefix.clone(),
-                stat,
-            });
-            if stat.is_dir() {
-                let child = rustix::fs::openat(fd, name.as_slice(), DIR_FLAGS, Mode::empty())
-                    .map_err(io_err("open", root, prefix))?;
-                collect(root, &child, prefix, out)?;
-            }
-            prefix.truncate(len);
-        }
-        Ok(())
-    }
-
     pub(super) fn diff(dir: &Path, manifest: &Manifest) -> Result<Vec<Change>> {
-        let root = open_root(dir)?;
-        let mut d = Differ {
-            dir,
-            entries: &manifest.entries,
-            taken: manifest.taken,
-            next: 0,
-            out: Vec::new(),
-        };
-        d.walk(&root, &mut Vec::new())?;
-        Ok(d.out)
+        diff_walk(dir, &FdDir(open_root(dir)?), manifest)
     }
 
-    /// Walks the directory and the manifest side by side: both are in depth-first byte order,
-    /// so the manifest is read through one cursor and nothing is looked up.
-    struct Differ<'a> {
-        dir: &'a Path,
-        entries: &'a [ManifestEntry],
-        taken: Timestamp,
-        /// The first manifest entry not yet matched or reported.
-        next: usize,
-        out: Vec<Change>,
-    }
+    /// A directory reached through a handle.
+    struct FdDir(OwnedFd);
 
-    impl Differ<'_> {
-        fn walk(&mut self, fd: &OwnedFd, prefix: &mut Vec<u8>) -> Result<()> {
-            let dir = self.dir;
-            for name in sorted_names(fd).map_err(io_err("list", dir, prefix))? {
-                let len = prefix.len();
-                if !prefix.is_empty() {
-                    prefix.push(b'/');
-                }
-                prefix.extend_from_slice(&name);
-                self.deleted_before(&prefix[..len], Some(prefix));
-                self.visit(fd, &name, prefix)?;
-                prefix.truncate(len);
-            }
-            self.deleted_before(prefix, None);
-            Ok(())
+    impl WalkDir for FdDir {
+        fn names(&self) -> std::io::Result<Vec<Vec<u8>>> {
+            Ok(list(&self.0)?.into_iter().map(|(n, _)| n).collect())
         }
 
-        fn visit(&mut self, fd: &OwnedFd, name: &[u8], path: &mut Vec<u8>) -> Result<()> {
-            let dir = self.dir;
-            let now = match rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) => entry_stat(&st),
-                // Removed since the listing: the cursor reports it if it was recorded.
-                Err(Errno::NOENT) => return Ok(()),
-                Err(e) => return Err(io_err("stat", dir, path)(e)),
-            };
-            match self.entries.get(self.next) {
-                Some(e) if e.path == *path => {
-                    let old = e.stat;
-                    self.next += 1;
-                    if self.changed(&old, &now) {
-                        self.out
-                            .push(Change::new(path.clone(), ChangeKind::Modified));
-                    }
-                    // A directory replaced by a non-directory took its children with it.
-                    if !now.is_dir() {
-                        self.skip_below(path);
-                    }
-                }
-                _ => self.out.push(Change::new(path.clone(), ChangeKind::Added)),
-            }
-            if now.is_dir() {
-                match rustix::fs::openat(fd, name, DIR_FLAGS, Mode::empty()) {
-                    Ok(child) => self.walk(&child, path)?,
-                    // Removed since the stat: its recorded children are reported as deleted.
-                    Err(Errno::NOENT) => {}
-                    Err(e) => return Err(io_err("open", dir, path)(e)),
-                }
-            }
-            Ok(())
-        }
-
-        fn changed(&self, old: &EntryStat, now: &EntryStat) -> bool {
-            old.mode != now.mode
-                || old.ino != now.ino
-                || old.size != now.size
-                || old.uid != now.uid
-                || old.gid != now.gid
-                || old.mtime != now.mtime
-                || old.ctime != now.ctime
-                // Racy: a change within the manifest's timestamp could leave the stat as is.
-                || old.mtime >= self.taken
-        }
-
-        /// Reports as deleted the recorded entries below `prefix` that come before `until`
-        /// (all of them without it): the walk has passed their place without meeting them.
-        fn deleted_before(&mut self, prefix: &[u8], until: Option<&[u8]>) {
-            while let Some(e) = self.entries.get(self.next) {
-                let passed = until.is_none_or(|u| path_order(&e.path, u) == Ordering::Less);
-                if !is_under(&e.path, prefix) || !passed {
-                    break;
-                }
-                self.out
-                    .push(Change::new(e.path.clone(), ChangeKind::Deleted));
-                self.next += 1;
-                self.skip_below(&e.path);
+        fn stat(&self, name: &[u8]) -> std::io::Result<Option<EntryStat>> {
+            match rustix::fs::statat(&self.0, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => Ok(Some(entry_stat(&st))),
+                Err(Errno::NOENT) => Ok(None),
+                Err(e) => Err(e.into()),
             }
         }
 
-        /// Moves the cursor past the recorded entries below `path`.
-        fn skip_below(&mut self, path: &[u8]) {
-            while self
-                .entries
-                .get(self.next)
-                .is_some_and(|e| is_under(&e.path, path))
-            {
-                self.next += 1;
+        fn open(&self, name: &[u8]) -> std::io::Result<Option<FdDir>> {
+            match rustix::fs::openat(&self.0, name, DIR_FLAGS, Mode::empty()) {
+                Ok(fd) => Ok(Some(FdDir(fd))),
+                Err(Errno::NOENT) => Ok(None),
+                Err(e) => Err(e.into()),
             }
         }
     }
 }
 
-#[cfg(not(unix))]
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows as imp;
+
+#[cfg(not(any(unix, windows)))]
 mod imp {
-    //! Checkout and diff are implemented for Unix only so far.
+    //! Checkout and diff are implemented for Unix and Windows only.
     use super::*;
 
     pub(super) fn materialize(
@@ -1442,5 +1671,307 @@ mod imp {
             what: "taking a manifest",
             path: dir.to_path_buf(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::fs;
+    use std::rc::Rc;
+    use std::time::{Duration, SystemTime};
+
+    use strata_cas::ChangeKind;
+
+    use super::*;
+
+    fn listing(entries: &[(&str, Kind)]) -> Vec<(Vec<u8>, Kind)> {
+        entries
+            .iter()
+            .map(|(n, k)| (n.as_bytes().to_vec(), *k))
+            .collect()
+    }
+
+    fn picks(p: &Picker) -> Vec<(String, &Pick)> {
+        p.picks
+            .iter()
+            .map(|(n, pick)| (String::from_utf8_lossy(n).into_owned(), pick))
+            .collect()
+    }
+
+    #[test]
+    fn the_picker_decides_each_name_top_layer_first() {
+        use Kind::{Dir, Other, Whiteout};
+        let mut p = Picker::default();
+        let top = listing(&[
+            ("a", Other),
+            ("d", Dir),
+            ("e", Other),
+            (".wh.b", Other),
+            ("c", Whiteout),
+            ("g", Dir),
+        ]);
+        assert_eq!(p.add_layer(0, false, top), Ok(false));
+        let middle = listing(&[
+            ("a", Other),
+            ("b", Other),
+            ("c", Dir),
+            ("d", Dir),
+            ("e", Dir),
+            ("f", Other),
+            (".wh.g", Other),
+        ]);
+        assert_eq!(p.add_layer(1, false, middle), Ok(false));
+        // `d` merges with lower layers; `g` was whited out below its top directory, so
+        // nothing further down shows through it.
+        let bottom = listing(&[("d", Dir), ("g", Dir), ("h", Other)]);
+        assert_eq!(p.add_layer(2, false, bottom), Ok(false));
+        let dir = |from: Vec<usize>, closed| Pick::Dir { from, closed };
+        assert_eq!(
+            picks(&p),
+            [
+                ("a".to_owned(), &Pick::Leaf(0)),
+                ("b".to_owned(), &Pick::Hidden),
+                ("c".to_owned(), &Pick::Hidden),
+                ("d".to_owned(), &dir(vec![0, 1, 2], false)),
+                ("e".to_owned(), &Pick::Leaf(0)),
+                ("f".to_owned(), &Pick::Leaf(1)),
+                ("g".to_owned(), &dir(vec![0], true)),
+                ("h".to_owned(), &Pick::Leaf(2)),
+            ]
+        );
+    }
+
+    #[test]
+    fn opaque_directories_hide_the_layers_below_and_bad_whiteouts_are_named() {
+        let mut p = Picker::default();
+        let oci = listing(&[(".wh..wh..opq", Kind::Other), ("x", Kind::Other)]);
+        assert_eq!(p.add_layer(0, false, oci), Ok(true));
+        assert_eq!(p.add_layer(0, true, Vec::new()), Ok(true));
+        let bad = listing(&[(".wh.", Kind::Other)]);
+        assert_eq!(
+            Picker::default().add_layer(0, false, bad),
+            Err(b".wh.".to_vec())
+        );
+    }
+
+    /// An in-memory tree for the walkers: path → stat.
+    #[derive(Clone)]
+    struct FakeDir {
+        tree: Rc<BTreeMap<Vec<u8>, EntryStat>>,
+        path: Vec<u8>,
+    }
+
+    impl WalkDir for FakeDir {
+        fn names(&self) -> io::Result<Vec<Vec<u8>>> {
+            // Unsorted on purpose: the walkers sort.
+            let mut names: Vec<Vec<u8>> = self
+                .tree
+                .keys()
+                .filter(|p| strata_cas::tar::split_parent(p).0 == self.path.as_slice())
+                .map(|p| strata_cas::tar::split_parent(p).1.to_vec())
+                .collect();
+            names.reverse();
+            Ok(names)
+        }
+
+        fn stat(&self, name: &[u8]) -> io::Result<Option<EntryStat>> {
+            Ok(self.tree.get(&child_path(&self.path, name)).copied())
+        }
+
+        fn open(&self, name: &[u8]) -> io::Result<Option<FakeDir>> {
+            Ok(Some(FakeDir {
+                tree: self.tree.clone(),
+                path: child_path(&self.path, name),
+            }))
+        }
+    }
+
+    fn stat(dir: bool, ino: u64, size: u64, mtime: i64) -> EntryStat {
+        let t = Timestamp {
+            sec: mtime,
+            nsec: 0,
+        };
+        EntryStat {
+            dev: 1,
+            ino,
+            size,
+            mtime: t,
+            ctime: t,
+            mode: if dir { S_IFDIR | 0o755 } else { 0o100_644 },
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    fn fake(entries: &[(&str, EntryStat)]) -> FakeDir {
+        FakeDir {
+            tree: Rc::new(
+                entries
+                    .iter()
+                    .map(|(p, s)| (p.as_bytes().to_vec(), *s))
+                    .collect(),
+            ),
+            path: Vec::new(),
+        }
+    }
+
+    fn changes(list: &[Change]) -> Vec<(String, ChangeKind)> {
+        list.iter()
+            .map(|c| (String::from_utf8_lossy(&c.path).into_owned(), c.kind))
+            .collect()
+    }
+
+    #[test]
+    fn a_stat_walk_reports_additions_changes_and_topmost_deletions() {
+        let before = fake(&[
+            ("bin", stat(true, 2, 0, 100)),
+            ("bin/tool", stat(false, 3, 10, 100)),
+            ("etc", stat(true, 4, 0, 100)),
+            ("etc/motd", stat(false, 5, 6, 100)),
+            ("etc/same", stat(false, 6, 6, 100)),
+            ("gone", stat(true, 7, 0, 100)),
+            ("gone/deep", stat(true, 8, 0, 100)),
+            ("gone/deep/file", stat(false, 9, 1, 100)),
+            ("lib", stat(true, 10, 0, 100)),
+            ("lib/x", stat(false, 11, 1, 100)),
+            ("racy", stat(false, 12, 1, 500)),
+        ]);
+        let taken = Timestamp { sec: 500, nsec: 0 };
+        let mut entries = Vec::new();
+        collect(Path::new("/t"), &before, &mut Vec::new(), &mut entries).unwrap();
+        let manifest = Manifest::new(taken, entries);
+        assert_eq!(manifest.len(), 11);
+
+        let after = fake(&[
+            ("bin", stat(true, 2, 0, 100)),
+            ("bin/tool", stat(false, 3, 10, 100)),
+            ("etc", stat(true, 4, 0, 600)),
+            ("etc/motd", stat(false, 5, 7, 600)),
+            ("etc/new", stat(false, 13, 1, 600)),
+            ("etc/same", stat(false, 14, 6, 100)),
+            // A directory replaced by a file: its recorded children go with it.
+            ("lib", stat(false, 15, 3, 600)),
+            ("racy", stat(false, 12, 1, 500)),
+        ]);
+        let got = diff_walk(Path::new("/t"), &after, &manifest).unwrap();
+        assert_eq!(
+            changes(&got),
+            [
+                ("etc".to_owned(), ChangeKind::Modified),
+                ("etc/motd".to_owned(), ChangeKind::Modified),
+                ("etc/new".to_owned(), ChangeKind::Added),
+                // Same size and mtime, another inode (replaced by a rename).
+                ("etc/same".to_owned(), ChangeKind::Modified),
+                ("gone".to_owned(), ChangeKind::Deleted),
+                ("lib".to_owned(), ChangeKind::Modified),
+                // Recorded with an mtime not older than the manifest: it may have changed
+                // within the same tick, so it counts as changed.
+                ("racy".to_owned(), ChangeKind::Modified),
+            ]
+        );
+    }
+
+    #[test]
+    fn windows_times_and_attributes_map_to_unix_stat_fields() {
+        assert_eq!(
+            timestamp_from_filetime(116_444_736_000_000_000),
+            Timestamp { sec: 0, nsec: 0 }
+        );
+        assert_eq!(
+            timestamp_from_filetime(116_444_736_000_000_000 + 15_000_000 + 7),
+            Timestamp {
+                sec: 1,
+                nsec: 500_000_700
+            }
+        );
+        // Before 1970: the seconds go down, the nanoseconds stay positive.
+        assert_eq!(
+            timestamp_from_filetime(116_444_736_000_000_000 - 1),
+            Timestamp {
+                sec: -1,
+                nsec: 999_999_900
+            }
+        );
+        assert_eq!(mode_from_attributes(0x20, false, false), 0o100_644);
+        assert_eq!(mode_from_attributes(0x21, false, false), 0o100_444);
+        assert_eq!(mode_from_attributes(0x10, true, false), 0o040_755);
+        assert_eq!(mode_from_attributes(0x411, true, true), 0o120_777);
+    }
+
+    /// Sets `path`'s modification time an hour back, so that nothing in a test is racy.
+    fn age(path: &Path) {
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        #[cfg(unix)]
+        let file = fs::File::open(path).unwrap();
+        #[cfg(windows)]
+        let file = {
+            use std::os::windows::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(0x0200_0000) // FILE_FLAG_BACKUP_SEMANTICS: directories too
+                .open(path)
+                .unwrap()
+        };
+        file.set_modified(old).unwrap();
+    }
+
+    fn write_aged(path: &Path, text: &str) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+        age(path);
+    }
+
+    /// Runs on every platform with an implementation (Windows under Wine in CI).
+    #[test]
+    fn a_stack_of_real_layers_materialises_and_diffs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (base, top, out) = (
+            tmp.path().join("base"),
+            tmp.path().join("top"),
+            tmp.path().join("out"),
+        );
+        write_aged(&base.join("a.txt"), "base");
+        write_aged(&base.join("dir/x"), "x");
+        write_aged(&base.join("gone.txt"), "gone");
+        write_aged(&top.join("a.txt"), "top");
+        write_aged(&top.join(".wh.gone.txt"), "");
+        write_aged(&top.join("dir/y"), "y");
+        for dir in [&base.join("dir"), &base, &top.join("dir"), &top] {
+            age(dir);
+        }
+
+        let (manifest, report) = materialize(&[&base, &top], &out).unwrap();
+        assert_eq!(report.entries, 4);
+        assert_eq!(report.reflinked + report.copied, 3);
+        let read = |p: &str| fs::read_to_string(out.join(p)).unwrap();
+        assert_eq!(
+            (read("a.txt"), read("dir/x"), read("dir/y")),
+            ("top".into(), "x".into(), "y".into())
+        );
+        assert!(!out.join("gone.txt").exists() && !out.join(".wh.gone.txt").exists());
+        let paths: Vec<&[u8]> = manifest.iter().map(|(p, _)| p).collect();
+        assert_eq!(paths, [&b"a.txt"[..], b"dir", b"dir/x", b"dir/y"]);
+        assert_eq!(diff(&out, &manifest).unwrap(), Vec::new());
+
+        fs::remove_file(out.join("a.txt")).unwrap();
+        fs::write(out.join("dir/x"), "changed").unwrap();
+        fs::write(out.join("new.txt"), "new").unwrap();
+        assert_eq!(
+            changes(&diff(&out, &manifest).unwrap()),
+            [
+                ("a.txt".to_owned(), ChangeKind::Deleted),
+                ("dir/x".to_owned(), ChangeKind::Modified),
+                ("new.txt".to_owned(), ChangeKind::Added),
+            ]
+        );
+        // Just written: racy against a manifest taken now, unless made older.
+        let again = manifest_of(&out).unwrap();
+        assert_eq!(diff(&out, &again).unwrap().len(), 2);
+        age(&out.join("dir/x"));
+        age(&out.join("new.txt"));
+        let again = manifest_of(&out).unwrap();
+        assert_eq!(again.len(), 4);
+        assert_eq!(diff(&out, &again).unwrap(), Vec::new());
     }
 }

@@ -469,7 +469,7 @@ fn reported_seconds(samples: &Samples) -> anyhow::Result<Vec<f64>> {
         .collect()
 }
 
-fn latency_case(
+pub(super) fn latency_case(
     ctx: &Context<'_>,
     name: &str,
     argv: &[String],
@@ -528,8 +528,8 @@ fn warm_checkout(
     let store = stack.store.clone();
     let releases = std::cell::RefCell::new(Vec::new());
     let p_ours = || {
-        // Unmounting an overlay syncs its upper filesystem: flush the baselines' writes
-        // first, so that the release is not charged for them.
+        // Flush the baselines' writes first, so that neither the release nor the next
+        // checkout is charged for them.
         runner::sync()?;
         releases
             .borrow_mut()

@@ -186,6 +186,17 @@ fn child_workload() {
     fs::write(o1.join("o1.txt"), "o1\n").unwrap();
     fs::write(o1.join("step"), "o1").unwrap();
     fs::write(o1.join("etc/hostname"), "o1\n").unwrap();
+    // A layer of its own in every child (the mtime is in the layer): the same layer, made
+    // within the same second by the previous child and unpacked when its store was checked,
+    // would skip the rename that `commit.overlay.renamed` follows.
+    let unique =
+        std::time::UNIX_EPOCH + Duration::from_secs(1_000_000 + u64::from(std::process::id()));
+    fs::File::options()
+        .write(true)
+        .open(o1.join("o1.txt"))
+        .unwrap()
+        .set_modified(unique)
+        .unwrap();
     let o1s = engine.commit(&o1, Some("o1")).unwrap();
 
     // A checkout thrown away, mounted.

@@ -361,6 +361,50 @@ fn an_overlay_checkout_that_lost_its_mount_commits_and_releases() {
     assert!(engine.fsck(false).unwrap().is_empty());
 }
 
+/// Overlay checkouts are mounted `volatile` (unmounting flushes nothing; the commit flushes
+/// once), so an upper dir that outlived its boot may have lost writes: commit refuses it,
+/// release still works.
+#[test]
+fn a_volatile_overlay_checkout_from_an_earlier_boot_is_not_committed() {
+    if !strata_snapshot::engine::overlay_available() {
+        eprintln!("skipped: overlay unavailable here");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let engine = Engine::open(&store).unwrap();
+    let base = engine.import(&rootfs_tar(tmp.path()), None).unwrap();
+    let work = tmp.path().join("work");
+    let row = engine
+        .checkout(&base.id, &work, Some(CheckoutMode::Overlay))
+        .unwrap();
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(row.dir.to_str().unwrap()))
+        .expect("the checkout is mounted");
+    assert!(line.contains("volatile"), "not volatile: {line}");
+
+    fs::write(work.join("etc/new"), "new\n").unwrap();
+    strata_snapshot::overlay::unmount(&work).unwrap();
+    // As after a host crash: another boot mounted it.
+    let state = row.state_dir.clone().unwrap();
+    fs::write(
+        state.join("boot-id"),
+        "00000000-0000-0000-0000-000000000000",
+    )
+    .unwrap();
+    let err = engine.commit(&work, None).unwrap_err();
+    assert!(
+        matches!(err, strata_snapshot::Error::EarlierBoot { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("release it"), "{err}");
+    engine.release(&work).unwrap();
+    engine.wait_for_deletions();
+    assert!(engine.fsck(false).unwrap().is_empty());
+}
+
 /// overlayfs refuses a stack naming one directory twice; stacks repeat layers when a step
 /// changes nothing (the empty layer) or makes exactly the change an earlier step made.
 #[test]
