@@ -50,25 +50,37 @@ pub(crate) fn sh(script: String) -> Vec<String> {
 }
 
 /// Runs every case, appending to `report`.
-pub(crate) fn run_all(ctx: &Context<'_>, report: &mut Report, quick: bool) -> anyhow::Result<()> {
-    let layer = create(ctx, report)?;
-    extract(ctx, report, &layer)?;
-    size(ctx, report, &layer)?;
-    memory(
-        ctx,
-        report,
-        ctx.fixture.root.as_path(),
-        "fixture",
-        ctx.fixture.info.counts.bytes,
-    )?;
-    // Free the scratch space (and inodes): the snapshot cases hold several copies of the
-    // fixture at once, and the big layer needs ~2 GiB to extract into.
-    for dir in ["create", "extract", "memory-fixture"] {
-        runner::remove(&ctx.work.join(dir))?;
+pub(crate) fn run_all(
+    ctx: &Context<'_>,
+    report: &mut Report,
+    quick: bool,
+    only: Option<&str>,
+) -> anyhow::Result<()> {
+    let wanted = |group: &str| only.is_none_or(|o| o == group);
+    if wanted("layers") {
+        let layer = create(ctx, report)?;
+        extract(ctx, report, &layer)?;
+        size(ctx, report, &layer)?;
+        memory(
+            ctx,
+            report,
+            ctx.fixture.root.as_path(),
+            "fixture",
+            ctx.fixture.info.counts.bytes,
+        )?;
+        // Free the scratch space (and inodes): the snapshot cases hold several copies of the
+        // fixture at once, and the big layer needs ~2 GiB to extract into.
+        for dir in ["create", "extract", "memory-fixture"] {
+            runner::remove(&ctx.work.join(dir))?;
+        }
     }
-    super::snapshots::run(ctx, report, quick)?;
-    super::build::run(ctx, report)?;
-    if !quick {
+    if wanted("snapshots") {
+        super::snapshots::run(ctx, report, quick)?;
+    }
+    if wanted("builder") {
+        super::build::run(ctx, report)?;
+    }
+    if !quick && wanted("layers") {
         let (big, counts) = fixture::ensure_big(ctx.paths)?;
         memory(ctx, report, &big, "big tree", counts.bytes)?;
     }

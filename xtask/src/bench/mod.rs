@@ -54,15 +54,18 @@ struct Options {
     no_micro: bool,
     /// `--no-compare`: skip the whole-process cases (micro-benchmarks only).
     no_compare: bool,
+    /// `--only GROUP`: run one group of whole-process cases (`layers`, `snapshots`, `builder`).
+    only: Option<String>,
 }
 
 const USAGE: &str = "\
-usage: cargo xtask bench [--quick] [--runs N] [--no-micro] [--no-compare]
+usage: cargo xtask bench [--quick] [--runs N] [--no-micro] [--no-compare] [--only GROUP]
 
   --quick       3 runs per case, criterion --quick, skip the 2 GiB memory case
   --runs N      runs per whole-process case (default: 3 quick, 10 full)
   --no-micro    skip the criterion micro-benchmarks
   --no-compare  skip the whole-process comparisons (and the fixture)
+  --only GROUP  only these whole-process cases: layers, snapshots or builder
 
 Writes target/bench/report.json and target/bench/report.md; see docs/benchmarks.md.";
 
@@ -73,6 +76,7 @@ impl Options {
             runs: None,
             no_micro: false,
             no_compare: false,
+            only: None,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -80,6 +84,13 @@ impl Options {
                 "--quick" => opts.quick = true,
                 "--no-micro" => opts.no_micro = true,
                 "--no-compare" => opts.no_compare = true,
+                "--only" => {
+                    let group = it.next().context("--only needs a group")?;
+                    if !["layers", "snapshots", "builder"].contains(&group.as_str()) {
+                        bail!("--only {group}: the groups are layers, snapshots and builder");
+                    }
+                    opts.only = Some(group.clone());
+                }
                 "--runs" => {
                     let n = it.next().context("--runs needs a number")?;
                     let n: usize = n
@@ -215,7 +226,7 @@ fn run_cases(
             work: scratch.work(),
             runs: opts.runs(),
         };
-        cases::run_all(&ctx, report, opts.quick)?;
+        cases::run_all(&ctx, report, opts.quick, opts.only.as_deref())?;
     }
     if !opts.no_micro {
         report.micro = micro::run(paths, scratch.work(), opts.quick, started_at)?;
