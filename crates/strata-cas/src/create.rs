@@ -4,7 +4,8 @@
 //! framed zstd compressed on every core → `out`. File data is read straight into the
 //! compressor's chunk buffer, so each byte is copied once. Files are opened relative to
 //! their parent directory's handle with `O_NOFOLLOW`; the tree must not change while it is
-//! being read (a file that shrinks is an error).
+//! being read (a file that shrinks is an error). On Windows (`create/walk_windows.rs`) the
+//! walk goes by path; its module docs say what Windows files become in a layer.
 
 use std::io::{self, Read, Write};
 use std::path::Path;
@@ -12,7 +13,10 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::frames::{DEFAULT_CHUNK_SIZE, FrameEncoder};
-use crate::tar::{Limits, TarReader, TarWriter};
+use crate::tar::{
+    Limits, OPAQUE_MARKER, TarReader, TarWriter, WHITEOUT_PREFIX, normalize, path_order,
+    split_parent,
+};
 use crate::{Error, LayerId, Result};
 
 /// How to write a layer.
@@ -171,10 +175,6 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
 }
 
 /// Where tar bytes go: a framed encoder, or a plain writer that hashes.
-#[cfg_attr(
-    not(unix),
-    allow(dead_code, reason = "only the Unix walker reads files")
-)]
 pub(crate) trait Sink: Write {
     /// Reads up to `limit` bytes from `reader` into the sink; 0 at the reader's end.
     fn fill_from(&mut self, reader: &mut dyn Read, limit: u64) -> io::Result<usize>;
@@ -199,10 +199,6 @@ impl<W: Write> Sink for FrameEncoder<W> {
 }
 
 /// An uncompressed tar output that hashes what passes through.
-#[cfg_attr(
-    not(unix),
-    allow(dead_code, reason = "only the Unix walker reads files")
-)]
 pub(crate) struct PlainSink<W> {
     out: W,
     hasher: blake3::Hasher,
@@ -258,13 +254,62 @@ impl<W: Write> Sink for PlainSink<W> {
     }
 }
 
-#[cfg_attr(
-    not(unix),
-    allow(dead_code, reason = "only the Unix walker reads changes")
-)]
 pub(crate) enum Source<'a> {
     Tree,
     Changes(&'a [Change]),
+}
+
+/// What to put in the tar for one item of a change list.
+pub(crate) enum Item {
+    /// The entry at this path, as it is on disk.
+    Path(Vec<u8>),
+    /// An empty marker file (whiteout or opaque marker).
+    Marker,
+}
+
+/// The tar paths a change list makes, in layer order, each once: the changed paths, their
+/// parents (with their current attributes), and whiteout and opaque markers. Shared by the
+/// walkers, which only differ in how they read what is on disk.
+pub(crate) fn plan_changes(changes: &[Change]) -> Result<Vec<(Vec<u8>, Item)>> {
+    let mut items: Vec<(Vec<u8>, Item)> = Vec::new();
+    for change in changes {
+        let path = normalize(&change.path).map_err(|p| Error::entry(&change.path, p))?;
+        if path.is_empty() {
+            return Err(Error::entry(&change.path, crate::EntryProblem::InvalidPath));
+        }
+        let mut ancestor = split_parent(&path).0;
+        while !ancestor.is_empty() {
+            items.push((ancestor.to_vec(), Item::Path(ancestor.to_vec())));
+            ancestor = split_parent(ancestor).0;
+        }
+        let (parent, name) = split_parent(&path);
+        let marker = |tail: &[u8]| {
+            let mut p = parent.to_vec();
+            if !p.is_empty() {
+                p.push(b'/');
+            }
+            p.extend_from_slice(tail);
+            p
+        };
+        match change.kind {
+            ChangeKind::Added | ChangeKind::Modified => {
+                items.push((path.clone(), Item::Path(path)));
+            }
+            ChangeKind::Deleted => {
+                items.push((marker(&[WHITEOUT_PREFIX, name].concat()), Item::Marker));
+            }
+            ChangeKind::Opaque => {
+                let mut opq = path.clone();
+                opq.push(b'/');
+                opq.extend_from_slice(OPAQUE_MARKER);
+                items.push((opq, Item::Marker));
+                items.push((path.clone(), Item::Path(path)));
+            }
+        }
+    }
+    items.sort_by(|a, b| path_order(&a.0, &b.0));
+    items.dedup_by(|later, earlier| later.0 == earlier.0);
+    Ok(items)
 }
 
 fn write_with<S: Sink>(
@@ -297,9 +342,13 @@ fn write_with<S: Sink>(
 #[path = "create/walk_unix.rs"]
 mod walk;
 
-#[cfg(not(unix))]
+#[cfg(windows)]
+#[path = "create/walk_windows.rs"]
+mod walk;
+
+#[cfg(not(any(unix, windows)))]
 mod walk {
-    //! Directory walking is implemented for Unix only so far.
+    //! Directory walking is implemented for Unix and Windows only.
     use super::*;
 
     pub(super) fn write_entries<S: Sink>(

@@ -213,6 +213,33 @@ pub enum EntryProblem {
     /// A PAX record is malformed.
     #[error("malformed PAX record: {0}")]
     BadPax(String),
+    /// A path component that cannot name a file on Windows: reserved characters, a
+    /// trailing dot or space, a device name, or bytes that are not UTF-8.
+    #[error("component `{component}` cannot be a file name on Windows: {reason}")]
+    InvalidWindowsName {
+        /// The component, lossily decoded.
+        component: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// Another path of this layer differs from this one only by letter case, which Windows
+    /// file systems do not tell apart.
+    #[error(
+        "the path differs only by case from {0} in this layer, which Windows cannot tell apart"
+    )]
+    CaseConflict(EntryName),
+    /// A symlink met while resolving a parent points where no path inside the target
+    /// directory can follow (a drive, a UNC or device path, an unusable name).
+    #[error("a parent symlink points to `{0}`, which cannot be resolved inside the target")]
+    SymlinkOutsideRoot(String),
+    /// Creating a symlink needs a privilege the process lacks.
+    #[error(
+        "creating a symlink needs the SeCreateSymbolicLinkPrivilege (enable developer mode or run elevated): {0}"
+    )]
+    SymlinkPrivilege(io::Error),
+    /// The entry cannot be created on this platform.
+    #[error("{0}")]
+    NotSupportedHere(&'static str),
     /// A system call on this entry failed.
     #[error("cannot {op}: {source}")]
     Io {

@@ -40,6 +40,8 @@ pub mod frames;
 mod id;
 mod store;
 pub mod tar;
+#[cfg(any(windows, test))]
+mod winname;
 
 pub use create::{Change, ChangeKind, CreateOptions, LayerInfo};
 pub use entry::{Entry, EntryKind, Metadata};

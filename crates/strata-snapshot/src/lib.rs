@@ -14,6 +14,8 @@ pub mod maintenance;
 pub mod overlay;
 pub mod portable;
 pub mod relocate;
+#[cfg(all(test, windows))]
+mod windows_tests;
 
 pub use engine::{CheckoutMode, Engine, Error, Result};
 pub use id::{ParseSnapshotIdError, SnapshotId};

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 
-use super::{Change, ChangeKind, CreateOptions, Sink, Source};
+use super::{Change, CreateOptions, Item, Sink, Source, plan_changes};
 use crate::dirfd::{DIR_FLAGS, open_root};
-use crate::tar::{OPAQUE_MARKER, TarWriter, WHITEOUT_PREFIX, normalize, path_order, split_parent};
+use crate::tar::{TarWriter, split_parent};
 use crate::{Entry, EntryKind, Error, Metadata, Result};
 
 pub(super) fn write_entries<S: Sink>(
@@ -43,14 +43,6 @@ struct Walker<'a, S> {
     /// First path seen for each multiply-linked inode.
     hardlinks: HashMap<(u64, u64), Vec<u8>>,
     entries: u64,
-}
-
-/// What to put in the tar for one item of a change list.
-enum Item {
-    /// The entry at this path, as it is on disk.
-    Path(Vec<u8>),
-    /// An empty marker file (whiteout or opaque marker).
-    Marker,
 }
 
 impl<S: Sink> Walker<'_, S> {
@@ -87,45 +79,7 @@ impl<S: Sink> Walker<'_, S> {
     }
 
     fn changes(&mut self, root: &OwnedFd, changes: &[Change]) -> Result<()> {
-        let mut items: Vec<(Vec<u8>, Item)> = Vec::new();
-        for change in changes {
-            let path = normalize(&change.path).map_err(|p| Error::entry(&change.path, p))?;
-            if path.is_empty() {
-                return Err(Error::entry(&change.path, crate::EntryProblem::InvalidPath));
-            }
-            let mut ancestor = split_parent(&path).0;
-            while !ancestor.is_empty() {
-                items.push((ancestor.to_vec(), Item::Path(ancestor.to_vec())));
-                ancestor = split_parent(ancestor).0;
-            }
-            let (parent, name) = split_parent(&path);
-            let marker = |tail: &[u8]| {
-                let mut p = parent.to_vec();
-                if !p.is_empty() {
-                    p.push(b'/');
-                }
-                p.extend_from_slice(tail);
-                p
-            };
-            match change.kind {
-                ChangeKind::Added | ChangeKind::Modified => {
-                    items.push((path.clone(), Item::Path(path)));
-                }
-                ChangeKind::Deleted => {
-                    items.push((marker(&[WHITEOUT_PREFIX, name].concat()), Item::Marker));
-                }
-                ChangeKind::Opaque => {
-                    let mut opq = path.clone();
-                    opq.push(b'/');
-                    opq.extend_from_slice(OPAQUE_MARKER);
-                    items.push((opq, Item::Marker));
-                    items.push((path.clone(), Item::Path(path)));
-                }
-            }
-        }
-        items.sort_by(|a, b| path_order(&a.0, &b.0));
-        items.dedup_by(|later, earlier| later.0 == earlier.0);
-
+        let items = plan_changes(changes)?;
         let mut parent_fd: Option<(Vec<u8>, OwnedFd)> = None;
         for (tar_path, item) in items {
             match item {

@@ -20,6 +20,10 @@
 //! A whiteout or opaque marker whose directory does not exist (lexically, or once resolved
 //! inside the root) hides nothing and is a no-op, as OCI whiteouts of absent paths are.
 //!
+//! On Windows (`windows.rs`) the same rules hold, resolved by path rather than by handle,
+//! and names Windows cannot hold (`\`, `:`, device names, paths differing only by case)
+//! are refused; its module docs list what each entry becomes there.
+//!
 //! On error the target is left partly extracted; callers extract into a fresh directory and
 //! discard it on failure.
 
@@ -34,7 +38,8 @@ use crate::{Error, Result};
 
 pub use crate::tar::Limits;
 
-/// What to do with character and block device entries.
+/// What to do with character and block device entries (on Windows, which has neither, with
+/// fifos too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DevicePolicy {
     /// Fail with [`EntryProblem::DeviceRefused`](crate::EntryProblem::DeviceRefused).
@@ -42,7 +47,7 @@ pub enum DevicePolicy {
     Refuse,
     /// Leave them out and record them in [`ExtractReport::skipped`].
     Skip,
-    /// Create them (needs `CAP_MKNOD`).
+    /// Create them (needs `CAP_MKNOD`; an error on Windows).
     Create,
 }
 
@@ -66,7 +71,7 @@ pub enum Ownership {
     /// Restore them when running as root, else leave files owned by the caller.
     #[default]
     Auto,
-    /// Always restore them (fails without the privilege).
+    /// Always restore them (fails without the privilege, and on Windows).
     Restore,
     /// Never restore them.
     Ignore,
@@ -80,7 +85,8 @@ pub enum WhiteoutMode {
     Apply,
     /// Record them in overlayfs's format, for a directory that will be an overlay lower
     /// layer: `.wh.<name>` becomes a 0/0 character device `<name>`, and `.wh..wh..opq` sets
-    /// `trusted.overlay.opaque=y` on its directory. Needs `CAP_MKNOD` and `CAP_SYS_ADMIN`.
+    /// `trusted.overlay.opaque=y` on its directory. Needs `CAP_MKNOD` and `CAP_SYS_ADMIN`;
+    /// an error on Windows.
     Overlay,
     /// Keep them as the empty `.wh.` files they are in the tar, for a directory that holds
     /// one layer on its own and is merged with others later (without privileges).
@@ -226,9 +232,13 @@ fn name_stream(e: Error, path: &Path) -> Error {
 #[path = "unix.rs"]
 mod imp;
 
-#[cfg(not(unix))]
+#[cfg(windows)]
+#[path = "windows.rs"]
+mod imp;
+
+#[cfg(not(any(unix, windows)))]
 mod imp {
-    //! Extraction is implemented for Unix only so far.
+    //! Extraction is implemented for Unix and Windows only.
     use super::*;
 
     pub(super) fn apply<R: Read>(
