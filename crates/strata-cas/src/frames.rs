@@ -409,7 +409,7 @@ const MAX_PARALLEL_FRAME: u32 = 64 << 20;
 /// Reads a framed blob's uncompressed bytes in order while decoding frames ahead on worker
 /// threads, using the seek table. A lying seek table cannot make it read out of bounds or
 /// allocate more than a few frames: each frame must decode to exactly the size the table
-/// gives, at most [`MAX_PARALLEL_FRAME`] bytes.
+/// gives, at most 64 MiB.
 pub struct ParallelFrameReader {
     done: Receiver<(usize, io::Result<Vec<u8>>)>,
     reorder: BTreeMap<usize, io::Result<Vec<u8>>>,
