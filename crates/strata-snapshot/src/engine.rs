@@ -64,10 +64,11 @@
 //!   it (that cost two flushes per `strata` command, and recreating the WAL two more); rows
 //!   that must last are written with [`Index::durably`] (one fsync of the WAL), or
 //! - an overlay commit, whose upper dir was mounted `volatile` (unmounting flushes nothing),
-//!   records the snapshot unflushed and then calls `syncfs` once on the store's filesystem:
-//!   that writes the rows and the upper dir together, before the upper dir is renamed into
-//!   `unpacked-v1/`. So an unpacked layer is complete whenever it has its name, and the
-//!   rename itself may be lost (the layer is then unpacked again from its blob).
+//!   records the snapshot durably like any other and never flushes the upper dir: it marks
+//!   it `unpacked-v1/<layer>.unsynced` (holding the boot id) and renames it into
+//!   `unpacked-v1/`. After a reboot, a marked layer is distrusted and unpacked again from its
+//!   blob; `gc` flushes the filesystem once and drops the markers. No commit calls `syncfs`,
+//!   which on a shared disk would wait for every other process's dirty data.
 //!
 //! A volatile upper dir left by a host crash may have lost writes: `commit` refuses an
 //! overlay checkout mounted in an earlier boot (its state dir records the boot id).
@@ -577,6 +578,17 @@ impl Engine {
         let mut made: Vec<(LayerId, PathBuf, &PathBuf)> = Vec::new();
         let extracted = (|| {
             for (layer, target) in layers.iter().zip(&targets) {
+                if target.is_dir() && unsynced_in_earlier_boot(target) {
+                    // Made from a volatile upper dir before a reboot: it may have lost
+                    // writes. Move it aside (others may still have it mounted) and unpack
+                    // the layer again from its blob.
+                    let aside = self.unpacked.join(unique_name("tmp-"));
+                    if fs::rename(target, &aside).is_ok() {
+                        let _ = fs::remove_file(unsynced_marker(target));
+                        let _ = remove_tree(&aside);
+                        self.remove_derived(target);
+                    }
+                }
                 if target.is_dir() || made.iter().any(|(_, _, t)| *t == target) {
                     continue;
                 }
@@ -866,6 +878,28 @@ impl Engine {
         Ok(())
     }
 
+    /// Removes the twins and relocated variants (`<name>@…`) derived from the unpacked layer
+    /// at `source`: they share its files, so they go when it is distrusted.
+    fn remove_derived(&self, source: &Path) {
+        let Some(name) = source
+            .file_name()
+            .map(|n| format!("{}@", n.to_string_lossy()))
+        else {
+            return;
+        };
+        let Ok(entries) = fs::read_dir(&self.unpacked) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&name) {
+                let aside = self.unpacked.join(unique_name("tmp-"));
+                if fs::rename(entry.path(), &aside).is_ok() {
+                    let _ = remove_tree(&aside);
+                }
+            }
+        }
+    }
+
     /// The `n`th hard-linked twin of the unpacked layer at `source` (made once, then reused):
     /// the same files under another directory name, so one stack can name the layer twice.
     #[cfg(target_os = "linux")]
@@ -1038,24 +1072,21 @@ impl Engine {
             Some(row.root_path.clone()),
             Some(&relocations),
             tag,
-            mode == CheckoutMode::Portable,
+            true,
         )?;
-        #[cfg(target_os = "linux")]
-        if mode == CheckoutMode::Overlay {
-            // The upper dir becomes the layer's unpacked tree below; the mount was volatile,
-            // so nothing has flushed it yet. One sync of the store's filesystem (and the
-            // upper dir's, were it elsewhere) writes it and the index rows, so the snapshot
-            // survives power loss and its unpacked tree is complete once it has a name.
-            sync_filesystems(&[self.root.as_path(), source.as_path()])?;
-        }
         failpoint_for(mode, "commit.overlay.recorded", "commit.portable.recorded");
         if mode == CheckoutMode::Overlay {
             // The upper dir is the new layer in overlay format: keep it, never extract it.
             // Without its upper dir the checkout is past its point of no return: a crash from
-            // here on leaves it for recovery to discard.
+            // here on leaves it for recovery to discard. The mount was volatile and nothing
+            // flushed the upper dir: it is marked unsynced in this boot first, so that after
+            // a host crash it is unpacked again from its (flushed) blob instead of trusted.
             let target = self.unpacked.join(info.id.to_hex());
             let upper = state.join("upper");
-            if !target.exists() && fs::rename(&upper, &target).is_ok() {
+            if !target.exists()
+                && mark_unsynced(&target).is_ok()
+                && fs::rename(&upper, &target).is_ok()
+            {
                 failpoint("commit.overlay.renamed");
                 let id = info.id;
                 self.with_index(|ix| Ok(ix.set_layer_unpacked(&id, true)?))?;
@@ -1205,7 +1236,7 @@ fn create_options(bytes: u64, entries: usize) -> CreateOptions {
 /// Flushes the filesystems holding `paths` (each once): `syncfs`, one journal commit for
 /// everything written there, rather than an fsync per file and directory.
 #[cfg(target_os = "linux")]
-fn sync_filesystems(paths: &[&Path]) -> Result<()> {
+pub(crate) fn sync_filesystems(paths: &[&Path]) -> Result<()> {
     let mut synced = Vec::new();
     for path in paths {
         let fd = rustix::fs::open(
@@ -1226,12 +1257,40 @@ fn sync_filesystems(paths: &[&Path]) -> Result<()> {
     Ok(())
 }
 
+/// The marker saying an unpacked layer was made from a volatile upper dir in some boot and
+/// has not been flushed since: `unpacked-v1/<layer>.unsynced`, holding that boot's id.
+pub(crate) fn unsynced_marker(target: &Path) -> PathBuf {
+    let mut name = target.as_os_str().to_owned();
+    name.push(".unsynced");
+    PathBuf::from(name)
+}
+
+/// Writes [`unsynced_marker`] for `target` before `target` gets its name. No flush: journaled
+/// filesystems persist the marker's creation no later than the rename that follows, and a
+/// marker whose contents were lost reads as another boot's, which errs on the safe side.
+fn mark_unsynced(target: &Path) -> Result<()> {
+    let path = unsynced_marker(target);
+    fs::write(&path, boot_id().unwrap_or_default()).map_err(io_err("write", &path))
+}
+
+/// Whether `target` was made unflushed in an earlier boot (or we cannot tell which boot).
+fn unsynced_in_earlier_boot(target: &Path) -> bool {
+    match fs::read_to_string(unsynced_marker(target)) {
+        Ok(made_in) => boot_id().is_none_or(|now| made_in.trim() != now.trim()),
+        Err(e) => e.kind() != io::ErrorKind::NotFound,
+    }
+}
+
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), if the kernel tells.
 #[cfg(target_os = "linux")]
 fn boot_id() -> Option<String> {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|s| s.trim().to_owned())
+    static BOOT: OnceLock<Option<String>> = OnceLock::new();
+    BOOT.get_or_init(|| {
+        fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_owned())
+    })
+    .clone()
 }
 
 /// Notes in an overlay checkout's state dir which boot mounted it (see [`same_boot`]).

@@ -49,6 +49,8 @@ pub struct GcReport {
     pub bytes: u64,
     /// Orphaned blobs and unpacked directories (no index row, older than the grace period).
     pub orphans: u64,
+    /// Unpacked layers made by overlay commits without a flush, now flushed and trusted.
+    pub settled: u64,
 }
 
 /// Disk usage of a store.
@@ -175,7 +177,31 @@ impl Engine {
                 report.orphans += 1;
             }
         }
+        report.settled = self.settle_unsynced()?;
         Ok(report)
+    }
+
+    /// Flushes the unpacked layers overlay commits left unflushed (one `syncfs`) and drops
+    /// their `.unsynced` markers, so a reboot no longer makes them unpacked again. Under the
+    /// exclusive gc lock no commit is between writing a marker and renaming its layer in.
+    fn settle_unsynced(&self) -> Result<u64> {
+        let dir = self.unpacked_dir();
+        let mut markers = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(crate::engine::io_error("list", &dir))? {
+            let entry = entry.map_err(crate::engine::io_error("list", &dir))?;
+            if entry.file_name().to_string_lossy().ends_with(".unsynced") {
+                markers.push(entry.path());
+            }
+        }
+        if markers.is_empty() {
+            return Ok(0);
+        }
+        #[cfg(target_os = "linux")]
+        crate::engine::sync_filesystems(&[dir.as_path()])?;
+        for marker in &markers {
+            crate::engine::remove_tree(marker)?;
+        }
+        Ok(markers.len() as u64)
     }
 
     /// Whether `hex` spells a layer id that no layer row has (anything else in the unpacked

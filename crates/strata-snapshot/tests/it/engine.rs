@@ -405,6 +405,70 @@ fn a_volatile_overlay_checkout_from_an_earlier_boot_is_not_committed() {
     assert!(engine.fsck(false).unwrap().is_empty());
 }
 
+/// An overlay commit never flushes its upper dir: the unpacked layer it becomes is marked
+/// unsynced in this boot. After a reboot (a marker naming another boot) the layer is
+/// unpacked again from its blob; `gc` flushes once and drops the markers.
+#[test]
+fn unflushed_layers_of_an_earlier_boot_are_unpacked_again() {
+    if !strata_snapshot::engine::overlay_available() {
+        eprintln!("skipped: overlay unavailable here");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let engine = Engine::open(&store).unwrap();
+    let base = engine.import(&rootfs_tar(tmp.path()), None).unwrap();
+    let work = tmp.path().join("work");
+    engine
+        .checkout(&base.id, &work, Some(CheckoutMode::Overlay))
+        .unwrap();
+    fs::write(work.join("etc/new"), "new\n").unwrap();
+    let child = engine.commit(&work, None).unwrap();
+    let unpacked = store.join("unpacked-v1").join(child.layer.to_hex());
+    let marker = store
+        .join("unpacked-v1")
+        .join(format!("{}.unsynced", child.layer.to_hex()));
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert_eq!(fs::read_to_string(&marker).unwrap().trim(), boot.trim());
+    let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+    let made = inode(&unpacked);
+
+    // Same boot: trusted as it is.
+    let again = tmp.path().join("again");
+    engine
+        .checkout(&child.id, &again, Some(CheckoutMode::Overlay))
+        .unwrap();
+    assert_eq!(fs::read_to_string(again.join("etc/new")).unwrap(), "new\n");
+    engine.release(&again).unwrap();
+    assert_eq!(inode(&unpacked), made);
+
+    // As after a host crash: the marker names another boot, so the tree may be incomplete.
+    fs::write(&marker, "00000000-0000-0000-0000-000000000000").unwrap();
+    fs::remove_file(unpacked.join("etc/new")).unwrap(); // what a crash could have lost
+    engine
+        .checkout(&child.id, &again, Some(CheckoutMode::Overlay))
+        .unwrap();
+    assert_eq!(fs::read_to_string(again.join("etc/new")).unwrap(), "new\n");
+    assert_ne!(inode(&unpacked), made, "unpacked again from the blob");
+    assert!(!marker.exists());
+    engine.release(&again).unwrap();
+
+    // gc flushes and trusts what later commits left unflushed.
+    engine
+        .checkout(&child.id, &work, Some(CheckoutMode::Overlay))
+        .unwrap();
+    fs::write(work.join("etc/newer"), "newer\n").unwrap();
+    let grandchild = engine.commit(&work, None).unwrap();
+    let marker = store
+        .join("unpacked-v1")
+        .join(format!("{}.unsynced", grandchild.layer.to_hex()));
+    assert!(marker.exists());
+    assert_eq!(engine.gc().unwrap().settled, 1);
+    assert!(!marker.exists());
+    engine.wait_for_deletions();
+    assert!(engine.fsck(false).unwrap().is_empty());
+}
+
 /// overlayfs refuses a stack naming one directory twice; stacks repeat layers when a step
 /// changes nothing (the empty layer) or makes exactly the change an earlier step made.
 #[test]
