@@ -224,3 +224,49 @@ fn delete_removes_a_snapshot_and_what_was_built_on_it() {
     );
     env.run(["delete", "0000"]).fails_with(&["0000"]);
 }
+
+#[test]
+fn ctrl_c_stops_the_step_and_leaves_no_container() {
+    use std::io::{BufRead as _, BufReader};
+    if !runc_ready() {
+        return;
+    }
+    let env = Env::new();
+    let ctx = spec_dir(
+        &env,
+        "((from busybox) (shell /bin/sh -c)\n (run (shell \"echo started; sleep 1000\")))",
+    );
+    let mut child = env
+        .command(["build".as_ref(), ctx.as_os_str()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("started") {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "no `started` line"
+        );
+    }
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("build cancelled"), "{stderr}");
+    let runc_root = env.store().join("isolate-v1/runc/runc");
+    let list = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(&runc_root)
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    assert!(
+        list.stdout.is_empty(),
+        "containers left: {}",
+        String::from_utf8_lossy(&list.stdout)
+    );
+}
