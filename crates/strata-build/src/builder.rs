@@ -351,29 +351,11 @@ impl Builder {
                 }
             }
             let outcome = acquired.and_then(|()| {
-                let mut argv = ctx.shell.clone();
-                argv.push(run.shell.clone());
                 let job = Job {
-                    name: format!(
-                        "strata-{}-{}",
-                        std::process::id(),
-                        self.next.fetch_add(1, Ordering::Relaxed)
-                    ),
-                    root: dir.clone(),
-                    argv,
-                    cwd: ctx.workdir.clone(),
-                    env: ctx.env.clone(),
-                    user: match &ctx.user {
-                        User::Unix { uid, gid } => strata_isolate::User::Unix {
-                            uid: *uid,
-                            gid: *gid,
-                        },
-                        User::Name(n) => strata_isolate::User::Name(n.clone()),
-                    },
                     network,
                     mounts,
                     secrets: secrets.to_vec(),
-                    hostname: "builder".to_owned(),
+                    ..self.job(ctx, &dir, &run.shell)
                 };
                 self.driver_ready()?;
                 let plan = self.driver.plan(&job)?;
@@ -686,24 +668,7 @@ impl Builder {
         let dir = self.checkout_dir();
         self.engine.checkout(base, &dir, None)?;
         let ctx = Context::for_driver(self.driver.capabilities());
-        let mut argv = ctx.shell.clone();
-        argv.push("echo healthcheck".to_owned());
-        let job = Job {
-            name: format!(
-                "strata-{}-{}",
-                std::process::id(),
-                self.next.fetch_add(1, Ordering::Relaxed)
-            ),
-            root: dir.clone(),
-            argv,
-            cwd: ctx.workdir.clone(),
-            env: ctx.env.clone(),
-            user: self.driver.capabilities().default_user.clone(),
-            network: NetworkMode::None,
-            mounts: vec![],
-            secrets: vec![],
-            hostname: "builder".to_owned(),
-        };
+        let job = self.job(&ctx, &dir, "echo healthcheck");
         self.driver_ready()?;
         let mut out = Vec::new();
         let ran = self
@@ -719,6 +684,31 @@ impl Builder {
                 step: format!("healthcheck (output: {:?})", String::from_utf8_lossy(&out)),
                 outcome,
             })
+        }
+    }
+
+    /// A job running `command` through the context's shell in the checkout `root`: no
+    /// network, mounts or secrets unless the caller adds them.
+    fn job(&self, ctx: &Context, root: &Path, command: &str) -> Job {
+        let mut argv = ctx.shell.clone();
+        argv.push(command.to_owned());
+        Job {
+            name: strata_isolate::job_name(self.next.fetch_add(1, Ordering::Relaxed)),
+            root: root.to_path_buf(),
+            argv,
+            cwd: ctx.workdir.clone(),
+            env: ctx.env.clone(),
+            user: match &ctx.user {
+                User::Unix { uid, gid } => strata_isolate::User::Unix {
+                    uid: *uid,
+                    gid: *gid,
+                },
+                User::Name(n) => strata_isolate::User::Name(n.clone()),
+            },
+            network: NetworkMode::None,
+            mounts: Vec::new(),
+            secrets: Vec::new(),
+            hostname: "builder".to_owned(),
         }
     }
 
