@@ -1282,7 +1282,6 @@ fn unsynced_in_earlier_boot(target: &Path) -> bool {
 }
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), if the kernel tells.
-#[cfg(target_os = "linux")]
 fn boot_id() -> Option<String> {
     static BOOT: OnceLock<Option<String>> = OnceLock::new();
     BOOT.get_or_init(|| {
@@ -1547,7 +1546,12 @@ fn process_alive(pid: u32) -> bool {
     #[cfg(all(unix, not(target_os = "linux")))]
     return rustix::process::Pid::from_raw(pid as i32)
         .is_none_or(|p| rustix::process::test_kill_process(p).is_ok());
-    #[cfg(not(unix))]
+    #[cfg(windows)]
+    return !matches!(
+        crate::index::process::win32::process_state(pid),
+        crate::index::process::win32::State::Gone
+    );
+    #[cfg(not(any(unix, windows)))]
     {
         let _ = pid;
         true

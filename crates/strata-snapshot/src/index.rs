@@ -400,8 +400,9 @@ impl Owner {
 
     /// Whether this process still runs. A zombie, or a different process that reused the
     /// pid, counts as dead. When liveness cannot be determined the answer is `true`, so a
-    /// lease is kept rather than its snapshot pruned. On non-Unix systems this is always
-    /// `true`: leases there only end by [`Index::release_lease`].
+    /// lease is kept rather than its snapshot pruned. On Unix and Windows it asks the
+    /// kernel; elsewhere it is always `true` (leases there only end by
+    /// [`Index::release_lease`]).
     pub fn is_alive(&self) -> bool {
         process::is_alive(self)
     }
@@ -1828,7 +1829,7 @@ fn serialize_opt_path_lossy<S: serde::Serializer>(
 }
 
 /// Process identity and liveness, per platform.
-mod process {
+pub(crate) mod process {
     use super::Owner;
 
     /// `(state, start time)` from the text of `/proc/<pid>/stat`. The command name (field 2)
@@ -1919,12 +1920,100 @@ mod process {
         }
     }
 
-    #[cfg(not(unix))]
+    #[cfg(windows)]
+    pub(super) fn owner_of(pid: u32) -> Option<Owner> {
+        match win32::process_state(pid) {
+            win32::State::Running { created } => Some(Owner {
+                pid,
+                start_time: created,
+            }),
+            win32::State::Unknown => Some(Owner { pid, start_time: 0 }),
+            win32::State::Gone => None,
+        }
+    }
+
+    /// A process that exited, or a new process with a recycled pid (another creation
+    /// time), is dead; one we may not inspect counts as alive.
+    #[cfg(windows)]
+    pub(super) fn is_alive(owner: &Owner) -> bool {
+        match win32::process_state(owner.pid) {
+            win32::State::Running { created } => {
+                owner.start_time == 0 || created == owner.start_time
+            }
+            win32::State::Unknown => true,
+            win32::State::Gone => false,
+        }
+    }
+
+    #[cfg(windows)]
+    pub(crate) mod win32 {
+        //! Process liveness from `OpenProcess`, `GetExitCodeProcess` and `GetProcessTimes`.
+
+        use windows_sys::Win32::Foundation::{
+            CloseHandle, ERROR_INVALID_PARAMETER, FILETIME, GetLastError, STILL_ACTIVE,
+        };
+        use windows_sys::Win32::System::Threading::{
+            GetExitCodeProcess, GetProcessTimes, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+        };
+
+        pub(crate) enum State {
+            /// Running, created at this FILETIME (100 ns ticks since 1601).
+            Running { created: u64 },
+            /// No such process, or it has exited.
+            Gone,
+            /// It exists but may not be inspected.
+            Unknown,
+        }
+
+        #[allow(unsafe_code, reason = "Win32 process queries; std has no equivalent")]
+        pub(crate) fn process_state(pid: u32) -> State {
+            // SAFETY: OpenProcess takes plain values and returns a handle or null; every
+            // handle we get is closed below, and the out-pointers passed to
+            // GetExitCodeProcess and GetProcessTimes point at live locals of the right types.
+            unsafe {
+                let handle = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid);
+                if handle.is_null() {
+                    return if GetLastError() == ERROR_INVALID_PARAMETER {
+                        State::Gone
+                    } else {
+                        State::Unknown
+                    };
+                }
+                let mut code = 0u32;
+                let mut times = [FILETIME {
+                    dwLowDateTime: 0,
+                    dwHighDateTime: 0,
+                }; 4];
+                let state = if GetExitCodeProcess(handle, &mut code) == 0 {
+                    State::Unknown
+                } else if code != STILL_ACTIVE as u32 {
+                    State::Gone
+                } else if GetProcessTimes(
+                    handle,
+                    &mut times[0],
+                    &mut times[1],
+                    &mut times[2],
+                    &mut times[3],
+                ) == 0
+                {
+                    State::Running { created: 0 }
+                } else {
+                    let created = (u64::from(times[0].dwHighDateTime) << 32)
+                        | u64::from(times[0].dwLowDateTime);
+                    State::Running { created }
+                };
+                CloseHandle(handle);
+                state
+            }
+        }
+    }
+
+    #[cfg(not(any(unix, windows)))]
     pub(super) fn owner_of(pid: u32) -> Option<Owner> {
         Some(Owner { pid, start_time: 0 })
     }
 
-    #[cfg(not(unix))]
+    #[cfg(not(any(unix, windows)))]
     pub(super) fn is_alive(_owner: &Owner) -> bool {
         true
     }

@@ -121,3 +121,25 @@ fn a_portable_checkout_commits_and_checks_out_again() {
     engine.release(&third).unwrap();
     assert!(!third.exists());
 }
+
+/// Recovery needs to tell dead processes from live ones on Windows too.
+#[test]
+fn process_liveness_sees_exits_and_recycled_pids() {
+    use crate::index::Owner;
+    let me = Owner::current();
+    assert!(me.start_time != 0, "the creation time is known");
+    assert!(me.is_alive());
+    let mut child = std::process::Command::new("cmd")
+        .args(["/C", "exit 0"])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    // Exited (the handle std keeps may still name it, but it no longer runs).
+    assert!(Owner::of(pid).is_none_or(|o| !o.is_alive()));
+    let recycled = Owner {
+        pid: std::process::id(),
+        start_time: me.start_time + 1,
+    };
+    assert!(!recycled.is_alive(), "same pid, other creation time");
+}
