@@ -156,7 +156,8 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Err
 /// How the root appears in a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Form {
-    /// The bytes of the root as given (`/strata/slots/s01`).
+    /// The root with `/` separators (`/strata/slots/s01`, `C:/strata/s01`): as given, but a
+    /// Windows root given with `\` is spelled with `/` here.
     #[serde(rename = "slash")]
     Slash,
     /// The root with every `/` replaced by `\` (`C:\strata\s01`).
@@ -190,10 +191,22 @@ impl Form {
             let s = std::str::from_utf8(bytes).ok()?;
             Some(s.encode_utf16().flat_map(u16::to_le_bytes).collect())
         };
+        // Only a Windows root (`C:\…`, `\\server\…`) has `\` as a separator; on Unix it
+        // is an ordinary file-name byte and stays.
+        let windows = matches!(root, [drive, b':', b'\\' | b'/', ..] if drive.is_ascii_alphabetic())
+            || root.starts_with(b"\\\\");
+        let slashed = || -> Vec<u8> {
+            if !windows {
+                return root.to_vec();
+            }
+            root.iter()
+                .map(|&b| if b == b'\\' { b'/' } else { b })
+                .collect()
+        };
         match self {
-            Form::Slash => Some(root.to_vec()),
+            Form::Slash => Some(slashed()),
             Form::Backslash => Some(backslashed()),
-            Form::Utf16LeSlash => utf16(root),
+            Form::Utf16LeSlash => utf16(&slashed()),
             Form::Utf16LeBackslash => utf16(&backslashed()),
         }
     }
@@ -891,4 +904,38 @@ fn write_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Form;
+
+    #[test]
+    fn windows_roots_are_found_with_either_separator() {
+        let root = br"C:\strata\s01";
+        assert_eq!(Form::Slash.encode(root).unwrap(), b"C:/strata/s01");
+        assert_eq!(Form::Backslash.encode(root).unwrap(), br"C:\strata\s01");
+        let given_with_slashes = b"C:/strata/s01";
+        assert_eq!(
+            Form::Backslash.encode(given_with_slashes).unwrap(),
+            br"C:\strata\s01"
+        );
+        assert_eq!(
+            Form::Slash.encode(given_with_slashes).unwrap(),
+            b"C:/strata/s01"
+        );
+        assert_eq!(
+            Form::Utf16LeSlash.encode(root).unwrap(),
+            "C:/strata/s01"
+                .encode_utf16()
+                .flat_map(u16::to_le_bytes)
+                .collect::<Vec<u8>>()
+        );
+    }
+
+    #[test]
+    fn a_backslash_in_a_unix_root_is_a_file_name_byte() {
+        let root = br"/strata/odd\name";
+        assert_eq!(Form::Slash.encode(root).unwrap(), root.to_vec());
+    }
 }
