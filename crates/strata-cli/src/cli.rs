@@ -18,11 +18,13 @@ Environment:
 Layer ids are 64 hex digits, optionally written `blake3:<hex>`. Commands that take an id
 stored in the store also accept a unique prefix of at least 4 hex digits.";
 
-/// Build, apply and store content-addressed filesystem layers.
+/// Run OBuilder build specs in sandboxes, caching every step as a snapshot.
 ///
-/// A layer is a tar stream (files, directories, symlinks, hard links, whiteouts) identified by
-/// the blake3 hash of its uncompressed bytes. `strata layer` works on layer files; `strata cas`
-/// works on the content-addressed store.
+/// `strata build` runs a spec step by step (runc on Linux), reusing steps built before.
+/// Snapshots are stacks of layers: tar streams identified by the blake3 hash of their
+/// uncompressed bytes, kept in a content-addressed store. `strata import|checkout|commit`
+/// work with snapshots, `strata layer` with layer files, `strata cas` with the store, and
+/// `strata du|prune|gc|fsck` maintain it.
 #[derive(Debug, Parser)]
 #[command(name = "strata", version, after_help = AFTER_HELP, max_term_width = 100)]
 pub(crate) struct Cli {

@@ -1,5 +1,6 @@
 //! `strata`: the command line interface to Strata.
 //!
+//! `strata build|healthcheck|delete|dockerfile` run OBuilder specs (see `build.rs`);
 //! `strata layer` creates and applies layer files; `strata cas` puts layers into the store,
 //! lists, verifies, reads and removes them; `strata import|checkout|commit|release|snapshot`
 //! work with snapshots; `strata du|prune|gc|fsck` maintain the store. See `strata --help`.
