@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use strata_snapshot::index::CheckoutRow;
+use strata_snapshot::index::{CheckoutRow, SnapshotRow};
 use strata_snapshot::{CheckoutMode, Engine};
 
 /// A small root filesystem tarball made with strata-cas itself.
@@ -361,19 +361,28 @@ fn an_overlay_checkout_that_lost_its_mount_commits_and_releases() {
     assert!(engine.fsck(false).unwrap().is_empty());
 }
 
-/// Overlay checkouts are mounted `volatile` (unmounting flushes nothing; the commit flushes
-/// once), so an upper dir that outlived its boot may have lost writes: commit refuses it,
-/// release still works.
-#[test]
-fn a_volatile_overlay_checkout_from_an_earlier_boot_is_not_committed() {
+/// A store with a base snapshot imported, where overlay checkouts work; `None` (skipped)
+/// elsewhere.
+fn overlay_store() -> Option<(tempfile::TempDir, PathBuf, Engine, SnapshotRow)> {
     if !strata_snapshot::engine::overlay_available() {
         eprintln!("skipped: overlay unavailable here");
-        return;
+        return None;
     }
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     let engine = Engine::open(&store).unwrap();
     let base = engine.import(&rootfs_tar(tmp.path()), None).unwrap();
+    Some((tmp, store, engine, base))
+}
+
+/// Overlay checkouts are mounted `volatile` (unmounting flushes nothing, nor does the
+/// commit), so an upper dir that outlived its boot may have lost writes: commit refuses it,
+/// release still works.
+#[test]
+fn a_volatile_overlay_checkout_from_an_earlier_boot_is_not_committed() {
+    let Some((tmp, _store, engine, base)) = overlay_store() else {
+        return;
+    };
     let work = tmp.path().join("work");
     let row = engine
         .checkout(&base.id, &work, Some(CheckoutMode::Overlay))
@@ -410,14 +419,9 @@ fn a_volatile_overlay_checkout_from_an_earlier_boot_is_not_committed() {
 /// unpacked again from its blob; `gc` flushes once and drops the markers.
 #[test]
 fn unflushed_layers_of_an_earlier_boot_are_unpacked_again() {
-    if !strata_snapshot::engine::overlay_available() {
-        eprintln!("skipped: overlay unavailable here");
+    let Some((tmp, store, engine, base)) = overlay_store() else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let store = tmp.path().join("store");
-    let engine = Engine::open(&store).unwrap();
-    let base = engine.import(&rootfs_tar(tmp.path()), None).unwrap();
+    };
     let work = tmp.path().join("work");
     engine
         .checkout(&base.id, &work, Some(CheckoutMode::Overlay))
