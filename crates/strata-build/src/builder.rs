@@ -776,6 +776,40 @@ pub fn delete(engine: &Engine, id: &SnapshotId) -> Result<Vec<SnapshotId>> {
     result.map(|()| removed)
 }
 
+/// Forgets the recorded steps whose snapshot is gone (pruned or removed), with their logs,
+/// and removes the live logs crashed runs left. Returns how many steps were forgotten.
+/// `strata prune` and `strata gc` call it; lookups also forget such steps lazily.
+pub fn forget_missing(engine: &Engine) -> Result<u64> {
+    let steps = Steps::open(engine.root())?;
+    let mut forgotten = 0;
+    for (key, snapshot) in steps.all()? {
+        if engine
+            .with_index(|ix| Ok(ix.snapshot(&snapshot)?))?
+            .is_none()
+        {
+            steps.forget_hex(&key)?;
+            forgotten += 1;
+        }
+    }
+    let logs = steps.dir.join("logs");
+    for entry in fs::read_dir(&logs)
+        .map_err(io_err("list", &logs))?
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(key) = name.strip_suffix(".running") else {
+            continue;
+        };
+        // Whoever writes a live log holds its key's lock: a lock we can take means no one.
+        let lock = steps.dir.join("locks").join(format!("{key}.lock"));
+        let free = File::open(&lock).map_or(true, |f| f.try_lock().is_ok());
+        if free {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+    Ok(forgotten)
+}
+
 /// The first component of `target` (an absolute path inside the rootfs `root`) that does not
 /// exist yet, as a host path.
 fn first_missing(root: &Path, target: &str) -> Option<PathBuf> {

@@ -22,7 +22,9 @@ pub mod key;
 mod log;
 mod steps;
 
-pub use builder::{BuildOptions, Builder, CacheStats, Reporter, Secret, Transcript, delete};
+pub use builder::{
+    BuildOptions, Builder, CacheStats, Reporter, Secret, Transcript, delete, forget_missing,
+};
 pub use context::Context;
 pub use error::{Error, Result};
 pub use key::StepKey;

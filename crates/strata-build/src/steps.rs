@@ -128,19 +128,33 @@ impl Steps {
     /// Forgets every key naming one of `snapshots` (after `strata delete`).
     pub(crate) fn forget_snapshots(&self, snapshots: &[SnapshotId]) -> Result<usize> {
         let mut n = 0;
-        for s in snapshots {
-            let keys: Vec<String> = self.with(|c| {
-                let mut st = c.prepare("SELECT key FROM steps WHERE snapshot = ?1")?;
-                let rows = st.query_map([s.to_hex()], |r| r.get(0))?;
-                rows.collect()
-            })?;
-            for k in keys {
-                self.with(|c| c.execute("DELETE FROM steps WHERE key = ?1", [&k]))?;
-                let _ = fs::remove_file(self.dir.join("logs").join(format!("{k}.log")));
+        for (key, snapshot) in self.all()? {
+            if snapshots.contains(&snapshot) {
+                self.forget_hex(&key)?;
                 n += 1;
             }
         }
         Ok(n)
+    }
+
+    /// Every recorded step: (key in hex, snapshot).
+    pub(crate) fn all(&self) -> Result<Vec<(String, SnapshotId)>> {
+        let rows: Vec<(String, String)> = self.with(|c| {
+            let mut st = c.prepare("SELECT key, snapshot FROM steps")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(k, s)| Some((k, s.parse().ok()?)))
+            .collect())
+    }
+
+    /// Forgets the step `key` (hex) and removes its log.
+    pub(crate) fn forget_hex(&self, key: &str) -> Result<()> {
+        self.with(|c| c.execute("DELETE FROM steps WHERE key = ?1", [key]))?;
+        let _ = fs::remove_file(self.dir.join("logs").join(format!("{key}.log")));
+        Ok(())
     }
 
     pub(crate) fn log_path(&self, key: &StepKey) -> PathBuf {

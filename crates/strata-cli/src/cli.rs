@@ -138,7 +138,8 @@ pub(crate) enum Command {
 
     /// Remove layers no snapshot refers to, and leftovers of crashed commits
     ///
-    /// Deletes each unreferenced layer's index row, blob and unpacked directories. Blobs
+    /// Deletes each unreferenced layer's index row, blob and unpacked directories, and
+    /// forgets recorded build steps (with their logs) whose snapshot is gone. Blobs
     /// and unpacked directories that no index row mentions are only removed once they are
     /// an hour old: a commit running in another process may not have recorded them yet.
     /// Safe to run while other strata processes use the store.

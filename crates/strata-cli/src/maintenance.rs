@@ -64,25 +64,33 @@ struct GcOut {
     layers: u64,
     bytes: u64,
     orphans: u64,
+    /// Recorded build steps whose snapshot is gone, forgotten with their logs.
+    steps: u64,
 }
 
-impl From<&GcReport> for GcOut {
-    fn from(report: &GcReport) -> Self {
-        GcOut {
+impl GcOut {
+    /// The engine's gc, plus the builder's step records that now name nothing.
+    fn new(report: &GcReport, engine: &Engine) -> Result<Self> {
+        let steps = strata_build::forget_missing(engine).with_context(|| {
+            format!("cannot clean the step cache of {}", engine.root().display())
+        })?;
+        Ok(GcOut {
             layers: report.layers,
             bytes: report.bytes,
             orphans: report.orphans,
-        }
+            steps,
+        })
     }
 }
 
-/// `removed 3 layers (1.2 MiB) and 1 orphan`.
+/// `removed 3 layers (1.2 MiB), 1 orphan and 2 build steps`.
 fn describe_gc(gc: &GcOut) -> String {
     format!(
-        "removed {} ({}) and {}",
+        "removed {} ({}), {} and {}",
         output::count(gc.layers, "layer", "layers"),
         output::bytes(gc.bytes),
-        output::count(gc.orphans, "orphan", "orphans")
+        output::count(gc.orphans, "orphan", "orphans"),
+        output::count(gc.steps, "build step", "build steps")
     )
 }
 
@@ -120,7 +128,7 @@ pub(crate) fn prune(global: &GlobalArgs, args: &PruneArgs) -> Result<()> {
     let out = PruneOut {
         deleted: report.snapshots.len() as u64,
         snapshots: report.snapshots.iter().map(|id| id.to_hex()).collect(),
-        gc: GcOut::from(&report.gc),
+        gc: GcOut::new(&report.gc, &engine)?,
         seconds: output::seconds(started.elapsed()),
     };
     if global.json {
@@ -149,7 +157,7 @@ pub(crate) fn gc(global: &GlobalArgs) -> Result<()> {
         .gc()
         .with_context(|| format!("cannot collect garbage in {}", engine.root().display()))?;
     let out = GcRunOut {
-        gc: GcOut::from(&report),
+        gc: GcOut::new(&report, &engine)?,
         seconds: output::seconds(started.elapsed()),
     };
     if global.json {

@@ -311,3 +311,39 @@ fn a_step_timeout_kills_the_step_and_names_it() {
     );
     assert_eq!(leftover_containers(&f.store()), Vec::<String>::new());
 }
+
+#[test]
+fn pruned_steps_are_forgotten_with_their_logs() {
+    if !runc_ready() {
+        return;
+    }
+    let f = Fixture::new();
+    let ctx = f.context(&[]);
+    let spec =
+        format!(r#"((from busybox) {SH} (run (shell "echo one")) (run (shell "echo two")))"#);
+    let (r, _) = f.build(&spec, &ctx);
+    r.unwrap();
+    let logs = f.store().join("build-v1/logs");
+    assert_eq!(std::fs::read_dir(&logs).unwrap().count(), 2);
+    // A crashed run's live log, with nobody holding its lock.
+    std::fs::write(logs.join(format!("{}.running", "0".repeat(64))), "half").unwrap();
+    let engine = f.builder.engine();
+    let pruned = engine
+        .prune(&strata_snapshot::maintenance::PruneOptions {
+            older_than: Some(strata_snapshot::index::now_millis() + 1),
+            keep_count: None,
+            keep_bytes: None,
+        })
+        .unwrap();
+    assert_eq!(
+        pruned.snapshots.len(),
+        2,
+        "both steps; the tagged base stays"
+    );
+    assert_eq!(strata_build::forget_missing(engine).unwrap(), 2);
+    assert_eq!(std::fs::read_dir(&logs).unwrap().count(), 0);
+    // The next build runs both steps again instead of trusting stale records.
+    let (r, log) = f.build(&spec, &ctx);
+    r.unwrap();
+    assert_eq!(log.matches("saved as").count(), 2, "{log}");
+}

@@ -136,7 +136,7 @@ fn du_prune_gc_and_fsck() {
     assert_keys(&pruned, &["deleted", "snapshots", "gc", "seconds"]);
     assert_eq!(u64_field(&pruned, "deleted"), 1, "{pruned}");
     assert_eq!(pruned["snapshots"][0], b.as_str(), "{pruned}");
-    assert_keys(&pruned["gc"], &["layers", "bytes", "orphans"]);
+    assert_keys(&pruned["gc"], &["layers", "bytes", "orphans", "steps"]);
     assert_eq!(u64_field(&pruned["gc"], "layers"), 1, "{pruned}");
     assert!(u64_field(&pruned["gc"], "bytes") > 0, "{pruned}");
     let mut left = vec![base.clone(), a.clone(), c.clone()];
@@ -162,7 +162,10 @@ fn du_prune_gc_and_fsck() {
     let d = step(&env, &base, "etc/hostname", "d\n");
     env.run([os("snapshot"), os("rm"), os(&d)]).ok();
     let collected = env.run([os("gc"), os("--json")]).json();
-    assert_keys(&collected, &["layers", "bytes", "orphans", "seconds"]);
+    assert_keys(
+        &collected,
+        &["layers", "bytes", "orphans", "steps", "seconds"],
+    );
     assert_eq!(u64_field(&collected, "layers"), 1, "{collected}");
     assert!(u64_field(&collected, "bytes") > 0, "{collected}");
     let collected = env.run([os("gc"), os("--json")]).json();
