@@ -358,7 +358,10 @@ impl Builder {
                     ..self.job(ctx, &dir, &run.shell)
                 };
                 self.driver_ready()?;
-                let plan = self.driver.plan(&job)?;
+                let plan = self.driver.plan(&job).map_err(|source| Error::Sandbox {
+                    step: step.to_owned(),
+                    source,
+                })?;
                 let _slot = self.slots.acquire(opts.cancel)?;
                 let cancel = match opts.step_timeout {
                     Some(t) => opts.cancel.with_timeout(t),

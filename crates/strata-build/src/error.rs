@@ -34,6 +34,11 @@ pub enum Error {
          `strata import ROOTFS.tar --tag {image}`"
     )]
     MissingBase { image: String },
+    #[error("step {step}: {source}")]
+    Sandbox {
+        step: String,
+        source: strata_isolate::Error,
+    },
     #[error("step {step} failed: {outcome}")]
     StepFailed { step: String, outcome: Outcome },
     #[error("step {step} failed in another build: {message}")]

@@ -280,6 +280,15 @@ fn bad_input_is_named() {
         &ctx,
     );
     assert!(r.unwrap_err().to_string().contains("network `bridge`"));
+    let (r, _) = f.build(
+        r#"((from busybox) (user (name opam)) (run (shell "id")))"#,
+        &ctx,
+    );
+    let e = r.unwrap_err().to_string();
+    assert!(
+        e.contains("(run (shell id))") && e.contains("named user `opam`"),
+        "{e}"
+    );
 }
 
 #[test]
