@@ -113,13 +113,16 @@ pub struct Builder {
     steps: Steps,
     inflight: Mutex<HashMap<StepKey, Arc<InFlight>>>,
     slots: Slots,
-    next: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
     /// Set once the driver was checked and its leftovers cleaned: on the first step that
     /// runs, so that a build served from the cache never starts the sandbox tooling.
     ready: std::sync::OnceLock<Result<(), String>>,
 }
+
+/// Numbers job and checkout-directory names. Process-wide, not per builder: two builders in
+/// one process (an embedder's, or a test's) must never hand out the same name.
+static NEXT: AtomicU64 = AtomicU64::new(0);
 
 /// How stale a last-used time may get before a hit refreshes it (prune's LRU needs no finer).
 const TOUCH_AFTER_MS: i64 = 60_000;
@@ -169,7 +172,6 @@ impl Builder {
             steps,
             inflight: Mutex::new(HashMap::new()),
             slots,
-            next: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             ready: std::sync::OnceLock::new(),
@@ -696,7 +698,7 @@ impl Builder {
         let mut argv = ctx.shell.clone();
         argv.push(command.to_owned());
         Job {
-            name: strata_isolate::job_name(self.next.fetch_add(1, Ordering::Relaxed)),
+            name: strata_isolate::job_name(NEXT.fetch_add(1, Ordering::Relaxed)),
             root: root.to_path_buf(),
             argv,
             cwd: ctx.workdir.clone(),
@@ -730,7 +732,7 @@ impl Builder {
     fn checkout_dir(&self) -> PathBuf {
         // Fixed-width names: every checkout root has the same length, which keeps relocation
         // between them possible for binaries too.
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
         self.steps
             .checkouts_dir()
             .join(format!("{:010}-{:010}", std::process::id(), n))

@@ -1265,31 +1265,48 @@ pub(crate) fn unsynced_marker(target: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Writes [`unsynced_marker`] for `target` before `target` gets its name. No flush: journaled
-/// filesystems persist the marker's creation no later than the rename that follows, and a
-/// marker whose contents were lost reads as another boot's, which errs on the safe side.
+/// Writes [`unsynced_marker`] for `target` before `target` gets its name. The marker is
+/// written aside and renamed into place, so a reader never sees it half-written (two
+/// commits of one layer may race here). No flush: journaled filesystems persist the
+/// marker no later than the rename of `target` that follows, and a marker whose contents a
+/// crash lost reads as another boot's, which is what a crash means.
 fn mark_unsynced(target: &Path) -> Result<()> {
     let path = unsynced_marker(target);
-    fs::write(&path, boot_id().unwrap_or_default()).map_err(io_err("write", &path))
+    let Some(boot) = boot_id() else {
+        return Ok(()); // without boot ids there is nothing to compare later
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}", unique_name("tmp-")));
+    let tmp = PathBuf::from(tmp);
+    fs::write(&tmp, boot).map_err(io_err("write", &tmp))?;
+    fs::rename(&tmp, &path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_err("rename into place", &path)(e)
+    })
 }
 
-/// Whether `target` was made unflushed in an earlier boot (or we cannot tell which boot).
+/// Whether `target` was made unflushed in an earlier boot. Only a marker that names another
+/// boot (or whose contents a crash lost) says so: a layer in use by this boot's checkouts
+/// must never be taken for stale.
 fn unsynced_in_earlier_boot(target: &Path) -> bool {
+    let Some(now) = boot_id() else {
+        return false;
+    };
     match fs::read_to_string(unsynced_marker(target)) {
-        Ok(made_in) => boot_id().is_none_or(|now| made_in.trim() != now.trim()),
-        Err(e) => e.kind() != io::ErrorKind::NotFound,
+        Ok(made_in) => made_in.trim() != now,
+        Err(_) => false,
     }
 }
 
-/// This boot's id (`/proc/sys/kernel/random/boot_id`), if the kernel tells.
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), if the kernel tells. Read once per
+/// process; a failed read is retried next time rather than remembered.
 fn boot_id() -> Option<String> {
-    static BOOT: OnceLock<Option<String>> = OnceLock::new();
-    BOOT.get_or_init(|| {
-        fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .ok()
-            .map(|s| s.trim().to_owned())
-    })
-    .clone()
+    static BOOT: OnceLock<String> = OnceLock::new();
+    if let Some(id) = BOOT.get() {
+        return Some(id.clone());
+    }
+    let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(BOOT.get_or_init(|| id.trim().to_owned()).clone())
 }
 
 /// Notes in an overlay checkout's state dir which boot mounted it (see [`same_boot`]).
