@@ -328,11 +328,6 @@ impl Builder {
     ) -> Result<SnapshotId> {
         self.in_checkout(parent, |dir| {
             let dir = dir.to_path_buf();
-            // Mount points the sandbox creates for secrets must not end up in the layer.
-            let made_for_secrets: Vec<PathBuf> = secrets
-                .iter()
-                .filter_map(|s| first_missing(&dir, &s.target))
-                .collect();
             let mut views = Vec::new();
             let mut mounts = Vec::new();
             let mut acquired = Ok(());
@@ -377,9 +372,6 @@ impl Builder {
                 if let Err(e) = self.engine.cache_release(v) {
                     released = released.and(Err(Error::from(e)));
                 }
-            }
-            for p in made_for_secrets.iter().rev() {
-                remove_inside(&dir, p);
             }
             let outcome = outcome?;
             released?;
@@ -813,43 +805,6 @@ pub fn forget_missing(engine: &Engine) -> Result<u64> {
         }
     }
     Ok(forgotten)
-}
-
-/// The first component of `target` (an absolute path inside the rootfs `root`) that does not
-/// exist yet, as a host path.
-fn first_missing(root: &Path, target: &str) -> Option<PathBuf> {
-    let mut p = root.to_path_buf();
-    for part in target.split('/').filter(|s| !s.is_empty()) {
-        p.push(part);
-        if fs::symlink_metadata(&p).is_err() {
-            return Some(p);
-        }
-    }
-    None
-}
-
-/// Removes `path` (under `root`) unless a symlink sits on the way: the job could have planted
-/// one pointing at the host.
-fn remove_inside(root: &Path, path: &Path) {
-    let Ok(rel) = path.strip_prefix(root) else {
-        return;
-    };
-    let mut p = root.to_path_buf();
-    let parts: Vec<_> = rel.components().collect();
-    for (i, c) in parts.iter().enumerate() {
-        p.push(c);
-        match fs::symlink_metadata(&p) {
-            Ok(md) if md.file_type().is_symlink() => return,
-            Ok(md) if i + 1 < parts.len() && !md.is_dir() => return,
-            Ok(_) => {}
-            Err(_) => return,
-        }
-    }
-    let _ = if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
-        fs::remove_dir_all(&p)
-    } else {
-        fs::remove_file(&p)
-    };
 }
 
 /// Bounds how many sandboxes run at once in this process.

@@ -193,7 +193,8 @@ pub struct BindMount {
     pub readonly: bool,
 }
 
-/// A secret: a host file exposed read-only at `target`, never part of the snapshot.
+/// A secret: a host file exposed read-only at `target`, never part of the snapshot (a
+/// driver that makes a mount point for it in the job's root removes it afterwards).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretMount {
     pub source: PathBuf,

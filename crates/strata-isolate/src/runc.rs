@@ -703,11 +703,15 @@ fn missing_paths(root: &Path, target: &str) -> Vec<PathBuf> {
 }
 
 /// Removes the mount points runc created for secrets, so the snapshot does not keep an
-/// empty file where a secret was. Only empty files and empty dirs go.
-fn remove_placeholders(mut paths: Vec<PathBuf>) {
+/// empty file where a secret was. Only empty files and empty dirs go, and only while no
+/// symlink sits between `root` and them: the job may have planted one pointing at the host.
+fn remove_placeholders(root: &Path, mut paths: Vec<PathBuf>) {
     paths.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     paths.dedup();
     for path in paths {
+        if !reached_without_symlinks(root, &path) {
+            continue;
+        }
         match fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_file() && meta.len() == 0 => {
                 let _ = fs::remove_file(&path);
@@ -718,6 +722,21 @@ fn remove_placeholders(mut paths: Vec<PathBuf>) {
             _ => {}
         }
     }
+}
+
+/// Whether every directory from `root` down to `path`'s parent is a real directory.
+fn reached_without_symlinks(root: &Path, path: &Path) -> bool {
+    let Some(parent) = path.parent() else {
+        return false;
+    };
+    let Ok(rel) = parent.strip_prefix(root) else {
+        return false;
+    };
+    let mut dir = root.to_path_buf();
+    rel.components().all(|c| {
+        dir.push(c);
+        fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir())
+    })
 }
 
 fn list_dir(dir: &Path) -> Result<Vec<String>> {
@@ -831,7 +850,7 @@ impl Driver for RuncDriver {
             }
             _ => self.delete(&job.name),
         };
-        remove_placeholders(placeholders);
+        remove_placeholders(&job.root, placeholders);
         let removed = fs::remove_dir_all(&bundle);
         let outcome = outcome?;
         deleted?;

@@ -522,7 +522,7 @@ fn missing_secret_mount_points_are_removed_after_the_run() {
     all.extend(missing_paths(root, "/run/secrets/other"));
     fs::write(root.join("run/secrets/other"), "").unwrap();
     fs::write(root.join("run/secrets/job-output"), "x").unwrap();
-    remove_placeholders(all);
+    remove_placeholders(root, all);
     assert!(!root.join("run/secrets/a").exists());
     assert!(!root.join("run/secrets/other").exists());
     assert!(
@@ -530,6 +530,18 @@ fn missing_secret_mount_points_are_removed_after_the_run() {
         "not empty: kept"
     );
     assert!(root.join("etc/existing").exists());
+
+    // The job swapped a placeholder dir for a symlink to the host: nothing behind it goes.
+    let host = tempfile::tempdir().unwrap();
+    fs::write(host.path().join("token"), "").unwrap();
+    let planted = missing_paths(root, "/var/secrets/token");
+    fs::create_dir_all(root.join("var")).unwrap();
+    std::os::unix::fs::symlink(host.path(), root.join("var/secrets")).unwrap();
+    remove_placeholders(root, planted);
+    assert!(
+        host.path().join("token").exists(),
+        "removed through a planted symlink"
+    );
 }
 
 #[test]
