@@ -637,12 +637,12 @@ impl Builder {
 
     /// A recorded step whose snapshot still exists; forgets it if the snapshot was pruned.
     fn lookup(&self, key: &StepKey) -> Result<Option<SnapshotId>> {
-        let Some(id) = self.steps.get(key)? else {
+        let Some((id, step_used)) = self.steps.get(key)? else {
             return Ok(None);
         };
         let now = strata_snapshot::index::now_millis();
-        // Hits must stay cheap: last-used times move only when a minute stale, so a build
-        // served from the cache usually writes nothing.
+        // Hits must stay cheap: last-used times (the step's and the snapshot's) move only
+        // when a minute stale, so a build served from the cache usually writes nothing.
         let exists = self.engine.with_index(|ix| match ix.snapshot(&id)? {
             Some(row) => {
                 if now - row.last_used > TOUCH_AFTER_MS {
@@ -656,7 +656,9 @@ impl Builder {
             self.steps.forget(key)?;
             return Ok(None);
         }
-        self.steps.touch(key)?;
+        if now - step_used > TOUCH_AFTER_MS {
+            self.steps.touch(key, now)?;
+        }
         Ok(Some(id))
     }
 

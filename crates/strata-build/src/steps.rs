@@ -81,16 +81,17 @@ impl Steps {
         })
     }
 
-    pub(crate) fn get(&self, key: &StepKey) -> Result<Option<SnapshotId>> {
-        let hex: Option<String> = self.with(|c| {
+    /// The snapshot a step recorded, and when the step was last used (ms since the epoch).
+    pub(crate) fn get(&self, key: &StepKey) -> Result<Option<(SnapshotId, i64)>> {
+        let row: Option<(String, i64)> = self.with(|c| {
             c.query_row(
-                "SELECT snapshot FROM steps WHERE key = ?1",
+                "SELECT snapshot, used FROM steps WHERE key = ?1",
                 [key.to_hex()],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
         })?;
-        Ok(hex.and_then(|h| h.parse().ok()))
+        Ok(row.and_then(|(hex, used)| Some((hex.parse().ok()?, used))))
     }
 
     /// Records a successful step. The log must already be in place: a key is never visible
@@ -107,11 +108,10 @@ impl Steps {
         Ok(())
     }
 
-    pub(crate) fn touch(&self, key: &StepKey) -> Result<()> {
-        let now = strata_snapshot::index::now_millis();
+    pub(crate) fn touch(&self, key: &StepKey, now: i64) -> Result<()> {
         self.with(|c| {
             c.execute(
-                "UPDATE steps SET used = ?2 WHERE key = ?1 AND used < ?2 - 60000",
+                "UPDATE steps SET used = ?2 WHERE key = ?1",
                 params![key.to_hex(), now],
             )
         })?;
