@@ -780,12 +780,14 @@ pub fn delete(engine: &Engine, id: &SnapshotId) -> Result<Vec<SnapshotId>> {
 /// `strata prune` and `strata gc` call it; lookups also forget such steps lazily.
 pub fn forget_missing(engine: &Engine) -> Result<u64> {
     let steps = Steps::open(engine.root())?;
+    let live: std::collections::HashSet<SnapshotId> = engine
+        .with_index(|ix| Ok(ix.snapshots()?))?
+        .into_iter()
+        .map(|row| row.id)
+        .collect();
     let mut forgotten = 0;
     for (key, snapshot) in steps.all()? {
-        if engine
-            .with_index(|ix| Ok(ix.snapshot(&snapshot)?))?
-            .is_none()
-        {
+        if !live.contains(&snapshot) {
             steps.forget_hex(&key)?;
             forgotten += 1;
         }
