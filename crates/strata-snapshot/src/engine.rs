@@ -624,15 +624,12 @@ impl Engine {
 
     /// Unpacks in progress (`unpacked-v1/tmp-*`) of processes that no longer run.
     pub(crate) fn partial_unpacks(&self) -> Result<Vec<PathBuf>> {
-        let mut found = Vec::new();
-        for entry in fs::read_dir(&self.unpacked).map_err(io_err("list", &self.unpacked))? {
-            let entry = entry.map_err(io_err("list", &self.unpacked))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("tmp-") && !maker_alive(&name) {
-                found.push(entry.path());
-            }
-        }
-        Ok(found)
+        Ok(
+            entries_of_dead_makers(&self.unpacked, |name| name.starts_with("tmp-"))?
+                .into_iter()
+                .map(|(_, path)| path)
+                .collect(),
+        )
     }
 
     /// State dirs no checkout row names, of processes that no longer run: checkouts that
@@ -641,14 +638,7 @@ impl Engine {
     pub(crate) fn stray_states(&self) -> Result<Vec<PathBuf>> {
         // Liveness is decided before the rows are read: a maker that was dead then had
         // written every row it ever will, so a row-less state of it stays row-less.
-        let mut dead = Vec::new();
-        for entry in fs::read_dir(&self.states).map_err(io_err("list", &self.states))? {
-            let entry = entry.map_err(io_err("list", &self.states))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !maker_alive(&name) {
-                dead.push((name, entry.path()));
-            }
-        }
+        let dead = entries_of_dead_makers(&self.states, |_| true)?;
         if dead.is_empty() {
             return Ok(Vec::new());
         }
@@ -1530,6 +1520,23 @@ pub fn overlay_available() -> bool {
 
 /// Whether the process that named an entry `<prefix>-<pid>-...` may still run. Names
 /// without a pid were not made by this engine and count as dead.
+/// The entries of `dir` that `wanted` accepts and whose maker (the pid in a
+/// [`unique_name`]) no longer runs, as (name, path).
+fn entries_of_dead_makers(
+    dir: &Path,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<Vec<(String, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let entry = entry.map_err(io_err("list", dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if wanted(&name) && !maker_alive(&name) {
+            found.push((name, entry.path()));
+        }
+    }
+    Ok(found)
+}
+
 fn maker_alive(name: &str) -> bool {
     name.split('-')
         .nth(1)
