@@ -108,13 +108,7 @@ fn create(ctx: &Context<'_>, report: &mut Report) -> anyhow::Result<PathBuf> {
         root = sh_path(root),
         out = sh_path(&repro_out)
     ));
-    let prep = |out: &Path| {
-        let out = out.to_path_buf();
-        move || {
-            runner::remove(&out)?;
-            runner::sync()
-        }
-    };
+    let prep = runner::clear_before;
     let (p_ours, p_plain, p_repro) = (prep(&ours_out), prep(&tar_out), prep(&repro_out));
     let contenders = [
         Contender {

@@ -210,6 +210,16 @@ pub(crate) fn sync() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A contender's prepare step: `path` removed and the removal synced, so every timed run
+/// writes into the same empty place without paying for the previous run's deletion.
+pub(crate) fn clear_before(path: &Path) -> impl Fn() -> anyhow::Result<()> + use<> {
+    let path = path.to_path_buf();
+    move || {
+        remove(&path)?;
+        sync()
+    }
+}
+
 /// Removes `path` (file or tree) if it exists.
 pub(crate) fn remove(path: &Path) -> anyhow::Result<()> {
     let result = match std::fs::symlink_metadata(path) {

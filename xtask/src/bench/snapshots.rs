@@ -536,13 +536,7 @@ fn warm_checkout(
             .extend(release(&strata, &store, &ours_dst));
         runner::sync()
     };
-    let prep = |dst: &Path| {
-        let dst = dst.to_path_buf();
-        move || {
-            runner::remove(&dst)?;
-            runner::sync()
-        }
-    };
+    let prep = runner::clear_before;
     let (p_cp, p_cpl, p_rsync) = (prep(&cp_dst), prep(&cpl_dst), prep(&rsync_dst));
     let contenders = [
         Contender {
