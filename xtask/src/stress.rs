@@ -140,6 +140,8 @@ fn one_job(builder: &Builder, dir: &Path, job: usize) -> anyhow::Result<()> {
         reporter: &log,
         cancel: &cancel,
         step_timeout: None,
+        allow_network_host: false,
+        log_limit: strata_build::DEFAULT_LOG_LIMIT,
     };
     let id = builder.build(&spec, &opts)?;
     let text = log.text();

@@ -16,7 +16,7 @@ use crate::context::{self, Context};
 use crate::copy::Manifest;
 use crate::error::{Error, Result, io_err};
 use crate::key::{KeyBuilder, StepKey};
-use crate::log::{Follower, Tee, replay};
+use crate::log::{Follower, StepLog, replay};
 use crate::steps::Steps;
 
 /// Where a build's progress goes: OBuilder's `Heading | Note | Output` logger.
@@ -85,6 +85,12 @@ pub struct BuildOptions<'a> {
     pub cancel: &'a Cancel,
     /// Kills a `run` step that takes longer.
     pub step_timeout: Option<Duration>,
+    /// Lets `(network host)` steps run: a spec alone must not turn on the host's network
+    /// (BuildKit's `--allow network.host`). Without it such a step is refused.
+    pub allow_network_host: bool,
+    /// The most of a step's output its log keeps ([`crate::DEFAULT_LOG_LIMIT`] is the usual choice); the rest is
+    /// counted and a note says so.
+    pub log_limit: u64,
 }
 
 impl std::fmt::Debug for BuildOptions<'_> {
@@ -93,6 +99,8 @@ impl std::fmt::Debug for BuildOptions<'_> {
             .field("context", &self.context)
             .field("secrets", &self.secrets)
             .field("step_timeout", &self.step_timeout)
+            .field("allow_network_host", &self.allow_network_host)
+            .field("log_limit", &self.log_limit)
             .finish_non_exhaustive()
     }
 }
@@ -176,7 +184,6 @@ impl Builder {
             misses: AtomicU64::new(0),
             ready: std::sync::OnceLock::new(),
         };
-        b.sweep_checkout_dirs();
         Ok(b)
     }
 
@@ -274,7 +281,8 @@ impl Builder {
         let label = format!("{}: {}", ctx.workdir, op.to_sexp());
         let network = match run.network.as_slice() {
             [] => NetworkMode::None,
-            [n] if n == "host" => NetworkMode::Host,
+            [n] if n == "host" && opts.allow_network_host => NetworkMode::Host,
+            [n] if n == "host" => return Err(Error::NetworkNotAllowed { step: label }),
             other => {
                 return Err(Error::Network {
                     step: label,
@@ -290,8 +298,10 @@ impl Builder {
                     id: m.id.clone(),
                 });
             };
+            // Relative to where the build was started; the driver needs an absolute path.
+            let source = std::path::absolute(&s.path).map_err(io_err("resolve", &s.path))?;
             secrets.push(SecretMount {
-                source: s.path.clone(),
+                source,
                 target: m.target.clone(),
             });
         }
@@ -326,7 +336,7 @@ impl Builder {
         log: &mut dyn Write,
         opts: &BuildOptions<'_>,
     ) -> Result<SnapshotId> {
-        self.in_checkout(parent, |dir| {
+        self.in_checkout(parent, step, |dir| {
             let dir = dir.to_path_buf();
             let mut views = Vec::new();
             let mut mounts = Vec::new();
@@ -387,21 +397,33 @@ impl Builder {
     }
 
     /// Checks `parent` out, lets `work` change the checkout, and commits it as a child
-    /// snapshot; on any error the checkout is discarded instead.
+    /// snapshot. On any error, the commit's included, the checkout is discarded instead:
+    /// nothing of a failed step stays in the store.
     fn in_checkout(
         &self,
         parent: &SnapshotId,
+        step: &str,
         work: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<SnapshotId> {
-        let dir = self.checkout_dir();
-        self.engine.checkout(parent, &dir, None)?;
-        match work(&dir) {
-            Ok(()) => Ok(self.engine.commit(&dir, None)?.id),
-            Err(e) => {
-                let _ = self.engine.release(&dir);
-                Err(e)
-            }
-        }
+        let root = self.checkout_root()?;
+        let dir = root.path();
+        self.engine.checkout(parent, dir, None)?;
+        let result = work(dir).and_then(|()| {
+            self.engine
+                .commit(dir, None)
+                .map(|row| row.id)
+                .map_err(|source| Error::Commit {
+                    step: step.to_owned(),
+                    source: Box::new(source),
+                })
+        });
+        result.map_err(|e| {
+            // Judged before the release frees what the step wrote.
+            let e = explain_full_disk(e, self.engine.root());
+            // Still tracked unless the commit got past its point of no return.
+            let _ = self.engine.release(dir);
+            e
+        })
     }
 
     fn copy_step(
@@ -421,9 +443,9 @@ impl Builder {
                 let id = stages
                     .get(name)
                     .ok_or_else(|| Error::UnknownStage { name: name.clone() })?;
-                let dir = self.checkout_dir();
-                self.engine.checkout(id, &dir, None)?;
-                (dir.clone(), Some(dir))
+                let root = self.checkout_root()?;
+                self.engine.checkout(id, root.path(), None)?;
+                (root.path().to_path_buf(), Some(root))
             }
         };
         let result = (|| {
@@ -444,11 +466,11 @@ impl Builder {
             let key = k.finish();
             let owner = ctx.owner();
             self.step(key, &label, opts, &|_log| {
-                self.execute_copy(parent, &manifest, owner)
+                self.execute_copy(parent, &manifest, owner, &label)
             })
         })();
-        if let Some(dir) = stage_dir {
-            let _ = self.engine.release(&dir);
+        if let Some(root) = stage_dir {
+            let _ = self.engine.release(root.path());
         }
         result
     }
@@ -458,8 +480,9 @@ impl Builder {
         parent: &SnapshotId,
         manifest: &Manifest,
         (uid, gid): (u32, u32),
+        step: &str,
     ) -> Result<SnapshotId> {
-        self.in_checkout(parent, |dir| {
+        self.in_checkout(parent, step, |dir| {
             std::thread::scope(|s| {
                 let (reader, writer) = io::pipe().map_err(io_err("create a pipe for", dir))?;
                 let writing = s.spawn(move || manifest.write_tar(writer, uid, gid));
@@ -506,7 +529,7 @@ impl Builder {
                 }
             };
             if primary {
-                let result = self.run_locked(&key, opts, run);
+                let result = self.run_locked(&key, label, opts, run);
                 let shared = match &result {
                     Ok(id) => Shared::Done(*id),
                     Err(Error::Cancelled) => Shared::Cancelled,
@@ -554,6 +577,7 @@ impl Builder {
     fn run_locked(
         &self,
         key: &StepKey,
+        label: &str,
         opts: &BuildOptions<'_>,
         run: &dyn Fn(&mut dyn Write) -> Result<SnapshotId>,
     ) -> Result<SnapshotId> {
@@ -591,14 +615,15 @@ impl Builder {
             opts.reporter
                 .note("---> another build's attempt at this step failed; running it here");
         }
+        let masked = secret_values(label, opts.secrets)?;
         let _ = fs::remove_file(&running);
-        let file = File::create(&running).map_err(io_err("create", &running))?;
-        let mut tee = Tee {
-            file,
-            reporter: opts.reporter,
+        let file = crate::steps::create_private(&running)?;
+        let mut log = StepLog::new(file, opts.reporter, &masked, opts.log_limit);
+        let result = run(&mut log);
+        let result = match log.finish() {
+            Ok(()) => result,
+            Err(e) => result.and(Err(io_err("write", &running)(e))),
         };
-        let result = run(&mut tee);
-        drop(tee);
         match result {
             Ok(id) => {
                 let log = self.steps.log_path(key);
@@ -664,17 +689,18 @@ impl Builder {
 
     /// Runs `echo healthcheck` in `base` without caching anything; fails unless it prints that.
     pub fn healthcheck(&self, base: &SnapshotId, cancel: &Cancel) -> Result<()> {
-        let dir = self.checkout_dir();
-        self.engine.checkout(base, &dir, None)?;
+        let root = self.checkout_root()?;
+        let dir = root.path();
+        self.engine.checkout(base, dir, None)?;
         let ctx = Context::for_driver(self.driver.capabilities());
-        let job = self.job(&ctx, &dir, "echo healthcheck");
+        let job = self.job(&ctx, dir, "echo healthcheck");
         self.driver_ready()?;
         let mut out = Vec::new();
         let ran = self
             .driver
             .plan(&job)
             .and_then(|plan| self.driver.run(&plan, &mut out, cancel));
-        let _ = self.engine.release(&dir);
+        let _ = self.engine.release(dir);
         let outcome = ran?;
         if outcome == Outcome::Exited(0) && out.windows(11).any(|w| w == b"healthcheck") {
             Ok(())
@@ -723,35 +749,62 @@ impl Builder {
         ready.clone().map_err(|reason| Error::Driver { reason })
     }
 
-    fn checkout_dir(&self) -> PathBuf {
-        // Fixed-width names: every checkout root has the same length, which keeps relocation
-        // between them possible for binaries too.
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        self.steps
-            .checkouts_dir()
-            .join(format!("{:010}-{:010}", std::process::id(), n))
+    /// A free root of the pool to check out into (see `roots.rs`).
+    fn checkout_root(&self) -> Result<crate::roots::Root> {
+        crate::roots::acquire(&self.steps.roots_dir(), &self.engine)
     }
+}
 
-    /// Removes empty checkout directories left by dead processes (the engine already
-    /// recovered whatever it tracked in them).
-    fn sweep_checkout_dirs(&self) {
-        let Ok(entries) = fs::read_dir(self.steps.checkouts_dir()) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let Some(pid) = name
-                .to_str()
-                .and_then(|n| n.split('-').next())
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if pid != std::process::id() && strata_snapshot::index::Owner::of(pid).is_none() {
-                let _ = fs::remove_dir(e.path());
-            }
-        }
+/// A step that failed while the store's filesystem is full (in the job, writing its log, or
+/// committing) failed because of it, most likely: say so, rather than leave the user to dig
+/// it out of the step's output or an errno.
+fn explain_full_disk(e: Error, store: &Path) -> Error {
+    if matches!(e, Error::Cancelled) {
+        return e;
     }
+    // A write that met ENOSPC says so; a job's failure only shows as its exit status, so
+    // the filesystem is asked how much room is left.
+    let full = out_of_space(&e) || free_bytes(store).is_some_and(|free| free < FULL_BELOW);
+    if full {
+        Error::StoreFull {
+            path: store.to_path_buf(),
+            source: Box::new(e),
+        }
+    } else {
+        e
+    }
+}
+
+/// Whether an I/O error in `e`'s chain of sources is a full disk or an exhausted quota.
+fn out_of_space(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && matches!(
+                io.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            )
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// Below this many free bytes, the store's filesystem counts as full.
+const FULL_BELOW: u64 = 1 << 20;
+
+/// The bytes an unprivileged writer may still use on the filesystem holding `path`.
+#[cfg(unix)]
+fn free_bytes(path: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+#[cfg(not(unix))]
+fn free_bytes(_: &Path) -> Option<u64> {
+    None
 }
 
 /// Deletes `id` and every snapshot built on it, children first, and forgets the steps that
@@ -809,6 +862,22 @@ pub fn forget_missing(engine: &Engine) -> Result<u64> {
         }
     }
     Ok(forgotten)
+}
+
+/// The values of the build's secrets, to mask in the step's output. Read when a step runs,
+/// so a secret file that changed since the build started is masked as it is now.
+fn secret_values(step: &str, secrets: &[Secret]) -> Result<Vec<Vec<u8>>> {
+    secrets
+        .iter()
+        .map(|s| {
+            fs::read(&s.path).map_err(|source| Error::SecretUnreadable {
+                step: step.to_owned(),
+                id: s.id.clone(),
+                path: s.path.clone(),
+                source,
+            })
+        })
+        .collect()
 }
 
 /// Bounds how many sandboxes run at once in this process.

@@ -51,6 +51,33 @@ pub enum Error {
     MissingSecret { step: String, id: String },
     #[error("step {step}: network `{network}` is not supported; use `(network host)` or none")]
     Network { step: String, network: String },
+    #[error(
+        "step {step} asks for the host's network, which needs the operator's consent: \
+         pass `--allow network-host` (`BuildOptions::allow_network_host`)"
+    )]
+    NetworkNotAllowed { step: String },
+    #[error("step {step}: cannot read secret `{id}` from {path}: {source}")]
+    SecretUnreadable {
+        step: String,
+        id: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error(
+        "the filesystem holding the store at {path} is full: free some space (`strata \
+         prune`, `strata gc`) and build again"
+    )]
+    StoreFull {
+        path: PathBuf,
+        /// How the step failed.
+        #[source]
+        source: Box<Error>,
+    },
+    #[error("step {step}: cannot commit its result: {source}")]
+    Commit {
+        step: String,
+        source: Box<strata_snapshot::Error>,
+    },
     #[error("copy {src}: {reason}")]
     Copy { src: String, reason: String },
     #[error("stage `{name}` is not defined before its use")]

@@ -20,6 +20,7 @@ mod copy;
 mod error;
 pub mod key;
 mod log;
+mod roots;
 mod steps;
 
 pub use builder::{
@@ -28,3 +29,4 @@ pub use builder::{
 pub use context::Context;
 pub use error::{Error, Result};
 pub use key::StepKey;
+pub use log::DEFAULT_LOG_LIMIT;

@@ -6,8 +6,11 @@
 //! ├── logs/<key>.log      the log of a successful step, replayed on every hit
 //! ├── logs/<key>.running  the log of the step running now (tailed by waiters)
 //! ├── locks/<key>.lock    held (flock) by the process running that step
-//! └── checkouts/          where steps' checkouts are made
+//! └── roots/              the pool of checkout roots (see `roots.rs`)
 //! ```
+//!
+//! Logs may hold whatever a step printed (secrets are masked, but a step can print other
+//! private data): the directory is the owner's alone (0700) and each log is created 0600.
 //!
 //! The snapshot engine knows nothing of this: its prune may drop a snapshot a key names, so a
 //! lookup checks that the snapshot still exists and forgets the key if not.
@@ -42,9 +45,9 @@ CREATE TABLE IF NOT EXISTS steps (
 impl Steps {
     pub(crate) fn open(store: &Path) -> Result<Steps> {
         let dir = store.join("build-v1");
-        for d in ["logs", "locks", "checkouts"] {
+        for d in ["logs", "locks", "roots"] {
             let p = dir.join(d);
-            fs::create_dir_all(&p).map_err(io_err("create", &p))?;
+            create_private_dir(&p)?;
         }
         let db_path = dir.join("steps.sqlite");
         let db = |source| Error::Db {
@@ -175,7 +178,38 @@ impl Steps {
             .map_err(io_err("open", &p))
     }
 
-    pub(crate) fn checkouts_dir(&self) -> PathBuf {
-        self.dir.join("checkouts")
+    pub(crate) fn roots_dir(&self) -> PathBuf {
+        self.dir.join("roots")
     }
+}
+
+/// Creates `dir` (and missing parents) for the owner alone, narrowing the mode of one made
+/// earlier with a wider one.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err("create", dir))?;
+        let meta = fs::metadata(dir).map_err(io_err("inspect", dir))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .map_err(io_err("restrict access to", dir))?;
+        }
+    }
+    #[cfg(not(unix))]
+    fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+    Ok(())
+}
+
+/// Creates (truncating) a file only its owner can read.
+pub(crate) fn create_private(path: &Path) -> Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map_err(io_err("create", path))
 }

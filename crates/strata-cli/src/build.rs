@@ -114,6 +114,8 @@ pub(crate) fn build(global: &GlobalArgs, args: &BuildArgs) -> Result<()> {
         reporter: &*terminal,
         cancel: &cancel,
         step_timeout: args.step_timeout.map(Duration::from_secs),
+        allow_network_host: args.allow.contains(&crate::cli::Entitlement::NetworkHost),
+        log_limit: args.log_limit,
     };
     let id = builder.build(&spec, &opts)?;
     let stats = builder.stats();

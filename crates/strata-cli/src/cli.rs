@@ -649,6 +649,16 @@ pub(crate) struct BuildArgs {
     #[arg(long, value_name = "SECONDS")]
     pub(crate) step_timeout: Option<u64>,
 
+    /// Grant what a spec may not turn on by itself: `network-host` lets `(network host)`
+    /// steps use the host's network (repeatable)
+    #[arg(long, value_name = "ENTITLEMENT")]
+    pub(crate) allow: Vec<Entitlement>,
+
+    /// Keep at most this many bytes of each step's output in its log (the rest is counted
+    /// and a note says so)
+    #[arg(long, value_name = "BYTES", default_value_t = strata_build::DEFAULT_LOG_LIMIT)]
+    pub(crate) log_limit: u64,
+
     #[command(flatten)]
     pub(crate) sandbox: SandboxArgs,
 }
@@ -693,4 +703,11 @@ pub(crate) struct DockerfileArgs {
 pub(crate) enum DockerOs {
     Unix,
     Windows,
+}
+
+/// What `strata build --allow` grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Entitlement {
+    /// `(network host)` steps may use the host's network.
+    NetworkHost,
 }

@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 use strata_build::{Error, Secret};
 use strata_isolate::Cancel;
 
-use crate::common::{Fixture, all_files, leftover_containers, read_file, runc_ready};
-
-const SH: &str = "(shell /bin/sh -c)";
+use crate::common::{Fixture, SH, all_files, leftover_containers, read_file, runc_ready};
 
 #[test]
 fn runs_steps_then_takes_them_all_from_the_cache() {
@@ -310,6 +308,8 @@ fn a_step_timeout_kills_the_step_and_names_it() {
         reporter: &log,
         cancel: &cancel,
         step_timeout: Some(Duration::from_millis(500)),
+        allow_network_host: false,
+        log_limit: strata_build::DEFAULT_LOG_LIMIT,
     };
     let started = Instant::now();
     let e = f.builder.build(&spec, &opts).unwrap_err();

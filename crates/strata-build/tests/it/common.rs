@@ -7,6 +7,9 @@ use strata_build::{BuildOptions, Builder, Secret, Transcript};
 use strata_isolate::{Cancel, DriverOptions};
 use strata_snapshot::{Engine, SnapshotId};
 
+/// The shell the busybox base has (OBuilder's default is bash).
+pub(crate) const SH: &str = "(shell /bin/sh -c)";
+
 /// Whether runc tests can run here; in CI they must.
 pub(crate) fn runc_ready() -> bool {
     let ok = std::process::Command::new("runc")
@@ -67,6 +70,31 @@ impl Fixture {
     ) -> (Result<SnapshotId, strata_build::Error>, String) {
         build_on(&self.builder, spec, context, secrets, cancel)
     }
+
+    /// Builds with these secrets, host-network consent and log limit.
+    pub(crate) fn build_opts(
+        &self,
+        spec: &str,
+        context: &Path,
+        secrets: &[Secret],
+        allow_network_host: bool,
+        log_limit: u64,
+    ) -> (Result<SnapshotId, strata_build::Error>, String) {
+        let spec = strata_spec::parse(spec).unwrap();
+        let log = Transcript::new();
+        let cancel = Cancel::new();
+        let opts = BuildOptions {
+            context,
+            secrets,
+            reporter: &log,
+            cancel: &cancel,
+            step_timeout: None,
+            allow_network_host,
+            log_limit,
+        };
+        let r = self.builder.build(&spec, &opts);
+        (r, log.text())
+    }
 }
 
 pub(crate) fn builder_at(store: &Path) -> Builder {
@@ -99,6 +127,8 @@ pub(crate) fn build_on(
         reporter: &log,
         cancel,
         step_timeout: None,
+        allow_network_host: true,
+        log_limit: strata_build::DEFAULT_LOG_LIMIT,
     };
     let r = builder.build(&spec, &opts);
     (r, log.text())

@@ -145,6 +145,28 @@ fn a_failing_step_exits_non_zero_naming_it() {
 }
 
 #[test]
+fn host_networking_needs_allow_network_host() {
+    if !runc_ready() {
+        return;
+    }
+    let env = Env::new();
+    let ctx = spec_dir(
+        &env,
+        "((from busybox) (shell /bin/sh -c)\n (run (network host) (shell \"echo net=$((40+2))\")))",
+    );
+    let run = env.run(["build".as_ref(), ctx.as_os_str()]);
+    run.fails_with(&["(run (network host)", "--allow network-host"]);
+    assert!(!run.stdout_text().contains("net=42"), "{run:?}");
+    let run = env.run([
+        "build".as_ref(),
+        "--allow".as_ref(),
+        "network-host".as_ref(),
+        ctx.as_os_str(),
+    ]);
+    assert!(run.ok().contains("net=42"), "{run:?}");
+}
+
+#[test]
 fn spec_errors_point_into_the_file() {
     let env = Env::new();
     let ctx = spec_dir(&env, "((from busybox)\n (rnu (shell \"true\")))\n");
