@@ -15,6 +15,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     if let Some(arg) = args.first() {
         bail!("`cargo xtask ci` takes no arguments, got `{arg}`");
     }
+    crate::deps::ensure(crate::deps::TEST)?;
     step("format", &["fmt", "--all", "--check"])?;
     step(
         "lint",

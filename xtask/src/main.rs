@@ -1,6 +1,9 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
 //!
-//! - `cargo xtask ci`: everything CI checks (formatting, clippy, the test suite, tidy).
+//! - `cargo xtask strata ARGS…`: installs what `strata build` needs (Debian packages, as
+//!   root), then runs the release `strata` with ARGS: the README's first command.
+//! - `cargo xtask ci`: installs what the tests need, then everything CI checks (formatting,
+//!   clippy, the test suite, tidy, the stress run, cross-checks, the Wine tests).
 //! - `cargo xtask wine-test`: the Windows unit tests under Wine (also part of `ci`).
 //! - `cargo xtask bench [--quick]`: criterion micro-benchmarks plus whole-process comparisons
 //!   against GNU tar, zstd and b3sum; writes `target/bench/report.{md,json}`.
@@ -14,6 +17,7 @@
 
 mod bench;
 mod ci;
+mod deps;
 mod stress;
 mod tidy;
 mod wine;
@@ -27,11 +31,14 @@ fn main() -> anyhow::Result<()> {
         .map_or(("help", &[][..]), |(c, r)| (c.as_str(), r));
     match cmd {
         "ci" => ci::run(rest),
+        "strata" => deps::run_strata(rest),
         "bench" => bench::run(rest),
         "wine-test" => wine::run(rest),
         "stress" => stress::run(rest),
         "help" | "--help" | "-h" => {
-            eprintln!("usage: cargo xtask <ci | wine-test | bench [--quick]>");
+            eprintln!(
+                "usage: cargo xtask <strata ARGS… | ci | wine-test | bench [--quick] | stress>"
+            );
             Ok(())
         }
         other => anyhow::bail!("unknown xtask command `{other}`; try `cargo xtask help`"),
