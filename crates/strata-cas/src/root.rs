@@ -276,7 +276,7 @@ impl DirChain {
     }
 
     /// The current directory's handle, owned.
-    pub fn into_current(mut self) -> rustix::io::Result<OwnedFd> {
+    fn into_current(mut self) -> rustix::io::Result<OwnedFd> {
         self.reopen().map_err(|e| match e.raw_os_error() {
             Some(n) => Errno::from_raw_os_error(n),
             None => Errno::STALE,
