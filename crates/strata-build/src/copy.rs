@@ -320,7 +320,7 @@ fn join(a: &str, b: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::fs::{self, File};
+    use std::fs;
 
     use super::*;
 
@@ -618,7 +618,7 @@ mod tests {
         let k2 = key();
         assert_ne!(k1, k2);
         let now = std::time::SystemTime::now() + std::time::Duration::from_secs(100);
-        File::options()
+        fs::File::options()
             .write(true)
             .open(&f)
             .unwrap()
