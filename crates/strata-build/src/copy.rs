@@ -3,17 +3,56 @@
 //!
 //! Semantics follow OBuilder: with a destination ending in `/`, each source lands inside it
 //! under its base name (`.` copies the directory's contents); otherwise there must be exactly
-//! one source and it is copied *as* the destination. Sources are relative to the context (or
-//! the stage result); `..` and absolute paths are refused; symlinks are copied as symlinks,
-//! never followed; `exclude` names match base names at any depth. Copied entries belong to
-//! the context user and keep their permission bits (OBuilder reduced them to 0644/0755).
+//! one source and it is copied *as* the destination. `exclude` names match base names at any
+//! depth. Copied entries belong to the context user and keep their permission bits (OBuilder
+//! reduced them to 0644/0755).
+//!
+//! # Where sources are read
+//!
+//! A source is a path inside its *root*: the build context, or the root filesystem of the
+//! stage it is copied from. As in OBuilder, a leading `/` means that root (stage sources are
+//! written absolute, `(src /src/_build/default/main.exe)`, and context ones may be) and `..`
+//! is refused. A drive letter is refused: it cannot name a place inside a root.
+//!
+//! On Unix the root is opened once and every source is resolved from that handle
+//! ([`strata_cas::root`]): symlinks met on the way are followed *inside* the root, as if it
+//! were `/` (`a -> /` makes `a/etc/shadow` the root's own `etc/shadow`, never the host's),
+//! at most 40 of them. OBuilder refuses such symlinks instead; Strata follows them, safely,
+//! because builds made them (`ln -s` in a stage) and Docker follows them too. The last
+//! component is not followed: a source that is a symlink is copied as a symlink, as OBuilder
+//! does (Docker's `COPY` would copy its target). Below a source, directories are walked
+//! through their handles (`openat(O_NOFOLLOW)`, `fstatat(AT_SYMLINK_NOFOLLOW)`), files are
+//! hashed from the handle that was opened, and symlinks are copied as symlinks, never
+//! followed. Streaming opens each file again from its parent's handle with `O_NOFOLLOW` and
+//! checks it is the same file (device and inode, size) with the same content (blake3): an
+//! entry swapped between the manifest and the copy is either an error or still inside the
+//! root. At most a bounded number of directory handles are open, however deep the tree.
+//!
+//! On Windows the std-only reader resolves sources component by component and refuses
+//! symlinks and junctions on the way; files are opened without following reparse points.
+//!
+//! # What enters the key
+//!
+//! Each item's destination, kind, permission bits and content (blake3 and size, or the
+//! symlink target), never its mtime nor where in the root it was found: two sources that
+//! resolve to the same content write the same thing, so they are the same step. The
+//! destination of a source copied into a directory is named after the source as written
+//! (`(src a)` lands as `a` even when `a` resolves through a symlink), as before.
 
-use std::fs::{self, File};
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
+use unix as sys;
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows as sys;
+
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use strata_cas::{Entry, EntryKind, Metadata};
-use strata_spec::Copy;
+use strata_spec::{Copy, CopyFrom};
 
 use crate::error::{Error, Result};
 use crate::key::KeyBuilder;
@@ -28,7 +67,7 @@ pub(crate) struct Item {
     pub(crate) mode: u32,
     pub(crate) mtime: i64,
     /// Where it is read from.
-    pub(crate) host: PathBuf,
+    pub(crate) host: Host,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,15 +77,53 @@ pub(crate) enum ItemKind {
     Symlink(Vec<u8>),
 }
 
-/// Everything a copy writes.
+/// Where an item was found: below which source, and what it was.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Host {
+    /// Index of the source in the manifest's sources.
+    pub(crate) src: usize,
+    /// Path below the source, `/`-separated; empty for the source itself.
+    pub(crate) rel: String,
+    pub(crate) id: FileId,
+}
+
+/// A file's identity while the copy runs (zero where the platform does not give one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct FileId {
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+}
+
+/// A source of a copy.
+#[derive(Debug, Clone)]
+pub(crate) struct Source {
+    /// As the spec wrote it, for messages.
+    pub(crate) spec: String,
+    /// Normalised: inside the root, `/`-separated, no leading `/`, no `.`; empty for the root.
+    pub(crate) rel: String,
+}
+
+/// What a platform reader reports for each entry of a source.
+#[derive(Debug)]
+pub(crate) struct Node {
+    rel: String,
+    kind: ItemKind,
+    mode: u32,
+    mtime: i64,
+    id: FileId,
+}
+
+/// Everything a copy writes, and the open root it reads from.
+#[derive(Debug)]
 pub(crate) struct Manifest {
     pub(crate) items: Vec<Item>,
+    sources: Vec<Source>,
+    tree: sys::Tree,
 }
 
 impl Manifest {
-    /// Walks the sources of `op` under `root`; `dst` is the destination already joined to
-    /// the workdir (absolute).
+    /// Walks the sources of `op` inside `root` (the context or a stage's checkout); `dst` is
+    /// the destination already joined to the workdir (absolute).
     pub(crate) fn build(root: &Path, op: &Copy, dst: &str) -> Result<Manifest> {
         let into_dir = dst.ends_with('/');
         if !into_dir && op.src.len() != 1 {
@@ -56,26 +133,46 @@ impl Manifest {
             ));
         }
         let dst_rel = dst.trim_start_matches('/').trim_end_matches('/');
+        let sources = op
+            .src
+            .iter()
+            .map(|src| {
+                Ok(Source {
+                    spec: src.clone(),
+                    rel: check_source(src, &op.from)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let tree = sys::Tree::open(root)?;
         let mut items = Vec::new();
-        for src in &op.src {
-            let rel = check_source(src)?;
-            let host = if rel.is_empty() {
-                root.to_path_buf()
-            } else {
-                root.join(&rel)
-            };
-            let md = fs::symlink_metadata(&host).map_err(|e| copy_err(src, describe_io(&e)))?;
+        for (index, src) in sources.iter().enumerate() {
             let target = if into_dir {
-                match rel.rsplit('/').next() {
+                match src.rel.rsplit('/').next() {
                     Some(base) if !base.is_empty() => join(dst_rel, base),
                     _ => dst_rel.to_owned(), // `.`: its contents go into the directory
                 }
             } else {
                 dst_rel.to_owned()
             };
-            walk(&host, &md, &target, &op.exclude, src, &mut items)?;
+            tree.walk(src, &op.exclude, &mut |node| {
+                items.push(Item {
+                    dst: join(&target, &node.rel),
+                    kind: node.kind,
+                    mode: node.mode,
+                    mtime: node.mtime,
+                    host: Host {
+                        src: index,
+                        rel: node.rel,
+                        id: node.id,
+                    },
+                });
+            })?;
         }
-        Ok(Manifest { items })
+        Ok(Manifest {
+            items,
+            sources,
+            tree,
+        })
     }
 
     pub(crate) fn hash_into(&self, k: &mut KeyBuilder) {
@@ -97,19 +194,29 @@ impl Manifest {
         });
     }
 
-    /// Writes the manifest as a tar stream owned by `uid:gid`. Files are re-read: one that
-    /// changed since the manifest was made is an error, never a silent mismatch with the key.
+    /// Where an item is read from, for messages.
+    fn display(&self, it: &Item) -> PathBuf {
+        self.tree.display(&self.sources[it.host.src], &it.host.rel)
+    }
+
+    /// Writes the manifest as a tar stream owned by `uid:gid`. Files are opened again and
+    /// re-read: one that is not the file the manifest saw, or whose content changed since,
+    /// is an error, never a silent mismatch with the key.
     pub(crate) fn write_tar(&self, out: impl io::Write, uid: u32, gid: u32) -> Result<()> {
         let mut w = strata_cas::tar::TarWriter::new(out);
         let werr = |it: &Item| {
-            let path = it.host.clone();
+            let path = self.display(it);
             move |source| Error::Io {
                 what: "write copy of",
                 path,
                 source,
             }
         };
+        let mut opener = sys::Opener::new(&self.tree, &self.sources);
+        let mut buf = vec![0u8; 256 * 1024];
         for it in &self.items {
+            // Every item, the skipped one too: the opener follows the manifest's order.
+            let file = opener.next(it)?;
             if it.dst.is_empty() {
                 continue; // the rootfs itself: never change its owner or mode
             }
@@ -132,9 +239,16 @@ impl Manifest {
             };
             w.append(&entry).map_err(werr(it))?;
             if let ItemKind::File { size, hash } = &it.kind {
-                let f = File::open(&it.host).map_err(werr(it))?;
+                let changed = || {
+                    copy_err(
+                        &self.sources[it.host.src].spec,
+                        format!("{}: changed while being copied", self.display(it).display()),
+                    )
+                };
+                let Some(f) = file else {
+                    return Err(changed()); // the opener gives every file item's file
+                };
                 let mut hasher = blake3::Hasher::new();
-                let mut buf = vec![0u8; 256 * 1024];
                 let mut left = *size;
                 let mut r = f.take(*size);
                 while left > 0 {
@@ -147,10 +261,7 @@ impl Manifest {
                     left -= n as u64;
                 }
                 if left != 0 || hasher.finalize().as_bytes() != hash {
-                    return Err(copy_err(
-                        &it.host.display().to_string(),
-                        "changed while being copied".into(),
-                    ));
+                    return Err(changed());
                 }
             }
         }
@@ -170,19 +281,22 @@ fn copy_err(src: &str, reason: String) -> Error {
     }
 }
 
-fn describe_io(e: &io::Error) -> String {
-    match e.kind() {
-        io::ErrorKind::NotFound => "no such file or directory in the source".into(),
-        _ => e.to_string(),
-    }
-}
-
-/// Normalises a source path: `./a//b/` → `a/b`, `.` → ``; refuses absolute paths and `..`.
-pub(crate) fn check_source(src: &str) -> Result<String> {
-    if src.starts_with('/') || src.starts_with('\\') || src.as_bytes().get(1) == Some(&b':') {
+/// Normalises a source path to one inside its root: `./a//b/` → `a/b`, `/a` → `a`,
+/// `.` → ``; refuses `..` and drive letters.
+pub(crate) fn check_source(src: &str, from: &CopyFrom) -> Result<String> {
+    let bytes = src.as_bytes();
+    if bytes.get(1) == Some(&b':') && bytes[0].is_ascii_alphabetic() {
+        let root = match from {
+            CopyFrom::Context => "the build context",
+            CopyFrom::Build(_) => "the stage",
+        };
         return Err(copy_err(
             src,
-            "source paths must be relative to the build context".into(),
+            format!(
+                "a drive letter cannot name a place inside {root}; write the path from its \
+                 root, like `/{}`",
+                src[2..].trim_start_matches(['/', '\\'])
+            ),
         ));
     }
     let mut parts = Vec::new();
@@ -197,129 +311,17 @@ pub(crate) fn check_source(src: &str) -> Result<String> {
 }
 
 fn join(a: &str, b: &str) -> String {
-    if a.is_empty() {
-        b.to_owned()
-    } else {
-        format!("{a}/{b}")
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_owned(),
+        (_, true) => a.to_owned(),
+        _ => format!("{a}/{b}"),
     }
-}
-
-fn walk(
-    host: &Path,
-    md: &fs::Metadata,
-    dst: &str,
-    exclude: &[String],
-    src: &str,
-    out: &mut Vec<Item>,
-) -> Result<()> {
-    let io_fail = |e: io::Error| copy_err(src, format!("{}: {e}", host.display()));
-    let mode = permissions(md);
-    let mtime = mtime(md);
-    let ft = md.file_type();
-    if ft.is_symlink() {
-        let target = fs::read_link(host).map_err(io_fail)?;
-        out.push(Item {
-            dst: dst.to_owned(),
-            kind: ItemKind::Symlink(path_bytes(&target)),
-            mode: 0o777,
-            mtime,
-            host: host.to_path_buf(),
-        });
-    } else if ft.is_dir() {
-        out.push(Item {
-            dst: dst.to_owned(),
-            kind: ItemKind::Dir,
-            mode,
-            mtime,
-            host: host.to_path_buf(),
-        });
-        let mut children: Vec<(Vec<u8>, PathBuf, String)> = Vec::new();
-        for e in fs::read_dir(host).map_err(io_fail)? {
-            let e = e.map_err(io_fail)?;
-            let name = e.file_name();
-            let Some(name_str) = name.to_str() else {
-                return Err(copy_err(
-                    src,
-                    format!("{}: file name is not UTF-8", e.path().display()),
-                ));
-            };
-            if exclude.iter().any(|x| x == name_str) {
-                continue;
-            }
-            children.push((name_str.as_bytes().to_vec(), e.path(), name_str.to_owned()));
-        }
-        children.sort();
-        for (_, path, name) in children {
-            let md = fs::symlink_metadata(&path).map_err(io_fail)?;
-            walk(&path, &md, &join(dst, &name), exclude, src, out)?;
-        }
-    } else if ft.is_file() {
-        let hash = hash_file(host).map_err(io_fail)?;
-        out.push(Item {
-            dst: dst.to_owned(),
-            kind: ItemKind::File {
-                size: md.len(),
-                hash,
-            },
-            mode,
-            mtime,
-            host: host.to_path_buf(),
-        });
-    } else {
-        return Err(copy_err(
-            src,
-            format!(
-                "{}: only files, directories and symlinks can be copied",
-                host.display()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn hash_file(path: &Path) -> io::Result<[u8; 32]> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(File::open(path)?)?;
-    Ok(*hasher.finalize().as_bytes())
-}
-
-#[cfg(unix)]
-fn permissions(md: &fs::Metadata) -> u32 {
-    use std::os::unix::fs::PermissionsExt;
-    md.permissions().mode() & 0o777
-}
-
-#[cfg(not(unix))]
-fn permissions(md: &fs::Metadata) -> u32 {
-    if md.is_dir() {
-        0o755
-    } else if md.permissions().readonly() {
-        0o444
-    } else {
-        0o644
-    }
-}
-
-fn mtime(md: &fs::Metadata) -> i64 {
-    md.modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-#[cfg(unix)]
-fn path_bytes(p: &Path) -> Vec<u8> {
-    use std::os::unix::ffi::OsStrExt;
-    p.as_os_str().as_bytes().to_vec()
-}
-
-#[cfg(not(unix))]
-fn path_bytes(p: &Path) -> Vec<u8> {
-    p.to_string_lossy().replace('\\', "/").into_bytes()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     fn copy(src: &[&str], dst: &str, exclude: &[&str]) -> Copy {
@@ -381,7 +383,10 @@ mod tests {
         let t = tree();
         for (src, needle) in [
             ("../etc", "`..`"),
-            ("/etc", "relative"),
+            ("lib/../a.txt", "`..`"),
+            ("C:/etc", "drive letter"),
+            // Absolute: inside the context, as OBuilder reads it.
+            ("/etc", "no such file"),
             ("nope", "no such file"),
         ] {
             let e = Manifest::build(t.path(), &copy(&[src], "/d/", &[]), "/d/")
@@ -391,6 +396,205 @@ mod tests {
         }
         let e = Manifest::build(t.path(), &copy(&["a.txt", "lib"], "/d", &[]), "/d").unwrap_err();
         assert!(e.to_string().contains("ending in `/`"), "{e}");
+    }
+
+    /// What the copy of `src` into `/x` reads: each file's content, by destination.
+    #[cfg(unix)]
+    fn read(root: &Path, src: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let m = Manifest::build(root, &copy(&[src], "/x", &[]), "/x")?;
+        let mut tar = Vec::new();
+        m.write_tar(&mut tar, 0, 0)?;
+        let mut out = Vec::new();
+        let mut r = strata_cas::tar::TarReader::new(tar.as_slice(), &strata_cas::Limits::default());
+        while let Some(e) = r.next_entry().unwrap() {
+            let mut data = Vec::new();
+            r.read_data_to_vec(&mut data).unwrap();
+            out.push((String::from_utf8(e.path.clone()).unwrap(), data));
+        }
+        Ok(out)
+    }
+
+    #[cfg(unix)]
+    fn in_root_tree() -> tempfile::TempDir {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("etc")).unwrap();
+        fs::write(d.path().join("etc/hostname"), "inside\n").unwrap();
+        fs::create_dir_all(d.path().join("deep/er")).unwrap();
+        symlink("/", d.path().join("a")).unwrap();
+        symlink("../../..", d.path().join("deep/er/up")).unwrap();
+        symlink("/etc", d.path().join("abs")).unwrap();
+        symlink("loop2", d.path().join("loop1")).unwrap();
+        symlink("loop1", d.path().join("loop2")).unwrap();
+        symlink("etc/hostname", d.path().join("file")).unwrap();
+        d
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinks_on_the_way_resolve_inside_the_root() {
+        let t = in_root_tree();
+        let inside = vec![("x".to_owned(), b"inside\n".to_vec())];
+        for src in [
+            "a/etc/hostname",
+            "deep/er/up/etc/hostname",
+            "abs/hostname",
+            "a/a/abs/hostname",
+            "/etc/hostname",
+            "/a/etc/hostname",
+        ] {
+            assert_eq!(read(t.path(), src).unwrap(), inside, "{src}");
+        }
+        // What only the host has is not found, whatever the way.
+        let host = tempfile::tempdir().unwrap();
+        fs::write(host.path().join("secret"), "host").unwrap();
+        let host_rel = &host.path().to_str().unwrap()[1..];
+        for src in [
+            format!("a/{host_rel}/secret"),
+            format!("deep/er/up/{host_rel}/secret"),
+        ] {
+            let e = read(t.path(), &src).unwrap_err().to_string();
+            assert!(e.contains("no such file"), "{src}: {e}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_final_symlink_is_copied_as_a_symlink() {
+        let t = in_root_tree();
+        for (src, target) in [
+            ("a", "/"),
+            ("deep/er/up", "../../.."),
+            ("a/a/file", "etc/hostname"),
+        ] {
+            let m = Manifest::build(t.path(), &copy(&[src], "/x", &[]), "/x").unwrap();
+            assert_eq!(m.items.len(), 1);
+            assert_eq!(
+                m.items[0].kind,
+                ItemKind::Symlink(target.as_bytes().to_vec()),
+                "{src}"
+            );
+        }
+    }
+
+    #[test]
+    fn stage_sources_are_paths_inside_the_stage() {
+        let t = tree();
+        let mut op = copy(&["/lib/b.ml", "//lib/./sub/"], "/d/", &[]);
+        op.from = strata_spec::CopyFrom::Build("dev".into());
+        let m = Manifest::build(t.path(), &op, "/d/").unwrap();
+        assert_eq!(dsts(&m), ["d/b.ml", "d/sub", "d/sub/c"]);
+        op.src = vec!["/lib/../a.txt".into()];
+        let e = Manifest::build(t.path(), &op, "/d/")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`..`"), "{e}");
+    }
+
+    /// Deeper than the handles a walk keeps open: closed ones are opened again on the way
+    /// back up, and streaming follows the same way.
+    #[cfg(unix)]
+    #[test]
+    fn deep_trees_are_walked_and_streamed() {
+        let t = tempfile::tempdir().unwrap();
+        let mut p = t.path().join("top");
+        for i in 0..150 {
+            p.push(format!("d{i}"));
+            fs::create_dir_all(&p).unwrap();
+            fs::write(p.join("f"), format!("{i}")).unwrap();
+        }
+        let files = read(t.path(), "top").unwrap();
+        let data: Vec<&[u8]> = files
+            .iter()
+            .filter(|(p, _)| p.ends_with("/f"))
+            .map(|(_, d)| d.as_slice())
+            .collect();
+        assert_eq!(data.len(), 150);
+        // Depth-first: a directory's own file comes after its subdirectory in byte order
+        // (`d…` < `f`), so the deepest file comes first.
+        assert_eq!(data[0], b"149");
+        assert_eq!(data[149], b"0");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn loops_and_long_chains_are_refused_and_files_are_not_directories() {
+        use std::os::unix::fs::symlink;
+        let t = in_root_tree();
+        let e = read(t.path(), "loop1/x").unwrap_err().to_string();
+        assert!(e.contains("loop1/x") && e.contains("symbolic links"), "{e}");
+        let e = read(t.path(), "file/x").unwrap_err().to_string();
+        assert!(e.contains("file/x") && e.contains("ot a directory"), "{e}");
+        // 40 symlinks on the way are followed (as the kernel does), 41 are not.
+        for i in 0..40 {
+            symlink(format!("s{}", i + 1), t.path().join(format!("s{i}"))).unwrap();
+        }
+        symlink("etc", t.path().join("s40")).unwrap();
+        assert_eq!(read(t.path(), "s1/hostname").unwrap().len(), 1);
+        let e = read(t.path(), "s0/hostname").unwrap_err().to_string();
+        assert!(e.contains("symbolic links"), "{e}");
+    }
+
+    /// A thread keeps exchanging a directory with a symlink to a host directory while
+    /// manifests are made and streamed: a copy reads the root or fails, never the host.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_swap_race_never_reads_the_host() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let t = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        fs::create_dir_all(host.path().join("sub")).unwrap();
+        fs::write(host.path().join("f"), "HOST SECRET").unwrap();
+        fs::write(host.path().join("sub/g"), "HOST SECRET").unwrap();
+        fs::create_dir_all(t.path().join("d/sub")).unwrap();
+        fs::write(t.path().join("d/f"), "root f").unwrap();
+        fs::write(t.path().join("d/sub/g"), "root g").unwrap();
+        std::os::unix::fs::symlink(host.path(), t.path().join("alt")).unwrap();
+        let stop = AtomicBool::new(false);
+        let (mut ok, mut refused) = (0, 0);
+        std::thread::scope(|s| {
+            // A failed assertion must stop the swapper too, or the scope never ends.
+            let _stop = StopOnDrop(&stop);
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    rustix::fs::renameat_with(
+                        rustix::fs::CWD,
+                        t.path().join("d"),
+                        rustix::fs::CWD,
+                        t.path().join("alt"),
+                        rustix::fs::RenameFlags::EXCHANGE,
+                    )
+                    .unwrap();
+                }
+            });
+            for i in 0..2000 {
+                let src = ["d/f", "d/sub/g", "d", "d/sub"][i % 4];
+                match read(t.path(), src) {
+                    Ok(files) => {
+                        ok += 1;
+                        for (path, data) in files {
+                            assert!(!data.starts_with(b"HOST"), "{src}: {path} from the host");
+                        }
+                    }
+                    Err(e @ Error::Copy { .. }) => {
+                        refused += 1;
+                        assert!(e.to_string().contains(src), "{e}");
+                    }
+                    Err(e) => panic!("{src}: not a copy error: {e}"),
+                }
+            }
+        });
+        assert!(ok > 0, "{refused} refused, none copied");
+    }
+
+    #[cfg(target_os = "linux")]
+    struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+    #[cfg(target_os = "linux")]
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     #[cfg(unix)]
@@ -414,7 +618,7 @@ mod tests {
         let k2 = key();
         assert_ne!(k1, k2);
         let now = std::time::SystemTime::now() + std::time::Duration::from_secs(100);
-        File::options()
+        fs::File::options()
             .write(true)
             .open(&f)
             .unwrap()

@@ -38,6 +38,8 @@ mod error;
 pub mod extract;
 pub mod frames;
 mod id;
+#[cfg(unix)]
+pub mod root;
 mod store;
 pub mod tar;
 #[cfg(any(windows, test))]

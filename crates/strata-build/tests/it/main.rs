@@ -3,4 +3,5 @@
 mod build;
 mod common;
 mod concurrency;
+mod copy_sources;
 mod hardening;
