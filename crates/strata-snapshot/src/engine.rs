@@ -73,8 +73,10 @@
 //! A volatile upper dir left by a host crash may have lost writes: `commit` refuses an
 //! overlay checkout mounted in an earlier boot (its state dir records the boot id).
 //!
-//! Named failpoints ([`FAILPOINTS`]) sit between the effects, so tests can kill a process at
-//! each of them (`STRATA_FAILPOINT=<name>` aborts the process there).
+//! With the `failpoints` cargo feature, which only the crate's own tests turn on, named
+//! failpoints (`FAILPOINTS`) sit between the effects, so tests can kill a process at each of
+//! them (`STRATA_FAILPOINT=<name>` aborts the process there). Without it they compile to
+//! nothing.
 
 use std::collections::HashSet;
 use std::fs;
@@ -136,52 +138,16 @@ pub(crate) enum CheckoutHealth {
     Unmounted,
 }
 
-/// Every named failpoint, in roughly the order a workload meets them. `<op>.<mode>.<step>`
-/// names the step just completed.
-pub const FAILPOINTS: &[&str] = &[
-    "import.stored",
-    "import.recorded",
-    "checkout.portable.state",
-    "checkout.portable.row",
-    "unpack.extracted",
-    "unpack.renamed",
-    "checkout.portable.unpacked",
-    "checkout.portable.materialized",
-    "checkout.portable.done",
-    "commit.portable.stored",
-    "commit.portable.recorded",
-    "discard.portable.abandoned",
-    "discard.portable.removed",
-    "discard.portable.state",
-    "checkout.overlay.state",
-    "checkout.overlay.row",
-    "checkout.overlay.unpacked",
-    "checkout.overlay.relocated",
-    "checkout.overlay.mounted",
-    "commit.overlay.unmounted",
-    "commit.overlay.stored",
-    "commit.overlay.recorded",
-    "commit.overlay.renamed",
-    "commit.overlay.marked",
-    "discard.overlay.unmounted",
-    "discard.overlay.abandoned",
-    "discard.overlay.removed",
-    "discard.overlay.state",
-    "prune.removed",
-    "gc.row",
-    "gc.blob",
-];
+#[cfg(feature = "failpoints")]
+pub use crate::failpoints::FAILPOINTS;
+#[cfg(feature = "failpoints")]
+pub(crate) use crate::failpoints::failpoint;
 
-/// Aborts the process if `STRATA_FAILPOINT` names this point: crash tests use it to die
-/// between two effects. The variable is read once; otherwise this is one load and a branch.
-pub(crate) fn failpoint(name: &'static str) {
-    static ARMED: OnceLock<Option<String>> = OnceLock::new();
-    debug_assert!(FAILPOINTS.contains(&name), "failpoint {name} is not listed");
-    let armed = ARMED.get_or_init(|| std::env::var("STRATA_FAILPOINT").ok());
-    if armed.as_deref() == Some(name) {
-        std::process::abort();
-    }
-}
+/// Without the `failpoints` feature a failpoint is nothing at all: no environment variable
+/// is read, and no process of an embedder can be made to abort.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub(crate) fn failpoint(_name: &'static str) {}
 
 /// The failpoint of `mode`'s variant of a step.
 fn failpoint_for(mode: CheckoutMode, overlay: &'static str, portable: &'static str) {
