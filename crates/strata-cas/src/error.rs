@@ -89,6 +89,21 @@ pub enum Error {
         /// The layout this build understands.
         expected: &'static str,
     },
+    /// A store directory that other users can enter, owned by another user: this process
+    /// may not make it private, and uses it as it is no more.
+    #[error(
+        "{} is owned by uid {owner} and open to other users (mode {mode:04o}): only its owner \
+         may use it as a store, which makes it private (mode 0700)",
+        path.display()
+    )]
+    NotPrivate {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner's uid.
+        owner: u32,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The operation is not available on this platform.
     #[error("{what} is not supported on this platform")]
     Unsupported {

@@ -84,8 +84,10 @@ pub struct OciDigests {
 
 impl Store {
     /// Opens the store at `root`, creating it if needed, and sweeps temp files left by
-    /// crashed writers.
+    /// crashed writers. The root is made private to its owner ([`private_dir`]): layers hold
+    /// whole root filesystems, setuid binaries and device nodes included.
     pub fn open(root: &Path) -> Result<Store> {
+        private_dir(root)?;
         let store = Store {
             root: root.to_path_buf(),
             blobs: root.join(BLOBS_DIR),
@@ -412,6 +414,59 @@ impl Store {
             size,
         })
     }
+}
+
+/// Creates `dir` (and its missing parents) so that only its owner can enter it (mode 0700
+/// on Unix), or narrows an existing one that others can enter: its group and other
+/// permission bits are dropped, nothing is ever widened. A directory owned by another user
+/// and open to others is refused with [`Error::NotPrivate`] rather than changed behind its
+/// owner's back. Elsewhere than Unix it is only created.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        let mut builder = fs::DirBuilder::new();
+        builder.mode(0o700);
+        let created = match builder.create(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Parents are ordinary directories: only the last one is private.
+                if let Some(parent) = dir.parent() {
+                    fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
+                }
+                builder.create(dir)
+            }
+            other => other,
+        };
+        match created {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io("create", dir, e)),
+        }
+        // Followed if a symlink: a store root may be one.
+        let meta = fs::metadata(dir).map_err(|e| Error::io("stat", dir, e))?;
+        if !meta.is_dir() {
+            return Err(Error::io(
+                "use as a directory",
+                dir,
+                io::Error::from(io::ErrorKind::NotADirectory),
+            ));
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o077 == 0 {
+            return Ok(());
+        }
+        if meta.uid() != rustix::process::geteuid().as_raw() {
+            return Err(Error::NotPrivate {
+                path: dir.to_path_buf(),
+                owner: meta.uid(),
+                mode,
+            });
+        }
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode & !0o077))
+            .map_err(|e| Error::io("make private", dir, e))
+    }
+    #[cfg(not(unix))]
+    fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))
 }
 
 struct DigestWriter<'a>(&'a mut sha2::Sha256);

@@ -19,6 +19,10 @@
 //!     └── x-<pid>-<n>/          state of a checkout being discarded by process <pid>
 //! ```
 //!
+//! The root, `unpacked-v1/`, `checkouts-v1/` and `caches-v1/` are private to the store's
+//! owner (mode 0700, narrowed on open; see [`Engine::open`]): unpacked layers keep setuid
+//! bits and device nodes, which no other local user may reach.
+//!
 //! # Crash safety
 //!
 //! A process may die at any point (`kill -9`, power loss). The order of effects makes every
@@ -351,15 +355,24 @@ fn unique_name(prefix: &str) -> String {
 
 impl Engine {
     /// Opens (creating if needed) the store at `root` and recovers from crashed writers (see
-    /// the module docs for what is recovered and what is kept).
+    /// the module docs for what is recovered and what is kept). The store root and the
+    /// directories under it that hold trees are private to their owner (mode 0700): an
+    /// older store whose directories are wider is narrowed, and one that belongs to another
+    /// user and is open to others is refused ([`strata_cas::Error::NotPrivate`]).
     pub fn open(root: &Path) -> Result<Engine> {
         let cas = Store::open(root)?;
         // Canonical, so that state paths recorded in rows stay valid from any working dir.
         let root = canonical(root).map_err(io_err("resolve", root))?;
         let unpacked = root.join("unpacked-v1");
         let states = root.join("checkouts-v1");
+        // The root is private already (the CAS made it so); these are too, in case the root
+        // is ever opened up: they hold whole trees, setuid files and device nodes included.
         for dir in [&unpacked, &states] {
-            fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+            strata_cas::private_dir(dir)?;
+        }
+        let caches = root.join(crate::caches::CACHES_DIR);
+        if caches.is_dir() {
+            strata_cas::private_dir(&caches)?;
         }
         let index = Index::open(&root.join("index-v1.sqlite"))?;
         let engine = Engine {

@@ -14,4 +14,6 @@ mod maintenance;
 #[cfg(target_os = "linux")]
 mod overlay;
 mod portable;
+#[cfg(target_os = "linux")]
+mod privacy;
 mod relocate;
