@@ -217,6 +217,13 @@ pub enum Error {
     /// Overlay checkouts need Linux, root and overlayfs.
     #[error("overlay checkouts need Linux, root and overlayfs here; use a portable checkout")]
     OverlayUnavailable,
+    /// Layers that snapshots still need, refused by [`Engine::remove_layers`]: nothing was
+    /// removed.
+    #[error("{}; nothing was removed", needed_by(users))]
+    LayersNeeded {
+        /// Every snapshot whose stack holds one of the layers, with its tags.
+        users: Vec<crate::maintenance::LayerUser>,
+    },
     /// The index names a checkout mode this build does not know.
     #[error("checkout {} has unknown mode `{mode}`", dir.display())]
     UnknownMode {
@@ -225,6 +232,30 @@ pub enum Error {
         /// The mode recorded.
         mode: String,
     },
+}
+
+/// "layer L is needed by snapshot S (tags `a`, `b`), snapshot T; layer M is needed by ...".
+fn needed_by(users: &[crate::maintenance::LayerUser]) -> String {
+    let mut text = String::new();
+    let mut last = None;
+    for user in users {
+        if last == Some(user.layer) {
+            text.push_str(", ");
+        } else {
+            if last.is_some() {
+                text.push_str("; ");
+            }
+            text.push_str(&format!("layer {} is needed by ", user.layer));
+            last = Some(user.layer);
+        }
+        text.push_str(&format!("snapshot {}", user.snapshot));
+        if !user.tags.is_empty() {
+            let tags: Vec<String> = user.tags.iter().map(|t| format!("`{t}`")).collect();
+            let word = if tags.len() == 1 { "tag" } else { "tags" };
+            text.push_str(&format!(" ({word} {})", tags.join(", ")));
+        }
+    }
+    text
 }
 
 /// The result type of the engine.

@@ -70,6 +70,36 @@ pub struct DiskUsage {
     pub checkouts: u64,
 }
 
+/// What [`Engine::remove_layers`] may remove besides the layers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RemoveLayersOptions {
+    /// Also remove every snapshot whose stack holds one of the layers: those made of it and
+    /// everything built on them, with their tags. Without it, such layers are refused.
+    pub with_snapshots: bool,
+}
+
+/// A snapshot that needs a layer: its own, or one of its ancestors'.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LayerUser {
+    /// The snapshot.
+    pub snapshot: SnapshotId,
+    /// The layer it needs.
+    pub layer: LayerId,
+    /// Its tags, by name.
+    pub tags: Vec<String>,
+}
+
+/// What [`Engine::remove_layers`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LayerRemoval {
+    /// Layers removed: their blobs, index rows and unpacked directories.
+    pub layers: Vec<LayerId>,
+    /// Layers asked for that the store did not hold (neither a blob nor a row).
+    pub missing: Vec<LayerId>,
+    /// Snapshots removed because they needed one of the layers, children before parents.
+    pub snapshots: Vec<LayerUser>,
+}
+
 /// One problem `fsck` found, and whether it was repaired.
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
@@ -178,6 +208,79 @@ impl Engine {
             }
         }
         report.settled = self.settle_unsynced()?;
+        Ok(report)
+    }
+
+    /// Removes layers from the store: blob, index row and unpacked directories. A layer that
+    /// a snapshot needs (its own layer or an ancestor's) is refused with
+    /// [`Error::LayersNeeded`](crate::Error::LayersNeeded), which names every such snapshot
+    /// and its tags, and nothing is removed; with [`RemoveLayersOptions::with_snapshots`],
+    /// those snapshots are removed first, all or none: refused while one of them is checked
+    /// out, leased, or in use by a cache. Their other layers are left for [`Engine::gc`].
+    /// Holds the store's gc lock exclusively, so no commit can start needing a layer
+    /// meanwhile.
+    pub fn remove_layers(
+        &self,
+        ids: &[LayerId],
+        opts: &RemoveLayersOptions,
+    ) -> Result<LayerRemoval> {
+        let _lock = self.gc_lock(true)?;
+        let tags = self.with_index(|ix| Ok(ix.tags()?))?;
+        let mut users: Vec<(u32, LayerUser)> = Vec::new();
+        for id in ids {
+            for row in self.with_index(|ix| Ok(ix.snapshots_needing_layer(id)?))? {
+                // A snapshot that needs two of the layers is listed once.
+                if users.iter().any(|(_, u)| u.snapshot == row.id) {
+                    continue;
+                }
+                let user = LayerUser {
+                    snapshot: row.id,
+                    layer: *id,
+                    tags: tags
+                        .iter()
+                        .filter(|(_, s)| *s == row.id)
+                        .map(|(t, _)| t.clone())
+                        .collect(),
+                };
+                users.push((row.depth, user));
+            }
+        }
+        if !users.is_empty() && !opts.with_snapshots {
+            return Err(crate::Error::LayersNeeded {
+                users: users.into_iter().map(|(_, u)| u).collect(),
+            });
+        }
+        // Children before parents, whichever layer made them needed. Durably: once a blob
+        // is gone, no snapshot that needs it may come back with a lost write.
+        let mut order = users.clone();
+        order.sort_by_key(|(depth, _)| std::cmp::Reverse(*depth));
+        let ids_in_order: Vec<SnapshotId> = order.iter().map(|(_, u)| u.snapshot).collect();
+        if !ids_in_order.is_empty() {
+            self.with_index(|ix| Ok(ix.durably(|ix| ix.remove_snapshots(&ids_in_order))?))?;
+        }
+        let mut report = LayerRemoval {
+            snapshots: order.into_iter().map(|(_, u)| u).collect(),
+            ..LayerRemoval::default()
+        };
+        let mut unpacked = self.unpacked_entries()?;
+        for id in ids {
+            if report.layers.contains(id) || report.missing.contains(id) {
+                continue;
+            }
+            // The row before the blob, as in `gc`.
+            let had_row = match self.with_index(|ix| Ok(ix.remove_layer(id)?)) {
+                Ok(()) => true,
+                Err(crate::Error::Index(crate::index::Error::MissingLayer { .. })) => false,
+                Err(e) => return Err(e),
+            };
+            let had_blob = self.cas().remove(id)?;
+            self.remove_unpacked(id, &mut unpacked)?;
+            if had_row || had_blob {
+                report.layers.push(*id);
+            } else {
+                report.missing.push(*id);
+            }
+        }
         Ok(report)
     }
 
