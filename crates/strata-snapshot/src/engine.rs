@@ -10,6 +10,7 @@
 //! │   ├── <layer>               a layer unpacked once, read-only, overlayfs whiteouts
 //! │   ├── <layer>.plain         the same with OCI `.wh.` files (unpacked without root)
 //! │   ├── <layer>@<root>        a relocated variant, for overlay checkouts at another root
+//! │   │                         (kept while a checkout at that root is tracked)
 //! │   ├── <layer>@dup-<n>       a hard-linked twin, for a layer that repeats in one stack
 //! │   └── tmp-<pid>-<n>         an unpack in progress; renamed into place when complete
 //! ├── caches-v1/views/<n>/     private views of shared caches (tracked checkouts)
@@ -375,7 +376,7 @@ impl Drop for Reaper {
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-fn unique_name(prefix: &str) -> String {
+pub(crate) fn unique_name(prefix: &str) -> String {
     format!(
         "{prefix}{}-{}-{}",
         std::process::id(),
@@ -827,7 +828,11 @@ impl Engine {
         dir: &Path,
     ) -> Result<()> {
         // Layers committed at another root are mounted through relocated variants, made once
-        // per (layer, root) and shared by every checkout at that root.
+        // per (layer, root) and shared by every checkout at that root. `gc` removes those of
+        // roots no checkout row names, under the exclusive gc lock: held shared from finding
+        // a variant until it is mounted, so none goes between the two (this checkout's row,
+        // written before, keeps it from then on).
+        let _gc = self.gc_lock(false)?;
         let target = index::path_to_bytes(dir);
         let mut lowers: Vec<PathBuf> = Vec::with_capacity(layers.len());
         for (row, layer_dir) in chain.iter().zip(layers) {
@@ -926,7 +931,7 @@ impl Engine {
     ) -> Result<PathBuf> {
         let copied: std::collections::HashSet<&[u8]> =
             records.files.iter().map(|f| f.path.as_slice()).collect();
-        self.derived_layer(source, &blake3::hash(root).to_hex()[..16], |tmp| {
+        self.derived_layer(source, &variant_suffix(root), |tmp| {
             clone_tree(source, tmp, &mut Vec::new(), &copied)?;
             relocate::relocate(tmp, records, root)?;
             failpoint("checkout.overlay.relocated");
@@ -1409,6 +1414,11 @@ fn set_mtime(path: &Path, meta: &fs::Metadata) -> Result<()> {
         rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
     )
     .map_err(|e| io_err("set the mtime of", path)(e.into()))
+}
+
+/// The suffix of the relocated variants made for checkouts at `root`: `<layer>@<suffix>`.
+pub(crate) fn variant_suffix(root: &[u8]) -> String {
+    blake3::hash(root).to_hex()[..16].to_owned()
 }
 
 /// Whether layer directory `upper` has an entry (or a whiteout of one) at `path` or above it.

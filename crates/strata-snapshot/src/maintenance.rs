@@ -4,7 +4,7 @@
 //! `fsck` checks what [`Engine::open`] recovers and more (see the engine's module docs for
 //! the crash model): a repaired store checks clean, and no repair drops a snapshot.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,6 +51,9 @@ pub struct GcReport {
     pub orphans: u64,
     /// Unpacked layers made by overlay commits without a flush, now flushed and trusted.
     pub settled: u64,
+    /// Relocated variants of unpacked layers (`<layer>@<root>`) for roots where no
+    /// checkout is tracked any more.
+    pub variants: u64,
 }
 
 /// Disk usage of a store.
@@ -66,6 +69,9 @@ pub struct DiskUsage {
     pub layer_bytes: u64,
     /// Unpacked layer directories.
     pub unpacked: u64,
+    /// Relocated variants and hard-linked twins of unpacked layers (`<layer>@…`), made for
+    /// overlay checkouts; `gc` removes the variants of roots no checkout uses any more.
+    pub variants: u64,
     /// Tracked checkouts.
     pub checkouts: u64,
 }
@@ -208,7 +214,40 @@ impl Engine {
             }
         }
         report.settled = self.settle_unsynced()?;
+        report.variants = self.remove_unused_variants()?;
         Ok(report)
+    }
+
+    /// Removes the relocated variants (`<layer>@<root hash>`) of roots that no tracked
+    /// checkout has: each was made for checkouts at one root, and would otherwise stay until
+    /// its layer goes. Twins (`@dup-<n>`) are per layer and stay. Call it under the
+    /// exclusive gc lock: checkouts hold it shared from finding a variant to mounting it.
+    fn remove_unused_variants(&self) -> Result<u64> {
+        let live: HashSet<String> = self
+            .with_index(|ix| Ok(ix.checkouts()?))?
+            .iter()
+            .map(|row| crate::engine::variant_suffix(&row.root_path))
+            .collect();
+        let dir = self.unpacked_dir();
+        let mut removed = 0;
+        for entry in fs::read_dir(&dir).map_err(crate::engine::io_error("list", &dir))? {
+            let entry = entry.map_err(crate::engine::io_error("list", &dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((_, suffix)) = name.split_once('@') else {
+                continue;
+            };
+            if suffix.starts_with("dup-") || live.contains(suffix) {
+                continue;
+            }
+            // Renamed aside first, so that no half-removed variant is ever found by its name
+            // (a crash leaves a `tmp-` directory that recovery removes).
+            let aside = dir.join(crate::engine::unique_name("tmp-"));
+            fs::rename(entry.path(), &aside)
+                .map_err(crate::engine::io_error("move aside", &entry.path()))?;
+            remove_tree(&aside)?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     /// Removes layers from the store: blob, index row and unpacked directories. A layer that
@@ -346,17 +385,27 @@ impl Engine {
     pub fn du(&self) -> Result<DiskUsage> {
         let usage = self.with_index(|ix| Ok(ix.usage()?))?;
         let blobs = self.cas().list()?;
-        let unpacked = fs::read_dir(self.unpacked_dir())
-            .map_err(crate::engine::io_error("list", &self.unpacked_dir()))?
-            .filter_map(|e| e.ok())
-            .filter(|e| !e.file_name().to_string_lossy().starts_with("tmp-"))
-            .count() as u64;
+        let (mut unpacked, mut variants) = (0, 0);
+        for (hex, paths) in self.unpacked_entries()? {
+            if hex.parse::<LayerId>().is_err() {
+                continue;
+            }
+            for path in paths {
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                if name.contains('@') {
+                    variants += 1;
+                } else if path.is_dir() {
+                    unpacked += 1;
+                }
+            }
+        }
         Ok(DiskUsage {
             snapshots: usage.snapshots,
             blobs: blobs.len() as u64,
             blob_bytes: blobs.iter().map(|b| b.compressed_size).sum(),
             layer_bytes: blobs.iter().map(|b| b.uncompressed_size).sum(),
             unpacked,
+            variants,
             checkouts: usage.checkouts,
         })
     }

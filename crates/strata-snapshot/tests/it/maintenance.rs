@@ -314,3 +314,80 @@ fn remove_layers_refuses_needed_layers_or_removes_their_snapshots_too() {
     );
     assert!(engine.fsck(false).unwrap().is_empty());
 }
+
+/// Overlay checkouts at another root than a layer's mount a relocated variant of it, one
+/// per root: `gc` keeps those of roots with a tracked checkout and removes the rest, and
+/// `du` counts them.
+#[test]
+fn gc_removes_relocated_variants_of_roots_no_checkout_uses() {
+    if !strata_snapshot::engine::overlay_available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "overlay checkouts need root and overlayfs, and CI is set"
+        );
+        eprintln!("skipped: overlay unavailable here");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let top = fs::canonicalize(tmp.path()).unwrap();
+    let engine = Engine::open(&top.join("store")).unwrap();
+    let base = engine.import(&rootfs_tar(&top), None).unwrap();
+    let overlay = Some(CheckoutMode::Overlay);
+    // A step that records where it ran: its layer is relocated for every other root.
+    let s00 = top.join("s00");
+    engine.checkout(&base.id, &s00, overlay).unwrap();
+    fs::write(s00.join("where"), format!("{}\n", s00.display())).unwrap();
+    let child = engine.commit(&s00, None).unwrap();
+    let unpacked = top.join("store/unpacked-v1");
+    let variants = || {
+        let mut names: Vec<String> = fs::read_dir(&unpacked)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains('@'))
+            .collect();
+        names.sort();
+        names
+    };
+    let variant_of = |root: &std::path::Path| {
+        let hash = blake3::hash(root.as_os_str().as_encoded_bytes());
+        format!("{}@{}", child.layer.to_hex(), &hash.to_hex()[..16])
+    };
+
+    let slots: Vec<_> = ["s01", "s02", "s03"].iter().map(|s| top.join(s)).collect();
+    for slot in &slots {
+        engine.checkout(&child.id, slot, overlay).unwrap();
+        assert_eq!(
+            fs::read_to_string(slot.join("where")).unwrap(),
+            format!("{}\n", slot.display())
+        );
+    }
+    let mut all: Vec<String> = slots.iter().map(|s| variant_of(s)).collect();
+    all.sort();
+    assert_eq!(variants(), all);
+    assert_eq!(engine.du().unwrap().variants, 3);
+
+    engine.release(&slots[0]).unwrap();
+    engine.release(&slots[1]).unwrap();
+    let report = engine.gc().unwrap();
+    assert_eq!(report.variants, 2, "{report:?}");
+    assert_eq!(variants(), vec![variant_of(&slots[2])]);
+    assert_eq!(engine.du().unwrap().variants, 1);
+    // The live checkout still reads through its variant, and a new checkout at a released
+    // root makes its variant again.
+    assert_eq!(
+        fs::read_to_string(slots[2].join("where")).unwrap(),
+        format!("{}\n", slots[2].display())
+    );
+    engine.checkout(&child.id, &slots[0], overlay).unwrap();
+    assert_eq!(
+        fs::read_to_string(slots[0].join("where")).unwrap(),
+        format!("{}\n", slots[0].display())
+    );
+    for slot in [&slots[0], &slots[2]] {
+        engine.release(slot).unwrap();
+    }
+    assert_eq!(engine.gc().unwrap().variants, 2);
+    assert!(variants().is_empty());
+    assert_eq!(engine.du().unwrap().variants, 0);
+    assert!(engine.fsck(false).unwrap().is_empty());
+}
