@@ -177,16 +177,30 @@ impl Store {
     }
 
     /// Writes a blob through `write` into a locked temp file, then publishes it under its id.
+    /// A failed write to the temp file (a full disk) is reported against it, whatever the
+    /// writer was reading when it met the failure.
     fn write_blob(
         &self,
-        write: impl FnOnce(&mut BufWriter<&File>) -> Result<LayerInfo>,
+        write: impl FnOnce(&mut BlobWriter<BufWriter<&File>>) -> Result<LayerInfo>,
     ) -> Result<LayerInfo> {
         let (file, tmp_path) = self.temp_file()?;
         let guard = TempGuard(&tmp_path);
         file.lock().map_err(|e| Error::io("lock", &tmp_path, e))?;
-        let mut out = BufWriter::with_capacity(1 << 20, &file);
-        let info = write(&mut out)?;
-        out.flush().map_err(|e| Error::io("write", &tmp_path, e))?;
+        let mut out = BlobWriter {
+            inner: BufWriter::with_capacity(1 << 20, &file),
+            failed: None,
+        };
+        let info = match write(&mut out) {
+            Ok(info) => info,
+            Err(e) => {
+                return Err(match out.failed.take() {
+                    Some(source) => Error::io("write the new layer", &tmp_path, source),
+                    None => e,
+                });
+            }
+        };
+        out.flush()
+            .map_err(|e| Error::io("write the new layer", &tmp_path, e))?;
         drop(out);
         let target = self.blob_path(&info.id);
         if target.is_file() {
@@ -467,6 +481,43 @@ pub fn private_dir(dir: &Path) -> Result<()> {
     }
     #[cfg(not(unix))]
     fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))
+}
+
+/// The writer of a blob's temp file: passes everything through and keeps a copy of the
+/// first error, which callers up the stack may have wrapped as something else.
+pub(crate) struct BlobWriter<W> {
+    inner: W,
+    failed: Option<io::Error>,
+}
+
+impl<W> BlobWriter<W> {
+    fn note(&mut self, e: &io::Error) {
+        // `write_all` retries an interrupted write: that is no failure.
+        if self.failed.is_none() && e.kind() != io::ErrorKind::Interrupted {
+            self.failed = Some(match e.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(e.kind(), e.to_string()),
+            });
+        }
+    }
+}
+
+impl<W: Write> Write for BlobWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(buf);
+        if let Err(e) = &written {
+            self.note(e);
+        }
+        written
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let flushed = self.inner.flush();
+        if let Err(e) = &flushed {
+            self.note(e);
+        }
+        flushed
+    }
 }
 
 struct DigestWriter<'a>(&'a mut sha2::Sha256);

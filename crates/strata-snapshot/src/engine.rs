@@ -39,7 +39,8 @@
 //!   and the mount or the files, then (portable) the manifest. Discarding unmounts, moves the
 //!   state dir aside (`x-*`, the point of no return), removes the files, the state, and last
 //!   the row. A committed overlay checkout loses its `upper/` (renamed into `unpacked-v1/`)
-//!   before it is discarded.
+//!   before it is discarded. A commit that fails before recording its snapshot (a full
+//!   disk) leaves the checkout as it was, an overlay one mounted again.
 //!
 //! Recovery in [`Engine::open`], cheap when there is nothing to do (two directory listings
 //! and one query):
@@ -827,12 +828,52 @@ impl Engine {
         state: &Path,
         dir: &Path,
     ) -> Result<()> {
-        // Layers committed at another root are mounted through relocated variants, made once
-        // per (layer, root) and shared by every checkout at that root. `gc` removes those of
-        // roots no checkout row names, under the exclusive gc lock: held shared from finding
-        // a variant until it is mounted, so none goes between the two (this checkout's row,
-        // written before, keeps it from then on).
+        // Held from finding relocated variants until they are mounted (see `overlay_lowers`).
         let _gc = self.gc_lock(false)?;
+        let lowers = self.overlay_lowers(chain, layers, dir)?;
+        let upper = state.join("upper");
+        // The merged root shows the upper dir's own mode and owner: give it the snapshot's.
+        if let Some(top) = lowers.last() {
+            use std::os::unix::fs::MetadataExt;
+            let meta = fs::symlink_metadata(top).map_err(io_err("stat", top))?;
+            std::os::unix::fs::lchown(&upper, Some(meta.uid()), Some(meta.gid()))
+                .map_err(io_err("set the owner of", &upper))?;
+            fs::set_permissions(&upper, meta.permissions())
+                .map_err(io_err("set the mode of", &upper))?;
+        }
+        self.mount_lowers(lowers, state, dir)
+    }
+
+    /// Mounts a tracked overlay checkout again over its upper dir, as it was before an
+    /// unmount (a commit that failed): the upper dir, root included, is kept as it is. The
+    /// work dir is made afresh: overlayfs refuses one that a `volatile` mount used (it
+    /// cannot tell a clean unmount from a crash; `same_boot` can, and the commit checked).
+    #[cfg(target_os = "linux")]
+    fn remount_overlay(&self, row: &CheckoutRow, state: &Path) -> Result<()> {
+        let work = state.join("work");
+        remove_tree(&work)?;
+        fs::create_dir(&work).map_err(io_err("create", &work))?;
+        let _gc = self.gc_lock(false)?;
+        let chain = self.with_index(|ix| Ok(ix.chain(&row.snapshot)?))?;
+        let ids: Vec<LayerId> = chain.iter().map(|r| r.layer).collect();
+        let layers = self.ensure_unpacked(&ids)?;
+        let lowers = self.overlay_lowers(&chain, &layers, &row.dir)?;
+        self.mount_lowers(lowers, state, &row.dir)
+    }
+
+    /// The lower dirs of an overlay checkout of `chain` at `dir`, base first. Layers
+    /// committed at another root are mounted through relocated variants, made once per
+    /// (layer, root) and shared by every checkout at that root. `gc` removes those of roots
+    /// no checkout row names, under the exclusive gc lock: callers hold it shared from here
+    /// until the variants are mounted, so none goes between the two (the checkout's row,
+    /// written before, keeps it from then on).
+    #[cfg(target_os = "linux")]
+    fn overlay_lowers(
+        &self,
+        chain: &[SnapshotRow],
+        layers: &[PathBuf],
+        dir: &Path,
+    ) -> Result<Vec<PathBuf>> {
         let target = index::path_to_bytes(dir);
         let mut lowers: Vec<PathBuf> = Vec::with_capacity(layers.len());
         for (row, layer_dir) in chain.iter().zip(layers) {
@@ -864,20 +905,16 @@ impl Engine {
         {
             lowers.push(base.clone());
         }
-        let (upper, work) = (state.join("upper"), state.join("work"));
-        // The merged root shows the upper dir's own mode and owner: give it the snapshot's.
-        if let Some(top) = lowers.last() {
-            use std::os::unix::fs::MetadataExt;
-            let meta = fs::symlink_metadata(top).map_err(io_err("stat", top))?;
-            std::os::unix::fs::lchown(&upper, Some(meta.uid()), Some(meta.gid()))
-                .map_err(io_err("set the owner of", &upper))?;
-            fs::set_permissions(&upper, meta.permissions())
-                .map_err(io_err("set the mode of", &upper))?;
-        }
+        Ok(lowers)
+    }
+
+    /// Mounts `lowers` (base first) under the state's upper and work dirs at `dir`.
+    #[cfg(target_os = "linux")]
+    fn mount_lowers(&self, lowers: Vec<PathBuf>, state: &Path, dir: &Path) -> Result<()> {
         crate::overlay::mount(&crate::overlay::OverlayMount {
             lowers: lowers.into_iter().rev().collect(),
-            upper,
-            work,
+            upper: state.join("upper"),
+            work: state.join("work"),
             target: dir.to_path_buf(),
         })?;
         Ok(())
@@ -1025,6 +1062,11 @@ impl Engine {
     }
 
     /// Commits a tracked checkout's changes as a child snapshot and releases the checkout.
+    ///
+    /// A commit that fails (a full disk, a change no layer can hold) stores nothing of its
+    /// own: no temp file, no row (a blob stored before the index failed to record it is left
+    /// for `gc`, like any blob no row names). The checkout stays tracked as it was, an
+    /// overlay one mounted again, to be committed once the problem is fixed or released.
     pub fn commit(&self, dir: &Path, tag: Option<&str>) -> Result<SnapshotRow> {
         let row = self.tracked(dir)?;
         let mode = CheckoutMode::parse(&row.mode).ok_or_else(|| Error::UnknownMode {
@@ -1032,20 +1074,56 @@ impl Engine {
             mode: row.mode.clone(),
         })?;
         let state = row.state_dir.clone().unwrap_or_default();
+        let mut unmounted = false;
+        if mode == CheckoutMode::Overlay {
+            #[cfg(target_os = "linux")]
+            {
+                // Not mounted after a crash or a reboot: the upper dir is all we need,
+                // unless the host went down since it was mounted (see `same_boot`).
+                if crate::overlay::is_mounted(&row.dir)? {
+                    crate::overlay::unmount(&row.dir)?;
+                    unmounted = true;
+                } else if !same_boot(&state) {
+                    return Err(Error::EarlierBoot {
+                        dir: row.dir.clone(),
+                    });
+                }
+                failpoint("commit.overlay.unmounted");
+            }
+            #[cfg(not(target_os = "linux"))]
+            return Err(Error::OverlayUnavailable);
+        }
+        let snapshot = match self.commit_changes(&row, mode, &state, tag) {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                // Put the checkout back as it was. Should that fail too, it stays unmounted,
+                // which `commit` and `release` handle.
+                #[cfg(target_os = "linux")]
+                if unmounted {
+                    let _ = self.remount_overlay(&row, &state);
+                }
+                #[cfg(not(target_os = "linux"))]
+                let _ = unmounted;
+                return Err(e);
+            }
+        };
+        self.discard(&row, false)?;
+        Ok(snapshot)
+    }
+
+    /// Stores and records the changes of an (unmounted) checkout. Fails only before the
+    /// snapshot is recorded; an overlay checkout keeps its upper dir until then.
+    fn commit_changes(
+        &self,
+        row: &CheckoutRow,
+        mode: CheckoutMode,
+        state: &Path,
+        tag: Option<&str>,
+    ) -> Result<SnapshotRow> {
         let (source, changes) = match mode {
             CheckoutMode::Overlay => {
                 #[cfg(target_os = "linux")]
                 {
-                    // Not mounted after a crash or a reboot: the upper dir is all we need,
-                    // unless the host went down since it was mounted (see `same_boot`).
-                    if crate::overlay::is_mounted(&row.dir)? {
-                        crate::overlay::unmount(&row.dir)?;
-                    } else if !same_boot(&state) {
-                        return Err(Error::EarlierBoot {
-                            dir: row.dir.clone(),
-                        });
-                    }
-                    failpoint("commit.overlay.unmounted");
                     let upper = state.join("upper");
                     let changes = crate::overlay::upper_changes(&upper)?;
                     (upper, changes)
@@ -1086,6 +1164,8 @@ impl Engine {
             // here on leaves it for recovery to discard. The mount was volatile and nothing
             // flushed the upper dir: it is marked unsynced in this boot first, so that after
             // a host crash it is unpacked again from its (flushed) blob instead of trusted.
+            // All of it is an optimisation: the snapshot is recorded, and a failure here
+            // only means the layer is unpacked from its blob when it is next needed.
             let target = self.unpacked.join(info.id.to_hex());
             let upper = state.join("upper");
             if !target.exists()
@@ -1094,12 +1174,11 @@ impl Engine {
             {
                 failpoint("commit.overlay.renamed");
                 let id = info.id;
-                self.with_index(|ix| Ok(ix.set_layer_unpacked(&id, true)?))?;
+                let _ = self.with_index(|ix| Ok(ix.set_layer_unpacked(&id, true)?));
             }
             failpoint("commit.overlay.marked");
         }
         drop(gc);
-        self.discard(&row, false)?;
         Ok(snapshot)
     }
 

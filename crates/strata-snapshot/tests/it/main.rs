@@ -9,6 +9,8 @@
 mod caches;
 mod crash;
 mod engine;
+#[cfg(target_os = "linux")]
+mod full_disk;
 mod index;
 mod maintenance;
 #[cfg(target_os = "linux")]
