@@ -1074,25 +1074,10 @@ impl Engine {
             mode: row.mode.clone(),
         })?;
         let state = row.state_dir.clone().unwrap_or_default();
-        let mut unmounted = false;
-        if mode == CheckoutMode::Overlay {
-            #[cfg(target_os = "linux")]
-            {
-                // Not mounted after a crash or a reboot: the upper dir is all we need,
-                // unless the host went down since it was mounted (see `same_boot`).
-                if crate::overlay::is_mounted(&row.dir)? {
-                    crate::overlay::unmount(&row.dir)?;
-                    unmounted = true;
-                } else if !same_boot(&state) {
-                    return Err(Error::EarlierBoot {
-                        dir: row.dir.clone(),
-                    });
-                }
-                failpoint("commit.overlay.unmounted");
-            }
-            #[cfg(not(target_os = "linux"))]
-            return Err(Error::OverlayUnavailable);
-        }
+        let unmounted = match mode {
+            CheckoutMode::Overlay => self.unmount_to_commit(&row, &state)?,
+            CheckoutMode::Portable => false,
+        };
         let snapshot = match self.commit_changes(&row, mode, &state, tag) {
             Ok(snapshot) => snapshot,
             Err(e) => {
@@ -1109,6 +1094,28 @@ impl Engine {
         };
         self.discard(&row, false)?;
         Ok(snapshot)
+    }
+
+    /// Unmounts an overlay checkout to commit its upper dir; whether it was mounted. Not
+    /// mounted after a crash or a reboot, the upper dir is all a commit needs, unless the
+    /// host went down since it was mounted (see `same_boot`).
+    #[cfg(target_os = "linux")]
+    fn unmount_to_commit(&self, row: &CheckoutRow, state: &Path) -> Result<bool> {
+        let mounted = crate::overlay::is_mounted(&row.dir)?;
+        if mounted {
+            crate::overlay::unmount(&row.dir)?;
+        } else if !same_boot(state) {
+            return Err(Error::EarlierBoot {
+                dir: row.dir.clone(),
+            });
+        }
+        failpoint("commit.overlay.unmounted");
+        Ok(mounted)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn unmount_to_commit(&self, _: &CheckoutRow, _: &Path) -> Result<bool> {
+        Err(Error::OverlayUnavailable)
     }
 
     /// Stores and records the changes of an (unmounted) checkout. Fails only before the
