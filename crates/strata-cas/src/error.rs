@@ -185,6 +185,17 @@ pub enum EntryProblem {
     /// A bare `.wh.` or a whiteout of `.`/`..`.
     #[error("invalid whiteout name")]
     BadWhiteout,
+    /// A file or directory whose name starts with `.wh.`: in a layer that name is a
+    /// whiteout (OCI), so no such file can be written into one.
+    #[error(
+        "names starting with `.wh.` mean whiteouts in a layer, so a file or directory named so \
+         cannot be put in one"
+    )]
+    ReservedName,
+    /// A 0/0 character device: overlayfs's whiteout. Unpacked for an overlay mount it would
+    /// delete the path rather than be a device, so a layer is not written with one.
+    #[error("a 0/0 character device is overlayfs's whiteout, so a layer cannot hold one")]
+    WhiteoutDevice,
     /// A whiteout names a path that this same layer creates.
     #[error("a whiteout may only remove paths of lower layers, but this layer creates it")]
     WhiteoutOfOwnEntry,

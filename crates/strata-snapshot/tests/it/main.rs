@@ -14,6 +14,8 @@ mod full_disk;
 mod index;
 mod maintenance;
 #[cfg(target_os = "linux")]
+mod one_tree;
+#[cfg(target_os = "linux")]
 mod overlay;
 mod portable;
 #[cfg(target_os = "linux")]
