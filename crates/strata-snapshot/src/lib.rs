@@ -3,7 +3,7 @@
 //! directory back as a child snapshot.
 //!
 //! [`Engine`] is the entry point: import, checkout (overlay or portable), commit, release;
-//! [`maintenance`] adds prune, gc, du and fsck. The engine's module docs draw the store layout.
+//! [`maintenance`] adds prune, gc, du, fsck and layer removal. The engine's module docs draw the store layout.
 
 pub mod caches;
 pub mod engine;

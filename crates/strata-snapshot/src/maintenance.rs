@@ -1,5 +1,7 @@
-//! Keeping a store healthy: leaf-first LRU prune, garbage collection of unreferenced layers,
-//! disk usage, and a consistency check that can repair what a crash left behind.
+//! Keeping a store healthy: leaf-first LRU prune, garbage collection of unreferenced layers
+//! (and of relocated variants no checkout uses), disk usage, the removal of chosen layers
+//! (never from under a snapshot), and a consistency check that can repair what a crash left
+//! behind.
 //!
 //! `fsck` checks what [`Engine::open`] recovers and more (see the engine's module docs for
 //! the crash model): a repaired store checks clean, and no repair drops a snapshot.
