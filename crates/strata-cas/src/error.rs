@@ -104,6 +104,19 @@ pub enum Error {
         /// Its permission bits.
         mode: u32,
     },
+    /// A directory given as a store that others may enter and that holds files, but no
+    /// store: it is not made private (and so is not used).
+    #[error(
+        "{} holds files but no strata store, and others may enter it (mode {mode:04o}): a \
+         store is private to its owner (mode 0700), so give a new or empty directory",
+        path.display()
+    )]
+    NotAStore {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The operation is not available on this platform.
     #[error("{what} is not supported on this platform")]
     Unsupported {

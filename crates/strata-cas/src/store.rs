@@ -87,6 +87,7 @@ impl Store {
     /// crashed writers. The root is made private to its owner ([`private_dir`]): layers hold
     /// whole root filesystems, setuid binaries and device nodes included.
     pub fn open(root: &Path) -> Result<Store> {
+        refuse_foreign_dir(root)?;
         private_dir(root)?;
         let store = Store {
             root: root.to_path_buf(),
@@ -428,6 +429,32 @@ impl Store {
             size,
         })
     }
+}
+
+/// Refuses to turn a directory that others may enter, and that holds files but no store,
+/// into a store: making it private would lock others out of what is theirs (`--store /tmp`,
+/// or a home directory). A new or empty directory, or an older store, is fine.
+fn refuse_foreign_dir(root: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = fs::metadata(root) else {
+            return Ok(()); // missing: made below; not a directory: said below
+        };
+        if !meta.is_dir() || meta.mode() & 0o077 == 0 || root.join("layout").exists() {
+            return Ok(());
+        }
+        let mut entries = fs::read_dir(root).map_err(|e| Error::io("list", root, e))?;
+        if entries.next().is_some() {
+            return Err(Error::NotAStore {
+                path: root.to_path_buf(),
+                mode: meta.mode() & 0o7777,
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = root;
+    Ok(())
 }
 
 /// Creates `dir` (and its missing parents) so that only its owner can enter it (mode 0700

@@ -360,6 +360,28 @@ fn the_store_root_is_private_to_its_owner_and_narrowed_never_widened() {
     Store::open(&link).unwrap();
     assert_eq!(mode(&root), 0o700);
 
+    // An empty directory made beforehand becomes a store; one that holds someone's files
+    // is not made private behind their back.
+    let empty = tmp.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    set(&empty, 0o755);
+    Store::open(&empty).unwrap();
+    assert_eq!(mode(&empty), 0o700);
+    let theirs = tmp.path().join("theirs");
+    fs::create_dir(&theirs).unwrap();
+    fs::write(theirs.join("notes.txt"), "mine").unwrap();
+    set(&theirs, 0o1777);
+    let err = Store::open(&theirs).unwrap_err();
+    assert!(
+        matches!(err, Error::NotAStore { .. }) && err.to_string().contains("theirs"),
+        "{err}"
+    );
+    assert_eq!(mode(&theirs), 0o1777);
+    assert!(!theirs.join("layout").exists() && !theirs.join("blobs-v1").exists());
+    // Private already, it is used as it is (as before).
+    set(&theirs, 0o700);
+    Store::open(&theirs).unwrap();
+
     let file = tmp.path().join("file");
     fs::write(&file, "").unwrap();
     let err = strata_cas::private_dir(&file).unwrap_err();
