@@ -161,3 +161,58 @@ fn specs_and_the_builder_stay_independent_of_drivers_and_stores() {
         }
     }
 }
+
+/// Failpoints abort the process when `STRATA_FAILPOINT` names one: only strata-snapshot's
+/// own tests may build them. Checked on what cargo resolves for the crates that embedders and
+/// the `strata` binary build, and on the source: whatever reads the variable or aborts lives
+/// in a module compiled only with the `failpoints` feature.
+#[test]
+fn failpoints_are_built_only_for_the_snapshot_crates_tests() {
+    for package in ["strata-snapshot", "strata-build", "strata-cli"] {
+        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["tree", "--offline", "-e", "normal", "--prefix", "none"])
+            .args(["-f", "{p}|{f}", "-p", package])
+            .current_dir(project_root())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tree = String::from_utf8(out.stdout).unwrap();
+        let snapshot = tree
+            .lines()
+            .find(|l| l.starts_with("strata-snapshot "))
+            .unwrap_or_else(|| panic!("{package} does not build strata-snapshot:\n{tree}"));
+        assert!(
+            !snapshot.contains("failpoints"),
+            "a plain build of {package} turns strata-snapshot's failpoints on: {snapshot}"
+        );
+    }
+    let src = project_root().join("crates/strata-snapshot/src");
+    let lib = fs::read_to_string(src.join("lib.rs")).unwrap();
+    assert!(
+        lib.contains("#[cfg(feature = \"failpoints\")]\nmod failpoints;"),
+        "strata-snapshot's lib.rs must declare `mod failpoints` behind the feature"
+    );
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    for file in files {
+        if file.file_name().is_some_and(|n| n == "failpoints.rs") {
+            continue;
+        }
+        let text = fs::read_to_string(&file).unwrap();
+        let code: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect();
+        for needle in ["STRATA_FAILPOINT", "process::abort"] {
+            assert!(
+                !code.iter().any(|l| l.contains(needle)),
+                "{} has `{needle}`: failpoint code belongs in failpoints.rs, behind the feature",
+                file.display()
+            );
+        }
+    }
+}

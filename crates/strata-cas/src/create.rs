@@ -267,15 +267,30 @@ pub(crate) enum Item {
     Marker,
 }
 
+/// Refuses a name that a layer would read as a whiteout: whatever starts with `.wh.`. OCI
+/// says such files cannot exist; written into a layer, `.wh.x` would delete `x` in some
+/// checkouts and show as a file in others (the entry's `path` is named).
+pub(crate) fn check_name(name: &[u8], path: &[u8]) -> Result<()> {
+    if name.starts_with(WHITEOUT_PREFIX) {
+        return Err(Error::entry(path, crate::EntryProblem::ReservedName));
+    }
+    Ok(())
+}
+
 /// The tar paths a change list makes, in layer order, each once: the changed paths, their
 /// parents (with their current attributes), and whiteout and opaque markers. Shared by the
-/// walkers, which only differ in how they read what is on disk.
+/// walkers, which only differ in how they read what is on disk. A path with a component
+/// in the `.wh.` space is refused ([`check_name`]), a deleted one too: its whiteout would
+/// not be one.
 pub(crate) fn plan_changes(changes: &[Change]) -> Result<Vec<(Vec<u8>, Item)>> {
     let mut items: Vec<(Vec<u8>, Item)> = Vec::new();
     for change in changes {
         let path = normalize(&change.path).map_err(|p| Error::entry(&change.path, p))?;
         if path.is_empty() {
             return Err(Error::entry(&change.path, crate::EntryProblem::InvalidPath));
+        }
+        for component in path.split(|&b| b == b'/') {
+            check_name(component, &path)?;
         }
         let mut ancestor = split_parent(&path).0;
         while !ancestor.is_empty() {

@@ -89,6 +89,34 @@ pub enum Error {
         /// The layout this build understands.
         expected: &'static str,
     },
+    /// A store directory that other users can enter, owned by another user: this process
+    /// may not make it private, and uses it as it is no more.
+    #[error(
+        "{} is owned by uid {owner} and open to other users (mode {mode:04o}): only its owner \
+         may use it as a store, which makes it private (mode 0700)",
+        path.display()
+    )]
+    NotPrivate {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner's uid.
+        owner: u32,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A directory given as a store that others may enter and that holds files, but no
+    /// store: it is not made private (and so is not used).
+    #[error(
+        "{} holds files but no strata store, and others may enter it (mode {mode:04o}): a \
+         store is private to its owner (mode 0700), so give a new or empty directory",
+        path.display()
+    )]
+    NotAStore {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The operation is not available on this platform.
     #[error("{what} is not supported on this platform")]
     Unsupported {
@@ -170,6 +198,17 @@ pub enum EntryProblem {
     /// A bare `.wh.` or a whiteout of `.`/`..`.
     #[error("invalid whiteout name")]
     BadWhiteout,
+    /// A file or directory whose name starts with `.wh.`: in a layer that name is a
+    /// whiteout (OCI), so no such file can be written into one.
+    #[error(
+        "names starting with `.wh.` mean whiteouts in a layer, so a file or directory named so \
+         cannot be put in one"
+    )]
+    ReservedName,
+    /// A 0/0 character device: overlayfs's whiteout. Unpacked for an overlay mount it would
+    /// delete the path rather than be a device, so a layer is not written with one.
+    #[error("a 0/0 character device is overlayfs's whiteout, so a layer cannot hold one")]
+    WhiteoutDevice,
     /// A whiteout names a path that this same layer creates.
     #[error("a whiteout may only remove paths of lower layers, but this layer creates it")]
     WhiteoutOfOwnEntry,

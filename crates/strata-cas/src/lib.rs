@@ -26,6 +26,9 @@
 //! └── tmp/                 blobs being written; renamed into blobs-v1 once complete
 //! ```
 //!
+//! The store root is private to its owner (mode 0700, narrowed on open if it was wider):
+//! layers hold root filesystems, setuid binaries and device nodes included.
+//!
 //! A blob becomes visible only by `rename` from `tmp/` after it was fully written and
 //! fsynced, so readers never see a partial blob and concurrent writers of the same layer
 //! (threads or processes) simply race to rename identical bytes.
@@ -52,7 +55,7 @@ pub use extract::{
     DevicePolicy, ExtractOptions, ExtractReport, Ownership, SetuidPolicy, Skipped, WhiteoutMode,
 };
 pub use id::{LayerId, ParseLayerIdError};
-pub use store::{BlobInfo, CorruptBlob, LayerReader, OciDigests, Store, VerifyReport};
+pub use store::{BlobInfo, CorruptBlob, LayerReader, OciDigests, Store, VerifyReport, private_dir};
 pub use tar::Limits;
 
 /// The result type of this crate.

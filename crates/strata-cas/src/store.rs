@@ -84,8 +84,11 @@ pub struct OciDigests {
 
 impl Store {
     /// Opens the store at `root`, creating it if needed, and sweeps temp files left by
-    /// crashed writers.
+    /// crashed writers. The root is made private to its owner ([`private_dir`]): layers hold
+    /// whole root filesystems, setuid binaries and device nodes included.
     pub fn open(root: &Path) -> Result<Store> {
+        refuse_foreign_dir(root)?;
+        private_dir(root)?;
         let store = Store {
             root: root.to_path_buf(),
             blobs: root.join(BLOBS_DIR),
@@ -175,16 +178,30 @@ impl Store {
     }
 
     /// Writes a blob through `write` into a locked temp file, then publishes it under its id.
+    /// A failed write to the temp file (a full disk) is reported against it, whatever the
+    /// writer was reading when it met the failure.
     fn write_blob(
         &self,
-        write: impl FnOnce(&mut BufWriter<&File>) -> Result<LayerInfo>,
+        write: impl FnOnce(&mut BlobWriter<BufWriter<&File>>) -> Result<LayerInfo>,
     ) -> Result<LayerInfo> {
         let (file, tmp_path) = self.temp_file()?;
         let guard = TempGuard(&tmp_path);
         file.lock().map_err(|e| Error::io("lock", &tmp_path, e))?;
-        let mut out = BufWriter::with_capacity(1 << 20, &file);
-        let info = write(&mut out)?;
-        out.flush().map_err(|e| Error::io("write", &tmp_path, e))?;
+        let mut out = BlobWriter {
+            inner: BufWriter::with_capacity(1 << 20, &file),
+            failed: None,
+        };
+        let info = match write(&mut out) {
+            Ok(info) => info,
+            Err(e) => {
+                return Err(match out.failed.take() {
+                    Some(source) => Error::io("write the new layer", &tmp_path, source),
+                    None => e,
+                });
+            }
+        };
+        out.flush()
+            .map_err(|e| Error::io("write the new layer", &tmp_path, e))?;
         drop(out);
         let target = self.blob_path(&info.id);
         if target.is_file() {
@@ -411,6 +428,122 @@ impl Store {
             digest: format!("sha256:{}", hex::encode(compressed.finalize())),
             size,
         })
+    }
+}
+
+/// Refuses to turn a directory that others may enter, and that holds files but no store,
+/// into a store: making it private would lock others out of what is theirs (`--store /tmp`,
+/// or a home directory). A new or empty directory, or an older store, is fine.
+fn refuse_foreign_dir(root: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = fs::metadata(root) else {
+            return Ok(()); // missing: made below; not a directory: said below
+        };
+        if !meta.is_dir() || meta.mode() & 0o077 == 0 || root.join("layout").exists() {
+            return Ok(());
+        }
+        let mut entries = fs::read_dir(root).map_err(|e| Error::io("list", root, e))?;
+        if entries.next().is_some() {
+            return Err(Error::NotAStore {
+                path: root.to_path_buf(),
+                mode: meta.mode() & 0o7777,
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = root;
+    Ok(())
+}
+
+/// Creates `dir` (and its missing parents) so that only its owner can enter it (mode 0700
+/// on Unix), or narrows an existing one that others can enter: its group and other
+/// permission bits are dropped, nothing is ever widened. A directory owned by another user
+/// and open to others is refused with [`Error::NotPrivate`] rather than changed behind its
+/// owner's back. Elsewhere than Unix it is only created.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        let mut builder = fs::DirBuilder::new();
+        builder.mode(0o700);
+        let created = match builder.create(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Parents are ordinary directories: only the last one is private.
+                if let Some(parent) = dir.parent() {
+                    fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
+                }
+                builder.create(dir)
+            }
+            other => other,
+        };
+        match created {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io("create", dir, e)),
+        }
+        // Followed if a symlink: a store root may be one.
+        let meta = fs::metadata(dir).map_err(|e| Error::io("stat", dir, e))?;
+        if !meta.is_dir() {
+            return Err(Error::io(
+                "use as a directory",
+                dir,
+                io::Error::from(io::ErrorKind::NotADirectory),
+            ));
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o077 == 0 {
+            return Ok(());
+        }
+        if meta.uid() != rustix::process::geteuid().as_raw() {
+            return Err(Error::NotPrivate {
+                path: dir.to_path_buf(),
+                owner: meta.uid(),
+                mode,
+            });
+        }
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode & !0o077))
+            .map_err(|e| Error::io("make private", dir, e))
+    }
+    #[cfg(not(unix))]
+    fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))
+}
+
+/// The writer of a blob's temp file: passes everything through and keeps a copy of the
+/// first error, which callers up the stack may have wrapped as something else.
+pub(crate) struct BlobWriter<W> {
+    inner: W,
+    failed: Option<io::Error>,
+}
+
+impl<W> BlobWriter<W> {
+    fn note(&mut self, e: &io::Error) {
+        // `write_all` retries an interrupted write: that is no failure.
+        if self.failed.is_none() && e.kind() != io::ErrorKind::Interrupted {
+            self.failed = Some(match e.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(e.kind(), e.to_string()),
+            });
+        }
+    }
+}
+
+impl<W: Write> Write for BlobWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(buf);
+        if let Err(e) = &written {
+            self.note(e);
+        }
+        written
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let flushed = self.inner.flush();
+        if let Err(e) = &flushed {
+            self.note(e);
+        }
+        flushed
     }
 }
 

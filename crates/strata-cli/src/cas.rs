@@ -9,6 +9,8 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use strata_cas::{CorruptBlob, Error, LayerId, Limits, OciDigests, Store, VerifyReport};
+use strata_snapshot::Engine;
+use strata_snapshot::maintenance::{LayerUser, RemoveLayersOptions};
 
 use crate::cli::{CasApplyArgs, CasCommand, GlobalArgs, IdArg, PutArgs, RmArgs, VerifyArgs};
 use crate::ids::Resolver;
@@ -227,30 +229,62 @@ impl Cas {
             }
         }
 
-        let mut removed = Vec::with_capacity(ids.len());
-        for id in ids {
-            let existed = self
-                .store
-                .remove(&id)
-                .with_context(|| format!("cannot remove layer {id}"))?;
-            if existed {
-                removed.push(id);
-            } else if !args.force {
-                bail!("layer {id} was removed by someone else meanwhile");
+        // The engine removes them: it knows which snapshots need them, and takes the store's
+        // gc lock so that no commit starts needing one meanwhile.
+        let engine = Engine::open(&self.root)
+            .with_context(|| format!("cannot open the store at {}", self.root.display()))?;
+        let opts = RemoveLayersOptions {
+            with_snapshots: args.force,
+        };
+        let removal = engine.remove_layers(&ids, &opts).with_context(|| {
+            if args.force {
+                "cannot remove the layers".to_owned()
+            } else {
+                "cannot remove the layers (--force removes the snapshots that need them too)"
+                    .to_owned()
             }
+        })?;
+        if !args.force
+            && let Some(id) = removal.missing.first()
+        {
+            bail!("layer {id} was removed by someone else meanwhile");
+        }
+        if !removal.snapshots.is_empty() {
+            // Their step records and logs name nothing any more.
+            strata_build::forget_missing(&engine).with_context(|| {
+                format!("cannot clean the step cache of {}", self.root.display())
+            })?;
         }
 
         if self.json {
             #[derive(Serialize)]
-            struct Removed {
-                removed: Vec<LayerId>,
+            struct Removed<'a> {
+                removed: &'a [LayerId],
+                snapshots: &'a [LayerUser],
             }
-            return output::print_json(&Removed { removed });
+            return output::print_json(&Removed {
+                removed: &removal.layers,
+                snapshots: &removal.snapshots,
+            });
         }
-        if removed.is_empty() {
+        let mut lines: Vec<String> = removal
+            .snapshots
+            .iter()
+            .map(|user| {
+                let tags = match user.tags.as_slice() {
+                    [] => String::new(),
+                    tags => format!(" (tags: {})", tags.join(", ")),
+                };
+                format!(
+                    "removed snapshot {}{tags}, which needed layer {}",
+                    user.snapshot, user.layer
+                )
+            })
+            .collect();
+        lines.extend(removal.layers.iter().map(|id| format!("removed {id}")));
+        if lines.is_empty() {
             return Ok(());
         }
-        let lines: Vec<String> = removed.iter().map(|id| format!("removed {id}")).collect();
         output::print_text(&lines.join("\n"))
     }
 

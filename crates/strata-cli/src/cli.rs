@@ -374,7 +374,10 @@ pub(crate) enum CasCommand {
     /// Remove layers from the store
     ///
     /// All ids are resolved before anything is removed: an unknown or ambiguous id removes
-    /// nothing and fails, unless --force is given (unknown ids are then ignored).
+    /// nothing and fails. A layer that snapshots need (their own layer or an ancestor's) is
+    /// refused, naming those snapshots and their tags, and nothing is removed. --force
+    /// ignores unknown ids and removes the snapshots that need the layers with them (each
+    /// one listed), unless one of them is checked out or in use: then nothing is removed.
     #[command(visible_alias = "remove")]
     Rm(RmArgs),
 
@@ -504,7 +507,8 @@ pub(crate) struct RmArgs {
     #[arg(value_name = "ID", required = true)]
     pub(crate) ids: Vec<String>,
 
-    /// Ignore ids that are not in the store
+    /// Ignore ids that are not in the store, and remove the snapshots that need the layers
+    /// (and everything built on them) with them
     #[arg(short, long)]
     pub(crate) force: bool,
 }

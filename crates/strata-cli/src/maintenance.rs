@@ -22,6 +22,8 @@ struct DuOut {
     compressed_bytes: u64,
     uncompressed_bytes: u64,
     unpacked_layers: u64,
+    /// Relocated variants and twins of unpacked layers.
+    layer_variants: u64,
     checkouts: u64,
 }
 
@@ -37,6 +39,7 @@ pub(crate) fn du(global: &GlobalArgs) -> Result<()> {
         compressed_bytes: usage.blob_bytes,
         uncompressed_bytes: usage.layer_bytes,
         unpacked_layers: usage.unpacked,
+        layer_variants: usage.variants,
         checkouts: usage.checkouts,
     };
     if global.json {
@@ -46,7 +49,7 @@ pub(crate) fn du(global: &GlobalArgs) -> Result<()> {
         "store              {}\n\
          snapshots          {}\n\
          layers             {}, {} stored, {} uncompressed ({})\n\
-         unpacked layers    {}\n\
+         unpacked layers    {} (and {} relocated variants or twins)\n\
          tracked checkouts  {}",
         engine.root().display(),
         out.snapshots,
@@ -55,6 +58,7 @@ pub(crate) fn du(global: &GlobalArgs) -> Result<()> {
         output::bytes(out.uncompressed_bytes),
         output::ratio(out.uncompressed_bytes, out.compressed_bytes),
         out.unpacked_layers,
+        out.layer_variants,
         out.checkouts,
     ))
 }
@@ -64,6 +68,8 @@ struct GcOut {
     layers: u64,
     bytes: u64,
     orphans: u64,
+    /// Relocated variants of unpacked layers for roots no checkout uses any more.
+    variants: u64,
     /// Recorded build steps whose snapshot is gone, forgotten with their logs.
     steps: u64,
 }
@@ -78,18 +84,20 @@ impl GcOut {
             layers: report.layers,
             bytes: report.bytes,
             orphans: report.orphans,
+            variants: report.variants,
             steps,
         })
     }
 }
 
-/// `removed 3 layers (1.2 MiB), 1 orphan and 2 build steps`.
+/// `removed 3 layers (1.2 MiB), 1 orphan, 2 relocated variants and 2 build steps`.
 fn describe_gc(gc: &GcOut) -> String {
     format!(
-        "removed {} ({}), {} and {}",
+        "removed {} ({}), {}, {} and {}",
         output::count(gc.layers, "layer", "layers"),
         output::bytes(gc.bytes),
         output::count(gc.orphans, "orphan", "orphans"),
+        output::count(gc.variants, "relocated variant", "relocated variants"),
         output::count(gc.steps, "build step", "build steps")
     )
 }

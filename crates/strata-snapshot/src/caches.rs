@@ -44,8 +44,10 @@ use crate::index::{
 /// The deepest a cache version may be (snapshots below it); a deeper one is flattened.
 pub const MAX_CACHE_DEPTH: u32 = 64;
 
-/// Where views are checked out, under the store.
-const VIEWS_DIR: &str = "caches-v1/views";
+/// Where caches live, under the store: private to the store's owner, like the store.
+pub(crate) const CACHES_DIR: &str = "caches-v1";
+/// Where views are checked out, under [`CACHES_DIR`].
+const VIEWS_DIR: &str = "views";
 
 /// A tar archive with no entries: its end-of-archive marker, two zero blocks.
 const EMPTY_TAR: [u8; 1024] = [0; 1024];
@@ -161,7 +163,7 @@ fn layer_row(info: &LayerInfo, now: i64) -> LayerRow {
 impl Engine {
     /// Where cache views are checked out.
     pub fn cache_views_dir(&self) -> PathBuf {
-        self.root().join(VIEWS_DIR)
+        self.root().join(CACHES_DIR).join(VIEWS_DIR)
     }
 
     /// Every cache, by name.
@@ -186,6 +188,7 @@ impl Engine {
         check_name(name)?;
         let mode = mode.unwrap_or_else(|| self.default_mode());
         let views = self.cache_views_dir();
+        strata_cas::private_dir(&self.root().join(CACHES_DIR)).map_err(crate::Error::from)?;
         fs::create_dir_all(&views).map_err(io_error("create", &views))?;
         // Canonical, like the checkout row the engine will record for it.
         let views = crate::engine::canonical(&views).map_err(io_error("resolve", &views))?;

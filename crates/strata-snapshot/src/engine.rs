@@ -10,6 +10,7 @@
 //! │   ├── <layer>               a layer unpacked once, read-only, overlayfs whiteouts
 //! │   ├── <layer>.plain         the same with OCI `.wh.` files (unpacked without root)
 //! │   ├── <layer>@<root>        a relocated variant, for overlay checkouts at another root
+//! │   │                         (kept while a checkout at that root is tracked)
 //! │   ├── <layer>@dup-<n>       a hard-linked twin, for a layer that repeats in one stack
 //! │   └── tmp-<pid>-<n>         an unpack in progress; renamed into place when complete
 //! ├── caches-v1/views/<n>/     private views of shared caches (tracked checkouts)
@@ -18,6 +19,10 @@
 //!     │                         upper/ + work/ (overlay) or manifest (portable)
 //!     └── x-<pid>-<n>/          state of a checkout being discarded by process <pid>
 //! ```
+//!
+//! The root, `unpacked-v1/`, `checkouts-v1/` and `caches-v1/` are private to the store's
+//! owner (mode 0700, narrowed on open; see [`Engine::open`]): unpacked layers keep setuid
+//! bits and device nodes, which no other local user may reach.
 //!
 //! # Crash safety
 //!
@@ -34,7 +39,8 @@
 //!   and the mount or the files, then (portable) the manifest. Discarding unmounts, moves the
 //!   state dir aside (`x-*`, the point of no return), removes the files, the state, and last
 //!   the row. A committed overlay checkout loses its `upper/` (renamed into `unpacked-v1/`)
-//!   before it is discarded.
+//!   before it is discarded. A commit that fails before recording its snapshot (a full
+//!   disk) leaves the checkout as it was, an overlay one mounted again.
 //!
 //! Recovery in [`Engine::open`], cheap when there is nothing to do (two directory listings
 //! and one query):
@@ -73,8 +79,10 @@
 //! A volatile upper dir left by a host crash may have lost writes: `commit` refuses an
 //! overlay checkout mounted in an earlier boot (its state dir records the boot id).
 //!
-//! Named failpoints ([`FAILPOINTS`]) sit between the effects, so tests can kill a process at
-//! each of them (`STRATA_FAILPOINT=<name>` aborts the process there).
+//! With the `failpoints` cargo feature, which only the crate's own tests turn on, named
+//! failpoints (`FAILPOINTS`) sit between the effects, so tests can kill a process at each of
+//! them (`STRATA_FAILPOINT=<name>` aborts the process there). Without it they compile to
+//! nothing.
 
 use std::collections::HashSet;
 use std::fs;
@@ -136,52 +144,16 @@ pub(crate) enum CheckoutHealth {
     Unmounted,
 }
 
-/// Every named failpoint, in roughly the order a workload meets them. `<op>.<mode>.<step>`
-/// names the step just completed.
-pub const FAILPOINTS: &[&str] = &[
-    "import.stored",
-    "import.recorded",
-    "checkout.portable.state",
-    "checkout.portable.row",
-    "unpack.extracted",
-    "unpack.renamed",
-    "checkout.portable.unpacked",
-    "checkout.portable.materialized",
-    "checkout.portable.done",
-    "commit.portable.stored",
-    "commit.portable.recorded",
-    "discard.portable.abandoned",
-    "discard.portable.removed",
-    "discard.portable.state",
-    "checkout.overlay.state",
-    "checkout.overlay.row",
-    "checkout.overlay.unpacked",
-    "checkout.overlay.relocated",
-    "checkout.overlay.mounted",
-    "commit.overlay.unmounted",
-    "commit.overlay.stored",
-    "commit.overlay.recorded",
-    "commit.overlay.renamed",
-    "commit.overlay.marked",
-    "discard.overlay.unmounted",
-    "discard.overlay.abandoned",
-    "discard.overlay.removed",
-    "discard.overlay.state",
-    "prune.removed",
-    "gc.row",
-    "gc.blob",
-];
+#[cfg(feature = "failpoints")]
+pub use crate::failpoints::FAILPOINTS;
+#[cfg(feature = "failpoints")]
+pub(crate) use crate::failpoints::failpoint;
 
-/// Aborts the process if `STRATA_FAILPOINT` names this point: crash tests use it to die
-/// between two effects. The variable is read once; otherwise this is one load and a branch.
-pub(crate) fn failpoint(name: &'static str) {
-    static ARMED: OnceLock<Option<String>> = OnceLock::new();
-    debug_assert!(FAILPOINTS.contains(&name), "failpoint {name} is not listed");
-    let armed = ARMED.get_or_init(|| std::env::var("STRATA_FAILPOINT").ok());
-    if armed.as_deref() == Some(name) {
-        std::process::abort();
-    }
-}
+/// Without the `failpoints` feature a failpoint is nothing at all: no environment variable
+/// is read, and no process of an embedder can be made to abort.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub(crate) fn failpoint(_name: &'static str) {}
 
 /// The failpoint of `mode`'s variant of a step.
 fn failpoint_for(mode: CheckoutMode, overlay: &'static str, portable: &'static str) {
@@ -247,6 +219,13 @@ pub enum Error {
     /// Overlay checkouts need Linux, root and overlayfs.
     #[error("overlay checkouts need Linux, root and overlayfs here; use a portable checkout")]
     OverlayUnavailable,
+    /// Layers that snapshots still need, refused by [`Engine::remove_layers`]: nothing was
+    /// removed.
+    #[error("{}; nothing was removed", needed_by(users))]
+    LayersNeeded {
+        /// Every snapshot whose stack holds one of the layers, with its tags.
+        users: Vec<crate::maintenance::LayerUser>,
+    },
     /// The index names a checkout mode this build does not know.
     #[error("checkout {} has unknown mode `{mode}`", dir.display())]
     UnknownMode {
@@ -255,6 +234,30 @@ pub enum Error {
         /// The mode recorded.
         mode: String,
     },
+}
+
+/// "layer L is needed by snapshot S (tags `a`, `b`), snapshot T; layer M is needed by ...".
+fn needed_by(users: &[crate::maintenance::LayerUser]) -> String {
+    let mut text = String::new();
+    let mut last = None;
+    for user in users {
+        if last == Some(user.layer) {
+            text.push_str(", ");
+        } else {
+            if last.is_some() {
+                text.push_str("; ");
+            }
+            text.push_str(&format!("layer {} is needed by ", user.layer));
+            last = Some(user.layer);
+        }
+        text.push_str(&format!("snapshot {}", user.snapshot));
+        if !user.tags.is_empty() {
+            let tags: Vec<String> = user.tags.iter().map(|t| format!("`{t}`")).collect();
+            let word = if tags.len() == 1 { "tag" } else { "tags" };
+            text.push_str(&format!(" ({word} {})", tags.join(", ")));
+        }
+    }
+    text
 }
 
 /// The result type of the engine.
@@ -374,7 +377,7 @@ impl Drop for Reaper {
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-fn unique_name(prefix: &str) -> String {
+pub(crate) fn unique_name(prefix: &str) -> String {
     format!(
         "{prefix}{}-{}-{}",
         std::process::id(),
@@ -385,15 +388,24 @@ fn unique_name(prefix: &str) -> String {
 
 impl Engine {
     /// Opens (creating if needed) the store at `root` and recovers from crashed writers (see
-    /// the module docs for what is recovered and what is kept).
+    /// the module docs for what is recovered and what is kept). The store root and the
+    /// directories under it that hold trees are private to their owner (mode 0700): an
+    /// older store whose directories are wider is narrowed, and one that belongs to another
+    /// user and is open to others is refused ([`strata_cas::Error::NotPrivate`]).
     pub fn open(root: &Path) -> Result<Engine> {
         let cas = Store::open(root)?;
         // Canonical, so that state paths recorded in rows stay valid from any working dir.
         let root = canonical(root).map_err(io_err("resolve", root))?;
         let unpacked = root.join("unpacked-v1");
         let states = root.join("checkouts-v1");
+        // The root is private already (the CAS made it so); these are too, in case the root
+        // is ever opened up: they hold whole trees, setuid files and device nodes included.
         for dir in [&unpacked, &states] {
-            fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+            strata_cas::private_dir(dir)?;
+        }
+        let caches = root.join(crate::caches::CACHES_DIR);
+        if caches.is_dir() {
+            strata_cas::private_dir(&caches)?;
         }
         let index = Index::open(&root.join("index-v1.sqlite"))?;
         let engine = Engine {
@@ -816,8 +828,52 @@ impl Engine {
         state: &Path,
         dir: &Path,
     ) -> Result<()> {
-        // Layers committed at another root are mounted through relocated variants, made once
-        // per (layer, root) and shared by every checkout at that root.
+        // Held from finding relocated variants until they are mounted (see `overlay_lowers`).
+        let _gc = self.gc_lock(false)?;
+        let lowers = self.overlay_lowers(chain, layers, dir)?;
+        let upper = state.join("upper");
+        // The merged root shows the upper dir's own mode and owner: give it the snapshot's.
+        if let Some(top) = lowers.last() {
+            use std::os::unix::fs::MetadataExt;
+            let meta = fs::symlink_metadata(top).map_err(io_err("stat", top))?;
+            std::os::unix::fs::lchown(&upper, Some(meta.uid()), Some(meta.gid()))
+                .map_err(io_err("set the owner of", &upper))?;
+            fs::set_permissions(&upper, meta.permissions())
+                .map_err(io_err("set the mode of", &upper))?;
+        }
+        self.mount_lowers(lowers, state, dir)
+    }
+
+    /// Mounts a tracked overlay checkout again over its upper dir, as it was before an
+    /// unmount (a commit that failed): the upper dir, root included, is kept as it is. The
+    /// work dir is made afresh: overlayfs refuses one that a `volatile` mount used (it
+    /// cannot tell a clean unmount from a crash; `same_boot` can, and the commit checked).
+    #[cfg(target_os = "linux")]
+    fn remount_overlay(&self, row: &CheckoutRow, state: &Path) -> Result<()> {
+        let work = state.join("work");
+        remove_tree(&work)?;
+        fs::create_dir(&work).map_err(io_err("create", &work))?;
+        let _gc = self.gc_lock(false)?;
+        let chain = self.with_index(|ix| Ok(ix.chain(&row.snapshot)?))?;
+        let ids: Vec<LayerId> = chain.iter().map(|r| r.layer).collect();
+        let layers = self.ensure_unpacked(&ids)?;
+        let lowers = self.overlay_lowers(&chain, &layers, &row.dir)?;
+        self.mount_lowers(lowers, state, &row.dir)
+    }
+
+    /// The lower dirs of an overlay checkout of `chain` at `dir`, base first. Layers
+    /// committed at another root are mounted through relocated variants, made once per
+    /// (layer, root) and shared by every checkout at that root. `gc` removes those of roots
+    /// no checkout row names, under the exclusive gc lock: callers hold it shared from here
+    /// until the variants are mounted, so none goes between the two (the checkout's row,
+    /// written before, keeps it from then on).
+    #[cfg(target_os = "linux")]
+    fn overlay_lowers(
+        &self,
+        chain: &[SnapshotRow],
+        layers: &[PathBuf],
+        dir: &Path,
+    ) -> Result<Vec<PathBuf>> {
         let target = index::path_to_bytes(dir);
         let mut lowers: Vec<PathBuf> = Vec::with_capacity(layers.len());
         for (row, layer_dir) in chain.iter().zip(layers) {
@@ -849,20 +905,16 @@ impl Engine {
         {
             lowers.push(base.clone());
         }
-        let (upper, work) = (state.join("upper"), state.join("work"));
-        // The merged root shows the upper dir's own mode and owner: give it the snapshot's.
-        if let Some(top) = lowers.last() {
-            use std::os::unix::fs::MetadataExt;
-            let meta = fs::symlink_metadata(top).map_err(io_err("stat", top))?;
-            std::os::unix::fs::lchown(&upper, Some(meta.uid()), Some(meta.gid()))
-                .map_err(io_err("set the owner of", &upper))?;
-            fs::set_permissions(&upper, meta.permissions())
-                .map_err(io_err("set the mode of", &upper))?;
-        }
+        Ok(lowers)
+    }
+
+    /// Mounts `lowers` (base first) under the state's upper and work dirs at `dir`.
+    #[cfg(target_os = "linux")]
+    fn mount_lowers(&self, lowers: Vec<PathBuf>, state: &Path, dir: &Path) -> Result<()> {
         crate::overlay::mount(&crate::overlay::OverlayMount {
             lowers: lowers.into_iter().rev().collect(),
-            upper,
-            work,
+            upper: state.join("upper"),
+            work: state.join("work"),
             target: dir.to_path_buf(),
         })?;
         Ok(())
@@ -916,7 +968,7 @@ impl Engine {
     ) -> Result<PathBuf> {
         let copied: std::collections::HashSet<&[u8]> =
             records.files.iter().map(|f| f.path.as_slice()).collect();
-        self.derived_layer(source, &blake3::hash(root).to_hex()[..16], |tmp| {
+        self.derived_layer(source, &variant_suffix(root), |tmp| {
             clone_tree(source, tmp, &mut Vec::new(), &copied)?;
             relocate::relocate(tmp, records, root)?;
             failpoint("checkout.overlay.relocated");
@@ -1010,6 +1062,11 @@ impl Engine {
     }
 
     /// Commits a tracked checkout's changes as a child snapshot and releases the checkout.
+    ///
+    /// A commit that fails (a full disk, a change no layer can hold) stores nothing of its
+    /// own: no temp file, no row (a blob stored before the index failed to record it is left
+    /// for `gc`, like any blob no row names). The checkout stays tracked as it was, an
+    /// overlay one mounted again, to be committed once the problem is fixed or released.
     pub fn commit(&self, dir: &Path, tag: Option<&str>) -> Result<SnapshotRow> {
         let row = self.tracked(dir)?;
         let mode = CheckoutMode::parse(&row.mode).ok_or_else(|| Error::UnknownMode {
@@ -1017,20 +1074,63 @@ impl Engine {
             mode: row.mode.clone(),
         })?;
         let state = row.state_dir.clone().unwrap_or_default();
+        let unmounted = match mode {
+            CheckoutMode::Overlay => self.unmount_to_commit(&row, &state)?,
+            CheckoutMode::Portable => false,
+        };
+        let snapshot = match self.commit_changes(&row, mode, &state, tag) {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                // Put the checkout back as it was. Should that fail too, it stays unmounted,
+                // which `commit` and `release` handle.
+                #[cfg(target_os = "linux")]
+                if unmounted {
+                    let _ = self.remount_overlay(&row, &state);
+                }
+                #[cfg(not(target_os = "linux"))]
+                let _ = unmounted;
+                return Err(e);
+            }
+        };
+        self.discard(&row, false)?;
+        Ok(snapshot)
+    }
+
+    /// Unmounts an overlay checkout to commit its upper dir; whether it was mounted. Not
+    /// mounted after a crash or a reboot, the upper dir is all a commit needs, unless the
+    /// host went down since it was mounted (see `same_boot`).
+    #[cfg(target_os = "linux")]
+    fn unmount_to_commit(&self, row: &CheckoutRow, state: &Path) -> Result<bool> {
+        let mounted = crate::overlay::is_mounted(&row.dir)?;
+        if mounted {
+            crate::overlay::unmount(&row.dir)?;
+        } else if !same_boot(state) {
+            return Err(Error::EarlierBoot {
+                dir: row.dir.clone(),
+            });
+        }
+        failpoint("commit.overlay.unmounted");
+        Ok(mounted)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn unmount_to_commit(&self, _: &CheckoutRow, _: &Path) -> Result<bool> {
+        Err(Error::OverlayUnavailable)
+    }
+
+    /// Stores and records the changes of an (unmounted) checkout. Fails only before the
+    /// snapshot is recorded; an overlay checkout keeps its upper dir until then.
+    fn commit_changes(
+        &self,
+        row: &CheckoutRow,
+        mode: CheckoutMode,
+        state: &Path,
+        tag: Option<&str>,
+    ) -> Result<SnapshotRow> {
         let (source, changes) = match mode {
             CheckoutMode::Overlay => {
                 #[cfg(target_os = "linux")]
                 {
-                    // Not mounted after a crash or a reboot: the upper dir is all we need,
-                    // unless the host went down since it was mounted (see `same_boot`).
-                    if crate::overlay::is_mounted(&row.dir)? {
-                        crate::overlay::unmount(&row.dir)?;
-                    } else if !same_boot(&state) {
-                        return Err(Error::EarlierBoot {
-                            dir: row.dir.clone(),
-                        });
-                    }
-                    failpoint("commit.overlay.unmounted");
                     let upper = state.join("upper");
                     let changes = crate::overlay::upper_changes(&upper)?;
                     (upper, changes)
@@ -1071,6 +1171,8 @@ impl Engine {
             // here on leaves it for recovery to discard. The mount was volatile and nothing
             // flushed the upper dir: it is marked unsynced in this boot first, so that after
             // a host crash it is unpacked again from its (flushed) blob instead of trusted.
+            // All of it is an optimisation: the snapshot is recorded, and a failure here
+            // only means the layer is unpacked from its blob when it is next needed.
             let target = self.unpacked.join(info.id.to_hex());
             let upper = state.join("upper");
             if !target.exists()
@@ -1079,12 +1181,11 @@ impl Engine {
             {
                 failpoint("commit.overlay.renamed");
                 let id = info.id;
-                self.with_index(|ix| Ok(ix.set_layer_unpacked(&id, true)?))?;
+                let _ = self.with_index(|ix| Ok(ix.set_layer_unpacked(&id, true)?));
             }
             failpoint("commit.overlay.marked");
         }
         drop(gc);
-        self.discard(&row, false)?;
         Ok(snapshot)
     }
 
@@ -1399,6 +1500,11 @@ fn set_mtime(path: &Path, meta: &fs::Metadata) -> Result<()> {
         rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
     )
     .map_err(|e| io_err("set the mtime of", path)(e.into()))
+}
+
+/// The suffix of the relocated variants made for checkouts at `root`: `<layer>@<suffix>`.
+pub(crate) fn variant_suffix(root: &[u8]) -> String {
+    blake3::hash(root).to_hex()[..16].to_owned()
 }
 
 /// Whether layer directory `upper` has an entry (or a whiteout of one) at `path` or above it.

@@ -970,58 +970,41 @@ impl Index {
     /// a cache's current version, and while a cache view is based on it or on its parent
     /// (that view's release may be about to make it current).
     pub fn remove_snapshot(&mut self, id: &SnapshotId) -> Result<()> {
-        let op = "remove a snapshot";
-        let hex = id.to_hex();
+        self.remove_snapshots(std::slice::from_ref(id))
+    }
+
+    /// Forgets the snapshots `ids`, in that order (children before their parents), all or
+    /// none: each is refused as [`Index::remove_snapshot`] refuses it, at its turn, and a
+    /// refusal leaves every one of them recorded.
+    pub fn remove_snapshots(&mut self, ids: &[SnapshotId]) -> Result<()> {
         let tx = self.begin()?;
-        let in_use = |why: String| Error::InUse {
-            kind: "snapshot",
-            id: hex.clone(),
-            why,
-        };
-        let counts: Option<(i64, i64, Option<String>, i64)> = tx
-            .query_row(
-                "SELECT (SELECT count(*) FROM snapshots WHERE parent = ?1),
-                        (SELECT count(*) FROM checkouts WHERE snapshot = ?1),
-                        (SELECT min(name) FROM caches WHERE snapshot = ?1),
-                        (SELECT count(*) FROM cache_views v
-                         WHERE v.snapshot = ?1 OR v.snapshot = s.parent)
-                 FROM snapshots s WHERE s.id = ?1",
-                [&hex],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .optional()
-            .map_err(sql(op))?;
-        match counts {
-            None => return Err(Error::MissingSnapshot { id: *id }),
-            Some((children, ..)) if children > 0 => {
-                return Err(in_use(format!("it has {children} child snapshot(s)")));
-            }
-            Some((_, checkouts, ..)) if checkouts > 0 => {
-                return Err(in_use(format!("it has {checkouts} tracked checkout(s)")));
-            }
-            Some((_, _, Some(cache), _)) => {
-                return Err(in_use(format!(
-                    "it is the current version of cache `{cache}`"
-                )));
-            }
-            Some((.., views)) if views > 0 => {
-                return Err(in_use(format!(
-                    "{views} cache view(s) are based on it or on its parent"
-                )));
-            }
-            Some(_) => {}
+        for id in ids {
+            delete_snapshot(&tx, id)?;
         }
-        let leases = select_leases(&tx, Some(id))?;
-        // Liveness is read inside the write transaction so no lease can sneak in between.
-        if let Some(live) = leases.iter().find(|l| l.owner.is_alive()) {
-            return Err(in_use(format!(
-                "it is leased by process {} ({})",
-                live.owner.pid, live.purpose
-            )));
-        }
-        tx.execute("DELETE FROM snapshots WHERE id = ?1", [&hex])
+        tx.commit().map_err(sql("remove a snapshot"))
+    }
+
+    /// The snapshots whose stack holds layer `id`: those made of it and every snapshot built
+    /// on one of them, deepest first (so removing them in this order removes children
+    /// before their parents).
+    pub fn snapshots_needing_layer(&self, id: &LayerId) -> Result<Vec<SnapshotRow>> {
+        let op = "list the snapshots that need a layer";
+        let mut st = self
+            .conn
+            .prepare_cached(concat!(
+                "WITH RECURSIVE needing(id) AS (
+                     SELECT id FROM snapshots WHERE layer = ?1
+                     UNION
+                     SELECT c.id FROM snapshots c JOIN needing n ON c.parent = n.id
+                 )
+                 SELECT ",
+                snapshot_columns!(),
+                " FROM needing n JOIN snapshots s ON s.id = n.id ORDER BY s.depth DESC, s.id"
+            ))
             .map_err(sql(op))?;
-        tx.commit().map_err(sql(op))
+        st.query_map([id.to_hex()], snapshot_row)
+            .and_then(Iterator::collect)
+            .map_err(sql(op))
     }
 
     // ---- tags ----
@@ -1710,6 +1693,61 @@ fn cache_view_row(r: &Row<'_>) -> rusqlite::Result<CacheViewRow> {
         base_generation: u64_col(r, 5)?,
         created: r.get(6)?,
     })
+}
+
+/// Deletes snapshot `id` inside `tx`, with the refusals of [`Index::remove_snapshot`].
+fn delete_snapshot(tx: &rusqlite::Transaction<'_>, id: &SnapshotId) -> Result<()> {
+    let op = "remove a snapshot";
+    let hex = id.to_hex();
+    let in_use = |why: String| Error::InUse {
+        kind: "snapshot",
+        id: hex.clone(),
+        why,
+    };
+    let counts: Option<(i64, i64, Option<String>, i64)> = tx
+        .query_row(
+            "SELECT (SELECT count(*) FROM snapshots WHERE parent = ?1),
+                    (SELECT count(*) FROM checkouts WHERE snapshot = ?1),
+                    (SELECT min(name) FROM caches WHERE snapshot = ?1),
+                    (SELECT count(*) FROM cache_views v
+                     WHERE v.snapshot = ?1 OR v.snapshot = s.parent)
+             FROM snapshots s WHERE s.id = ?1",
+            [&hex],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()
+        .map_err(sql(op))?;
+    match counts {
+        None => return Err(Error::MissingSnapshot { id: *id }),
+        Some((children, ..)) if children > 0 => {
+            return Err(in_use(format!("it has {children} child snapshot(s)")));
+        }
+        Some((_, checkouts, ..)) if checkouts > 0 => {
+            return Err(in_use(format!("it has {checkouts} tracked checkout(s)")));
+        }
+        Some((_, _, Some(cache), _)) => {
+            return Err(in_use(format!(
+                "it is the current version of cache `{cache}`"
+            )));
+        }
+        Some((.., views)) if views > 0 => {
+            return Err(in_use(format!(
+                "{views} cache view(s) are based on it or on its parent"
+            )));
+        }
+        Some(_) => {}
+    }
+    let leases = select_leases(tx, Some(id))?;
+    // Liveness is read inside the write transaction so no lease can sneak in between.
+    if let Some(live) = leases.iter().find(|l| l.owner.is_alive()) {
+        return Err(in_use(format!(
+            "it is leased by process {} ({})",
+            live.owner.pid, live.purpose
+        )));
+    }
+    tx.execute("DELETE FROM snapshots WHERE id = ?1", [&hex])
+        .map_err(sql(op))?;
+    Ok(())
 }
 
 fn select_leases(conn: &Connection, snapshot: Option<&SnapshotId>) -> Result<Vec<LeaseRow>> {

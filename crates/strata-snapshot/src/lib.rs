@@ -3,10 +3,13 @@
 //! directory back as a child snapshot.
 //!
 //! [`Engine`] is the entry point: import, checkout (overlay or portable), commit, release;
-//! [`maintenance`] adds prune, gc, du and fsck. The engine's module docs draw the store layout.
+//! [`maintenance`] adds prune, gc, du, fsck and layer removal. The engine's module docs draw the store layout.
 
 pub mod caches;
 pub mod engine;
+// Only the crate's own tests build it (tidy checks that nothing else does).
+#[cfg(feature = "failpoints")]
+mod failpoints;
 mod id;
 pub mod index;
 pub mod maintenance;

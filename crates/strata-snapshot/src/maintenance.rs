@@ -1,10 +1,12 @@
-//! Keeping a store healthy: leaf-first LRU prune, garbage collection of unreferenced layers,
-//! disk usage, and a consistency check that can repair what a crash left behind.
+//! Keeping a store healthy: leaf-first LRU prune, garbage collection of unreferenced layers
+//! (and of relocated variants no checkout uses), disk usage, the removal of chosen layers
+//! (never from under a snapshot), and a consistency check that can repair what a crash left
+//! behind.
 //!
 //! `fsck` checks what [`Engine::open`] recovers and more (see the engine's module docs for
 //! the crash model): a repaired store checks clean, and no repair drops a snapshot.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,6 +53,9 @@ pub struct GcReport {
     pub orphans: u64,
     /// Unpacked layers made by overlay commits without a flush, now flushed and trusted.
     pub settled: u64,
+    /// Relocated variants of unpacked layers (`<layer>@<root>`) for roots where no
+    /// checkout is tracked any more.
+    pub variants: u64,
 }
 
 /// Disk usage of a store.
@@ -66,8 +71,41 @@ pub struct DiskUsage {
     pub layer_bytes: u64,
     /// Unpacked layer directories.
     pub unpacked: u64,
+    /// Relocated variants and hard-linked twins of unpacked layers (`<layer>@…`), made for
+    /// overlay checkouts; `gc` removes the variants of roots no checkout uses any more.
+    pub variants: u64,
     /// Tracked checkouts.
     pub checkouts: u64,
+}
+
+/// What [`Engine::remove_layers`] may remove besides the layers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RemoveLayersOptions {
+    /// Also remove every snapshot whose stack holds one of the layers: those made of it and
+    /// everything built on them, with their tags. Without it, such layers are refused.
+    pub with_snapshots: bool,
+}
+
+/// A snapshot that needs a layer: its own, or one of its ancestors'.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LayerUser {
+    /// The snapshot.
+    pub snapshot: SnapshotId,
+    /// The layer it needs.
+    pub layer: LayerId,
+    /// Its tags, by name.
+    pub tags: Vec<String>,
+}
+
+/// What [`Engine::remove_layers`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LayerRemoval {
+    /// Layers removed: their blobs, index rows and unpacked directories.
+    pub layers: Vec<LayerId>,
+    /// Layers asked for that the store did not hold (neither a blob nor a row).
+    pub missing: Vec<LayerId>,
+    /// Snapshots removed because they needed one of the layers, children before parents.
+    pub snapshots: Vec<LayerUser>,
 }
 
 /// One problem `fsck` found, and whether it was repaired.
@@ -178,6 +216,112 @@ impl Engine {
             }
         }
         report.settled = self.settle_unsynced()?;
+        report.variants = self.remove_unused_variants()?;
+        Ok(report)
+    }
+
+    /// Removes the relocated variants (`<layer>@<root hash>`) of roots that no tracked
+    /// checkout has: each was made for checkouts at one root, and would otherwise stay until
+    /// its layer goes. Twins (`@dup-<n>`) are per layer and stay. Call it under the
+    /// exclusive gc lock: checkouts hold it shared from finding a variant to mounting it.
+    fn remove_unused_variants(&self) -> Result<u64> {
+        let live: HashSet<String> = self
+            .with_index(|ix| Ok(ix.checkouts()?))?
+            .iter()
+            .map(|row| crate::engine::variant_suffix(&row.root_path))
+            .collect();
+        let dir = self.unpacked_dir();
+        let mut removed = 0;
+        for entry in fs::read_dir(&dir).map_err(crate::engine::io_error("list", &dir))? {
+            let entry = entry.map_err(crate::engine::io_error("list", &dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((_, suffix)) = name.split_once('@') else {
+                continue;
+            };
+            if suffix.starts_with("dup-") || live.contains(suffix) {
+                continue;
+            }
+            // Renamed aside first, so that no half-removed variant is ever found by its name
+            // (a crash leaves a `tmp-` directory that recovery removes).
+            let aside = dir.join(crate::engine::unique_name("tmp-"));
+            fs::rename(entry.path(), &aside)
+                .map_err(crate::engine::io_error("move aside", &entry.path()))?;
+            remove_tree(&aside)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Removes layers from the store: blob, index row and unpacked directories. A layer that
+    /// a snapshot needs (its own layer or an ancestor's) is refused with
+    /// [`Error::LayersNeeded`](crate::Error::LayersNeeded), which names every such snapshot
+    /// and its tags, and nothing is removed; with [`RemoveLayersOptions::with_snapshots`],
+    /// those snapshots are removed first, all or none: refused while one of them is checked
+    /// out, leased, or in use by a cache. Their other layers are left for [`Engine::gc`].
+    /// Holds the store's gc lock exclusively, so no commit can start needing a layer
+    /// meanwhile.
+    pub fn remove_layers(
+        &self,
+        ids: &[LayerId],
+        opts: &RemoveLayersOptions,
+    ) -> Result<LayerRemoval> {
+        let _lock = self.gc_lock(true)?;
+        let tags = self.with_index(|ix| Ok(ix.tags()?))?;
+        let mut users: Vec<(u32, LayerUser)> = Vec::new();
+        for id in ids {
+            for row in self.with_index(|ix| Ok(ix.snapshots_needing_layer(id)?))? {
+                // A snapshot that needs two of the layers is listed once.
+                if users.iter().any(|(_, u)| u.snapshot == row.id) {
+                    continue;
+                }
+                let user = LayerUser {
+                    snapshot: row.id,
+                    layer: *id,
+                    tags: tags
+                        .iter()
+                        .filter(|(_, s)| *s == row.id)
+                        .map(|(t, _)| t.clone())
+                        .collect(),
+                };
+                users.push((row.depth, user));
+            }
+        }
+        if !users.is_empty() && !opts.with_snapshots {
+            return Err(crate::Error::LayersNeeded {
+                users: users.into_iter().map(|(_, u)| u).collect(),
+            });
+        }
+        // Children before parents, whichever layer made them needed. Durably: once a blob
+        // is gone, no snapshot that needs it may come back with a lost write.
+        let mut order = users.clone();
+        order.sort_by_key(|(depth, _)| std::cmp::Reverse(*depth));
+        let ids_in_order: Vec<SnapshotId> = order.iter().map(|(_, u)| u.snapshot).collect();
+        if !ids_in_order.is_empty() {
+            self.with_index(|ix| Ok(ix.durably(|ix| ix.remove_snapshots(&ids_in_order))?))?;
+        }
+        let mut report = LayerRemoval {
+            snapshots: order.into_iter().map(|(_, u)| u).collect(),
+            ..LayerRemoval::default()
+        };
+        let mut unpacked = self.unpacked_entries()?;
+        for id in ids {
+            if report.layers.contains(id) || report.missing.contains(id) {
+                continue;
+            }
+            // The row before the blob, as in `gc`.
+            let had_row = match self.with_index(|ix| Ok(ix.remove_layer(id)?)) {
+                Ok(()) => true,
+                Err(crate::Error::Index(crate::index::Error::MissingLayer { .. })) => false,
+                Err(e) => return Err(e),
+            };
+            let had_blob = self.cas().remove(id)?;
+            self.remove_unpacked(id, &mut unpacked)?;
+            if had_row || had_blob {
+                report.layers.push(*id);
+            } else {
+                report.missing.push(*id);
+            }
+        }
         Ok(report)
     }
 
@@ -243,17 +387,27 @@ impl Engine {
     pub fn du(&self) -> Result<DiskUsage> {
         let usage = self.with_index(|ix| Ok(ix.usage()?))?;
         let blobs = self.cas().list()?;
-        let unpacked = fs::read_dir(self.unpacked_dir())
-            .map_err(crate::engine::io_error("list", &self.unpacked_dir()))?
-            .filter_map(|e| e.ok())
-            .filter(|e| !e.file_name().to_string_lossy().starts_with("tmp-"))
-            .count() as u64;
+        let (mut unpacked, mut variants) = (0, 0);
+        for (hex, paths) in self.unpacked_entries()? {
+            if hex.parse::<LayerId>().is_err() {
+                continue;
+            }
+            for path in paths {
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                if name.contains('@') {
+                    variants += 1;
+                } else if path.is_dir() {
+                    unpacked += 1;
+                }
+            }
+        }
         Ok(DiskUsage {
             snapshots: usage.snapshots,
             blobs: blobs.len() as u64,
             blob_bytes: blobs.iter().map(|b| b.compressed_size).sum(),
             layer_bytes: blobs.iter().map(|b| b.uncompressed_size).sum(),
             unpacked,
+            variants,
             checkouts: usage.checkouts,
         })
     }

@@ -488,7 +488,8 @@ fn unescape_octal(field: &[u8]) -> Vec<u8> {
 
 /// The changes an upper dir records, sorted like a depth-first walk with children in byte
 /// order ([`strata_cas::tar::path_order`]): whiteouts (0/0 character devices) are
-/// `Deleted`, opaque directories `Opaque` (their contents `Added`), everything else
+/// `Deleted`, opaque directories (`trusted.overlay.opaque=y`) `Opaque` (their contents
+/// `Added`), everything else
 /// `Modified`, directories included, since overlayfs copies a directory up before changing
 /// anything inside it.
 pub fn upper_changes(upper: &Path) -> Result<Vec<Change>> {
@@ -578,16 +579,17 @@ impl UpperWalk<'_> {
         let names = list_xattrs(|buf| rustix::fs::flistxattr(&fd, buf))
             .map_err(|e| io_err("list xattrs of", self.full_path(path), e))?;
         self.refuse_foreign(&names, path)?;
+        // Only the marker of the mount itself: strata's mounts are not `userxattr` ones, so
+        // `user.overlay.opaque` is an attribute a process set, which the layer writer refuses.
         let mut opaque = false;
-        for attr in ["trusted.overlay.opaque", "user.overlay.opaque"] {
-            if names.iter().any(|n| n == attr.as_bytes()) {
-                let mut value = [0u8; 8];
-                // "x" marks a directory holding xwhiteouts, which is not opaque.
-                match rustix::fs::fgetxattr(&fd, attr, &mut value[..]) {
-                    Ok(n) => opaque |= &value[..n] == b"y",
-                    Err(Errno::RANGE | Errno::NODATA) => {}
-                    Err(e) => return Err(io_err("read xattrs of", self.full_path(path), e)),
-                }
+        let attr = "trusted.overlay.opaque";
+        if names.iter().any(|n| n == attr.as_bytes()) {
+            let mut value = [0u8; 8];
+            // "x" marks a directory holding xwhiteouts, which is not opaque.
+            match rustix::fs::fgetxattr(&fd, attr, &mut value[..]) {
+                Ok(n) => opaque = &value[..n] == b"y",
+                Err(Errno::RANGE | Errno::NODATA) => {}
+                Err(e) => return Err(io_err("read xattrs of", self.full_path(path), e)),
             }
         }
         let (own, children) = if opaque {
@@ -600,12 +602,9 @@ impl UpperWalk<'_> {
     }
 
     fn refuse_foreign(&self, names: &[Vec<u8>], path: &[u8]) -> Result<()> {
-        const FOREIGN: [&str; 4] = [
-            "trusted.overlay.redirect",
-            "trusted.overlay.metacopy",
-            "user.overlay.redirect",
-            "user.overlay.metacopy",
-        ];
+        // What the kernel would write with those features on. The `user.overlay.*` forms
+        // only a process can set here: the layer writer refuses them with the rest.
+        const FOREIGN: [&str; 2] = ["trusted.overlay.redirect", "trusted.overlay.metacopy"];
         match names
             .iter()
             .find(|n| FOREIGN.iter().any(|f| f.as_bytes() == n.as_slice()))

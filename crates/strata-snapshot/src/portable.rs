@@ -7,7 +7,8 @@
 //! Each layer is a read-only directory in which whiteouts appear in either encoding, and both
 //! are understood in every layer:
 //! - overlayfs: a deleted path is a 0/0 character device; an opaque directory carries
-//!   `trusted.overlay.opaque=y` (or `user.overlay.opaque=y`);
+//!   `trusted.overlay.opaque=y` (not `user.overlay.opaque`, which the engine's overlay mounts
+//!   do not read either: both views of a stack must show the same tree);
 //! - OCI: a deleted `P/x` is a file `P/.wh.x`; an opaque `P` holds a file `P/.wh..wh..opq`.
 //!
 //! [`materialize`] merges the layers one directory at a time, walking all of them at once: for
@@ -867,18 +868,16 @@ mod imp {
         e == missing || e == Errno::NOTSUP || e == Errno::RANGE || e == Errno::PERM
     }
 
-    /// Whether a layer directory is marked opaque in overlayfs's encoding.
+    /// Whether a layer directory is marked opaque in overlayfs's encoding, as the engine's
+    /// overlay mounts read it: `trusted.overlay.opaque` only (they are not `userxattr`
+    /// mounts, which would read `user.overlay.opaque` instead).
     fn overlay_opaque(fd: &OwnedFd) -> rustix::io::Result<bool> {
-        for name in ["trusted.overlay.opaque", "user.overlay.opaque"] {
-            let mut value = [0u8; 4];
-            match rustix::fs::fgetxattr(fd, name, &mut value[..]) {
-                Ok(n) if &value[..n] == b"y" => return Ok(true),
-                Ok(_) => {}
-                Err(e) if attr_absent(e) => {}
-                Err(e) => return Err(e),
-            }
+        let mut value = [0u8; 4];
+        match rustix::fs::fgetxattr(fd, "trusted.overlay.opaque", &mut value[..]) {
+            Ok(n) => Ok(&value[..n] == b"y"),
+            Err(e) if attr_absent(e) => Ok(false),
+            Err(e) => Err(e),
         }
-        Ok(false)
     }
 
     /// Whether a checkout carries this extended attribute: what a layer can carry (see
@@ -886,7 +885,7 @@ mod imp {
     /// would change what an overlay mount of the result shows; privileged namespaces only as
     /// root, since nobody else can set them.
     fn keep_xattr(name: &[u8], as_root: bool) -> bool {
-        if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
+        if strata_cas::tar::overlay_xattr(name) {
             return false;
         }
         name.starts_with(b"user.")

@@ -12,8 +12,8 @@ use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 
 use super::{Change, CreateOptions, Item, Sink, Source, plan_changes};
 use crate::dirfd::{DIR_FLAGS, open_root};
-use crate::tar::{TarWriter, split_parent};
-use crate::{Entry, EntryKind, Error, Metadata, Result};
+use crate::tar::{TarWriter, overlay_xattr, split_parent};
+use crate::{Entry, EntryKind, EntryProblem, Error, Metadata, Result};
 
 pub(super) fn write_entries<S: Sink>(
     dir: &Path,
@@ -68,6 +68,7 @@ impl<S: Sink> Walker<'_, S> {
                 prefix.push(b'/');
             }
             prefix.extend_from_slice(&name);
+            super::check_name(&name, prefix)?;
             let stat = rustix::fs::statat(dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(|e| Error::io("stat", self.full_path(prefix), e.into()))?;
             if let Some(child) = self.emit(dir, &name, prefix, &stat)? {
@@ -173,7 +174,7 @@ impl<S: Sink> Walker<'_, S> {
                     Mode::empty(),
                 )
                 .map_err(|e| io_err("open", e))?;
-                meta.xattrs = read_xattrs(&fd).map_err(|e| io_err("list xattrs of", e))?;
+                meta.xattrs = layer_xattrs(&fd).map_err(|e| e.into_error(root_path, path))?;
                 entry.meta = meta;
                 entry.size = stat.st_size as u64;
                 self.append(&entry)?;
@@ -183,7 +184,7 @@ impl<S: Sink> Walker<'_, S> {
             FileType::Directory => {
                 let fd = rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty())
                     .map_err(|e| io_err("open", e))?;
-                meta.xattrs = read_xattrs(&fd).map_err(|e| io_err("list xattrs of", e))?;
+                meta.xattrs = layer_xattrs(&fd).map_err(|e| e.into_error(root_path, path))?;
                 entry.kind = EntryKind::Dir;
                 entry.meta = meta;
                 self.append(&entry)?;
@@ -196,6 +197,9 @@ impl<S: Sink> Walker<'_, S> {
                 entry.meta = meta;
                 self.append(&entry)?;
                 Ok(None)
+            }
+            FileType::CharacterDevice if stat.st_rdev == 0 => {
+                Err(Error::entry(path, EntryProblem::WhiteoutDevice))
             }
             ft @ (FileType::CharacterDevice | FileType::BlockDevice) => {
                 let (major, minor) = (
@@ -249,15 +253,81 @@ impl<S: Sink> Walker<'_, S> {
     }
 }
 
-/// Whether a layer records this extended attribute. SELinux labels and ACLs belong to the
-/// host; overlayfs's own attributes must never travel in a layer.
-fn keep_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"user.")
-        || name == b"security.capability"
-        || (name.starts_with(b"trusted.") && !name.starts_with(b"trusted.overlay."))
+/// Extended attributes as a layer records them: (name, value), sorted by name.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// What a layer makes of an extended attribute found on disk.
+#[derive(Debug, PartialEq, Eq)]
+enum XattrFate {
+    Keep,
+    /// Not the tree's own: host SELinux labels and ACLs, overlayfs's bookkeeping in an
+    /// upper dir (`trusted.overlay.*`: origin, impure, and the opaque marker a commit reads
+    /// as such beforehand).
+    Leave,
+    /// Overlayfs's, but set by a process: `user.overlay.*` (our mounts never write them)
+    /// and the escaped `trusted.overlay.overlay.*` overlayfs stores when a process in a
+    /// mount sets `trusted.overlay.*`. A layer cannot carry them (see
+    /// [`overlay_xattr`]), nor may a commit drop what a step asked for in silence.
+    Refuse,
 }
 
-fn read_xattrs(fd: &OwnedFd) -> rustix::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+fn xattr_fate(name: &[u8]) -> XattrFate {
+    if overlay_xattr(name) {
+        let escaped = name.starts_with(b"trusted.overlay.overlay.");
+        if name.starts_with(b"trusted.overlay.") && !escaped {
+            return XattrFate::Leave;
+        }
+        return XattrFate::Refuse;
+    }
+    if name.starts_with(b"user.") || name == b"security.capability" || name.starts_with(b"trusted.")
+    {
+        XattrFate::Keep
+    } else {
+        XattrFate::Leave
+    }
+}
+
+/// Why the extended attributes of an entry could not go into a layer.
+enum XattrError {
+    Read(rustix::io::Errno),
+    Refused(Vec<u8>),
+}
+
+impl XattrError {
+    fn into_error(self, root: &Path, path: &[u8]) -> Error {
+        match self {
+            XattrError::Read(e) => Error::io(
+                "list xattrs of",
+                root.join(OsStr::from_bytes(path)),
+                e.into(),
+            ),
+            XattrError::Refused(name) => {
+                // Named as the process set it, not as overlayfs escaped it.
+                let shown = match name.strip_prefix(b"trusted.overlay.overlay.".as_slice()) {
+                    Some(rest) => [b"trusted.overlay.".as_slice(), rest].concat(),
+                    None => name,
+                };
+                Error::entry(
+                    path,
+                    EntryProblem::ForbiddenXattr(String::from_utf8_lossy(&shown).into_owned()),
+                )
+            }
+        }
+    }
+}
+
+/// The attributes of `fd` that a layer records, sorted; an attribute a layer cannot carry
+/// is refused ([`XattrFate::Refuse`]).
+fn layer_xattrs(fd: &OwnedFd) -> Result<Xattrs, XattrError> {
+    let (attrs, refused) = read_xattrs(fd).map_err(XattrError::Read)?;
+    match refused {
+        Some(name) => Err(XattrError::Refused(name)),
+        None => Ok(attrs),
+    }
+}
+
+/// The attributes of `fd` worth keeping, sorted, and the first one to refuse, if any.
+fn read_xattrs(fd: &OwnedFd) -> rustix::io::Result<(Xattrs, Option<Vec<u8>>)> {
     let mut names = vec![0u8; 1024];
     let len = loop {
         match rustix::fs::flistxattr(fd, &mut names[..]) {
@@ -266,14 +336,16 @@ fn read_xattrs(fd: &OwnedFd) -> rustix::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
                 let want = rustix::fs::flistxattr_query(fd)?;
                 names.resize(want.max(names.len() * 2), 0);
             }
-            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(rustix::io::Errno::NOTSUP) => return Ok((Vec::new(), None)),
             Err(e) => return Err(e),
         }
     };
     let mut out = Vec::new();
     for name in names[..len].split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        if !keep_xattr(name) {
-            continue;
+        match xattr_fate(name) {
+            XattrFate::Keep => {}
+            XattrFate::Leave => continue,
+            XattrFate::Refuse => return Ok((Vec::new(), Some(name.to_vec()))),
         }
         let mut value = vec![0u8; 256];
         let n = loop {
@@ -290,5 +362,5 @@ fn read_xattrs(fd: &OwnedFd) -> rustix::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         out.push((name.to_vec(), value));
     }
     out.sort();
-    Ok(out)
+    Ok((out, None))
 }

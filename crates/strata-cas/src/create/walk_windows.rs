@@ -106,6 +106,7 @@ impl<S: Sink> Walker<'_, S> {
                 prefix.push(b'/');
             }
             prefix.extend_from_slice(&name);
+            super::check_name(&name, prefix)?;
             let path = dir.join(&os_name);
             if self.emit(&path, prefix)? {
                 self.visit(&path, prefix)?;

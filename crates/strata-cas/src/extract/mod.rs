@@ -13,8 +13,10 @@
 //! - absolute paths, `..`, duplicate paths, malformed whiteouts and a whiteout of this layer's
 //!   own entries are errors naming the entry;
 //! - device nodes and setuid/setgid files (and file capabilities) are refused unless the
-//!   caller allows them ([`DevicePolicy`], [`SetuidPolicy`]); `trusted.overlay.*` attributes
+//!   caller allows them ([`DevicePolicy`], [`SetuidPolicy`]); overlayfs's attributes
+//!   (`trusted.overlay.*`, `user.overlay.*`: [`overlay_xattr`](crate::tar::overlay_xattr))
 //!   are always refused, since they would change what an overlay mount of the result shows;
+//!   the root entry (`./`) is checked like any other;
 //! - total bytes, entries and header sizes are bounded ([`Limits`]).
 //!
 //! A whiteout or opaque marker whose directory does not exist (lexically, or once resolved

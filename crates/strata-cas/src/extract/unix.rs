@@ -239,6 +239,8 @@ impl Extractor<'_> {
             if self.root_meta.is_some() {
                 return Err(EntryProblem::Duplicate);
             }
+            // The root's attributes pass the same checks as every other entry's.
+            self.check_policies(&mut entry)?;
             self.apply_xattrs_fd(&self.root.clone(), &entry.meta)?;
             self.root_meta = Some(entry.meta);
             return Ok(());
@@ -355,7 +357,7 @@ impl Extractor<'_> {
             .meta
             .xattrs
             .iter()
-            .find(|(n, _)| n.starts_with(b"trusted.overlay."))
+            .find(|(n, _)| crate::tar::overlay_xattr(n))
         {
             return Err(EntryProblem::ForbiddenXattr(
                 String::from_utf8_lossy(name).into_owned(),

@@ -342,7 +342,7 @@ impl Extractor<'_> {
             .meta
             .xattrs
             .iter()
-            .find(|(n, _)| n.starts_with(b"trusted.overlay."))
+            .find(|(n, _)| crate::tar::overlay_xattr(n))
         {
             return Err(EntryProblem::ForbiddenXattr(
                 String::from_utf8_lossy(name).into_owned(),

@@ -78,6 +78,16 @@ pub fn whiteout(path: &[u8]) -> Result<Option<Whiteout<'_>>, EntryProblem> {
     }))
 }
 
+/// Whether an extended attribute is overlayfs's: `trusted.overlay.*`, `user.overlay.*`, or
+/// `overlay.*` under any other namespace. Overlayfs reads them from a layer directory as
+/// whiteouts, opaque markers, redirects and more, so a layer that carried one would show
+/// one tree in an overlay mount and another everywhere else: layers never carry them.
+pub fn overlay_xattr(name: &[u8]) -> bool {
+    let mut parts = name.splitn(3, |&b| b == b'.');
+    let _namespace = parts.next();
+    parts.next() == Some(b"overlay") && parts.next().is_some()
+}
+
 /// Splits a normalised path into its parent (empty for top-level names) and last component.
 pub fn split_parent(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().rposition(|&b| b == b'/') {
@@ -149,6 +159,28 @@ mod tests {
         );
         for bad in [&b".wh."[..], b"a/.wh..", b".wh...", b".wh..wh.x"] {
             assert!(whiteout(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn overlay_attributes_are_recognised_in_every_namespace() {
+        for name in [
+            &b"trusted.overlay.opaque"[..],
+            b"user.overlay.opaque",
+            b"user.overlay.whiteout",
+            b"trusted.overlay.overlay.opaque",
+            b"security.overlay.x",
+        ] {
+            assert!(overlay_xattr(name), "{}", String::from_utf8_lossy(name));
+        }
+        for name in [
+            &b"user.overlay"[..],
+            b"user.overlayfs.x",
+            b"user.note",
+            b"security.capability",
+            b"overlay.opaque",
+        ] {
+            assert!(!overlay_xattr(name), "{}", String::from_utf8_lossy(name));
         }
     }
 

@@ -1037,6 +1037,45 @@ fn special_file_cases() -> Vec<Case> {
             ),
         ),
         Case::tar(
+            "user_overlay_opaque_xattr_on_dir",
+            |_| {
+                Tar::new()
+                    .pax(&[(b"SCHILY.xattr.user.overlay.opaque", b"y")])
+                    .dir("uovl")
+                    .finish()
+            },
+            err(
+                &["uovl"],
+                problem!(EntryProblem::ForbiddenXattr(x) if x == "user.overlay.opaque"),
+            ),
+        ),
+        // The root entry passes the same checks: an opaque root would hide every lower layer
+        // in an overlay mount, and nothing in a portable checkout.
+        Case::tar(
+            "trusted_overlay_opaque_xattr_on_the_root",
+            |_| {
+                Tar::new()
+                    .pax(&[(b"SCHILY.xattr.trusted.overlay.opaque", b"y")])
+                    .dir("./")
+                    .file("f", b"f")
+                    .finish()
+            },
+            err(
+                &["./"],
+                problem!(EntryProblem::ForbiddenXattr(x) if x == "trusted.overlay.opaque"),
+            ),
+        ),
+        Case::tar(
+            "security_capability_on_the_root_refused",
+            |_| {
+                Tar::new()
+                    .pax(&[(b"SCHILY.xattr.security.capability", CAPABILITY)])
+                    .dir("./")
+                    .finish()
+            },
+            err(&["./"], problem!(EntryProblem::SetuidRefused)),
+        ),
+        Case::tar(
             "trusted_overlay_redirect_xattr_even_with_keep",
             |_| {
                 Tar::new()

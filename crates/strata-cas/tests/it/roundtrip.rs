@@ -307,3 +307,119 @@ fn overlay_whiteout_mode_records_whiteouts_for_overlayfs() {
     assert_eq!(fs::read(kept.join("keep/.wh.gone")).unwrap(), b"");
     assert_eq!(fs::read(kept.join("opaque/.wh..wh..opq")).unwrap(), b"");
 }
+
+/// What a layer would read as a whiteout is refused by the writer, naming the entry: a
+/// `.wh.` name (from a directory or a change list, deleted ones too), overlayfs's attributes
+/// set by a process, a 0/0 character device. Overlayfs's own bookkeeping in an upper dir
+/// (`trusted.overlay.*`) is left out.
+#[test]
+fn the_writer_refuses_what_a_layer_would_read_as_a_whiteout() {
+    use strata_cas::EntryProblem;
+    let tmp = tempfile::tempdir().unwrap();
+    let create = |dir: &Path| create_from_dir(dir, &mut Vec::new(), &CreateOptions::default());
+    let changes = |dir: &Path, list: &[Change]| {
+        create_from_changes(dir, list, &mut Vec::new(), &CreateOptions::default())
+    };
+    let refused = |result: strata_cas::Result<strata_cas::LayerInfo>, entry: &str| {
+        let err = result.unwrap_err();
+        assert_eq!(
+            err.entry_name().map(|n| n.0.clone()),
+            Some(entry.as_bytes().to_vec()),
+            "{err}"
+        );
+        err
+    };
+
+    for name in [
+        ".wh.foo",
+        ".wh..wh..opq",
+        ".wh.",
+        "sub/.wh.x",
+        ".wh.dir/inner",
+    ] {
+        let dir = tmp.path().join(format!("names-{}", name.replace('/', "_")));
+        write(&dir.join("ok"), b"ok", 0o644, 1_000);
+        write(&dir.join(name), b"", 0o644, 1_000);
+        let at = name.split('/').scan(String::new(), |acc, c| {
+            if !acc.is_empty() {
+                acc.push('/');
+            }
+            acc.push_str(c);
+            Some(acc.clone())
+        });
+        let first = at
+            .into_iter()
+            .find(|p| p.rsplit('/').next().unwrap().starts_with(".wh."))
+            .unwrap();
+        let err = refused(create(&dir), &first);
+        assert!(
+            matches!(
+                err,
+                strata_cas::Error::Entry {
+                    problem: EntryProblem::ReservedName,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = refused(changes(&dir, &[Change::new(name, ChangeKind::Added)]), name);
+        assert!(err.to_string().contains(".wh."), "{err}");
+    }
+    let dir = tmp.path().join("deleted");
+    fs::create_dir_all(&dir).unwrap();
+    refused(
+        changes(&dir, &[Change::new("a/.wh.b", ChangeKind::Deleted)]),
+        "a/.wh.b",
+    );
+
+    let dir = tmp.path().join("xattrs");
+    write(&dir.join("d/f"), b"f", 0o644, 1_000);
+    for attr in ["user.overlay.opaque", "user.overlay.whiteout"] {
+        rustix::fs::setxattr(dir.join("d"), attr, b"y", rustix::fs::XattrFlags::empty()).unwrap();
+        let err = refused(create(&dir), "d");
+        assert!(err.to_string().contains(attr), "{err}");
+        let err = refused(changes(&dir, &[Change::new("d/f", ChangeKind::Added)]), "d");
+        assert!(err.to_string().contains(attr), "{err}");
+        rustix::fs::removexattr(dir.join("d"), attr).unwrap();
+    }
+    create(&dir).unwrap();
+
+    if !is_root() {
+        eprintln!("skipped the trusted attributes and the device: they need root");
+        return;
+    }
+    // Overlayfs's bookkeeping is left out; what a process set through a mount (escaped by
+    // overlayfs as trusted.overlay.overlay.*) is refused under the name it was given.
+    let set = |p: &Path, name: &str| {
+        rustix::fs::setxattr(p, name, b"y", rustix::fs::XattrFlags::empty()).unwrap();
+    };
+    set(&dir.join("d"), "trusted.overlay.origin");
+    set(&dir.join("d"), "trusted.overlay.impure");
+    set(&dir.join("d"), "trusted.note");
+    let mut layer = Vec::new();
+    create_from_dir(&dir, &mut layer, &CreateOptions::default()).unwrap();
+    let tar = zstd::stream::decode_all(&layer[..]).unwrap();
+    let out = tmp.path().join("out");
+    apply_tar(&tar[..], &out, &permissive()).unwrap();
+    let mut names = vec![0u8; 1024];
+    let n = rustix::fs::llistxattr(out.join("d"), &mut names[..]).unwrap();
+    assert_eq!(&names[..n], b"trusted.note\0");
+    set(&dir.join("d/f"), "trusted.overlay.overlay.opaque");
+    let err = refused(create(&dir), "d/f");
+    assert!(
+        err.to_string().contains("`trusted.overlay.opaque`"),
+        "{err}"
+    );
+    rustix::fs::removexattr(dir.join("d/f"), "trusted.overlay.overlay.opaque").unwrap();
+
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        dir.join("d/wh"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let err = refused(create(&dir), "d/wh");
+    assert!(err.to_string().contains("whiteout"), "{err}");
+}

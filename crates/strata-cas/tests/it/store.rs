@@ -329,3 +329,61 @@ fn imports_refuse_invalid_whiteouts() {
     assert!(err.to_string().contains("dir/.wh."), "{err}");
     assert!(store.ids().unwrap().is_empty());
 }
+
+#[cfg(unix)]
+#[test]
+fn the_store_root_is_private_to_its_owner_and_narrowed_never_widened() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+    let set = |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("a/b/store");
+    Store::open(&root).unwrap();
+    assert_eq!(mode(&root), 0o700);
+    // Parents are ordinary directories.
+    assert_eq!(mode(&tmp.path().join("a")) & 0o055, 0o055);
+
+    // An older store, open to its group and others, is narrowed; special bits stay.
+    set(&root, 0o2775);
+    Store::open(&root).unwrap();
+    assert_eq!(mode(&root), 0o2700);
+    // A narrower one is left as it is.
+    set(&root, 0o500);
+    Store::open(&root).unwrap();
+    assert_eq!(mode(&root), 0o500);
+    set(&root, 0o700);
+
+    // Through a symlink, the directory it names is what is made private.
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&root, &link).unwrap();
+    set(&root, 0o755);
+    Store::open(&link).unwrap();
+    assert_eq!(mode(&root), 0o700);
+
+    // An empty directory made beforehand becomes a store; one that holds someone's files
+    // is not made private behind their back.
+    let empty = tmp.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    set(&empty, 0o755);
+    Store::open(&empty).unwrap();
+    assert_eq!(mode(&empty), 0o700);
+    let theirs = tmp.path().join("theirs");
+    fs::create_dir(&theirs).unwrap();
+    fs::write(theirs.join("notes.txt"), "mine").unwrap();
+    set(&theirs, 0o1777);
+    let err = Store::open(&theirs).unwrap_err();
+    assert!(
+        matches!(err, Error::NotAStore { .. }) && err.to_string().contains("theirs"),
+        "{err}"
+    );
+    assert_eq!(mode(&theirs), 0o1777);
+    assert!(!theirs.join("layout").exists() && !theirs.join("blobs-v1").exists());
+    // Private already, it is used as it is (as before).
+    set(&theirs, 0o700);
+    Store::open(&theirs).unwrap();
+
+    let file = tmp.path().join("file");
+    fs::write(&file, "").unwrap();
+    let err = strata_cas::private_dir(&file).unwrap_err();
+    assert!(err.to_string().contains(file.to_str().unwrap()), "{err}");
+}

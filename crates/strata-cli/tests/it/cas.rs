@@ -314,3 +314,82 @@ fn put_of_a_non_tar_names_it() {
         serde_json::json!([])
     );
 }
+
+/// `cas rm` of a layer that snapshots need: refused, naming them and their tags, unless
+/// --force removes them too (listed), which is refused while one is checked out.
+#[test]
+fn rm_refuses_layers_that_snapshots_need_and_force_removes_those_snapshots() {
+    use crate::support::rootfs;
+    let env = Env::new();
+    let tarball = rootfs(&env);
+    let base = env
+        .run([
+            os("import"),
+            os(&tarball),
+            os("--tag"),
+            os("base"),
+            os("--json"),
+        ])
+        .json();
+    let (base_id, base_layer) = (id_field(&base, "id"), id_field(&base, "layer"));
+    let work = env.path("work");
+    env.run([os("checkout"), os("base"), os(&work), os("--portable")])
+        .ok();
+    fs::write(work.join("step"), "1\n").unwrap();
+    let child = env
+        .run([
+            os("commit"),
+            os(&work),
+            os("--tag"),
+            os("child"),
+            os("--json"),
+        ])
+        .json();
+    let child_id = id_field(&child, "id");
+
+    env.run(["cas", "rm", &base_layer[..8]]).fails_with(&[
+        &base_layer,
+        &base_id,
+        "`base`",
+        &child_id,
+        "`child`",
+        "nothing was removed",
+        "--force",
+    ]);
+    assert_eq!(
+        env.run(["fsck", "--json"]).json()["problems"],
+        serde_json::json!([])
+    );
+    env.run([
+        os("checkout"),
+        os("child"),
+        os(env.path("again")),
+        os("--portable"),
+    ])
+    .ok();
+
+    // Forced, but a snapshot that needs it is checked out: still nothing is removed.
+    env.run(["cas", "rm", "--force", &base_layer])
+        .fails_with(&[&child_id, "checkout"]);
+    env.run(["cas", "verify", &base_layer]).ok();
+    env.run([os("release"), os(env.path("again"))]).ok();
+
+    let text = env.run(["cas", "rm", "--force", &base_layer]).ok();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].starts_with(&format!("removed snapshot {child_id} (tags: child)")),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("removed snapshot {base_id} (tags: base)")),
+        "{text}"
+    );
+    assert_eq!(lines[2], format!("removed {base_layer}"));
+    let listing = env.run(["snapshot", "ls", "--json"]).json();
+    assert_eq!(listing, serde_json::json!([]));
+    assert_eq!(
+        env.run(["fsck", "--json"]).json()["problems"],
+        serde_json::json!([])
+    );
+}

@@ -52,6 +52,7 @@ fn du(env: &Env) -> Value {
             "compressed_bytes",
             "uncompressed_bytes",
             "unpacked_layers",
+            "layer_variants",
             "checkouts",
         ],
     );
@@ -136,7 +137,10 @@ fn du_prune_gc_and_fsck() {
     assert_keys(&pruned, &["deleted", "snapshots", "gc", "seconds"]);
     assert_eq!(u64_field(&pruned, "deleted"), 1, "{pruned}");
     assert_eq!(pruned["snapshots"][0], b.as_str(), "{pruned}");
-    assert_keys(&pruned["gc"], &["layers", "bytes", "orphans", "steps"]);
+    assert_keys(
+        &pruned["gc"],
+        &["layers", "bytes", "orphans", "variants", "steps"],
+    );
     assert_eq!(u64_field(&pruned["gc"], "layers"), 1, "{pruned}");
     assert!(u64_field(&pruned["gc"], "bytes") > 0, "{pruned}");
     let mut left = vec![base.clone(), a.clone(), c.clone()];
@@ -164,7 +168,7 @@ fn du_prune_gc_and_fsck() {
     let collected = env.run([os("gc"), os("--json")]).json();
     assert_keys(
         &collected,
-        &["layers", "bytes", "orphans", "steps", "seconds"],
+        &["layers", "bytes", "orphans", "variants", "steps", "seconds"],
     );
     assert_eq!(u64_field(&collected, "layers"), 1, "{collected}");
     assert!(u64_field(&collected, "bytes") > 0, "{collected}");

@@ -9,9 +9,15 @@
 mod caches;
 mod crash;
 mod engine;
+#[cfg(target_os = "linux")]
+mod full_disk;
 mod index;
 mod maintenance;
 #[cfg(target_os = "linux")]
+mod one_tree;
+#[cfg(target_os = "linux")]
 mod overlay;
 mod portable;
+#[cfg(target_os = "linux")]
+mod privacy;
 mod relocate;

@@ -195,3 +195,199 @@ fn gc_removes_unpacked_layers_the_index_does_not_know() {
         "the base's unpacked layer and foreign entries stay"
     );
 }
+
+/// Layers that snapshots need are refused by name, tags included, and nothing is removed;
+/// with `with_snapshots` those snapshots go first, children before parents, unless one is
+/// checked out or leased; a store left so checks clean.
+#[test]
+fn remove_layers_refuses_needed_layers_or_removes_their_snapshots_too() {
+    use strata_snapshot::index::{Owner, now_millis};
+    use strata_snapshot::maintenance::RemoveLayersOptions;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let engine = Engine::open(&store).unwrap();
+    let base = engine
+        .import(&rootfs_tar(tmp.path()), Some("base"))
+        .unwrap();
+    let commit = |parent: SnapshotId, name: &str, tag: Option<&str>| {
+        let work = tmp.path().join(name);
+        engine
+            .checkout(&parent, &work, Some(CheckoutMode::Portable))
+            .unwrap();
+        fs::write(work.join(name), name).unwrap();
+        engine.commit(&work, tag).unwrap()
+    };
+    let child = commit(base.id, "child", Some("child"));
+    let grandchild = commit(child.id, "grandchild", None);
+    let other = commit(base.id, "other", None);
+    let forced = RemoveLayersOptions {
+        with_snapshots: true,
+    };
+
+    let err = engine
+        .remove_layers(&[child.layer], &RemoveLayersOptions::default())
+        .unwrap_err();
+    let users = match &err {
+        strata_snapshot::Error::LayersNeeded { users } => users.clone(),
+        other => panic!("{other}"),
+    };
+    let needing: HashSet<SnapshotId> = users.iter().map(|u| u.snapshot).collect();
+    assert_eq!(needing, HashSet::from([child.id, grandchild.id]));
+    let message = err.to_string();
+    for needle in [
+        child.layer.to_string(),
+        child.id.to_string(),
+        grandchild.id.to_string(),
+        "`child`".into(),
+    ] {
+        assert!(message.contains(&needle), "{needle} not in: {message}");
+    }
+    assert!(engine.cas().contains(&child.layer));
+    assert!(engine.fsck(false).unwrap().is_empty());
+
+    // Forced, but one of them is checked out, then leased: all or nothing.
+    let out = tmp.path().join("out");
+    engine
+        .checkout(&grandchild.id, &out, Some(CheckoutMode::Portable))
+        .unwrap();
+    let err = engine.remove_layers(&[child.layer], &forced).unwrap_err();
+    assert!(
+        err.to_string().contains(&grandchild.id.to_string()),
+        "{err}"
+    );
+    engine.release(&out).unwrap();
+    let lease = engine
+        .with_index(|ix| Ok(ix.lease(&child.id, Owner::current(), "test", now_millis())?))
+        .unwrap();
+    let err = engine.remove_layers(&[child.layer], &forced).unwrap_err();
+    assert!(err.to_string().contains("leased"), "{err}");
+    engine
+        .with_index(|ix| Ok(ix.release_lease(lease)?))
+        .unwrap();
+    let left = engine.with_index(|ix| Ok(ix.snapshots()?)).unwrap();
+    assert_eq!(left.len(), 4, "nothing was removed");
+    assert!(engine.cas().contains(&child.layer));
+
+    let removal = engine.remove_layers(&[child.layer], &forced).unwrap();
+    let removed: Vec<SnapshotId> = removal.snapshots.iter().map(|u| u.snapshot).collect();
+    assert_eq!(removed, vec![grandchild.id, child.id], "children first");
+    assert_eq!(removal.snapshots[1].tags, vec!["child".to_owned()]);
+    assert_eq!(removal.layers, vec![child.layer]);
+    assert!(!engine.cas().contains(&child.layer));
+    assert!(
+        !store
+            .join("unpacked-v1")
+            .join(child.layer.to_hex())
+            .exists()
+            && !store
+                .join("unpacked-v1")
+                .join(format!("{}.plain", child.layer.to_hex()))
+                .exists()
+    );
+    let left: HashSet<SnapshotId> = engine
+        .with_index(|ix| Ok(ix.snapshots()?))
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(left, HashSet::from([base.id, other.id]));
+    assert!(engine.resolve("child").is_err(), "its tag went with it");
+    assert!(engine.fsck(false).unwrap().is_empty());
+    engine
+        .copy_out(&other.id, &tmp.path().join("copy"))
+        .unwrap();
+    // The grandchild's own layer is garbage now.
+    assert_eq!(engine.gc().unwrap().layers, 1);
+
+    // A blob no snapshot names goes without ado; an unknown id is reported missing.
+    let loose = tmp.path().join("loose");
+    fs::create_dir_all(&loose).unwrap();
+    fs::write(loose.join("f"), "loose").unwrap();
+    let info = engine.cas().put_dir(&loose, &Default::default()).unwrap();
+    let unknown = LayerId::of(b"never stored");
+    let removal = engine
+        .remove_layers(&[info.id, unknown], &RemoveLayersOptions::default())
+        .unwrap();
+    assert_eq!(
+        (removal.layers, removal.missing),
+        (vec![info.id], vec![unknown])
+    );
+    assert!(engine.fsck(false).unwrap().is_empty());
+}
+
+/// Overlay checkouts at another root than a layer's mount a relocated variant of it, one
+/// per root: `gc` keeps those of roots with a tracked checkout and removes the rest, and
+/// `du` counts them.
+#[test]
+fn gc_removes_relocated_variants_of_roots_no_checkout_uses() {
+    if !strata_snapshot::engine::overlay_available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "overlay checkouts need root and overlayfs, and CI is set"
+        );
+        eprintln!("skipped: overlay unavailable here");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let top = fs::canonicalize(tmp.path()).unwrap();
+    let engine = Engine::open(&top.join("store")).unwrap();
+    let base = engine.import(&rootfs_tar(&top), None).unwrap();
+    let overlay = Some(CheckoutMode::Overlay);
+    // A step that records where it ran: its layer is relocated for every other root.
+    let s00 = top.join("s00");
+    engine.checkout(&base.id, &s00, overlay).unwrap();
+    fs::write(s00.join("where"), format!("{}\n", s00.display())).unwrap();
+    let child = engine.commit(&s00, None).unwrap();
+    let unpacked = top.join("store/unpacked-v1");
+    let variants = || {
+        let mut names: Vec<String> = fs::read_dir(&unpacked)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains('@'))
+            .collect();
+        names.sort();
+        names
+    };
+    let variant_of = |root: &std::path::Path| {
+        let hash = blake3::hash(root.as_os_str().as_encoded_bytes());
+        format!("{}@{}", child.layer.to_hex(), &hash.to_hex()[..16])
+    };
+
+    let slots: Vec<_> = ["s01", "s02", "s03"].iter().map(|s| top.join(s)).collect();
+    for slot in &slots {
+        engine.checkout(&child.id, slot, overlay).unwrap();
+        assert_eq!(
+            fs::read_to_string(slot.join("where")).unwrap(),
+            format!("{}\n", slot.display())
+        );
+    }
+    let mut all: Vec<String> = slots.iter().map(|s| variant_of(s)).collect();
+    all.sort();
+    assert_eq!(variants(), all);
+    assert_eq!(engine.du().unwrap().variants, 3);
+
+    engine.release(&slots[0]).unwrap();
+    engine.release(&slots[1]).unwrap();
+    let report = engine.gc().unwrap();
+    assert_eq!(report.variants, 2, "{report:?}");
+    assert_eq!(variants(), vec![variant_of(&slots[2])]);
+    assert_eq!(engine.du().unwrap().variants, 1);
+    // The live checkout still reads through its variant, and a new checkout at a released
+    // root makes its variant again.
+    assert_eq!(
+        fs::read_to_string(slots[2].join("where")).unwrap(),
+        format!("{}\n", slots[2].display())
+    );
+    engine.checkout(&child.id, &slots[0], overlay).unwrap();
+    assert_eq!(
+        fs::read_to_string(slots[0].join("where")).unwrap(),
+        format!("{}\n", slots[0].display())
+    );
+    for slot in [&slots[0], &slots[2]] {
+        engine.release(slot).unwrap();
+    }
+    assert_eq!(engine.gc().unwrap().variants, 2);
+    assert!(variants().is_empty());
+    assert_eq!(engine.du().unwrap().variants, 0);
+    assert!(engine.fsck(false).unwrap().is_empty());
+}

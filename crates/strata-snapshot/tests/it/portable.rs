@@ -255,16 +255,10 @@ enum Encoding {
     Oci,
     /// 0/0 character devices and `trusted.overlay.opaque=y`.
     OverlayTrusted,
-    /// 0/0 character devices and `user.overlay.opaque=y` (overlayfs's `userxattr`).
-    OverlayUser,
 }
 
 impl Encoding {
-    const ALL: [Encoding; 3] = [
-        Encoding::Oci,
-        Encoding::OverlayTrusted,
-        Encoding::OverlayUser,
-    ];
+    const ALL: [Encoding; 2] = [Encoding::Oci, Encoding::OverlayTrusted];
 
     fn usable(self) -> bool {
         // Whiteout devices need CAP_MKNOD.
@@ -279,7 +273,7 @@ impl Encoding {
                 let marker = path.with_file_name(OsStr::from_bytes(&[b".wh.", name].concat()));
                 write(&marker, b"", 0o644);
             }
-            Encoding::OverlayTrusted | Encoding::OverlayUser => {
+            Encoding::OverlayTrusted => {
                 mknod(&path, FileType::CharacterDevice, 0, 0);
             }
         }
@@ -290,7 +284,6 @@ impl Encoding {
         match self {
             Encoding::Oci => write(&dir.join(".wh..wh..opq"), b"", 0o644),
             Encoding::OverlayTrusted => set_xattr(&dir, "trusted.overlay.opaque", b"y"),
-            Encoding::OverlayUser => set_xattr(&dir, "user.overlay.opaque", b"y"),
         }
     }
 }
@@ -364,6 +357,22 @@ fn merge_layers(root: &Path, enc: Encoding) -> Vec<PathBuf> {
     set_times(&l2.join("over.txt"), T0 + 50, 123_456_789);
     set_times(&l2.join("merge"), T0 + 77, 0);
     l
+}
+
+/// `user.overlay.opaque` is what a `userxattr` overlay mount reads; the engine's mounts are
+/// not such, and ignore it: so does a portable checkout, which must show the same tree.
+#[test]
+fn a_user_overlay_opaque_attribute_hides_nothing() {
+    let tmp = TempDir::new().unwrap();
+    let (l0, l1) = (tmp.path().join("l0"), tmp.path().join("l1"));
+    write(&l0.join("d/lower"), b"lower", 0o644);
+    write(&l1.join("d/upper"), b"upper", 0o644);
+    set_xattr(&l1.join("d"), "user.overlay.opaque", b"y");
+    let target = tmp.path().join("out");
+    portable::materialize(&[l0.as_path(), l1.as_path()], &target).unwrap();
+    assert_eq!(fs::read(target.join("d/lower")).unwrap(), b"lower");
+    assert_eq!(fs::read(target.join("d/upper")).unwrap(), b"upper");
+    assert!(xattrs(&target.join("d")).is_empty(), "not copied either");
 }
 
 #[test]
