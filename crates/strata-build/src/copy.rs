@@ -154,9 +154,16 @@ impl Manifest {
             } else {
                 dst_rel.to_owned()
             };
+            let mut reserved = None;
             tree.walk(src, &op.exclude, &mut |node| {
+                let dst = join(&target, &node.rel);
+                // A layer would read such a name as a whiteout: copying it would delete a file
+                // instead, and the commit would be refused.
+                if reserved.is_none() && dst.split('/').any(|c| c.starts_with(".wh.")) {
+                    reserved = Some(dst.clone());
+                }
                 items.push(Item {
-                    dst: join(&target, &node.rel),
+                    dst,
                     kind: node.kind,
                     mode: node.mode,
                     mtime: node.mtime,
@@ -167,6 +174,15 @@ impl Manifest {
                     },
                 });
             })?;
+            if let Some(dst) = reserved {
+                return Err(copy_err(
+                    &src.spec,
+                    format!(
+                        "`/{dst}`: names starting with `.wh.` are reserved for whiteouts in \
+                         layers and cannot be copied"
+                    ),
+                ));
+            }
         }
         Ok(Manifest {
             items,
@@ -361,6 +377,23 @@ mod tests {
             assert_eq!(link.kind, ItemKind::Symlink(b"../a.txt".to_vec()));
         }
         assert_eq!(dsts(&m), want);
+    }
+
+    #[test]
+    fn whiteout_names_are_refused() {
+        let t = tree();
+        fs::write(t.path().join("lib/.wh.b.ml"), "").unwrap();
+        let e = Manifest::build(t.path(), &copy(&["lib"], "/d/", &[]), "/d/")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("d/lib/.wh.b.ml") && e.contains("reserved"),
+            "{e}"
+        );
+        let e = Manifest::build(t.path(), &copy(&["a.txt"], "/d/.wh.x", &[]), "/d/.wh.x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reserved"), "{e}");
     }
 
     #[test]
