@@ -21,10 +21,10 @@
 //!
 //! The container: no user namespace (runc runs as root; rootless is out of scope), pid, ipc,
 //! uts and mount namespaces plus a network namespace (loopback only) unless the job asks for
-//! the host's network; Docker's default capabilities minus `NET_RAW` and
-//! `NET_BIND_SERVICE`; `RLIMIT_NOFILE` 1024; Docker's masked and read-only paths; and
-//! with `fast_sync`, a default-allow seccomp profile that turns the fsync family into no-ops
-//! (without it, no filter at all: OBuilder's rule-less allow-all filter only cost time).
+//! the host's network; Docker's default capabilities minus `NET_RAW` and `NET_BIND_SERVICE`;
+//! Docker's default seccomp profile (see `runc/seccomp.rs`;
+//! `fast_sync` adds no-op rules for the fsync family on top of it); `RLIMIT_NOFILE` 1024;
+//! and Docker's masked and read-only paths.
 //! The job's root is mounted read-write: what the job writes is the next snapshot.
 //!
 //! State layout under `state_dir`: `runc/` is runc's `--root`, `bundles/<name>/` a job's
@@ -43,10 +43,10 @@ use std::time::{Duration, Instant};
 
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
-    Arch, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, Mount,
-    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
-    SpecBuilder, UserBuilder, get_default_maskedpaths, get_default_readonly_paths,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxSeccomp, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder,
+    RootBuilder, Spec, SpecBuilder, UserBuilder, get_default_maskedpaths,
+    get_default_readonly_paths,
 };
 use rustix::process::{
     Pid, Signal, WaitOptions, geteuid, getpid, kill_process, set_child_subreaper,
@@ -58,6 +58,8 @@ use crate::{
     Cancel, Capabilities, Driver, Error, Job, Layout, NetworkMode, Outcome, Plan, PlannedFile,
     Result, TargetOs, User,
 };
+
+mod seccomp;
 
 /// The driver's name.
 pub const RUNC: &str = "runc";
@@ -76,16 +78,6 @@ const CAPABILITIES: [Capability; 12] = [
     Capability::SysChroot,
     Capability::Kill,
     Capability::AuditWrite,
-];
-
-/// The syscalls `fast_sync` turns into successful no-ops.
-const SYNC_SYSCALLS: [&str; 6] = [
-    "fsync",
-    "fdatasync",
-    "msync",
-    "sync",
-    "syncfs",
-    "sync_file_range",
 ];
 
 /// Where `runc run --detach` writes the container's init pid, in the bundle.
@@ -124,8 +116,8 @@ impl RuncOptions {
 pub struct RuncDriver {
     options: RuncOptions,
     capabilities: Capabilities,
-    /// The seccomp architectures, from the host's `uname -m`.
-    arches: Vec<Arch>,
+    /// What the seccomp profile depends on, from `uname`.
+    host: seccomp::Host,
     /// `runc delete`s of finished containers, run off the critical path (a Go process
     /// start costs ~10 ms). Dropping the driver does not wait for them: a `runc delete`
     /// outlives this process if it must, and finishes on its own.
@@ -146,14 +138,17 @@ impl RuncDriver {
             default_workdir: "/".to_owned(),
             default_user: User::Unix { uid: 0, gid: 0 },
         };
-        let machine = rustix::system::uname();
-        let arches = seccomp_arches(&machine.machine().to_string_lossy());
         RuncDriver {
             options,
             capabilities,
-            arches,
+            host: seccomp::Host::current(),
             deleting: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Every job's seccomp filter: Docker's default profile for this host and [`CAPABILITIES`].
+    fn seccomp(&self) -> Result<LinuxSeccomp> {
+        seccomp::profile(&self.host, &CAPABILITIES, self.options.fast_sync).map_err(oci_error)
     }
 
     pub fn options(&self) -> &RuncOptions {
@@ -311,38 +306,13 @@ impl RuncDriver {
             .collect::<Result<Vec<_>, _>>()
             .map_err(oci_error)?;
 
-        // A default-allow filter without rules changes nothing but still costs runc a
-        // libseccomp compile on every start, so there is a filter only for fast sync.
-        let seccomp = if self.options.fast_sync {
-            let mut seccomp =
-                LinuxSeccompBuilder::default().default_action(LinuxSeccompAction::ScmpActAllow);
-            if !self.arches.is_empty() {
-                seccomp = seccomp.architectures(self.arches.clone());
-            }
-            let no_op_syncs = LinuxSyscallBuilder::default()
-                .names(SYNC_SYSCALLS.map(str::to_owned).to_vec())
-                .action(LinuxSeccompAction::ScmpActErrno)
-                // "Fails" with errno 0: the caller sees success.
-                .errno_ret(0u32)
-                .build()
-                .map_err(oci_error)?;
-            Some(
-                seccomp
-                    .syscalls(vec![no_op_syncs])
-                    .build()
-                    .map_err(oci_error)?,
-            )
-        } else {
-            None
-        };
-
         let mut linux = LinuxBuilder::default()
             .namespaces(namespaces)
             .masked_paths(get_default_maskedpaths())
             .readonly_paths(get_default_readonly_paths())
             .build()
             .map_err(oci_error)?;
-        linux.set_seccomp(seccomp);
+        linux.set_seccomp(Some(self.seccomp()?));
         // Like OBuilder: no resource limits, runc's default device rules.
         linux.set_resources(None);
 
@@ -622,15 +592,6 @@ fn delete_container(runc: &Path, root: &Path, name: &str) -> Result<()> {
         program: format!("runc delete {name}"),
         message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
     })
-}
-
-/// The seccomp architectures for a host `uname -m`, as OBuilder.
-fn seccomp_arches(machine: &str) -> Vec<Arch> {
-    match machine {
-        "x86_64" => vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32],
-        "aarch64" => vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm],
-        _ => Vec::new(),
-    }
 }
 
 fn oci_error(err: OciSpecError) -> Error {

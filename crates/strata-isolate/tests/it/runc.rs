@@ -209,6 +209,47 @@ fn capabilities_are_the_twelve() {
 }
 
 #[test]
+fn seccomp_filter_is_active_and_denies_namespaces() {
+    let Some(sb) = Sandbox::new() else { return };
+    let script = "grep '^Seccomp:' /proc/self/status; \
+        unshare -U true 2>&1 && echo userns-made; \
+        unshare -m true 2>&1 && echo mountns-made; \
+        unshare -p -f true 2>&1 && echo pidns-made; \
+        echo end";
+    let log = sb.ok(&sb.job(script));
+    assert!(log.starts_with("Seccomp:\t2\n"), "{log}");
+    assert!(!log.contains("-made"), "{log}");
+    assert!(log.contains("Operation not permitted"), "{log}");
+    assert!(log.ends_with("end\n"), "{log}");
+}
+
+#[test]
+fn seccomp_leaves_ordinary_work_alone() {
+    let Some(sb) = Sandbox::new() else { return };
+    // Processes, pipes, files, signals, chroot (CAP_SYS_CHROOT) and sockets: a refused
+    // connection means socket() and connect() were allowed.
+    let script = "set -e; mkdir -p /tmp/w; cd /tmp/w; \
+        seq 1 1000 | sort -rn | head -n 1 > top; cat top; \
+        ln -s top link; chmod 600 top; touch -d '2000-01-01' top; \
+        (sleep 30 & kill $!; wait $!) 2>/dev/null || true; \
+        chroot / true && echo chroot-ok; \
+        nc 127.0.0.1 1 </dev/null 2>&1 | grep -o 'Connection refused'";
+    assert_eq!(
+        sb.ok(&sb.job(script)),
+        "1000\nchroot-ok\nConnection refused\n"
+    );
+}
+
+#[test]
+fn devices_stay_denied() {
+    let Some(sb) = Sandbox::new() else { return };
+    // CAP_MKNOD makes the node, the device cgroup refuses opening it (Docker's rule).
+    let script = "mknod /tmp/mem c 1 1 && echo made; head -c 1 /tmp/mem >/dev/null 2>&1 \
+        && echo opened || echo refused; rm -f /tmp/mem";
+    assert_eq!(sb.ok(&sb.job(script)), "made\nrefused\n");
+}
+
+#[test]
 fn working_directory_is_created() {
     let Some(sb) = Sandbox::new() else { return };
     let mut job = sb.job("pwd");
@@ -394,13 +435,17 @@ fn a_failing_log_stops_the_job_and_cleans_up() {
 }
 
 #[test]
-fn fast_sync_config_is_accepted() {
+fn fast_sync_keeps_the_filter_and_syncs_still_succeed() {
     let Some(sb) = Sandbox::with(|o| o.fast_sync = true) else {
         return;
     };
+    let script = "grep '^Seccomp:' /proc/self/status; \
+        echo data > /tmp/f && sync && sync /tmp/f && sync -d /tmp/f && sync -f /tmp/f \
+        && echo synced; \
+        unshare -U true 2>/dev/null || echo still-filtered";
     assert_eq!(
-        sb.ok(&sb.job("echo data > /tmp/f && sync && echo synced")),
-        "synced\n"
+        sb.ok(&sb.job(script)),
+        "Seccomp:\t2\nsynced\nstill-filtered\n"
     );
 }
 
