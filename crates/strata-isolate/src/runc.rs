@@ -21,8 +21,9 @@
 //!
 //! The container: no user namespace (runc runs as root; rootless is out of scope), pid, ipc,
 //! uts and mount namespaces plus a network namespace (loopback only) unless the job asks for
-//! the host's network; Docker's default capabilities minus `NET_RAW` and `NET_BIND_SERVICE`;
-//! Docker's default seccomp profile (see `runc/seccomp.rs`;
+//! the host's network; Docker's default capabilities minus `NET_RAW` and `NET_BIND_SERVICE`
+//! in the bounding, effective and permitted sets, none inheritable or ambient
+//! (CVE-2022-24769); Docker's default seccomp profile (see `runc/seccomp.rs`;
 //! `fast_sync` adds no-op rules for the fsync family on top of it); `RLIMIT_NOFILE` 1024;
 //! and Docker's masked and read-only paths.
 //! The job's root is mounted read-write: what the job writes is the next snapshot.
@@ -250,10 +251,12 @@ impl RuncDriver {
                 .into_iter()
                 .collect::<std::collections::HashSet<_>>()
         };
+        // Nothing inheritable: with inheritable capabilities, a job's file capabilities
+        // could grant a non-root user more than it had (CVE-2022-24769).
         let mut capabilities = LinuxCapabilitiesBuilder::default()
             .bounding(caps())
             .effective(caps())
-            .inheritable(caps())
+            .inheritable(std::collections::HashSet::new())
             .permitted(caps())
             .build()
             .map_err(oci_error)?;

@@ -82,7 +82,7 @@ fn process_matches_obuilder() {
 }
 
 #[test]
-fn capabilities_are_dockers_minus_net_raw_and_bind_sorted() {
+fn capabilities_are_dockers_minus_net_raw_and_bind_sorted_none_inheritable() {
     let config = config(&driver(), &job());
     let caps = config["process"]["capabilities"].as_object().unwrap();
     let expected = [
@@ -101,9 +101,12 @@ fn capabilities_are_dockers_minus_net_raw_and_bind_sorted() {
     ];
     let sets: Vec<&String> = caps.keys().collect();
     assert_eq!(sets.len(), 4, "{sets:?}");
-    for set in ["bounding", "effective", "inheritable", "permitted"] {
+    for set in ["bounding", "effective", "permitted"] {
         assert_eq!(strings(&caps[set]), expected, "{set}");
     }
+    // CVE-2022-24769: nothing inheritable, no ambient set at all.
+    assert_eq!(caps["inheritable"], json!([]));
+    assert!(caps.get("ambient").is_none());
 }
 
 #[test]

@@ -198,13 +198,17 @@ fn runs_as_the_jobs_user() {
 }
 
 #[test]
-fn capabilities_are_the_twelve() {
+fn capabilities_are_the_twelve_none_inheritable() {
     let Some(sb) = Sandbox::new() else { return };
-    let log = sb.ok(&sb.job("grep -E '^Cap(Bnd|Eff|Inh|Prm)' /proc/self/status"));
+    let log = sb.ok(&sb.job("grep -E '^Cap(Bnd|Eff|Inh|Prm|Amb)' /proc/self/status"));
     // CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP SYS_CHROOT MKNOD
     // AUDIT_WRITE SETFCAP; Docker's a80425fb minus NET_BIND_SERVICE and NET_RAW.
     for set in ["CapBnd", "CapEff", "CapPrm"] {
         assert!(log.contains(&format!("{set}:\t00000000a80401fb")), "{log}");
+    }
+    // CVE-2022-24769: an inheritable set would let file capabilities raise a user's.
+    for set in ["CapInh", "CapAmb"] {
+        assert!(log.contains(&format!("{set}:\t0000000000000000")), "{log}");
     }
 }
 
