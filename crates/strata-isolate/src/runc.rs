@@ -25,7 +25,8 @@
 //! in the bounding, effective and permitted sets, none inheritable or ambient
 //! (CVE-2022-24769); Docker's default seccomp profile (see `runc/seccomp.rs`;
 //! `fast_sync` adds no-op rules for the fsync family on top of it); `RLIMIT_NOFILE` 1024;
-//! and Docker's masked and read-only paths.
+//! Docker's masked and read-only paths; and the [`Limits`] as cgroup limits (by default
+//! [`crate::DEFAULT_PIDS_LIMIT`] processes).
 //! The job's root is mounted read-write: what the job writes is the next snapshot.
 //!
 //! State layout under `state_dir`: `runc/` is runc's `--root`, `bundles/<name>/` a job's
@@ -44,10 +45,10 @@ use std::time::{Duration, Instant};
 
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxSeccomp, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder,
-    RootBuilder, Spec, SpecBuilder, UserBuilder, get_default_maskedpaths,
-    get_default_readonly_paths,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpu, LinuxMemory,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPids, LinuxResources, LinuxSeccomp, Mount,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder, get_default_maskedpaths, get_default_readonly_paths,
 };
 use rustix::process::{
     Pid, Signal, WaitOptions, geteuid, getpid, kill_process, set_child_subreaper,
@@ -56,8 +57,8 @@ use rustix::process::{
 
 use crate::supervise::{Watched, exit_outcome, supervise};
 use crate::{
-    Cancel, Capabilities, Driver, Error, Job, Layout, NetworkMode, Outcome, Plan, PlannedFile,
-    Result, TargetOs, User,
+    Cancel, Capabilities, Driver, Error, Job, Layout, Limits, NetworkMode, Outcome, Plan,
+    PlannedFile, Result, TargetOs, User,
 };
 
 mod seccomp;
@@ -87,8 +88,11 @@ const PID_FILE: &str = "init.pid";
 /// How long `runc kill` is retried before the processes are killed directly.
 const KILL_PATIENCE: Duration = Duration::from_secs(10);
 
+/// The CFS period a CPU limit is a quota of, in microseconds: Docker's 100 ms.
+const CPU_PERIOD: u64 = 100_000;
+
 /// How a [`RuncDriver`] is set up.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RuncOptions {
     /// runc's `--root` and the bundle dirs live under here.
     pub state_dir: PathBuf,
@@ -98,16 +102,19 @@ pub struct RuncOptions {
     /// Make fsync, fdatasync, msync, sync, syncfs and sync_file_range succeed without
     /// doing anything (runc >= 1.0.0-rc92).
     pub fast_sync: bool,
+    /// The resources each job may use.
+    pub limits: Limits,
 }
 
 impl RuncOptions {
-    /// `runc` from `PATH`, [`crate::default_slots`] slots, no fast sync.
+    /// `runc` from `PATH`, [`crate::default_slots`] slots, no fast sync, default limits.
     pub fn new(state_dir: impl Into<PathBuf>) -> RuncOptions {
         RuncOptions {
             state_dir: state_dir.into(),
             runc: PathBuf::from("runc"),
             slots: crate::default_slots(),
             fast_sync: false,
+            limits: Limits::default(),
         }
     }
 }
@@ -119,6 +126,8 @@ pub struct RuncDriver {
     capabilities: Capabilities,
     /// What the seccomp profile depends on, from `uname`.
     host: seccomp::Host,
+    /// Whether a memory limit also caps swap (see [`can_limit_swap`]).
+    limit_swap: bool,
     /// `runc delete`s of finished containers, run off the critical path (a Go process
     /// start costs ~10 ms). Dropping the driver does not wait for them: a `runc delete`
     /// outlives this process if it must, and finishes on its own.
@@ -143,6 +152,7 @@ impl RuncDriver {
             options,
             capabilities,
             host: seccomp::Host::current(),
+            limit_swap: can_limit_swap(),
             deleting: Mutex::new(Vec::new()),
         }
     }
@@ -238,7 +248,7 @@ impl RuncDriver {
                 )));
             }
         }
-        Ok(())
+        self.options.limits.validate()
     }
 
     /// The OCI runtime config for `job`, whose bundle is `bundle`.
@@ -316,8 +326,8 @@ impl RuncDriver {
             .build()
             .map_err(oci_error)?;
         linux.set_seccomp(Some(self.seccomp()?));
-        // Like OBuilder: no resource limits, runc's default device rules.
-        linux.set_resources(None);
+        // No device rules: runc's defaults deny every device but the usual few.
+        linux.set_resources(self.resources());
 
         let mut spec = SpecBuilder::default()
             .version("1.0.2")
@@ -336,6 +346,40 @@ impl RuncDriver {
             .map_err(oci_error)?;
         spec.set_annotations(None);
         Ok(spec)
+    }
+
+    /// The [`Limits`] as cgroup settings; `None` if there are none.
+    fn resources(&self) -> Option<LinuxResources> {
+        let limits = &self.options.limits;
+        if *limits == Limits::unlimited() {
+            return None;
+        }
+        // The limits were validated: they fit in an i64.
+        let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let mut resources = LinuxResources::default();
+        if let Some(pids) = limits.pids {
+            let mut limit = LinuxPids::default();
+            limit.set_limit(signed(pids));
+            resources.set_pids(Some(limit));
+        }
+        if let Some(bytes) = limits.memory {
+            let mut memory = LinuxMemory::default();
+            memory.set_limit(Some(signed(bytes)));
+            // `swap` is memory plus swap: equal to the limit, the job gets no swap.
+            if self.limit_swap {
+                memory.set_swap(Some(signed(bytes)));
+            }
+            resources.set_memory(Some(memory));
+        }
+        if let Some(cpus) = limits.cpus {
+            let mut cpu = LinuxCpu::default();
+            cpu.set_period(Some(CPU_PERIOD));
+            // Validated: between 0.01 and the host's CPU count.
+            let quota = (cpus * CPU_PERIOD as f64).round() as i64;
+            cpu.set_quota(Some(quota));
+            resources.set_cpu(Some(cpu));
+        }
+        Some(resources)
     }
 
     fn mounts(&self, job: &Job, bundle: &Path) -> Result<Vec<Mount>> {
@@ -595,6 +639,15 @@ fn delete_container(runc: &Path, root: &Path, name: &str) -> Result<()> {
         program: format!("runc delete {name}"),
         message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
     })
+}
+
+/// Whether a memory limit should also cap swap: when the host has swap and runc can set
+/// the limit (cgroup v2, or v1 with swap accounting). Without swap there is nothing to cap.
+fn can_limit_swap() -> bool {
+    let has_swap = fs::read_to_string("/proc/swaps").is_ok_and(|s| s.lines().count() > 1);
+    has_swap
+        && (Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+            || Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists())
 }
 
 fn oci_error(err: OciSpecError) -> Error {

@@ -195,7 +195,122 @@ fn standard_mounts_and_hosts() {
             "/proc/sysrq-trigger"
         ]
     );
-    assert!(config["linux"].get("resources").is_none());
+    assert_eq!(
+        config["linux"]["resources"],
+        json!({"pids": {"limit": crate::DEFAULT_PIDS_LIMIT}}),
+        "by default, processes only; runc's own device rules"
+    );
+}
+
+#[test]
+fn limits_become_cgroup_settings() {
+    let limited = |limits, limit_swap| {
+        let mut driver = RuncDriver::new(RuncOptions {
+            limits,
+            ..RuncOptions::new("/state")
+        });
+        driver.limit_swap = limit_swap;
+        config(&driver, &job())["linux"].get("resources").cloned()
+    };
+    let limits = Limits {
+        memory: Some(512 << 20),
+        cpus: Some(0.5),
+        pids: Some(100),
+    };
+    assert_eq!(
+        limited(limits, false),
+        Some(json!({
+            "memory": {"limit": 512 << 20},
+            "cpu": {"quota": 50_000, "period": 100_000},
+            "pids": {"limit": 100},
+        }))
+    );
+    // Where swap can be limited, the memory limit covers it: no swap for the job.
+    assert_eq!(
+        limited(limits, true).unwrap()["memory"],
+        json!({"limit": 512 << 20, "swap": 512 << 20})
+    );
+    assert_eq!(limited(Limits::unlimited(), true), None);
+    assert_eq!(
+        limited(
+            Limits {
+                cpus: Some(1.0 / 3.0),
+                ..Limits::unlimited()
+            },
+            false
+        ),
+        Some(json!({"cpu": {"quota": 33_333, "period": 100_000}}))
+    );
+}
+
+#[test]
+fn invalid_limits_are_refused_naming_the_limit() {
+    let cases = [
+        (
+            "memory",
+            Limits {
+                memory: Some(1 << 20),
+                ..Limits::default()
+            },
+        ),
+        (
+            "memory",
+            Limits {
+                memory: Some(u64::MAX),
+                ..Limits::default()
+            },
+        ),
+        (
+            "cpus",
+            Limits {
+                cpus: Some(0.001),
+                ..Limits::default()
+            },
+        ),
+        (
+            "cpus",
+            Limits {
+                cpus: Some(f64::NAN),
+                ..Limits::default()
+            },
+        ),
+        (
+            "cpus",
+            Limits {
+                cpus: Some(crate::default_slots() as f64 + 1.0),
+                ..Limits::default()
+            },
+        ),
+        (
+            "pids",
+            Limits {
+                pids: Some(0),
+                ..Limits::default()
+            },
+        ),
+    ];
+    for (what, limits) in cases {
+        let driver = RuncDriver::new(RuncOptions {
+            limits,
+            ..RuncOptions::new("/state")
+        });
+        match driver.plan(&job()) {
+            Err(Error::InvalidLimit { limit, reason }) => {
+                assert_eq!(limit, what, "{reason}");
+            }
+            other => panic!("{limits:?}: {other:?}"),
+        }
+        let options = crate::DriverOptions {
+            limits,
+            ..crate::DriverOptions::new("/state")
+        };
+        let err = crate::driver("runc", &options).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("invalid {what} limit: ")),
+            "{err}"
+        );
+    }
 }
 
 #[test]
