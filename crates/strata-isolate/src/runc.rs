@@ -26,7 +26,8 @@
 //! (CVE-2022-24769); Docker's default seccomp profile (see `runc/seccomp.rs`;
 //! `fast_sync` adds no-op rules for the fsync family on top of it); `RLIMIT_NOFILE` 1024;
 //! Docker's masked and read-only paths; and the [`Limits`] as cgroup limits (by default
-//! [`crate::DEFAULT_PIDS_LIMIT`] processes).
+//! [`crate::DEFAULT_PIDS_LIMIT`] processes). Working directories and mount targets under
+//! `/proc` are refused (CVE-2024-21626 used `/proc/self/fd/N` as a working directory).
 //! The job's root is mounted read-write: what the job writes is the next snapshot.
 //!
 //! State layout under `state_dir`: `runc/` is runc's `--root`, `bundles/<name>/` a job's
@@ -216,6 +217,12 @@ impl RuncDriver {
                 job.cwd
             )));
         }
+        if under_proc(&job.cwd) {
+            return Err(Self::unsupported(format!(
+                "working directory `{}` is under /proc",
+                job.cwd
+            )));
+        }
         if !job.root.is_absolute() {
             return Err(Self::unsupported(format!(
                 "root {} is not absolute",
@@ -245,6 +252,17 @@ impl RuncDriver {
             if !is_clean_absolute(target) {
                 return Err(Self::unsupported(format!(
                     "{what} target `{target}` is not an absolute path without `..`"
+                )));
+            }
+            // runc refuses most of /proc too, but would allow a few files there.
+            if under_proc(target) {
+                return Err(Self::unsupported(format!(
+                    "{what} target `{target}` is under /proc"
+                )));
+            }
+            if Path::new(target) == Path::new("/") {
+                return Err(Self::unsupported(format!(
+                    "{what} target `/` would hide the job's root filesystem"
                 )));
             }
         }
@@ -667,6 +685,22 @@ fn mount(
         .options(options.iter().map(|o| (*o).to_owned()).collect::<Vec<_>>())
         .build()
         .map_err(oci_error)
+}
+
+/// Whether `path` is `/proc` or lies under it once `.` and `..` are resolved lexically
+/// (`/x/../proc/self` is; `..` at the root stays at the root).
+fn under_proc(path: &str) -> bool {
+    let mut normal = Vec::new();
+    for component in Path::new(path).components() {
+        match component {
+            Component::Normal(part) => normal.push(part),
+            Component::ParentDir => {
+                normal.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    normal.first().is_some_and(|first| *first == "proc")
 }
 
 fn is_clean_absolute(path: &str) -> bool {

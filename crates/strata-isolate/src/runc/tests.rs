@@ -422,6 +422,71 @@ fn every_job_gets_dockers_seccomp_profile_and_fast_sync_adds_to_it() {
 }
 
 #[test]
+fn working_directories_under_proc_are_refused_naming_them() {
+    for cwd in [
+        "/proc",
+        "/proc/self/fd/7",
+        "/x/../proc/self",
+        "//proc/1/cwd",
+        "/./proc/",
+        "/../../proc/self/fd/3",
+    ] {
+        match driver().plan(&Job {
+            cwd: cwd.to_owned(),
+            ..job()
+        }) {
+            Err(Error::Unsupported { reason, .. }) => {
+                assert_eq!(
+                    reason,
+                    format!("working directory `{cwd}` is under /proc"),
+                    "{cwd}"
+                );
+            }
+            other => panic!("{cwd}: {other:?}"),
+        }
+    }
+    for cwd in ["/processes", "/src/proc", "/proc/../tmp", "/procfs/x"] {
+        let plan = driver().plan(&Job {
+            cwd: cwd.to_owned(),
+            ..job()
+        });
+        assert!(plan.is_ok(), "{cwd}: {plan:?}");
+    }
+}
+
+#[test]
+fn mount_and_secret_targets_under_proc_or_at_the_root_are_refused() {
+    let secret = |target: &str| SecretMount {
+        source: "/s".into(),
+        target: target.to_owned(),
+    };
+    let cache = |target: &str| BindMount {
+        source: "/c".into(),
+        target: target.to_owned(),
+        readonly: false,
+    };
+    for target in ["/proc", "/proc/self/attr/current", "/proc/cpuinfo", "/"] {
+        for job in [
+            Job {
+                secrets: vec![secret(target)],
+                ..job()
+            },
+            Job {
+                mounts: vec![cache(target)],
+                ..job()
+            },
+        ] {
+            match driver().plan(&job) {
+                Err(Error::Unsupported { reason, .. }) => {
+                    assert!(reason.contains(&format!("target `{target}`")), "{reason}");
+                }
+                other => panic!("{target}: {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
 fn plan_is_deterministic_and_config_json_is_the_detail() {
     let job = Job {
         secrets: vec![SecretMount {

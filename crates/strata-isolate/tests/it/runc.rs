@@ -365,6 +365,19 @@ fn devices_stay_denied() {
 }
 
 #[test]
+fn a_working_directory_under_proc_is_refused() {
+    let Some(sb) = Sandbox::new() else { return };
+    let mut job = sb.job("pwd");
+    job.cwd = "/tmp/../proc/self/fd/3".to_owned();
+    let err = sb.driver.plan(&job).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("`/tmp/../proc/self/fd/3` is under /proc"),
+        "{err}"
+    );
+}
+
+#[test]
 fn working_directory_is_created() {
     let Some(sb) = Sandbox::new() else { return };
     let mut job = sb.job("pwd");
