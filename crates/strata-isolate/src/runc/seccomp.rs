@@ -36,7 +36,7 @@ const EPERM: u32 = 1;
 const ENOSYS: u32 = 38;
 
 /// The syscalls `fast_sync` turns into successful no-ops.
-pub(crate) const SYNC_SYSCALLS: [&str; 6] = [
+const SYNC_SYSCALLS: [&str; 6] = [
     "fsync",
     "fdatasync",
     "msync",
