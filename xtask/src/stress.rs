@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail, ensure};
 use strata_build::{BuildOptions, Builder, Transcript};
-use strata_isolate::{Cancel, DriverOptions};
+use strata_isolate::{Cancel, DriverOptions, Limits};
 use strata_snapshot::Engine;
 
 const STEPS: usize = 4;
@@ -81,6 +81,7 @@ fn stress(dir: &Path, jobs: usize, concurrency: usize) -> anyhow::Result<Report>
             state_dir: store.join("isolate-v1/runc"),
             slots: Some(concurrency),
             fast_sync: true,
+            limits: Limits::default(),
         },
     )?;
     driver.check()?;

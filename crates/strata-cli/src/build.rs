@@ -26,6 +26,7 @@ fn open_builder(global: &GlobalArgs, sandbox: &SandboxArgs) -> Result<Builder> {
         state_dir: root.join("isolate-v1").join(name),
         slots: sandbox.slots,
         fast_sync: sandbox.fast_sync,
+        limits: sandbox.limits(),
     };
     let driver = strata_isolate::driver(name, &options)?;
     Ok(Builder::new(Arc::new(engine), driver)?)

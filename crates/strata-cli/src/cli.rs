@@ -607,6 +607,73 @@ mod tests {
             assert!(parse_size(bad).is_err(), "{bad:?} was accepted");
         }
     }
+
+    fn sandbox(args: &[&str]) -> Result<SandboxArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["strata", "build"].iter().chain(args))?;
+        match cli.command {
+            Command::Build(build) => Ok(build.sandbox),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn limits_default_to_the_pids_limit_only() {
+        let limits = sandbox(&[]).unwrap().limits();
+        assert_eq!(limits, strata_isolate::Limits::default());
+        assert_eq!(limits.pids, Some(strata_isolate::DEFAULT_PIDS_LIMIT));
+    }
+
+    #[test]
+    fn limit_flags_take_dockers_syntax() {
+        let limits = sandbox(&["--memory", "512m", "--cpus", "0.5", "--pids-limit", "100"])
+            .unwrap()
+            .limits();
+        assert_eq!(
+            limits,
+            strata_isolate::Limits {
+                memory: Some(512 << 20),
+                cpus: Some(0.5),
+                pids: Some(100),
+            }
+        );
+        assert_eq!(
+            sandbox(&["--memory", "2g"]).unwrap().limits().memory,
+            Some(2 << 30)
+        );
+        assert_eq!(
+            sandbox(&["--memory", "104857600"]).unwrap().limits().memory,
+            Some(100 << 20)
+        );
+        for unlimited in ["0", "-1"] {
+            let limits = sandbox(&["--pids-limit", unlimited]).unwrap().limits();
+            assert_eq!(limits.pids, None, "{unlimited}");
+        }
+    }
+
+    #[test]
+    fn bad_limits_are_refused_naming_the_flag() {
+        let too_many = (strata_isolate::default_slots() + 1).to_string();
+        for (args, flag, why) in [
+            (["--memory", "12x"], "--memory", "unknown unit"),
+            (["--memory", "1k"], "--memory", "below the minimum of 6 MiB"),
+            (["--memory", "-1"], "--memory", "unknown unit"),
+            (["--cpus", "-1"], "--cpus", "below the minimum"),
+            (["--cpus", "lots"], "--cpus", "not a number of CPUs"),
+            (["--cpus", "0"], "--cpus", "below the minimum"),
+            (
+                ["--cpus", too_many.as_str()],
+                "--cpus",
+                "CPUs this host has",
+            ),
+            (["--cpus", "NaN"], "--cpus", "below the minimum"),
+            (["--pids-limit", "-2"], "--pids-limit", ""),
+            (["--pids-limit", "many"], "--pids-limit", ""),
+        ] {
+            let err = sandbox(&args).unwrap_err().to_string();
+            assert!(err.contains(flag), "{args:?}: {err}");
+            assert!(err.contains(why), "{args:?}: {err}");
+        }
+    }
 }
 
 const BUILD_AFTER_HELP: &str = "\
@@ -632,6 +699,65 @@ pub(crate) struct SandboxArgs {
     /// step's own writes for speed; commits are still durable
     #[arg(long)]
     pub(crate) fast_sync: bool,
+
+    /// Memory a step may use, swap included, or the kernel kills it (runc): bytes or a
+    /// number with a binary unit, as Docker's --memory (512m, 2g); at least 6m [default:
+    /// unlimited]
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory, allow_negative_numbers = true)]
+    pub(crate) memory: Option<u64>,
+
+    /// CPU time a step may use, in CPUs (runc): 1.5 is one and a half CPUs' worth, spread
+    /// over any of them; from 0.01 to the host's CPU count [default: unlimited]
+    #[arg(long, value_name = "N", value_parser = parse_cpus, allow_negative_numbers = true)]
+    pub(crate) cpus: Option<f64>,
+
+    /// Processes and threads a step may have at once (runc); 0 or -1: no limit
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = i64::try_from(strata_isolate::DEFAULT_PIDS_LIMIT).unwrap_or(i64::MAX),
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(i64).range(-1..)
+    )]
+    pub(crate) pids_limit: i64,
+}
+
+impl SandboxArgs {
+    /// The limits each step runs under.
+    pub(crate) fn limits(&self) -> strata_isolate::Limits {
+        strata_isolate::Limits {
+            memory: self.memory,
+            cpus: self.cpus,
+            pids: u64::try_from(self.pids_limit).ok().filter(|n| *n > 0),
+        }
+    }
+}
+
+/// Parses `--memory`: a [`parse_size`] of at least [`strata_isolate::MIN_MEMORY_LIMIT`].
+pub(crate) fn parse_memory(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    strata_isolate::Limits {
+        memory: Some(bytes),
+        ..strata_isolate::Limits::unlimited()
+    }
+    .validate()
+    .map_err(|e| e.to_string())?;
+    Ok(bytes)
+}
+
+/// Parses `--cpus`: a number of CPUs such as `1.5`, within what the host has.
+pub(crate) fn parse_cpus(text: &str) -> Result<f64, String> {
+    let cpus: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of CPUs (e.g. 1.5)"))?;
+    strata_isolate::Limits {
+        cpus: Some(cpus),
+        ..strata_isolate::Limits::unlimited()
+    }
+    .validate()
+    .map_err(|e| e.to_string())?;
+    Ok(cpus)
 }
 
 #[derive(Debug, Args)]

@@ -20,6 +20,8 @@ pub enum Error {
     },
     #[error("`{program}` failed: {message}")]
     Command { program: String, message: String },
+    #[error("invalid {limit} limit: {reason}")]
+    InvalidLimit { limit: &'static str, reason: String },
     #[error("driver `{driver}` is not usable here: {reason}")]
     Unavailable { driver: String, reason: String },
     /// An OS operation that has no path to name: a pipe, a thread, writing the job log.

@@ -40,7 +40,7 @@ pub const DRIVERS: &[&str] = &["host"];
 pub const DRIVERS: &[&str] = &[];
 
 /// What every driver is made from; each driver ignores what it has no use for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DriverOptions {
     /// Where a driver keeps its state (runc's `--root`, bundle dirs). Created on demand.
     pub state_dir: PathBuf,
@@ -49,6 +49,8 @@ pub struct DriverOptions {
     /// Make the fsync family of syscalls no-ops inside jobs (runc only): a crashed build is
     /// thrown away anyway, and syncs are slow on some filesystems.
     pub fast_sync: bool,
+    /// The resources each job may use (runc only).
+    pub limits: Limits,
 }
 
 impl DriverOptions {
@@ -57,6 +59,95 @@ impl DriverOptions {
             state_dir: state_dir.into(),
             slots: None,
             fast_sync: false,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The default [`Limits::pids`]: podman's (`pids_limit` in containers.conf). Docker and
+/// Kubernetes set none, which lets one fork bomb take the host down; 2048 processes and
+/// threads leave room for a parallel build.
+pub const DEFAULT_PIDS_LIMIT: u64 = 2048;
+
+/// The smallest memory limit: Docker's, below which runc itself cannot start a container.
+pub const MIN_MEMORY_LIMIT: u64 = 6 << 20;
+
+/// The smallest CPU limit, Docker's: 1% of a CPU, the kernel's smallest quota (1 ms per
+/// 100 ms period).
+pub const MIN_CPUS_LIMIT: f64 = 0.01;
+
+/// What each job may use, enforced with cgroups. The default limits processes only.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Memory in bytes, swap included: a job that needs more is killed by the kernel's OOM
+    /// killer. At least [`MIN_MEMORY_LIMIT`]. `None`: unlimited.
+    pub memory: Option<u64>,
+    /// CPU time as a number of CPUs, e.g. 1.5: a quota of 150 ms per 100 ms period, spread
+    /// over any CPUs. From [`MIN_CPUS_LIMIT`] to the host's CPU count. `None`: unlimited.
+    pub cpus: Option<f64>,
+    /// Processes and threads at once; beyond, `fork` and `clone` fail with `EAGAIN`.
+    /// `None`: unlimited.
+    pub pids: Option<u64>,
+}
+
+impl Default for Limits {
+    /// [`DEFAULT_PIDS_LIMIT`] processes; memory and CPU unlimited.
+    fn default() -> Limits {
+        Limits {
+            memory: None,
+            cpus: None,
+            pids: Some(DEFAULT_PIDS_LIMIT),
+        }
+    }
+}
+
+impl Limits {
+    /// No limit at all.
+    pub fn unlimited() -> Limits {
+        Limits {
+            memory: None,
+            cpus: None,
+            pids: None,
+        }
+    }
+
+    /// Refuses limits no job could run under, or that the kernel cannot express.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |limit, reason: String| Err(Error::InvalidLimit { limit, reason });
+        if let Some(bytes) = self.memory {
+            if bytes < MIN_MEMORY_LIMIT {
+                return invalid(
+                    "memory",
+                    format!("{bytes} bytes is below the minimum of 6 MiB"),
+                );
+            }
+            if i64::try_from(bytes).is_err() {
+                return invalid("memory", format!("{bytes} bytes is too large"));
+            }
+        }
+        if let Some(cpus) = self.cpus {
+            let host = default_slots();
+            if cpus.is_nan() || cpus < MIN_CPUS_LIMIT {
+                return invalid(
+                    "cpus",
+                    format!("{cpus} is below the minimum of {MIN_CPUS_LIMIT}"),
+                );
+            }
+            if cpus > host as f64 {
+                return invalid(
+                    "cpus",
+                    format!("{cpus} is more than the {host} CPUs this host has"),
+                );
+            }
+        }
+        match self.pids {
+            Some(0) => invalid(
+                "pids",
+                "0 would not even allow the job's first process (leave it unset for no limit)"
+                    .to_owned(),
+            ),
+            Some(n) if i64::try_from(n).is_err() => invalid("pids", format!("{n} is too large")),
+            _ => Ok(()),
         }
     }
 }
@@ -67,12 +158,16 @@ pub fn driver(name: &str, options: &DriverOptions) -> Result<Box<dyn Driver>> {
     let _ = options;
     match name {
         #[cfg(target_os = "linux")]
-        "runc" => Ok(Box::new(runc::RuncDriver::new(runc::RuncOptions {
-            state_dir: options.state_dir.clone(),
-            runc: PathBuf::from("runc"),
-            slots: options.slots.unwrap_or_else(default_slots),
-            fast_sync: options.fast_sync,
-        }))),
+        "runc" => {
+            options.limits.validate()?;
+            Ok(Box::new(runc::RuncDriver::new(runc::RuncOptions {
+                state_dir: options.state_dir.clone(),
+                runc: PathBuf::from("runc"),
+                slots: options.slots.unwrap_or_else(default_slots),
+                fast_sync: options.fast_sync,
+                limits: options.limits,
+            })))
+        }
         #[cfg(unix)]
         "host" => Ok(Box::new(host::HostDriver::new(
             options.slots.unwrap_or_else(default_slots),

@@ -21,10 +21,13 @@
 //!
 //! The container: no user namespace (runc runs as root; rootless is out of scope), pid, ipc,
 //! uts and mount namespaces plus a network namespace (loopback only) unless the job asks for
-//! the host's network; Docker's default capabilities minus `NET_RAW` and
-//! `NET_BIND_SERVICE`; `RLIMIT_NOFILE` 1024; Docker's masked and read-only paths; and
-//! with `fast_sync`, a default-allow seccomp profile that turns the fsync family into no-ops
-//! (without it, no filter at all: OBuilder's rule-less allow-all filter only cost time).
+//! the host's network; Docker's default capabilities minus `NET_RAW` and `NET_BIND_SERVICE`
+//! in the bounding, effective and permitted sets, none inheritable or ambient
+//! (CVE-2022-24769); Docker's default seccomp profile (see `runc/seccomp.rs`;
+//! `fast_sync` adds no-op rules for the fsync family on top of it); `RLIMIT_NOFILE` 1024;
+//! Docker's masked and read-only paths; and the [`Limits`] as cgroup limits (by default
+//! [`crate::DEFAULT_PIDS_LIMIT`] processes). Working directories and mount targets under
+//! `/proc` are refused (CVE-2024-21626 used `/proc/self/fd/N` as a working directory).
 //! The job's root is mounted read-write: what the job writes is the next snapshot.
 //!
 //! State layout under `state_dir`: `runc/` is runc's `--root`, `bundles/<name>/` a job's
@@ -43,8 +46,8 @@ use std::time::{Duration, Instant};
 
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
-    Arch, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, Mount,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpu, LinuxMemory,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPids, LinuxResources, LinuxSeccomp, Mount,
     MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
     SpecBuilder, UserBuilder, get_default_maskedpaths, get_default_readonly_paths,
 };
@@ -55,9 +58,11 @@ use rustix::process::{
 
 use crate::supervise::{Watched, exit_outcome, supervise};
 use crate::{
-    Cancel, Capabilities, Driver, Error, Job, Layout, NetworkMode, Outcome, Plan, PlannedFile,
-    Result, TargetOs, User,
+    Cancel, Capabilities, Driver, Error, Job, Layout, Limits, NetworkMode, Outcome, Plan,
+    PlannedFile, Result, TargetOs, User,
 };
+
+mod seccomp;
 
 /// The driver's name.
 pub const RUNC: &str = "runc";
@@ -78,24 +83,17 @@ const CAPABILITIES: [Capability; 12] = [
     Capability::AuditWrite,
 ];
 
-/// The syscalls `fast_sync` turns into successful no-ops.
-const SYNC_SYSCALLS: [&str; 6] = [
-    "fsync",
-    "fdatasync",
-    "msync",
-    "sync",
-    "syncfs",
-    "sync_file_range",
-];
-
 /// Where `runc run --detach` writes the container's init pid, in the bundle.
 const PID_FILE: &str = "init.pid";
 
 /// How long `runc kill` is retried before the processes are killed directly.
 const KILL_PATIENCE: Duration = Duration::from_secs(10);
 
+/// The CFS period a CPU limit is a quota of, in microseconds: Docker's 100 ms.
+const CPU_PERIOD: u64 = 100_000;
+
 /// How a [`RuncDriver`] is set up.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RuncOptions {
     /// runc's `--root` and the bundle dirs live under here.
     pub state_dir: PathBuf,
@@ -105,16 +103,19 @@ pub struct RuncOptions {
     /// Make fsync, fdatasync, msync, sync, syncfs and sync_file_range succeed without
     /// doing anything (runc >= 1.0.0-rc92).
     pub fast_sync: bool,
+    /// The resources each job may use.
+    pub limits: Limits,
 }
 
 impl RuncOptions {
-    /// `runc` from `PATH`, [`crate::default_slots`] slots, no fast sync.
+    /// `runc` from `PATH`, [`crate::default_slots`] slots, no fast sync, default limits.
     pub fn new(state_dir: impl Into<PathBuf>) -> RuncOptions {
         RuncOptions {
             state_dir: state_dir.into(),
             runc: PathBuf::from("runc"),
             slots: crate::default_slots(),
             fast_sync: false,
+            limits: Limits::default(),
         }
     }
 }
@@ -124,8 +125,10 @@ impl RuncOptions {
 pub struct RuncDriver {
     options: RuncOptions,
     capabilities: Capabilities,
-    /// The seccomp architectures, from the host's `uname -m`.
-    arches: Vec<Arch>,
+    /// What the seccomp profile depends on, from `uname`.
+    host: seccomp::Host,
+    /// Whether a memory limit also caps swap (see [`can_limit_swap`]).
+    limit_swap: bool,
     /// `runc delete`s of finished containers, run off the critical path (a Go process
     /// start costs ~10 ms). Dropping the driver does not wait for them: a `runc delete`
     /// outlives this process if it must, and finishes on its own.
@@ -146,14 +149,18 @@ impl RuncDriver {
             default_workdir: "/".to_owned(),
             default_user: User::Unix { uid: 0, gid: 0 },
         };
-        let machine = rustix::system::uname();
-        let arches = seccomp_arches(&machine.machine().to_string_lossy());
         RuncDriver {
             options,
             capabilities,
-            arches,
+            host: seccomp::Host::current(),
+            limit_swap: can_limit_swap(),
             deleting: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Every job's seccomp filter: Docker's default profile for this host and [`CAPABILITIES`].
+    fn seccomp(&self) -> Result<LinuxSeccomp> {
+        seccomp::profile(&self.host, &CAPABILITIES, self.options.fast_sync).map_err(oci_error)
     }
 
     pub fn options(&self) -> &RuncOptions {
@@ -210,6 +217,12 @@ impl RuncDriver {
                 job.cwd
             )));
         }
+        if under_proc(&job.cwd) {
+            return Err(Self::unsupported(format!(
+                "working directory `{}` is under /proc",
+                job.cwd
+            )));
+        }
         if !job.root.is_absolute() {
             return Err(Self::unsupported(format!(
                 "root {} is not absolute",
@@ -241,8 +254,19 @@ impl RuncDriver {
                     "{what} target `{target}` is not an absolute path without `..`"
                 )));
             }
+            // runc refuses most of /proc too, but would allow a few files there.
+            if under_proc(target) {
+                return Err(Self::unsupported(format!(
+                    "{what} target `{target}` is under /proc"
+                )));
+            }
+            if Path::new(target) == Path::new("/") {
+                return Err(Self::unsupported(format!(
+                    "{what} target `/` would hide the job's root filesystem"
+                )));
+            }
         }
-        Ok(())
+        self.options.limits.validate()
     }
 
     /// The OCI runtime config for `job`, whose bundle is `bundle`.
@@ -255,10 +279,12 @@ impl RuncDriver {
                 .into_iter()
                 .collect::<std::collections::HashSet<_>>()
         };
+        // Nothing inheritable: with inheritable capabilities, a job's file capabilities
+        // could grant a non-root user more than it had (CVE-2022-24769).
         let mut capabilities = LinuxCapabilitiesBuilder::default()
             .bounding(caps())
             .effective(caps())
-            .inheritable(caps())
+            .inheritable(std::collections::HashSet::new())
             .permitted(caps())
             .build()
             .map_err(oci_error)?;
@@ -311,40 +337,15 @@ impl RuncDriver {
             .collect::<Result<Vec<_>, _>>()
             .map_err(oci_error)?;
 
-        // A default-allow filter without rules changes nothing but still costs runc a
-        // libseccomp compile on every start, so there is a filter only for fast sync.
-        let seccomp = if self.options.fast_sync {
-            let mut seccomp =
-                LinuxSeccompBuilder::default().default_action(LinuxSeccompAction::ScmpActAllow);
-            if !self.arches.is_empty() {
-                seccomp = seccomp.architectures(self.arches.clone());
-            }
-            let no_op_syncs = LinuxSyscallBuilder::default()
-                .names(SYNC_SYSCALLS.map(str::to_owned).to_vec())
-                .action(LinuxSeccompAction::ScmpActErrno)
-                // "Fails" with errno 0: the caller sees success.
-                .errno_ret(0u32)
-                .build()
-                .map_err(oci_error)?;
-            Some(
-                seccomp
-                    .syscalls(vec![no_op_syncs])
-                    .build()
-                    .map_err(oci_error)?,
-            )
-        } else {
-            None
-        };
-
         let mut linux = LinuxBuilder::default()
             .namespaces(namespaces)
             .masked_paths(get_default_maskedpaths())
             .readonly_paths(get_default_readonly_paths())
             .build()
             .map_err(oci_error)?;
-        linux.set_seccomp(seccomp);
-        // Like OBuilder: no resource limits, runc's default device rules.
-        linux.set_resources(None);
+        linux.set_seccomp(Some(self.seccomp()?));
+        // No device rules: runc's defaults deny every device but the usual few.
+        linux.set_resources(self.resources());
 
         let mut spec = SpecBuilder::default()
             .version("1.0.2")
@@ -363,6 +364,40 @@ impl RuncDriver {
             .map_err(oci_error)?;
         spec.set_annotations(None);
         Ok(spec)
+    }
+
+    /// The [`Limits`] as cgroup settings; `None` if there are none.
+    fn resources(&self) -> Option<LinuxResources> {
+        let limits = &self.options.limits;
+        if *limits == Limits::unlimited() {
+            return None;
+        }
+        // The limits were validated: they fit in an i64.
+        let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let mut resources = LinuxResources::default();
+        if let Some(pids) = limits.pids {
+            let mut limit = LinuxPids::default();
+            limit.set_limit(signed(pids));
+            resources.set_pids(Some(limit));
+        }
+        if let Some(bytes) = limits.memory {
+            let mut memory = LinuxMemory::default();
+            memory.set_limit(Some(signed(bytes)));
+            // `swap` is memory plus swap: equal to the limit, the job gets no swap.
+            if self.limit_swap {
+                memory.set_swap(Some(signed(bytes)));
+            }
+            resources.set_memory(Some(memory));
+        }
+        if let Some(cpus) = limits.cpus {
+            let mut cpu = LinuxCpu::default();
+            cpu.set_period(Some(CPU_PERIOD));
+            // Validated: between 0.01 and the host's CPU count.
+            let quota = (cpus * CPU_PERIOD as f64).round() as i64;
+            cpu.set_quota(Some(quota));
+            resources.set_cpu(Some(cpu));
+        }
+        Some(resources)
     }
 
     fn mounts(&self, job: &Job, bundle: &Path) -> Result<Vec<Mount>> {
@@ -624,13 +659,13 @@ fn delete_container(runc: &Path, root: &Path, name: &str) -> Result<()> {
     })
 }
 
-/// The seccomp architectures for a host `uname -m`, as OBuilder.
-fn seccomp_arches(machine: &str) -> Vec<Arch> {
-    match machine {
-        "x86_64" => vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32],
-        "aarch64" => vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm],
-        _ => Vec::new(),
-    }
+/// Whether a memory limit should also cap swap: when the host has swap and runc can set
+/// the limit (cgroup v2, or v1 with swap accounting). Without swap there is nothing to cap.
+fn can_limit_swap() -> bool {
+    let has_swap = fs::read_to_string("/proc/swaps").is_ok_and(|s| s.lines().count() > 1);
+    has_swap
+        && (Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+            || Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists())
 }
 
 fn oci_error(err: OciSpecError) -> Error {
@@ -650,6 +685,22 @@ fn mount(
         .options(options.iter().map(|o| (*o).to_owned()).collect::<Vec<_>>())
         .build()
         .map_err(oci_error)
+}
+
+/// Whether `path` is `/proc` or lies under it once `.` and `..` are resolved lexically
+/// (`/x/../proc/self` is; `..` at the root stays at the root).
+fn under_proc(path: &str) -> bool {
+    let mut normal = Vec::new();
+    for component in Path::new(path).components() {
+        match component {
+            Component::Normal(part) => normal.push(part),
+            Component::ParentDir => {
+                normal.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    normal.first().is_some_and(|first| *first == "proc")
 }
 
 fn is_clean_absolute(path: &str) -> bool {

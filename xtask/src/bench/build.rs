@@ -1,18 +1,21 @@
 //! The builder cases: what a cached step costs, and what running a no-op step through runc
-//! costs next to a bare `runc run` of the same root filesystem.
+//! costs next to a plain `runc run` of the same root filesystem.
 //!
 //! - a 1-step and a 20-step spec whose steps are all cache hits (`strata --json build`, its
 //!   in-process `seconds` against issue 4's < 2 ms per hit and < 50 ms for 20 hits);
 //! - a no-op `(run (shell "true"))` step run end to end (checkout, runc, commit, record;
 //!   the result is deleted with `strata delete` before every run, untimed) against
-//!   `runc run` of a bundle holding the busybox rootfs and the same argv, side by side;
-//!   target: at most 1.5× the bare run.
+//!   `runc run` of a bundle holding the busybox rootfs and the same argv, side by side.
+//!   The baseline is what `docker run` would do: the bundle carries the same seccomp filter
+//!   as our step (Docker's default profile, which runc compiles on every start); target: at
+//!   most 1.5× that. The same bundle without a filter is reported too.
 //!
 //! They need root, runc and busybox-static; without them they are skipped with a note.
 
 use std::path::Path;
 
 use anyhow::Context as _;
+use strata_isolate::{DriverOptions, Job, NetworkMode, User};
 
 use super::cases::{Context, s, time_case};
 use super::report::{Report, Target};
@@ -108,13 +111,12 @@ pub(crate) fn run(ctx: &Context<'_>, report: &mut Report) -> anyhow::Result<()> 
         .to_owned();
     let bundle = dir.join("bundle");
     std::fs::create_dir_all(&bundle)?;
-    runner::timed(&strata(&[
-        "checkout",
-        "--copy",
-        "busybox",
-        &s(&bundle.join("rootfs")),
-    ]))?;
-    write_bare_config(&bundle)?;
+    let rootfs = bundle.join("rootfs");
+    runner::timed(&strata(&["checkout", "--copy", "busybox", &s(&rootfs)]))?;
+    write_bare_config(&bundle, &rootfs, None)?;
+    let filtered = dir.join("bundle-seccomp");
+    std::fs::create_dir_all(&filtered)?;
+    write_bare_config(&filtered, &rootfs, Some(step_seccomp(&dir, &rootfs)?))?;
     let runc_root = dir.join("runc-state");
     let delete_step = || -> anyhow::Result<()> {
         // Deleting the step's snapshot makes the next build run it again.
@@ -127,13 +129,18 @@ pub(crate) fn run(ctx: &Context<'_>, report: &mut Report) -> anyhow::Result<()> 
         argv: strata(&["build", &noop]),
         prepare: &delete_step,
     };
-    let bare = Contender {
-        label: "runc run",
-        argv: bare_argv(&bundle, &runc_root),
+    let docker_like = Contender {
+        label: "runc run (seccomp)",
+        argv: bare_argv(&filtered, &runc_root, "strata-bench-seccomp"),
         prepare: &nothing,
     };
-    let name = "build: no-op run step (runc) vs bare runc run";
-    let contenders = [ours, bare];
+    let bare = Contender {
+        label: "runc run",
+        argv: bare_argv(&bundle, &runc_root, "strata-bench-bare"),
+        prepare: &nothing,
+    };
+    let name = "build: no-op run step (runc) vs runc run with Docker's seccomp profile";
+    let contenders = [ours, docker_like, bare];
     let (samples, share) = runner::side_by_side(name, &contenders, ctx.runs)?;
     report.cases.push(time_case(
         ctx,
@@ -143,12 +150,20 @@ pub(crate) fn run(ctx: &Context<'_>, report: &mut Report) -> anyhow::Result<()> 
         Target::AtLeast(NOOP_RATIO_TARGET),
         share,
     ));
+    report.cases.push(time_case(
+        ctx,
+        "build: no-op run step (runc) vs bare runc run without seccomp",
+        (&contenders[0], &samples[0]),
+        (&contenders[2], &samples[2]),
+        Target::None,
+        share,
+    ));
     runner::remove(&dir)?;
     Ok(())
 }
 
-/// `runc run` of the bare bundle, under its own state root.
-fn bare_argv(bundle: &Path, runc_root: &Path) -> Vec<String> {
+/// `runc run` of a bare bundle as container `name`, under its own state root.
+fn bare_argv(bundle: &Path, runc_root: &Path, name: &str) -> Vec<String> {
     [
         "runc",
         "--root",
@@ -156,14 +171,39 @@ fn bare_argv(bundle: &Path, runc_root: &Path) -> Vec<String> {
         "run",
         "--bundle",
         &s(bundle),
-        "strata-bench-bare",
+        name,
     ]
     .map(str::to_owned)
     .to_vec()
 }
 
-/// `runc spec`'s default config, running `/bin/sh -c true` without a terminal.
-fn write_bare_config(bundle: &Path) -> anyhow::Result<()> {
+/// The seccomp filter the runc driver gives a step, read from the plan of a job.
+fn step_seccomp(dir: &Path, rootfs: &Path) -> anyhow::Result<serde_json::Value> {
+    let driver = strata_isolate::driver("runc", &DriverOptions::new(dir.join("probe")))?;
+    let plan = driver.plan(&Job {
+        name: "strata-bench-probe".to_owned(),
+        root: rootfs.to_owned(),
+        argv: vec!["/bin/true".to_owned()],
+        cwd: "/".to_owned(),
+        env: Vec::new(),
+        user: User::Unix { uid: 0, gid: 0 },
+        network: NetworkMode::None,
+        mounts: Vec::new(),
+        secrets: Vec::new(),
+        hostname: "bench".to_owned(),
+    })?;
+    let seccomp = plan.detail["linux"]["seccomp"].clone();
+    anyhow::ensure!(seccomp.is_object(), "the runc plan has no seccomp filter");
+    Ok(seccomp)
+}
+
+/// `runc spec`'s default config, running `/bin/sh -c true` without a terminal in `rootfs`,
+/// with `seccomp` as its filter if given.
+fn write_bare_config(
+    bundle: &Path,
+    rootfs: &Path,
+    seccomp: Option<serde_json::Value>,
+) -> anyhow::Result<()> {
     let status = std::process::Command::new("runc")
         .arg("spec")
         .arg("--bundle")
@@ -175,6 +215,10 @@ fn write_bare_config(bundle: &Path) -> anyhow::Result<()> {
     config["process"]["terminal"] = false.into();
     config["process"]["args"] = serde_json::json!(["/bin/sh", "-c", "true"]);
     config["root"]["readonly"] = false.into();
+    config["root"]["path"] = s(rootfs).into();
+    if let Some(seccomp) = seccomp {
+        config["linux"]["seccomp"] = seccomp;
+    }
     std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
     Ok(())
 }

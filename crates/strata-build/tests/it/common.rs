@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use strata_build::{BuildOptions, Builder, Secret, Transcript};
-use strata_isolate::{Cancel, DriverOptions};
+use strata_isolate::{Cancel, DriverOptions, Limits};
 use strata_snapshot::{Engine, SnapshotId};
 
 /// The shell the busybox base has (OBuilder's default is bash).
@@ -106,6 +106,7 @@ pub(crate) fn builder_at(store: &Path) -> Builder {
             state_dir: store.join("isolate-v1/runc"),
             slots: Some(4),
             fast_sync: true,
+            limits: Limits::default(),
         },
     )
     .unwrap();

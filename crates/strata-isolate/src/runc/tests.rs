@@ -82,7 +82,7 @@ fn process_matches_obuilder() {
 }
 
 #[test]
-fn capabilities_are_dockers_minus_net_raw_and_bind_sorted() {
+fn capabilities_are_dockers_minus_net_raw_and_bind_sorted_none_inheritable() {
     let config = config(&driver(), &job());
     let caps = config["process"]["capabilities"].as_object().unwrap();
     let expected = [
@@ -101,9 +101,12 @@ fn capabilities_are_dockers_minus_net_raw_and_bind_sorted() {
     ];
     let sets: Vec<&String> = caps.keys().collect();
     assert_eq!(sets.len(), 4, "{sets:?}");
-    for set in ["bounding", "effective", "inheritable", "permitted"] {
+    for set in ["bounding", "effective", "permitted"] {
         assert_eq!(strings(&caps[set]), expected, "{set}");
     }
+    // CVE-2022-24769: nothing inheritable, no ambient set at all.
+    assert_eq!(caps["inheritable"], json!([]));
+    assert!(caps.get("ambient").is_none());
 }
 
 #[test]
@@ -192,7 +195,122 @@ fn standard_mounts_and_hosts() {
             "/proc/sysrq-trigger"
         ]
     );
-    assert!(config["linux"].get("resources").is_none());
+    assert_eq!(
+        config["linux"]["resources"],
+        json!({"pids": {"limit": crate::DEFAULT_PIDS_LIMIT}}),
+        "by default, processes only; runc's own device rules"
+    );
+}
+
+#[test]
+fn limits_become_cgroup_settings() {
+    let limited = |limits, limit_swap| {
+        let mut driver = RuncDriver::new(RuncOptions {
+            limits,
+            ..RuncOptions::new("/state")
+        });
+        driver.limit_swap = limit_swap;
+        config(&driver, &job())["linux"].get("resources").cloned()
+    };
+    let limits = Limits {
+        memory: Some(512 << 20),
+        cpus: Some(0.5),
+        pids: Some(100),
+    };
+    assert_eq!(
+        limited(limits, false),
+        Some(json!({
+            "memory": {"limit": 512 << 20},
+            "cpu": {"quota": 50_000, "period": 100_000},
+            "pids": {"limit": 100},
+        }))
+    );
+    // Where swap can be limited, the memory limit covers it: no swap for the job.
+    assert_eq!(
+        limited(limits, true).unwrap()["memory"],
+        json!({"limit": 512 << 20, "swap": 512 << 20})
+    );
+    assert_eq!(limited(Limits::unlimited(), true), None);
+    assert_eq!(
+        limited(
+            Limits {
+                cpus: Some(1.0 / 3.0),
+                ..Limits::unlimited()
+            },
+            false
+        ),
+        Some(json!({"cpu": {"quota": 33_333, "period": 100_000}}))
+    );
+}
+
+#[test]
+fn invalid_limits_are_refused_naming_the_limit() {
+    let cases = [
+        (
+            "memory",
+            Limits {
+                memory: Some(1 << 20),
+                ..Limits::default()
+            },
+        ),
+        (
+            "memory",
+            Limits {
+                memory: Some(u64::MAX),
+                ..Limits::default()
+            },
+        ),
+        (
+            "cpus",
+            Limits {
+                cpus: Some(0.001),
+                ..Limits::default()
+            },
+        ),
+        (
+            "cpus",
+            Limits {
+                cpus: Some(f64::NAN),
+                ..Limits::default()
+            },
+        ),
+        (
+            "cpus",
+            Limits {
+                cpus: Some(crate::default_slots() as f64 + 1.0),
+                ..Limits::default()
+            },
+        ),
+        (
+            "pids",
+            Limits {
+                pids: Some(0),
+                ..Limits::default()
+            },
+        ),
+    ];
+    for (what, limits) in cases {
+        let driver = RuncDriver::new(RuncOptions {
+            limits,
+            ..RuncOptions::new("/state")
+        });
+        match driver.plan(&job()) {
+            Err(Error::InvalidLimit { limit, reason }) => {
+                assert_eq!(limit, what, "{reason}");
+            }
+            other => panic!("{limits:?}: {other:?}"),
+        }
+        let options = crate::DriverOptions {
+            limits,
+            ..crate::DriverOptions::new("/state")
+        };
+        let err = crate::driver("runc", &options).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("invalid {what} limit: ")),
+            "{err}"
+        );
+    }
 }
 
 #[test]
@@ -260,25 +378,32 @@ fn secrets_and_caches_are_binds() {
     );
 }
 
+/// Every job gets Docker's default profile (its contents are tested in `seccomp.rs`);
+/// fast sync adds its no-op rule on top, never an allow-all filter.
 #[test]
-fn seccomp_only_with_fast_sync_which_makes_syncs_no_ops() {
+fn every_job_gets_dockers_seccomp_profile_and_fast_sync_adds_to_it() {
     let slow = config(&driver(), &job());
-    assert!(slow["linux"].get("seccomp").is_none(), "{}", slow["linux"]);
+    let seccomp = &slow["linux"]["seccomp"];
+    assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ERRNO");
+    assert_eq!(seccomp["defaultErrnoRet"], 1);
+    let rules = seccomp["syscalls"].as_array().unwrap();
+    assert!(rules[0]["names"].as_array().unwrap().len() > 300);
+    let no_op = json!({
+        "names": ["fsync", "fdatasync", "msync", "sync", "syncfs", "sync_file_range"],
+        "action": "SCMP_ACT_ERRNO",
+        "errnoRet": 0,
+    });
+    assert!(!rules.contains(&no_op));
+
     let fast = RuncDriver::new(RuncOptions {
         fast_sync: true,
         ..RuncOptions::new("/state")
     });
     let fast = config(&fast, &job());
-    let seccomp = &fast["linux"]["seccomp"];
-    assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ALLOW");
-    assert_eq!(
-        seccomp["syscalls"],
-        json!([{
-            "names": ["fsync", "fdatasync", "msync", "sync", "syncfs", "sync_file_range"],
-            "action": "SCMP_ACT_ERRNO",
-            "errnoRet": 0,
-        }])
-    );
+    let fast = &fast["linux"]["seccomp"];
+    assert_eq!(fast["defaultAction"], "SCMP_ACT_ERRNO");
+    assert_eq!(fast["syscalls"].as_array().unwrap().last(), Some(&no_op));
+    assert_eq!(fast["architectures"], seccomp["architectures"]);
     let machine = rustix::system::uname()
         .machine()
         .to_string_lossy()
@@ -292,21 +417,73 @@ fn seccomp_only_with_fast_sync_which_makes_syncs_no_ops() {
             strings(&seccomp["architectures"]),
             ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
         ),
-        _ => assert!(seccomp.get("architectures").is_none()),
+        _ => {}
     }
 }
 
 #[test]
-fn seccomp_arches_follow_uname() {
-    assert_eq!(
-        seccomp_arches("x86_64"),
-        [Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32]
-    );
-    assert_eq!(
-        seccomp_arches("aarch64"),
-        [Arch::ScmpArchAarch64, Arch::ScmpArchArm]
-    );
-    assert!(seccomp_arches("riscv64").is_empty());
+fn working_directories_under_proc_are_refused_naming_them() {
+    for cwd in [
+        "/proc",
+        "/proc/self/fd/7",
+        "/x/../proc/self",
+        "//proc/1/cwd",
+        "/./proc/",
+        "/../../proc/self/fd/3",
+    ] {
+        match driver().plan(&Job {
+            cwd: cwd.to_owned(),
+            ..job()
+        }) {
+            Err(Error::Unsupported { reason, .. }) => {
+                assert_eq!(
+                    reason,
+                    format!("working directory `{cwd}` is under /proc"),
+                    "{cwd}"
+                );
+            }
+            other => panic!("{cwd}: {other:?}"),
+        }
+    }
+    for cwd in ["/processes", "/src/proc", "/proc/../tmp", "/procfs/x"] {
+        let plan = driver().plan(&Job {
+            cwd: cwd.to_owned(),
+            ..job()
+        });
+        assert!(plan.is_ok(), "{cwd}: {plan:?}");
+    }
+}
+
+#[test]
+fn mount_and_secret_targets_under_proc_or_at_the_root_are_refused() {
+    let secret = |target: &str| SecretMount {
+        source: "/s".into(),
+        target: target.to_owned(),
+    };
+    let cache = |target: &str| BindMount {
+        source: "/c".into(),
+        target: target.to_owned(),
+        readonly: false,
+    };
+    for target in ["/proc", "/proc/self/attr/current", "/proc/cpuinfo", "/"] {
+        for job in [
+            Job {
+                secrets: vec![secret(target)],
+                ..job()
+            },
+            Job {
+                mounts: vec![cache(target)],
+                ..job()
+            },
+        ] {
+            match driver().plan(&job) {
+                Err(Error::Unsupported { reason, .. }) => {
+                    assert!(reason.contains(&format!("target `{target}`")), "{reason}");
+                }
+                other => panic!("{target}: {other:?}"),
+            }
+        }
+    }
 }
 
 #[test]

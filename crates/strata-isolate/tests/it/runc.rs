@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use strata_isolate::busybox::{busybox_rootfs, static_busybox};
 use strata_isolate::runc::{RuncDriver, RuncOptions};
 use strata_isolate::{
-    BindMount, Cancel, Driver, Error, Job, NetworkMode, Outcome, SecretMount, User,
+    BindMount, Cancel, Driver, Error, Job, Limits, NetworkMode, Outcome, SecretMount, User,
 };
 use tempfile::TempDir;
 
@@ -198,14 +198,183 @@ fn runs_as_the_jobs_user() {
 }
 
 #[test]
-fn capabilities_are_the_twelve() {
+fn capabilities_are_the_twelve_none_inheritable() {
     let Some(sb) = Sandbox::new() else { return };
-    let log = sb.ok(&sb.job("grep -E '^Cap(Bnd|Eff|Inh|Prm)' /proc/self/status"));
+    let log = sb.ok(&sb.job("grep -E '^Cap(Bnd|Eff|Inh|Prm|Amb)' /proc/self/status"));
     // CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP SYS_CHROOT MKNOD
     // AUDIT_WRITE SETFCAP; Docker's a80425fb minus NET_BIND_SERVICE and NET_RAW.
     for set in ["CapBnd", "CapEff", "CapPrm"] {
         assert!(log.contains(&format!("{set}:\t00000000a80401fb")), "{log}");
     }
+    // CVE-2022-24769: an inheritable set would let file capabilities raise a user's.
+    for set in ["CapInh", "CapAmb"] {
+        assert!(log.contains(&format!("{set}:\t0000000000000000")), "{log}");
+    }
+}
+
+#[test]
+fn seccomp_filter_is_active_and_denies_namespaces() {
+    let Some(sb) = Sandbox::new() else { return };
+    let script = "grep '^Seccomp:' /proc/self/status; \
+        unshare -U true 2>&1 && echo userns-made; \
+        unshare -m true 2>&1 && echo mountns-made; \
+        unshare -p -f true 2>&1 && echo pidns-made; \
+        echo end";
+    let log = sb.ok(&sb.job(script));
+    assert!(log.starts_with("Seccomp:\t2\n"), "{log}");
+    assert!(!log.contains("-made"), "{log}");
+    assert!(log.contains("Operation not permitted"), "{log}");
+    assert!(log.ends_with("end\n"), "{log}");
+}
+
+#[test]
+fn seccomp_leaves_ordinary_work_alone() {
+    let Some(sb) = Sandbox::new() else { return };
+    // Processes, pipes, files, signals, chroot (CAP_SYS_CHROOT) and sockets: a refused
+    // connection means socket() and connect() were allowed.
+    let script = "set -e; mkdir -p /tmp/w; cd /tmp/w; \
+        seq 1 1000 | sort -rn | head -n 1 > top; cat top; \
+        ln -s top link; chmod 600 top; touch -d '2000-01-01' top; \
+        (sleep 30 & kill $!; wait $!) 2>/dev/null || true; \
+        chroot / true && echo chroot-ok; \
+        nc 127.0.0.1 1 </dev/null 2>&1 | grep -o 'Connection refused'";
+    assert_eq!(
+        sb.ok(&sb.job(script)),
+        "1000\nchroot-ok\nConnection refused\n"
+    );
+}
+
+/// How many processes (zombies included) the tree under `root` has, seen from the host.
+fn tree_size(root: u32) -> usize {
+    let parents: Vec<(u32, u32)> = fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse().ok()?;
+            // `pid (comm) state ppid ...`; comm may hold anything but ends at the last `)`.
+            let stat = fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(parents.iter().filter(|(_, p)| *p == parent).map(|(c, _)| c));
+        i += 1;
+    }
+    if parents.iter().any(|(pid, _)| *pid == root) {
+        tree.len()
+    } else {
+        0
+    }
+}
+
+#[test]
+fn a_fork_bomb_is_contained_by_the_pids_limit() {
+    const LIMIT: usize = 32;
+    let Some(sb) = Sandbox::with(|o| o.limits.pids = Some(LIMIT as u64)) else {
+        return;
+    };
+    // Each shell forks another and recurses: 2^9 sleeps without a limit (bounded, so that
+    // this test cannot hurt the host even when the limit fails). Pid 1 becomes a sleep that
+    // reaps nobody, so exited shells stay as zombies, which count too; the timeout ends it.
+    let script = "bomb() { if [ $1 -gt 0 ]; then bomb $(($1 - 1)) & bomb $(($1 - 1)); \
+        else sleep 1006; fi; }; bomb 9 & exec sleep 1007";
+    let job = sb.job(script);
+    let pid_file = sb.driver.bundle_dir(&job.name).join("init.pid");
+    let cancel = Cancel::new().with_timeout(Duration::from_secs(4));
+    let (most, host_forked, (outcome, log)) = thread::scope(|s| {
+        let run = s.spawn(|| sb.run_with(&job, &cancel));
+        let mut most = 0;
+        let mut host_forked = true;
+        while !run.is_finished() {
+            if let Some(init) = fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+            {
+                most = most.max(tree_size(init));
+            }
+            // The host can still start processes while the job is at its limit.
+            host_forked &= Command::new("true").status().is_ok_and(|s| s.success());
+            thread::sleep(Duration::from_millis(10));
+        }
+        (most, host_forked, run.join().unwrap())
+    });
+    assert_eq!(outcome, Outcome::TimedOut, "{log}");
+    assert!(most <= LIMIT, "{most} processes at once, limit {LIMIT}");
+    assert!(
+        most >= LIMIT / 2,
+        "the bomb never got near the limit: {most}"
+    );
+    assert!(log.contains("can't fork"), "no fork ever failed: {log}");
+    assert!(host_forked);
+    sb.assert_gone(&job.name);
+    assert!(eventually(Duration::from_secs(5), || {
+        !process_exists(&["sleep", "1006"]) && !process_exists(&["sleep", "1007"])
+    }));
+}
+
+#[test]
+fn a_job_beyond_its_memory_limit_is_oom_killed() {
+    let Some(sb) = Sandbox::with(|o| o.limits.memory = Some(64 << 20)) else {
+        return;
+    };
+    // dd allocates its block and reads zeros into it, touching every page.
+    let script = "dd if=/dev/zero of=/dev/null bs=8M count=1 2>/dev/null; echo small $?; \
+        dd if=/dev/zero of=/dev/null bs=256M count=1 2>/dev/null; echo large $?";
+    // 137: killed by SIGKILL, the OOM killer's signal.
+    assert_eq!(sb.ok(&sb.job(script)), "small 0\nlarge 137\n");
+}
+
+#[test]
+fn limits_reach_the_jobs_cgroups() {
+    let Some(sb) = Sandbox::with(|o| {
+        o.limits = Limits {
+            memory: Some(100 << 20),
+            cpus: Some(0.5),
+            pids: Some(50),
+        }
+    }) else {
+        return;
+    };
+    // cgroup v1 mounts each controller under /sys/fs/cgroup; v2 has one directory.
+    let script = "cd /sys/fs/cgroup; \
+        cat pids/pids.max 2>/dev/null || cat pids.max; \
+        cat memory/memory.limit_in_bytes 2>/dev/null || cat memory.max; \
+        cat cpu/cpu.cfs_quota_us cpu/cpu.cfs_period_us 2>/dev/null || cat cpu.max";
+    let log = sb.ok(&sb.job(script));
+    let words: Vec<&str> = log.split_whitespace().collect();
+    assert_eq!(words, ["50", "104857600", "50000", "100000"], "{log}");
+}
+
+#[test]
+fn devices_stay_denied() {
+    let Some(sb) = Sandbox::new() else { return };
+    // CAP_MKNOD makes the node, the device cgroup refuses opening it (Docker's rule).
+    let script = "mknod /tmp/mem c 1 1 && echo made; head -c 1 /tmp/mem >/dev/null 2>&1 \
+        && echo opened || echo refused; rm -f /tmp/mem";
+    assert_eq!(sb.ok(&sb.job(script)), "made\nrefused\n");
+}
+
+#[test]
+fn a_working_directory_under_proc_is_refused() {
+    let Some(sb) = Sandbox::new() else { return };
+    let mut job = sb.job("pwd");
+    job.cwd = "/tmp/../proc/self/fd/3".to_owned();
+    let err = sb.driver.plan(&job).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("`/tmp/../proc/self/fd/3` is under /proc"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -394,13 +563,17 @@ fn a_failing_log_stops_the_job_and_cleans_up() {
 }
 
 #[test]
-fn fast_sync_config_is_accepted() {
+fn fast_sync_keeps_the_filter_and_syncs_still_succeed() {
     let Some(sb) = Sandbox::with(|o| o.fast_sync = true) else {
         return;
     };
+    let script = "grep '^Seccomp:' /proc/self/status; \
+        echo data > /tmp/f && sync && sync /tmp/f && sync -d /tmp/f && sync -f /tmp/f \
+        && echo synced; \
+        unshare -U true 2>/dev/null || echo still-filtered";
     assert_eq!(
-        sb.ok(&sb.job("echo data > /tmp/f && sync && echo synced")),
-        "synced\n"
+        sb.ok(&sb.job(script)),
+        "Seccomp:\t2\nsynced\nstill-filtered\n"
     );
 }
 
