@@ -594,6 +594,8 @@ mod tests {
     #[test]
     fn sizes() {
         assert_eq!(parse_size("0"), Ok(0));
+        // `--log-limit`'s default, written out for the help text.
+        assert_eq!(parse_size("32M"), Ok(strata_build::DEFAULT_LOG_LIMIT));
         assert_eq!(parse_size("1234"), Ok(1234));
         assert_eq!(parse_size("1234B"), Ok(1234));
         assert_eq!(parse_size("1K"), Ok(1024));
@@ -786,7 +788,7 @@ pub(crate) struct BuildArgs {
 
     /// Keep at most this many bytes of each step's output in its log (the rest is counted
     /// and a note says so)
-    #[arg(long, value_name = "BYTES", default_value_t = strata_build::DEFAULT_LOG_LIMIT)]
+    #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = parse_size)]
     pub(crate) log_limit: u64,
 
     #[command(flatten)]
