@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail, ensure};
 use strata_build::{BuildOptions, Builder, Transcript};
-use strata_isolate::{Cancel, DriverOptions, Limits};
+use strata_isolate::{DriverOptions, Limits};
 use strata_snapshot::Engine;
 
 const STEPS: usize = 4;
@@ -134,16 +134,7 @@ fn stress(dir: &Path, jobs: usize, concurrency: usize) -> anyhow::Result<Report>
 fn one_job(builder: &Builder, dir: &Path, job: usize) -> anyhow::Result<()> {
     let spec = strata_spec::parse(&spec(job))?;
     let log = Transcript::new();
-    let cancel = Cancel::new();
-    let opts = BuildOptions {
-        context: &dir.join("context"),
-        secrets: &[],
-        reporter: &log,
-        cancel: &cancel,
-        step_timeout: None,
-        allow_network_host: false,
-        log_limit: strata_build::DEFAULT_LOG_LIMIT,
-    };
+    let opts = BuildOptions::new(dir.join("context")).reporter(log.clone());
     let id = builder.build(&spec, &opts)?;
     let text = log.text();
     let want = digits(job);

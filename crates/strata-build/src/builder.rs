@@ -1,12 +1,13 @@
 //! The builder: walks a spec, keys each step, reuses hits, runs misses through the driver.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use strata_isolate::{BindMount, Cancel, Driver, Job, NetworkMode, Outcome, SecretMount};
 use strata_snapshot::{Engine, SnapshotId};
@@ -15,95 +16,11 @@ use strata_spec::{Copy, CopyFrom, Op, Run, Spec, User};
 use crate::context::{self, Context};
 use crate::copy::Manifest;
 use crate::error::{Error, Result, io_err};
+use crate::events::{Event, HitSource, StepInfo};
 use crate::key::{KeyBuilder, StepKey};
-use crate::log::{Follower, StepLog, replay};
+use crate::log::{Follower, LogSink, StepLog, replay};
+use crate::options::{BuildOptions, Secret};
 use crate::steps::Steps;
-
-/// Where a build's progress goes: OBuilder's `Heading | Note | Output` logger.
-pub trait Reporter: Send + Sync {
-    /// A step starts: `/src: (run (shell "make"))`.
-    fn heading(&self, text: &str);
-    /// A remark on the step: `---> saved as "…"`.
-    fn note(&self, text: &str);
-    /// Output of the step (live, followed or replayed from the cache).
-    fn output(&self, data: &[u8]);
-}
-
-/// A [`Reporter`] that keeps everything as one transcript (headings and notes as lines,
-/// output as it came), for embedders that show a build later and for tests. Clones share it.
-#[derive(Debug, Clone, Default)]
-pub struct Transcript(Arc<Mutex<Vec<u8>>>);
-
-impl Transcript {
-    pub fn new() -> Transcript {
-        Transcript::default()
-    }
-
-    /// The transcript so far, as text (invalid UTF-8 replaced).
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
-    }
-
-    fn push(&self, data: &[u8]) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(data);
-    }
-}
-
-impl Reporter for Transcript {
-    fn heading(&self, text: &str) {
-        self.push(format!("{text}\n").as_bytes());
-    }
-
-    fn note(&self, text: &str) {
-        self.push(format!("{text}\n").as_bytes());
-    }
-
-    fn output(&self, data: &[u8]) {
-        self.push(data);
-    }
-}
-
-/// A secret given to a build: `--secret ID:PATH`. Its value never enters a key, a layer or a log
-/// written by Strata.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Secret {
-    pub id: String,
-    pub path: PathBuf,
-}
-
-/// One build's inputs besides the spec.
-#[derive(Clone, Copy)]
-pub struct BuildOptions<'a> {
-    /// The directory `copy` reads from.
-    pub context: &'a Path,
-    pub secrets: &'a [Secret],
-    pub reporter: &'a dyn Reporter,
-    /// Stops the build: the running step's sandbox is killed, nothing is cached.
-    pub cancel: &'a Cancel,
-    /// Kills a `run` step that takes longer.
-    pub step_timeout: Option<Duration>,
-    /// Lets `(network host)` steps run: a spec alone must not turn on the host's network
-    /// (BuildKit's `--allow network.host`). Without it such a step is refused.
-    pub allow_network_host: bool,
-    /// The most of a step's output its log keeps ([`crate::DEFAULT_LOG_LIMIT`] is the usual choice); the rest is
-    /// counted and a note says so.
-    pub log_limit: u64,
-}
-
-impl std::fmt::Debug for BuildOptions<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BuildOptions")
-            .field("context", &self.context)
-            .field("secrets", &self.secrets)
-            .field("step_timeout", &self.step_timeout)
-            .field("allow_network_host", &self.allow_network_host)
-            .field("log_limit", &self.log_limit)
-            .finish_non_exhaustive()
-    }
-}
 
 /// Cache hits and misses since the builder was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -134,6 +51,87 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 
 /// How stale a last-used time may get before a hit refreshes it (prune's LRU needs no finer).
 const TOUCH_AFTER_MS: i64 = 60_000;
+
+/// One call of [`Builder::build`]: its options, and what it numbers and counts.
+struct Session<'o> {
+    opts: &'o BuildOptions,
+    next_step: Cell<u32>,
+    hits: Cell<u64>,
+    misses: Cell<u64>,
+}
+
+impl Session<'_> {
+    fn emit(&self, event: Event) {
+        self.opts.reporter.event(&event);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.opts.cancel.is_cancelled()
+    }
+}
+
+/// A step of the build as it runs: announced once, with its key when it has one.
+struct Step<'s, 'o> {
+    session: &'s Session<'o>,
+    info: std::cell::RefCell<StepInfo>,
+    announced: Cell<bool>,
+    /// `<workdir>: <op>`, how errors name the step.
+    label: String,
+}
+
+impl<'s, 'o> Step<'s, 'o> {
+    fn new(session: &'s Session<'o>, stage: Option<&str>, ctx: &Context, op: &Op) -> Self {
+        let n = session.next_step.get();
+        session.next_step.set(n + 1);
+        let op = op.to_sexp().to_string();
+        Step {
+            session,
+            label: format!("{}: {op}", ctx.workdir),
+            info: std::cell::RefCell::new(StepInfo {
+                step: n,
+                stage: stage.map(str::to_owned),
+                workdir: ctx.workdir.clone(),
+                op,
+                key: None,
+            }),
+            announced: Cell::new(false),
+        }
+    }
+
+    fn index(&self) -> u32 {
+        self.info.borrow().step
+    }
+
+    /// Emits `StepStarted` (once): with the key, if it is known by now.
+    fn announce(&self, key: Option<StepKey>) {
+        if !self.announced.replace(true) {
+            let mut info = self.info.borrow_mut();
+            info.key = key;
+            self.session.emit(Event::StepStarted(info.clone()));
+        }
+    }
+
+    fn sink(&self) -> LogSink<'_> {
+        LogSink {
+            reporter: &*self.session.opts.reporter,
+            step: self.index(),
+        }
+    }
+
+    fn note(&self, text: &str) {
+        self.session.emit(Event::Note {
+            step: self.index(),
+            text: text.to_owned(),
+        });
+    }
+}
+
+/// A step's new snapshot, as the step made it.
+#[derive(Debug, Clone, Copy)]
+struct Made {
+    id: SnapshotId,
+    layer_bytes: u64,
+}
 
 /// A step being run by this process; later requesters of the same key wait on it.
 #[derive(Debug)]
@@ -202,50 +200,89 @@ impl Builder {
         }
     }
 
-    /// Builds `spec` and returns the final snapshot.
-    pub fn build(&self, spec: &Spec, opts: &BuildOptions<'_>) -> Result<SnapshotId> {
-        self.build_stage(spec, opts, &HashMap::new())
+    /// Builds `spec` and returns the final snapshot. Events go to `opts.reporter`.
+    pub fn build(&self, spec: &Spec, opts: &BuildOptions) -> Result<SnapshotId> {
+        let started = Instant::now();
+        let session = Session {
+            opts,
+            next_step: Cell::new(0),
+            hits: Cell::new(0),
+            misses: Cell::new(0),
+        };
+        let id = self.build_stage(spec, None, &session, &HashMap::new())?;
+        session.emit(Event::Finished {
+            snapshot: id,
+            hits: session.hits.get(),
+            misses: session.misses.get(),
+            duration: started.elapsed(),
+        });
+        Ok(id)
     }
 
     fn build_stage(
         &self,
         spec: &Spec,
-        opts: &BuildOptions<'_>,
+        stage: Option<&str>,
+        s: &Session<'_>,
         outer: &HashMap<String, SnapshotId>,
     ) -> Result<SnapshotId> {
         let mut stages = outer.clone();
-        for stage in &spec.stages {
-            let id = self.build_stage(&stage.spec, opts, &stages)?;
-            stages.insert(stage.name.clone(), id);
+        for inner in &spec.stages {
+            let id = self.build_stage(&inner.spec, Some(&inner.name), s, &stages)?;
+            stages.insert(inner.name.clone(), id);
         }
-        let base = self.resolve_base(&spec.from)?;
-        opts.reporter.heading(&format!(
-            "(from {})",
-            strata_spec::sexp::quote_atom(&spec.from)
-        ));
-        opts.reporter
-            .note(&format!("---> using \"{base}\" from cache"));
+        let base = self.base(&spec.from)?;
+        s.emit(Event::StageStarted {
+            stage: stage.map(str::to_owned),
+            from: spec.from.clone(),
+            base,
+        });
         let mut ctx = Context::for_driver(self.driver.capabilities());
         let mut current = base;
         for op in &spec.ops {
-            if opts.cancel.is_cancelled() {
+            if s.cancelled() {
                 return Err(Error::Cancelled);
             }
-            opts.reporter
-                .heading(&format!("{}: {}", ctx.workdir, op.to_sexp()));
-            match op {
-                Op::Comment(_) => {}
-                Op::Workdir(p) => ctx.set_workdir(p),
-                Op::Shell(argv) => ctx.shell = argv.clone(),
-                Op::Env { name, value } => ctx.set_env(name, value),
-                Op::User(u) => ctx.user = u.clone(),
-                Op::Run(run) => current = self.run_step(&current, &ctx, run, op, opts)?,
-                Op::Copy(copy) => {
-                    current = self.copy_step(&current, &ctx, copy, op, opts, &stages)?
+            let step = Step::new(s, stage, &ctx, op);
+            let result = match op {
+                Op::Run(run) => self.run_step(&current, &ctx, run, &step),
+                Op::Copy(copy) => self.copy_step(&current, &ctx, copy, &step, &stages),
+                _ => {
+                    step.announce(None);
+                    match op {
+                        Op::Workdir(p) => ctx.set_workdir(p),
+                        Op::Shell(argv) => ctx.shell = argv.clone(),
+                        Op::Env { name, value } => ctx.set_env(name, value),
+                        Op::User(u) => ctx.user = u.clone(),
+                        _ => {}
+                    }
+                    Ok(current)
+                }
+            };
+            step.announce(None);
+            match result {
+                Ok(id) => current = id,
+                Err(e) => {
+                    s.emit(Event::Failed {
+                        step: step.index(),
+                        error: e.to_string(),
+                    });
+                    return Err(e);
                 }
             }
         }
         Ok(current)
+    }
+
+    /// The base a stage starts from. The busybox base of the embedded defaults is made from
+    /// the host's busybox-static the first time a spec needs it.
+    fn base(&self, image: &str) -> Result<SnapshotId> {
+        match self.resolve_base(image) {
+            Err(Error::MissingBase { .. }) if crate::base::is_busybox(image) => {
+                crate::base::ensure_busybox(&self.engine)
+            }
+            found => found,
+        }
     }
 
     /// The snapshot a `(from IMAGE)` names: a tag or id equal to IMAGE, else IMAGE without its
@@ -275,10 +312,10 @@ impl Builder {
         parent: &SnapshotId,
         ctx: &Context,
         run: &Run,
-        op: &Op,
-        opts: &BuildOptions<'_>,
+        step: &Step<'_, '_>,
     ) -> Result<SnapshotId> {
-        let label = format!("{}: {}", ctx.workdir, op.to_sexp());
+        let opts = step.session.opts;
+        let label = step.label.clone();
         let network = match run.network.as_slice() {
             [] => NetworkMode::None,
             [n] if n == "host" && opts.allow_network_host => NetworkMode::Host,
@@ -319,7 +356,7 @@ impl Builder {
             k.str("id", &m.id).str("target", &m.target);
         });
         let key = k.finish();
-        self.step(key, &label, opts, &|log| {
+        self.step(key, step, &|log| {
             self.execute_run(parent, ctx, run, network, &secrets, &label, log, opts)
         })
     }
@@ -334,8 +371,8 @@ impl Builder {
         secrets: &[SecretMount],
         step: &str,
         log: &mut dyn Write,
-        opts: &BuildOptions<'_>,
-    ) -> Result<SnapshotId> {
+        opts: &BuildOptions,
+    ) -> Result<Made> {
         self.in_checkout(parent, step, |dir| {
             let dir = dir.to_path_buf();
             let mut views = Vec::new();
@@ -369,7 +406,7 @@ impl Builder {
                     step: step.to_owned(),
                     source,
                 })?;
-                let _slot = self.slots.acquire(opts.cancel)?;
+                let _slot = self.slots.acquire(&opts.cancel)?;
                 let cancel = match opts.step_timeout {
                     Some(t) => opts.cancel.with_timeout(t),
                     None => opts.cancel.clone(),
@@ -404,18 +441,28 @@ impl Builder {
         parent: &SnapshotId,
         step: &str,
         work: impl FnOnce(&Path) -> Result<()>,
-    ) -> Result<SnapshotId> {
+    ) -> Result<Made> {
         let root = self.checkout_root()?;
         let dir = root.path();
         self.engine.checkout(parent, dir, None)?;
         let result = work(dir).and_then(|()| {
-            self.engine
+            let row = self
+                .engine
                 .commit(dir, None)
-                .map(|row| row.id)
                 .map_err(|source| Error::Commit {
                     step: step.to_owned(),
                     source: Box::new(source),
-                })
+                })?;
+            // For the event only: a blob that cannot be looked at counts as empty.
+            let layer_bytes = self
+                .engine
+                .cas()
+                .stat(&row.layer)
+                .map_or(0, |b| b.compressed_size);
+            Ok(Made {
+                id: row.id,
+                layer_bytes,
+            })
         });
         result.map_err(|e| {
             // Judged before the release frees what the step wrote.
@@ -431,14 +478,14 @@ impl Builder {
         parent: &SnapshotId,
         ctx: &Context,
         copy: &Copy,
-        op: &Op,
-        opts: &BuildOptions<'_>,
+        step: &Step<'_, '_>,
         stages: &HashMap<String, SnapshotId>,
     ) -> Result<SnapshotId> {
-        let label = format!("{}: {}", ctx.workdir, op.to_sexp());
+        let opts = step.session.opts;
+        let label = step.label.clone();
         let dst = context::join(&ctx.workdir, &copy.dst);
         let (root, stage_dir) = match &copy.from {
-            CopyFrom::Context => (opts.context.to_path_buf(), None),
+            CopyFrom::Context => (opts.context.clone(), None),
             CopyFrom::Build(name) => {
                 let id = stages
                     .get(name)
@@ -465,7 +512,7 @@ impl Builder {
             manifest.hash_into(&mut k);
             let key = k.finish();
             let owner = ctx.owner();
-            self.step(key, &label, opts, &|_log| {
+            self.step(key, step, &|_log| {
                 self.execute_copy(parent, &manifest, owner, &label)
             })
         })();
@@ -481,7 +528,7 @@ impl Builder {
         manifest: &Manifest,
         (uid, gid): (u32, u32),
         step: &str,
-    ) -> Result<SnapshotId> {
+    ) -> Result<Made> {
         self.in_checkout(parent, step, |dir| {
             std::thread::scope(|s| {
                 let (reader, writer) = io::pipe().map_err(io_err("create a pipe for", dir))?;
@@ -505,13 +552,14 @@ impl Builder {
     fn step(
         &self,
         key: StepKey,
-        label: &str,
-        opts: &BuildOptions<'_>,
-        run: &dyn Fn(&mut dyn Write) -> Result<SnapshotId>,
+        step: &Step<'_, '_>,
+        run: &dyn Fn(&mut dyn Write) -> Result<Made>,
     ) -> Result<SnapshotId> {
+        step.announce(Some(key));
+        let s = step.session;
         loop {
             if let Some(id) = self.lookup(&key)? {
-                return self.hit(&key, id, true, opts);
+                return self.hit(&key, id, true, step);
             }
             let (flight, primary) = {
                 let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
@@ -529,7 +577,7 @@ impl Builder {
                 }
             };
             if primary {
-                let result = self.run_locked(&key, label, opts, run);
+                let result = self.run_locked(&key, step, run);
                 let shared = match &result {
                     Ok(id) => Shared::Done(*id),
                     Err(Error::Cancelled) => Shared::Cancelled,
@@ -545,25 +593,30 @@ impl Builder {
             }
             let mut follower = Follower::new();
             follower
-                .follow(&flight.log, opts.reporter, || {
-                    flight.finished() || opts.cancel.is_cancelled()
+                .follow(&flight.log, step.sink(), || {
+                    flight.finished() || s.cancelled()
                 })
                 .map_err(io_err("follow", &flight.log))?;
-            if opts.cancel.is_cancelled() {
+            if s.cancelled() {
                 return Err(Error::Cancelled);
             }
             match flight.wait() {
                 Shared::Done(id) => {
                     if !follower.attached() {
-                        replay(&self.steps.log_path(&key), opts.reporter)
+                        replay(&self.steps.log_path(&key), step.sink())
                             .map_err(io_err("read", self.steps.log_path(&key)))?;
                     }
-                    opts.reporter.note(&format!("---> saved as \"{id}\""));
+                    self.count_hit(s);
+                    s.emit(Event::CacheHit {
+                        step: step.index(),
+                        snapshot: id,
+                        source: HitSource::Concurrent,
+                    });
                     return Ok(id);
                 }
                 Shared::Failed(message) => {
                     return Err(Error::SharedFailure {
-                        step: label.to_owned(),
+                        step: step.label.clone(),
                         message,
                     });
                 }
@@ -577,10 +630,10 @@ impl Builder {
     fn run_locked(
         &self,
         key: &StepKey,
-        label: &str,
-        opts: &BuildOptions<'_>,
-        run: &dyn Fn(&mut dyn Write) -> Result<SnapshotId>,
+        step: &Step<'_, '_>,
+        run: &dyn Fn(&mut dyn Write) -> Result<Made>,
     ) -> Result<SnapshotId> {
+        let s = step.session;
         let lock = self.steps.lock_file(key)?;
         let running = self.steps.running_log_path(key);
         let mut follower = Follower::new();
@@ -588,11 +641,11 @@ impl Builder {
             match lock.try_lock() {
                 Ok(()) => break,
                 Err(fs::TryLockError::WouldBlock) => {
-                    if opts.cancel.is_cancelled() {
+                    if s.cancelled() {
                         return Err(Error::Cancelled);
                     }
                     if follower
-                        .poll(&running, opts.reporter)
+                        .poll(&running, step.sink())
                         .map_err(io_err("follow", &running))?
                         == 0
                     {
@@ -604,34 +657,40 @@ impl Builder {
         }
         if follower.attached() {
             follower
-                .poll(&running, opts.reporter)
+                .poll(&running, step.sink())
                 .map_err(io_err("follow", &running))?;
         }
         if let Some(id) = self.lookup(key)? {
             // What we followed of the other process's run was the log: don't repeat it.
-            return self.hit(key, id, !follower.attached(), opts);
+            return self.hit(key, id, !follower.attached(), step);
         }
         if follower.attached() {
-            opts.reporter
-                .note("---> another build's attempt at this step failed; running it here");
+            step.note("another build's attempt at this step failed; running it here");
         }
-        let masked = secret_values(label, opts.secrets)?;
+        let masked = secret_values(&step.label, &s.opts.secrets)?;
         let _ = fs::remove_file(&running);
         let file = crate::steps::create_private(&running)?;
-        let mut log = StepLog::new(file, opts.reporter, &masked, opts.log_limit);
+        let started = Instant::now();
+        let mut log = StepLog::new(file, step.sink(), &masked, s.opts.log_limit);
         let result = run(&mut log);
         let result = match log.finish() {
             Ok(()) => result,
             Err(e) => result.and(Err(io_err("write", &running)(e))),
         };
         match result {
-            Ok(id) => {
+            Ok(made) => {
                 let log = self.steps.log_path(key);
                 fs::rename(&running, &log).map_err(io_err("keep", &log))?;
-                self.steps.put(key, &id)?;
+                self.steps.put(key, &made.id)?;
                 self.misses.fetch_add(1, Ordering::Relaxed);
-                opts.reporter.note(&format!("---> saved as \"{id}\""));
-                Ok(id)
+                s.misses.set(s.misses.get() + 1);
+                s.emit(Event::Saved {
+                    step: step.index(),
+                    snapshot: made.id,
+                    layer_bytes: made.layer_bytes,
+                    duration: started.elapsed(),
+                });
+                Ok(made.id)
             }
             Err(e) => {
                 // Failures are not cached: the log goes with them.
@@ -642,22 +701,35 @@ impl Builder {
         // `lock` is released when dropped here, after the key is recorded.
     }
 
-    /// Reports a cache hit, replaying the step's log unless the requester already saw it.
+    /// Reports a cache hit, replaying the step's log unless the requester already saw it
+    /// (then it was another build's run of the step, followed as it went).
     fn hit(
         &self,
         key: &StepKey,
         id: SnapshotId,
         replay_log: bool,
-        opts: &BuildOptions<'_>,
+        step: &Step<'_, '_>,
     ) -> Result<SnapshotId> {
         if replay_log {
             let log = self.steps.log_path(key);
-            replay(&log, opts.reporter).map_err(io_err("read", &log))?;
+            replay(&log, step.sink()).map_err(io_err("read", &log))?;
         }
-        opts.reporter
-            .note(&format!("---> using \"{id}\" from cache"));
-        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.count_hit(step.session);
+        step.session.emit(Event::CacheHit {
+            step: step.index(),
+            snapshot: id,
+            source: if replay_log {
+                HitSource::Local
+            } else {
+                HitSource::Concurrent
+            },
+        });
         Ok(id)
+    }
+
+    fn count_hit(&self, s: &Session<'_>) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        s.hits.set(s.hits.get() + 1);
     }
 
     /// A recorded step whose snapshot still exists; forgets it if the snapshot was pruned.

@@ -39,6 +39,12 @@ impl fmt::Display for StepKey {
     }
 }
 
+impl serde::Serialize for StepKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
 impl fmt::Debug for StepKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "StepKey({})", self.to_hex())

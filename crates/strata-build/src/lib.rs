@@ -18,15 +18,17 @@ mod builder;
 mod context;
 mod copy;
 mod error;
+mod events;
 pub mod key;
 mod log;
+mod options;
 mod roots;
 mod steps;
 
-pub use builder::{
-    BuildOptions, Builder, CacheStats, Reporter, Secret, Transcript, delete, forget_missing,
-};
+pub use builder::{Builder, CacheStats, delete, forget_missing};
 pub use context::Context;
 pub use error::{Error, Result};
+pub use events::{Event, HitSource, Reporter, Silent, StepInfo, Transcript, render_text};
 pub use key::StepKey;
 pub use log::DEFAULT_LOG_LIMIT;
+pub use options::{BuildOptions, Secret};

@@ -6,7 +6,23 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::builder::Reporter;
+use crate::events::{Event, Reporter};
+
+/// Sends one step's output to a reporter as [`Event::Log`]s.
+#[derive(Clone, Copy)]
+pub(crate) struct LogSink<'a> {
+    pub(crate) reporter: &'a dyn Reporter,
+    pub(crate) step: u32,
+}
+
+impl LogSink<'_> {
+    pub(crate) fn output(&self, data: &[u8]) {
+        self.reporter.event(&Event::Log {
+            step: self.step,
+            data: data.to_vec(),
+        });
+    }
+}
 
 /// How often a follower polls a live log for more output.
 const POLL: Duration = Duration::from_millis(20);
@@ -25,7 +41,7 @@ const MIN_MASKED: usize = 4;
 /// values masked, at most `limit` bytes kept, and a note where the log was cut.
 pub(crate) struct StepLog<'a> {
     file: File,
-    reporter: &'a dyn Reporter,
+    sink: LogSink<'a>,
     mask: Masker,
     limit: u64,
     kept: u64,
@@ -35,13 +51,13 @@ pub(crate) struct StepLog<'a> {
 impl<'a> StepLog<'a> {
     pub(crate) fn new(
         file: File,
-        reporter: &'a dyn Reporter,
+        sink: LogSink<'a>,
         secrets: &[Vec<u8>],
         limit: u64,
     ) -> StepLog<'a> {
         StepLog {
             file,
-            reporter,
+            sink,
             mask: Masker::new(secrets),
             limit,
             kept: 0,
@@ -88,7 +104,7 @@ impl<'a> StepLog<'a> {
     fn send(&mut self, data: &[u8]) -> io::Result<()> {
         // The file is unbuffered, so followers see output as soon as the step prints it.
         self.file.write_all(data)?;
-        self.reporter.output(data);
+        self.sink.output(data);
         Ok(())
     }
 }
@@ -201,9 +217,9 @@ impl Masker {
 }
 
 /// Sends all of a finished log to `reporter`. A missing log replays as nothing.
-pub(crate) fn replay(path: &Path, reporter: &dyn Reporter) -> io::Result<()> {
+pub(crate) fn replay(path: &Path, sink: LogSink<'_>) -> io::Result<()> {
     match File::open(path) {
-        Ok(f) => pump(f, reporter).map(drop),
+        Ok(f) => pump(f, sink).map(drop),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
@@ -228,7 +244,7 @@ impl Follower {
     }
 
     /// Sends whatever is new in the log at `path`; opens it on first sight.
-    pub(crate) fn poll(&mut self, path: &Path, reporter: &dyn Reporter) -> io::Result<u64> {
+    pub(crate) fn poll(&mut self, path: &Path, sink: LogSink<'_>) -> io::Result<u64> {
         if self.file.is_none() {
             match File::open(path) {
                 Ok(f) => self.file = Some(f),
@@ -237,7 +253,7 @@ impl Follower {
             }
         }
         match self.file.as_mut() {
-            Some(f) => pump(f, reporter),
+            Some(f) => pump(f, sink),
             None => Ok(0),
         }
     }
@@ -246,12 +262,12 @@ impl Follower {
     pub(crate) fn follow(
         &mut self,
         path: &Path,
-        reporter: &dyn Reporter,
+        sink: LogSink<'_>,
         mut done: impl FnMut() -> bool,
     ) -> io::Result<()> {
         loop {
             let finished = done();
-            let n = self.poll(path, reporter)?;
+            let n = self.poll(path, sink)?;
             if finished {
                 return Ok(());
             }
@@ -262,14 +278,14 @@ impl Follower {
     }
 }
 
-fn pump(mut r: impl Read, reporter: &dyn Reporter) -> io::Result<u64> {
+fn pump(mut r: impl Read, sink: LogSink<'_>) -> io::Result<u64> {
     let mut buf = [0u8; 16 * 1024];
     let mut total = 0;
     loop {
         match r.read(&mut buf) {
             Ok(0) => return Ok(total),
             Ok(n) => {
-                reporter.output(&buf[..n]);
+                sink.output(&buf[..n]);
                 total += n as u64;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -341,10 +357,10 @@ mod tests {
     struct Sink(std::sync::Mutex<Vec<u8>>);
 
     impl Reporter for Sink {
-        fn heading(&self, _: &str) {}
-        fn note(&self, _: &str) {}
-        fn output(&self, data: &[u8]) {
-            self.0.lock().unwrap().extend_from_slice(data);
+        fn event(&self, event: &Event) {
+            if let Event::Log { step: 7, data } = event {
+                self.0.lock().unwrap().extend_from_slice(data);
+            }
         }
     }
 
@@ -353,7 +369,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         let sink = Sink::default();
-        let mut log = StepLog::new(File::create(&path).unwrap(), &sink, &[], 10);
+        let to = LogSink {
+            reporter: &sink,
+            step: 7,
+        };
+        let mut log = StepLog::new(File::create(&path).unwrap(), to, &[], 10);
         log.write_all(b"0123456").unwrap();
         log.write_all(b"789abcdef").unwrap();
         log.write_all(b"more").unwrap();

@@ -1,35 +1,29 @@
 //! `strata build|healthcheck|delete|dockerfile`: running OBuilder specs.
 
-use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
-use strata_build::{BuildOptions, Builder, Reporter, Secret};
-use strata_isolate::{Cancel, DriverOptions};
+use strata_build::{BuildOptions, Builder, Secret};
+use strata_isolate::Cancel;
 use strata_snapshot::Engine;
 
 use crate::cli::{BuildArgs, DeleteArgs, DockerfileArgs, GlobalArgs, HealthcheckArgs, SandboxArgs};
-use crate::output;
+use crate::{output, progress};
 
 fn open_builder(global: &GlobalArgs, sandbox: &SandboxArgs) -> Result<Builder> {
     let root = crate::cas::store_root(global.store.as_deref())?;
-    let engine = Engine::open(&root)
-        .with_context(|| format!("cannot open the store at {}", root.display()))?;
+    let strata = strata::Strata::open(&root)?;
     let name = sandbox
         .sandbox
         .as_deref()
         .unwrap_or(strata_isolate::default_driver_name());
-    let options = DriverOptions {
-        state_dir: root.join("isolate-v1").join(name),
-        slots: sandbox.slots,
-        fast_sync: sandbox.fast_sync,
-        limits: sandbox.limits(),
-    };
-    let driver = strata_isolate::driver(name, &options)?;
-    Ok(Builder::new(Arc::new(engine), driver)?)
+    let mut options = strata::SandboxOptions::default();
+    options.slots = sandbox.slots;
+    options.fast_sync = sandbox.fast_sync;
+    options.limits = sandbox.limits();
+    Ok(strata.builder_with(strata.driver(name, &options)?)?)
 }
 
 /// Reads a spec file, with errors pointing into it.
@@ -38,41 +32,6 @@ fn read_spec(path: &Path) -> Result<strata_spec::Spec> {
         .with_context(|| format!("cannot read the spec {}", path.display()))?;
     strata_spec::parse(&source)
         .map_err(|e| anyhow::anyhow!("{}", e.render(&source, &path.display().to_string())))
-}
-
-/// Prints progress as OBuilder does: headings, notes and the steps' output on stdout (or, with
-/// --json, on stderr, keeping stdout for the result).
-struct Terminal {
-    to_stderr: bool,
-    /// When the current step last printed, for the "still running" line on a terminal.
-    last: Mutex<Instant>,
-}
-
-impl Terminal {
-    fn write(&self, data: &[u8]) {
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        // Progress output is best effort: a closed stdout must not kill the build.
-        let _ = if self.to_stderr {
-            std::io::stderr().lock().write_all(data)
-        } else {
-            let mut out = std::io::stdout().lock();
-            out.write_all(data).and_then(|()| out.flush())
-        };
-    }
-}
-
-impl Reporter for Terminal {
-    fn heading(&self, text: &str) {
-        self.write(format!("{text}\n").as_bytes());
-    }
-
-    fn note(&self, text: &str) {
-        self.write(format!("{text}\n").as_bytes());
-    }
-
-    fn output(&self, data: &[u8]) {
-        self.write(data);
-    }
 }
 
 #[derive(Serialize)]
@@ -101,23 +60,19 @@ pub(crate) fn build(global: &GlobalArgs, args: &BuildArgs) -> Result<()> {
         .unwrap_or_else(|| context.join("build.spec"));
     let spec = read_spec(&spec_path)?;
     let builder = open_builder(global, &args.sandbox)?;
-    ensure_bases(&builder, &spec)?;
     let cancel = Cancel::new();
     install_ctrl_c(&cancel);
-    let terminal = Arc::new(Terminal {
-        to_stderr: global.json,
-        last: Mutex::new(Instant::now()),
-    });
-    let _ticker = Ticker::start(terminal.clone());
-    let opts = BuildOptions {
-        context,
-        secrets: &secrets,
-        reporter: &*terminal,
-        cancel: &cancel,
-        step_timeout: args.step_timeout.map(Duration::from_secs),
-        allow_network_host: args.allow.contains(&crate::cli::Entitlement::NetworkHost),
-        log_limit: args.log_limit,
-    };
+    let display = progress::Display::new(args.progress, global.json);
+    let _ticker = display.tick();
+    let mut opts = BuildOptions::new(context)
+        .reporter(display.clone())
+        .cancel(cancel)
+        .allow_network_host(args.allow.contains(&crate::cli::Entitlement::NetworkHost))
+        .log_limit(args.log_limit);
+    opts.secrets = secrets;
+    if let Some(t) = args.step_timeout {
+        opts = opts.step_timeout(Duration::from_secs(t));
+    }
     let id = builder.build(&spec, &opts)?;
     let stats = builder.stats();
     if global.json {
@@ -128,24 +83,11 @@ pub(crate) fn build(global: &GlobalArgs, args: &BuildArgs) -> Result<()> {
             seconds: output::seconds(started.elapsed()),
         });
     }
+    if args.progress == progress::Mode::Json {
+        // The `finished` event said it; stdout stays JSON lines only.
+        return Ok(());
+    }
     output::print_text(&format!("Got: \"{id}\""))
-}
-
-/// Creates the busybox base offline when a spec needs it and the store lacks it.
-fn ensure_bases(builder: &Builder, spec: &strata_spec::Spec) -> Result<()> {
-    let mut images = vec![spec.from.clone()];
-    let mut stack: Vec<&strata_spec::Spec> = spec.stages.iter().map(|s| &s.spec).collect();
-    while let Some(s) = stack.pop() {
-        images.push(s.from.clone());
-        stack.extend(s.stages.iter().map(|s| &s.spec));
-    }
-    for image in images {
-        if builder.resolve_base(&image).is_err() && strata_build::base::is_busybox(&image) {
-            strata_build::base::ensure_busybox(builder.engine())
-                .context("cannot create the busybox base image from the host's busybox-static")?;
-        }
-    }
-    Ok(())
 }
 
 fn parse_secret(s: &str) -> Result<Secret> {
@@ -159,10 +101,7 @@ fn parse_secret(s: &str) -> Result<Secret> {
     if !path.is_file() {
         bail!("--secret {s}: {} is not a readable file", path.display());
     }
-    Ok(Secret {
-        id: id.to_owned(),
-        path,
-    })
+    Ok(Secret::new(id, path))
 }
 
 /// Ctrl-C cancels the build cleanly (the sandbox is killed, nothing is cached); a second
@@ -176,51 +115,6 @@ fn install_ctrl_c(cancel: &Cancel) {
         eprintln!("\ncancelling the build (Ctrl-C again to exit at once)");
         cancel.cancel();
     });
-}
-
-/// On a terminal, says how long a silent step has been running, on stderr.
-struct Ticker {
-    stop: Cancel,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Ticker {
-    fn start(terminal: Arc<Terminal>) -> Ticker {
-        let stop = Cancel::new();
-        let thread = std::io::stderr().is_terminal().then(|| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut shown = false;
-                while stop.wait(Duration::from_millis(500)).is_none() {
-                    let silent = terminal
-                        .last
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .elapsed();
-                    if silent >= Duration::from_secs(3) {
-                        eprint!("\r\x1b[2K  … {}s without output", silent.as_secs());
-                        shown = true;
-                    } else if shown {
-                        eprint!("\r\x1b[2K");
-                        shown = false;
-                    }
-                }
-                if shown {
-                    eprint!("\r\x1b[2K");
-                }
-            })
-        });
-        Ticker { stop, thread }
-    }
-}
-
-impl Drop for Ticker {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// `strata healthcheck`: runs `echo healthcheck` in the base through the sandbox.

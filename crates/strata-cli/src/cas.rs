@@ -1,6 +1,5 @@
 //! `strata cas …`: the commands that work on the content-addressed store.
 
-use std::env;
 use std::fs;
 use std::io::{self, IsTerminal as _, Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -55,19 +54,12 @@ pub(crate) fn store_root(given: Option<&Path>) -> Result<PathBuf> {
         }
         return Ok(dir.to_path_buf());
     }
-    // The XDG spec says to ignore a relative XDG_CACHE_HOME.
-    if let Some(cache) = env::var_os("XDG_CACHE_HOME").map(PathBuf::from)
-        && cache.is_absolute()
-    {
-        return Ok(cache.join("strata"));
-    }
-    match env::var_os("HOME") {
-        Some(home) if !home.is_empty() => Ok(PathBuf::from(home).join(".cache").join("strata")),
-        _ => bail!(
+    strata::default_location().map_err(|_| {
+        anyhow::anyhow!(
             "no store directory: neither XDG_CACHE_HOME nor HOME is set; give --store DIR or \
              set STRATA_STORE"
-        ),
-    }
+        )
+    })
 }
 
 impl Cas {

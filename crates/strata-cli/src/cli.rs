@@ -781,6 +781,11 @@ pub(crate) struct BuildArgs {
     #[arg(long, value_name = "SECONDS")]
     pub(crate) step_timeout: Option<u64>,
 
+    /// How to show the build: OBuilder's transcript (plain), the same with a live status
+    /// line (tty), or one JSON object per event (json)
+    #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
+    pub(crate) progress: crate::progress::Mode,
+
     /// Grant what a spec may not turn on by itself: `network-host` lets `(network host)`
     /// steps use the host's network (repeatable)
     #[arg(long, value_name = "ENTITLEMENT")]

@@ -18,6 +18,7 @@ mod ids;
 mod layer;
 mod maintenance;
 mod output;
+mod progress;
 mod snapshot;
 
 use std::io::{self, Write as _};

@@ -117,10 +117,7 @@ fn secrets_are_mounted_but_never_stored_or_logged_and_never_in_the_key() {
             (run (secrets (token (target /run/secrets/token)))
                  (shell "test \"$(tr a-z A-Z < /run/secrets/token)\" = S3CR3T-VALUE-1 && echo secret ok && wc -c < /run/secrets/token > /len")))"#
     );
-    let secrets = [Secret {
-        id: "token".into(),
-        path: secret.clone(),
-    }];
+    let secrets = [Secret::new("token", secret.clone())];
     let (r, log) = f.build_with(&spec, &ctx, &secrets, &Cancel::new());
     let id = r.unwrap();
     assert!(log.contains("secret ok"), "{log}");
@@ -301,16 +298,9 @@ fn a_step_timeout_kills_the_step_and_names_it() {
     ))
     .unwrap();
     let log = strata_build::Transcript::new();
-    let cancel = Cancel::new();
-    let opts = strata_build::BuildOptions {
-        context: &ctx,
-        secrets: &[],
-        reporter: &log,
-        cancel: &cancel,
-        step_timeout: Some(Duration::from_millis(500)),
-        allow_network_host: false,
-        log_limit: strata_build::DEFAULT_LOG_LIMIT,
-    };
+    let opts = strata_build::BuildOptions::new(&ctx)
+        .reporter(log.clone())
+        .step_timeout(Duration::from_millis(500));
     let started = Instant::now();
     let e = f.builder.build(&spec, &opts).unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(20));

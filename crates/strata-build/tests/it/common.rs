@@ -82,16 +82,11 @@ impl Fixture {
     ) -> (Result<SnapshotId, strata_build::Error>, String) {
         let spec = strata_spec::parse(spec).unwrap();
         let log = Transcript::new();
-        let cancel = Cancel::new();
-        let opts = BuildOptions {
-            context,
-            secrets,
-            reporter: &log,
-            cancel: &cancel,
-            step_timeout: None,
-            allow_network_host,
-            log_limit,
-        };
+        let mut opts = BuildOptions::new(context)
+            .reporter(log.clone())
+            .allow_network_host(allow_network_host)
+            .log_limit(log_limit);
+        opts.secrets = secrets.to_vec();
         let r = self.builder.build(&spec, &opts);
         (r, log.text())
     }
@@ -113,6 +108,22 @@ pub(crate) fn builder_at(store: &Path) -> Builder {
     Builder::new(Arc::new(engine), driver).unwrap()
 }
 
+/// Builds and returns the events the build reported.
+pub(crate) fn build_events(
+    builder: &Builder,
+    spec: &str,
+    context: &Path,
+) -> (
+    Result<SnapshotId, strata_build::Error>,
+    Vec<strata_build::Event>,
+) {
+    let spec = strata_spec::parse(spec).unwrap();
+    let log = Transcript::new();
+    let opts = BuildOptions::new(context).reporter(log.clone());
+    let r = builder.build(&spec, &opts);
+    (r, log.events())
+}
+
 pub(crate) fn build_on(
     builder: &Builder,
     spec: &str,
@@ -122,15 +133,11 @@ pub(crate) fn build_on(
 ) -> (Result<SnapshotId, strata_build::Error>, String) {
     let spec = strata_spec::parse(spec).unwrap();
     let log = Transcript::new();
-    let opts = BuildOptions {
-        context,
-        secrets,
-        reporter: &log,
-        cancel,
-        step_timeout: None,
-        allow_network_host: true,
-        log_limit: strata_build::DEFAULT_LOG_LIMIT,
-    };
+    let mut opts = BuildOptions::new(context)
+        .reporter(log.clone())
+        .cancel(cancel.clone())
+        .allow_network_host(true);
+    opts.secrets = secrets.to_vec();
     let r = builder.build(&spec, &opts);
     (r, log.text())
 }

@@ -43,10 +43,7 @@ fn secrets_printed_by_a_step_are_masked_live_stored_and_replayed() {
     let ctx = f.context(&[]);
     let secret = f.dir.path().join("token");
     std::fs::write(&secret, "hunter2-topsecret\n").unwrap();
-    let secrets = [Secret {
-        id: "token".into(),
-        path: secret,
-    }];
+    let secrets = [Secret::new("token", secret)];
     let spec = format!(
         r#"((from busybox) {SH}
             (run (secrets (token (target /run/secrets/token)))
@@ -95,10 +92,7 @@ fn a_secret_may_be_given_by_a_relative_path() {
             (run (secrets (token (target /run/secrets/token)))
                  (shell "test \"$(cat /run/secrets/token)\" = relative-secret && echo read it")))"#
     );
-    let secrets = [Secret {
-        id: "token".into(),
-        path: relative,
-    }];
+    let secrets = [Secret::new("token", relative)];
     let (r, log) = f.build_opts(&spec, &ctx, &secrets, false, DEFAULT_LOG_LIMIT);
     r.unwrap();
     assert!(log.contains("read it"), "{log}");

@@ -4,4 +4,5 @@ mod build;
 mod common;
 mod concurrency;
 mod copy_sources;
+mod events;
 mod hardening;

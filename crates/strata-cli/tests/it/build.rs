@@ -167,6 +167,59 @@ fn host_networking_needs_allow_network_host() {
 }
 
 #[test]
+fn progress_json_prints_one_event_per_line() {
+    if !runc_ready() {
+        return;
+    }
+    let env = Env::new();
+    let ctx = spec_dir(
+        &env,
+        "((from busybox) (shell /bin/sh -c)\n (run (shell \"echo hello-json\")))",
+    );
+    let run = env.run([
+        "build".as_ref(),
+        "--progress".as_ref(),
+        "json".as_ref(),
+        ctx.as_os_str(),
+    ]);
+    let out = run.ok();
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "stage_started",
+            "step_started",
+            "step_started",
+            "log",
+            "saved",
+            "finished"
+        ],
+        "{out}"
+    );
+    assert_eq!(events[3]["data"], "hello-json\n");
+    assert_eq!(events[2]["key"].as_str().map(str::len), Some(64));
+    assert_eq!(events[5]["snapshot"], events[4]["snapshot"]);
+    // With --json the result keeps stdout and the events go to stderr.
+    let run = env.run([
+        "--json".as_ref(),
+        "build".as_ref(),
+        "--progress".as_ref(),
+        "json".as_ref(),
+        ctx.as_os_str(),
+    ]);
+    let result = run.json();
+    assert_eq!(result["snapshot"], events[5]["snapshot"]);
+    assert!(run.stderr.contains("\"event\":\"cache_hit\""), "{run:?}");
+}
+
+#[test]
 fn spec_errors_point_into_the_file() {
     let env = Env::new();
     let ctx = spec_dir(&env, "((from busybox)\n (rnu (shell \"true\")))\n");
