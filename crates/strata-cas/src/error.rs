@@ -117,6 +117,34 @@ pub enum Error {
         /// Its permission bits.
         mode: u32,
     },
+    /// What was given as a layer id is neither an id nor a prefix of one.
+    #[error(
+        "`{given}` is not a layer id: expected hex digits (64 for a full id, at least \
+         {min} for a prefix), optionally preceded by `blake3:`",
+        min = crate::refs::MIN_PREFIX
+    )]
+    BadLayerRef {
+        /// What was given.
+        given: String,
+    },
+    /// No stored layer has this id or starts with this prefix.
+    #[error("no layer {} `{given}` in the store at {}", if *.prefix { "id starts with" } else { "has the id" }, store.display())]
+    NoSuchLayer {
+        /// What was given.
+        given: String,
+        /// Whether it was a prefix.
+        prefix: bool,
+        /// The store's directory.
+        store: PathBuf,
+    },
+    /// A prefix that more than one stored layer starts with.
+    #[error("{}", crate::refs::ambiguous(given, matches))]
+    AmbiguousLayerRef {
+        /// What was given.
+        given: String,
+        /// The layers it matches, sorted.
+        matches: Vec<crate::LayerId>,
+    },
     /// The operation is not available on this platform.
     #[error("{what} is not supported on this platform")]
     Unsupported {

@@ -12,7 +12,6 @@ use strata_snapshot::Engine;
 use strata_snapshot::maintenance::{LayerUser, RemoveLayersOptions};
 
 use crate::cli::{CasApplyArgs, CasCommand, GlobalArgs, IdArg, PutArgs, RmArgs, VerifyArgs};
-use crate::ids::Resolver;
 use crate::layer;
 use crate::output;
 
@@ -63,10 +62,6 @@ pub(crate) fn store_root(given: Option<&Path>) -> Result<PathBuf> {
 }
 
 impl Cas {
-    fn resolver(&self) -> Resolver<'_> {
-        Resolver::new(&self.store, &self.root)
-    }
-
     fn put(&self, args: &PutArgs) -> Result<()> {
         let path = &args.path;
         let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -166,10 +161,9 @@ impl Cas {
 
     /// Verifies the named layers one by one, collecting a report like [`Store::verify`]'s.
     fn verify_some(&self, args: &[String]) -> Result<VerifyReport> {
-        let mut resolver = self.resolver();
         let mut ids = Vec::with_capacity(args.len());
         for arg in args {
-            let id = resolver.resolve(arg)?;
+            let id = self.store.resolve(arg)?;
             if !ids.contains(&id) {
                 ids.push(id);
             }
@@ -192,11 +186,10 @@ impl Cas {
 
     fn rm(&self, args: &RmArgs) -> Result<()> {
         // Resolve everything first: one bad argument removes nothing.
-        let mut resolver = self.resolver();
         let mut ids: Vec<LayerId> = Vec::new();
         let mut missing: Vec<&str> = Vec::new();
         for arg in &args.ids {
-            match resolver.lookup(arg)? {
+            match self.store.find(arg)? {
                 Some(id) if !ids.contains(&id) => ids.push(id),
                 Some(_) => {}
                 None => missing.push(arg),
@@ -207,7 +200,11 @@ impl Cas {
                 [] => {}
                 [one] => bail!(
                     "{}; nothing was removed (--force ignores unknown ids)",
-                    resolver.not_found(one)
+                    self.store
+                        .resolve(one)
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_default()
                 ),
                 many => bail!(
                     "no stored layer matches {} in the store at {}; nothing was removed \
@@ -284,7 +281,7 @@ impl Cas {
         if io::stdout().is_terminal() {
             bail!("refusing to write a tar to a terminal: redirect stdout to a file or a pipe");
         }
-        let id = self.resolver().resolve(&args.id)?;
+        let id = self.store.resolve(&args.id)?;
         let mut reader = self
             .store
             .open_layer(&id)
@@ -304,7 +301,7 @@ impl Cas {
     }
 
     fn digest(&self, args: &IdArg) -> Result<()> {
-        let id = self.resolver().resolve(&args.id)?;
+        let id = self.store.resolve(&args.id)?;
         let digests = self
             .store
             .oci_digests(&id)
@@ -326,7 +323,7 @@ impl Cas {
 
     fn apply(&self, args: &CasApplyArgs) -> Result<()> {
         let opts = layer::extract_options(&args.opts);
-        let id = self.resolver().resolve(&args.id)?;
+        let id = self.store.resolve(&args.id)?;
         layer::prepare_target(&args.dir)?;
         let start = Instant::now();
         let report = self

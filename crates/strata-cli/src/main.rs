@@ -14,7 +14,6 @@
 mod build;
 mod cas;
 mod cli;
-mod ids;
 mod layer;
 mod maintenance;
 mod output;
