@@ -30,7 +30,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 use strata_cas::{CreateOptions, LayerId, LayerInfo, Limits};
@@ -141,8 +140,6 @@ impl ReleaseOutcome {
     }
 }
 
-static VIEW_COUNTER: AtomicU64 = AtomicU64::new(0);
-
 fn check_name(name: &str) -> Result<()> {
     index::check_cache_name(name).map_err(|why| Error::BadName {
         name: name.to_owned(),
@@ -192,12 +189,9 @@ impl Engine {
         fs::create_dir_all(&views).map_err(io_error("create", &views))?;
         // Canonical, like the checkout row the engine will record for it.
         let views = crate::engine::canonical(&views).map_err(io_error("resolve", &views))?;
-        let dir = views.join(format!(
-            "{}-{}-{}",
-            std::process::id(),
-            index::now_millis(),
-            VIEW_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
+        // Named after this process like the engine's other entries, though views are swept
+        // by the owner their row records.
+        let dir = views.join(strata_process::unique_name(""));
         let added = {
             // The empty layer is stored and recorded under the shared gc lock, as every layer
             // is, so gc cannot drop its blob in between. Storing it again is a cheap no-op.

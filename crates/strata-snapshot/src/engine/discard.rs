@@ -83,7 +83,7 @@ impl Engine {
 
 /// Deletes released checkout trees on a background thread, so that `commit` and `release`
 /// return once the index no longer tracks the checkout, not once 20,000 files are unlinked.
-/// The trees wait in `checkouts-v1/x-<pid>-<n>` directories: if the process dies first, the
+/// The trees wait in `checkouts-v1/x-<owner>-<n>` directories: if the process dies first, the
 /// next `Engine::open` sweeps them like any other state of a dead process. Dropping the
 /// engine waits for the deletions to finish.
 #[derive(Debug, Default)]

@@ -12,12 +12,12 @@
 //! │   ├── <layer>@<root>        a relocated variant, for overlay checkouts at another root
 //! │   │                         (kept while a checkout at that root is tracked)
 //! │   ├── <layer>@dup-<n>       a hard-linked twin, for a layer that repeats in one stack
-//! │   └── tmp-<pid>-<n>         an unpack in progress; renamed into place when complete
-//! ├── caches-v1/views/<n>/     private views of shared caches (tracked checkouts)
+//! │   └── tmp-<owner>-<n>       an unpack in progress; renamed into place when complete
+//! ├── caches-v1/views/<owner>-<n>/  private views of shared caches (tracked checkouts)
 //! └── checkouts-v1/
-//!     ├── c-<pid>-<n>/          state of one tracked checkout, made by process <pid>:
+//!     ├── c-<owner>-<n>/        state of one tracked checkout, made by process <owner>:
 //!     │                         upper/ + work/ (overlay) or manifest (portable)
-//!     └── x-<pid>-<n>/          state of a checkout being discarded by process <pid>
+//!     └── x-<owner>-<n>/        state of a checkout being discarded by process <owner>
 //! ```
 //!
 //! The root, `unpacked-v1/`, `checkouts-v1/` and `caches-v1/` are private to the store's
@@ -33,7 +33,7 @@
 //!   under the shared gc lock; `gc` removes the layer row before the blob, under the exclusive
 //!   lock. So no snapshot ever names a layer whose blob is missing; a crash leaves at most an
 //!   unreferenced layer or an unrecorded blob, which `gc` collects.
-//! - Unpacked layers: extracted into `tmp-<pid>-*`, renamed into place, then flagged in the
+//! - Unpacked layers: extracted into `tmp-<owner>-*`, renamed into place, then flagged in the
 //!   index. A commit renames its overlay upper dir into place after recording the layer.
 //! - Checkouts: state dir (with `upper/` and `work/` for overlay), then the row, then unpacking
 //!   and the mount or the files, then (portable) the manifest. Discarding unmounts, moves the
@@ -57,8 +57,10 @@
 //! intact (a crash before mounting or while committing, or a reboot). `commit` and `release`
 //! work on it without a mount; `fsck` reports it and its repair releases it (remounting
 //! would hand a sandbox a tree it may not expect). Anything the current process, or another
-//! live one, may still be working on is never touched: makers are known by the pid in the
-//! state dir's name (a recycled pid errs on the side of keeping).
+//! live one, may still be working on is never touched: makers are known by the owner in the
+//! state dir's name, `<pid>.<start time>` (`strata_process`): a maker that exited, a zombie
+//! included, is dead, and so is one whose pid now belongs to a process started at another
+//! time. Names older versions made carry the pid only, and are kept while a process has it.
 //!
 //! # Durability
 //!
@@ -87,7 +89,6 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use strata_cas::{LayerInfo, Store};
 
@@ -170,15 +171,11 @@ pub struct Engine {
     reaper: Reaper,
 }
 
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
+/// A name for something this process makes and may leave behind if it dies
+/// (`<prefix><pid>.<start time>-<n>`, see [`strata_process::owned_name`]): recovery tells a
+/// dead maker's leftovers by it.
 pub(crate) fn unique_name(prefix: &str) -> String {
-    format!(
-        "{prefix}{}-{}-{}",
-        std::process::id(),
-        index::now_millis(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    strata_process::unique_name(prefix)
 }
 
 impl Engine {

@@ -1,5 +1,5 @@
-//! Recovery: what crashed processes left half done, found by the maker's pid in a state
-//! dir's name, and the health of tracked checkouts that recovery and `fsck` judge by.
+//! Recovery: what crashed processes left half done, found by the maker (pid and start time)
+//! in an entry's name, and the health of tracked checkouts that recovery and `fsck` judge by.
 
 use std::collections::HashSet;
 use std::fs;
@@ -149,10 +149,8 @@ impl Engine {
     }
 }
 
-/// Whether the process that named an entry `<prefix>-<pid>-...` may still run. Names
-/// without a pid were not made by this engine and count as dead.
-/// The entries of `dir` that `wanted` accepts and whose maker (the pid in a
-/// [`unique_name`]) no longer runs, as (name, path).
+/// The entries of `dir` that `wanted` accepts and whose maker (the owner in a
+/// [`unique_name`](super::unique_name)) no longer runs, as (name, path).
 fn entries_of_dead_makers(
     dir: &Path,
     wanted: impl Fn(&str) -> bool,
@@ -168,11 +166,18 @@ fn entries_of_dead_makers(
     Ok(found)
 }
 
+/// What the engine names after their maker: unpacks in progress, checkout states, and states
+/// being discarded.
+const MADE_BY_A_PROCESS: [&str; 3] = ["tmp-", "c-", "x-"];
+
+/// Whether the process that made the entry `name` may still run. Names older versions made
+/// (pid only) count as alive while a process has the pid; names that carry no maker were not
+/// made by this engine and count as dead.
 fn maker_alive(name: &str) -> bool {
-    name.split('-')
-        .nth(1)
-        .and_then(|pid| pid.parse().ok())
-        .is_some_and(process_alive)
+    MADE_BY_A_PROCESS
+        .iter()
+        .find_map(|prefix| strata_process::name_owner(name, prefix))
+        .is_some_and(|maker| maker.is_alive())
 }
 
 /// The overlay mount points of the host (of this process's mount namespace).
@@ -191,24 +196,5 @@ pub(super) fn detach(point: &Path) -> Result<()> {
     match crate::overlay::unmount_detach(point) {
         Ok(()) | Err(crate::overlay::Error::NotMounted { .. }) => Ok(()),
         Err(e) => Err(e.into()),
-    }
-}
-
-/// Whether a process with this pid exists (a recycled pid errs on the side of keeping).
-fn process_alive(pid: u32) -> bool {
-    #[cfg(target_os = "linux")]
-    return Path::new(&format!("/proc/{pid}")).exists();
-    #[cfg(all(unix, not(target_os = "linux")))]
-    return rustix::process::Pid::from_raw(pid as i32)
-        .is_none_or(|p| rustix::process::test_kill_process(p).is_ok());
-    #[cfg(windows)]
-    return !matches!(
-        crate::index::process::win32::process_state(pid),
-        crate::index::process::win32::State::Gone
-    );
-    #[cfg(not(any(unix, windows)))]
-    {
-        let _ = pid;
-        true
     }
 }

@@ -16,7 +16,7 @@ use crate::relocate;
 
 impl Engine {
     /// The directories holding `layers` unpacked, unpacking the missing ones first. Each is
-    /// extracted into `tmp-<pid>-*` and renamed into place once flushed: on Linux with one
+    /// extracted into `tmp-<owner>-*` and renamed into place once flushed: on Linux with one
     /// `syncfs` for all of them (a cold checkout of ten layers paid ten), elsewhere by the
     /// extraction itself.
     pub(super) fn ensure_unpacked(&self, layers: &[LayerId]) -> Result<Vec<PathBuf>> {

@@ -10,8 +10,9 @@
 //! - WAL needs shared memory, so every process must be on the same host (no network
 //!   filesystems).
 //!
-//! Leases name their owner by pid and process start time, so a lease whose process died
-//! (even by `SIGKILL`) stops protecting its snapshot. All processes sharing a store must see
+//! Leases and cache views name their owner by pid and process start time
+//! ([`strata_process::Owner`]), so one whose process died (even by `SIGKILL`) stops protecting
+//! its snapshot. All processes sharing a store must see
 //! the same pids (one pid namespace, one `/proc`).
 //!
 //! Ids are stored as lowercase hex `TEXT`, times as milliseconds since the Unix epoch, and
@@ -21,17 +22,16 @@ use std::path::{Path, PathBuf};
 
 mod error;
 mod migrations;
-pub(crate) mod process;
 mod queries;
 mod rows;
 
 pub use error::{Error, Result};
-pub use process::Owner;
 pub use queries::Index;
 pub use rows::{
     AddedCacheView, CacheRow, CacheVersion, CacheViewRow, CheckoutRow, LayerRow, LeaseId, LeaseRow,
     NewCacheView, NewSnapshot, Publish, RemoveCache, SnapshotRow, Usage,
 };
+pub use strata_process::Owner;
 
 /// The current time in milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_millis() -> i64 {

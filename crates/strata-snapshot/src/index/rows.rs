@@ -88,7 +88,7 @@ pub struct CheckoutRow {
 pub struct LeaseId(pub i64);
 
 /// A lease: pins a snapshot while its owner process is alive.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseRow {
     /// The lease's id.
     pub id: LeaseId,
@@ -124,10 +124,9 @@ pub struct CacheRow {
 }
 
 /// A view of a cache: a tracked checkout that one user writes to privately.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheViewRow {
     /// The checkout directory (the key).
-    #[serde(serialize_with = "serialize_path_lossy")]
     pub dir: PathBuf,
     /// The cache it is a view of.
     pub cache: String,
@@ -263,10 +262,7 @@ pub(super) fn cache_view_row(r: &Row<'_>) -> rusqlite::Result<CacheViewRow> {
 
 // Columns 0 and 1 hold owner_pid and owner_start.
 pub(super) fn owner_cols(r: &Row<'_>) -> rusqlite::Result<Owner> {
-    Ok(Owner {
-        pid: r.get(0)?,
-        start_time: u64_col(r, 1)?,
-    })
+    Ok(Owner::new(r.get(0)?, u64_col(r, 1)?))
 }
 
 pub(super) fn snapshot_row(r: &Row<'_>) -> rusqlite::Result<SnapshotRow> {

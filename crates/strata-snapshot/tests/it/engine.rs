@@ -327,6 +327,56 @@ fn open_finishes_or_rolls_back_what_dead_processes_left() {
     assert_eq!(child.parent, Some(base.id));
 }
 
+/// Leftovers are judged by their maker's pid and start time: a zombie maker is dead, a
+/// process that reused a maker's pid is not the maker, and names of older versions (pid only)
+/// are kept while their pid runs.
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+#[test]
+fn leftovers_are_judged_by_their_makers_start_time_and_zombies_are_dead() {
+    use strata_process::Owner;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    drop(Engine::open(&store).unwrap());
+    let mut zombie = Command::new("cat")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let z = Owner::of(zombie.id()).expect("cat runs until its stdin closes");
+    drop(zombie.stdin.take());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while Owner::of(z.pid).is_some() {
+        assert!(std::time::Instant::now() < deadline, "cat never exited");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let me = Owner::current();
+    let states = store.join("checkouts-v1");
+    let unpacked = store.join("unpacked-v1");
+    let gone = [
+        states.join(format!("c-{}-1-1", z.pid)),
+        states.join(format!("c-{z}-2")),
+        states.join(format!("x-{}.{}-3", me.pid, me.start_time + 1)),
+        unpacked.join(format!("tmp-{z}-4")),
+        unpacked.join(format!("tmp-{}-1-5", z.pid)),
+    ];
+    let kept = [
+        states.join(format!("c-{me}-6")),
+        states.join(format!("x-{}-1-7", me.pid)),
+        unpacked.join(format!("tmp-{me}-8")),
+    ];
+    for dir in gone.iter().chain(&kept) {
+        fs::create_dir_all(dir).unwrap();
+    }
+    // Opened while the zombie is still unreaped: its pid is taken, yet it is dead.
+    drop(Engine::open(&store).unwrap());
+    zombie.wait().unwrap();
+    for dir in &gone {
+        assert!(!dir.exists(), "{} was left", dir.display());
+    }
+    for dir in &kept {
+        assert!(dir.exists(), "{} was removed", dir.display());
+    }
+}
+
 #[test]
 fn an_overlay_checkout_that_lost_its_mount_commits_and_releases() {
     if !strata_snapshot::engine::overlay_available() {

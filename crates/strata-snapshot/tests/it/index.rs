@@ -606,10 +606,7 @@ fn a_recycled_pid_does_not_keep_a_lease() {
     let (_dir, mut index) = fresh();
     let a = add(&mut index, None, "a", 1);
     let me = Owner::current();
-    let impostor = Owner {
-        pid: me.pid,
-        start_time: me.start_time + 1,
-    };
+    let impostor = Owner::new(me.pid, me.start_time + 1);
     assert!(!impostor.is_alive());
     index.lease(&a, impostor, "earlier process", 1).unwrap();
     assert_eq!(index.prune_candidates(i64::MAX, 10).unwrap().len(), 1);
