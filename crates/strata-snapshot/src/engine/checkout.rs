@@ -15,7 +15,7 @@ use super::{
     overlay_available, remove_tree, unique_name,
 };
 use crate::index::{self, CheckoutRow, SnapshotRow};
-use crate::{SnapshotId, portable, relocate};
+use crate::{Checkout, SnapshotId, portable, relocate};
 
 impl Engine {
     /// Makes a tracked checkout of `snapshot` at `dir` (created if missing, else it must be
@@ -25,7 +25,7 @@ impl Engine {
         snapshot: &SnapshotId,
         dir: &Path,
         mode: Option<CheckoutMode>,
-    ) -> Result<CheckoutRow> {
+    ) -> Result<Checkout> {
         let mode = mode.unwrap_or_else(|| self.default_mode());
         if mode == CheckoutMode::Overlay && !overlay_available() {
             return Err(Error::OverlayUnavailable);
@@ -55,10 +55,10 @@ impl Engine {
         let row = CheckoutRow {
             dir: dir.clone(),
             snapshot: *snapshot,
-            mode: mode.as_str().to_owned(),
+            mode,
             state_dir: Some(state.clone()),
             root_path: index::path_to_bytes(&dir),
-            created: index::now_millis(),
+            created: crate::now_millis(),
         };
         // The row pins the snapshot (prune skips it, so gc keeps its layers) before its
         // layers are unpacked and used.
@@ -72,7 +72,7 @@ impl Engine {
             let _ = self.discard(&row, false);
             return Err(e);
         }
-        Ok(row)
+        Ok(row.into())
     }
 
     /// Unpacks the chain of `snapshot` and mounts or materialises it at `dir`.
@@ -97,7 +97,7 @@ impl Engine {
         }
         failpoint_for(mode, "checkout.overlay.mounted", "checkout.portable.done");
         let ids: Vec<SnapshotId> = chain.iter().map(|r| r.id).collect();
-        let now = index::now_millis();
+        let now = crate::now_millis();
         self.with_index(|ix| Ok(ix.touch(&ids, now)?))
     }
 
@@ -259,16 +259,9 @@ impl Engine {
         let dir = prepare_target(dir)?;
         // A lease keeps a concurrent prune (and so gc) off the snapshot's layers while they
         // are read; if this process dies, the lease dies with it.
-        let lease = self.with_index(|ix| {
-            Ok(ix.lease(
-                snapshot,
-                index::Owner::current(),
-                "copy out",
-                index::now_millis(),
-            )?)
-        })?;
+        let lease = self.lease(snapshot, "copy out")?;
         let copied = self.copy_leased(snapshot, &dir);
-        let released = self.with_index(|ix| Ok(ix.release_lease(lease)?));
+        let released = lease.release();
         copied.and(released)
     }
 

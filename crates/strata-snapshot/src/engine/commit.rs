@@ -11,7 +11,7 @@ use super::unpacked::mark_unsynced;
 use super::unpacked::same_boot;
 use super::{CheckoutMode, Engine, Error, Result, failpoint, failpoint_for, io_err};
 use crate::index::{CheckoutRow, SnapshotRow};
-use crate::{portable, relocate};
+use crate::{Snapshot, portable, relocate};
 
 impl Engine {
     /// Commits a tracked checkout's changes as a child snapshot and releases the checkout.
@@ -20,12 +20,9 @@ impl Engine {
     /// own: no temp file, no row (a blob stored before the index failed to record it is left
     /// for `gc`, like any blob no row names). The checkout stays tracked as it was, an
     /// overlay one mounted again, to be committed once the problem is fixed or released.
-    pub fn commit(&self, dir: &Path, tag: Option<&str>) -> Result<SnapshotRow> {
+    pub fn commit(&self, dir: &Path, tag: Option<&str>) -> Result<Snapshot> {
         let row = self.tracked(dir)?;
-        let mode = CheckoutMode::parse(&row.mode).ok_or_else(|| Error::UnknownMode {
-            dir: row.dir.clone(),
-            mode: row.mode.clone(),
-        })?;
+        let mode = row.mode;
         let state = row.state_dir.clone().unwrap_or_default();
         let unmounted = match mode {
             CheckoutMode::Overlay => self.unmount_to_commit(&row, &state)?,
@@ -46,7 +43,7 @@ impl Engine {
             }
         };
         self.discard(&row, false)?;
-        Ok(snapshot)
+        self.with_tags(snapshot)
     }
 
     /// Unmounts an overlay checkout to commit its upper dir; whether it was mounted. Not

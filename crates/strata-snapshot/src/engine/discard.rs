@@ -32,7 +32,7 @@ impl Engine {
     /// `detach`, mounts are detached (recovery: whoever used them is gone) rather than
     /// unmounted, which fails while they are busy.
     pub(crate) fn discard(&self, row: &CheckoutRow, detach: bool) -> Result<()> {
-        let mode = CheckoutMode::parse(&row.mode).unwrap_or(CheckoutMode::Portable);
+        let mode = row.mode;
         #[cfg(not(target_os = "linux"))]
         let _ = detach; // only overlay mounts need detaching
         #[cfg(target_os = "linux")]

@@ -62,20 +62,12 @@ pub enum Error {
     /// Overlay checkouts need Linux, root and overlayfs.
     #[error("overlay checkouts need Linux, root and overlayfs here; use a portable checkout")]
     OverlayUnavailable,
-    /// Layers that snapshots still need, refused by [`Engine::remove_layers`]: nothing was
+    /// Layers that snapshots still need, refused by [`Engine::remove_layers`](crate::Engine::remove_layers): nothing was
     /// removed.
     #[error("{}; nothing was removed", needed_by(users))]
     LayersNeeded {
         /// Every snapshot whose stack holds one of the layers, with its tags.
         users: Vec<crate::maintenance::LayerUser>,
-    },
-    /// The index names a checkout mode this build does not know.
-    #[error("checkout {} has unknown mode `{mode}`", dir.display())]
-    UnknownMode {
-        /// The directory.
-        dir: PathBuf,
-        /// The mode recorded.
-        mode: String,
     },
 }
 

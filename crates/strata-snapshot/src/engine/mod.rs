@@ -1,90 +1,6 @@
 //! The snapshot engine: import, checkout, commit and release, on top of the CAS, the index,
-//! overlayfs or portable materialisation, and path relocation.
-//!
-//! ```text
-//! <store>/
-//! ├── layout, blobs-v1/, tmp/   the CAS (strata-cas)
-//! ├── index-v1.sqlite           snapshots, layers, tags, tracked checkouts, leases
-//! ├── gc.lock                   shared while layers are stored and recorded, exclusive in gc
-//! ├── unpacked-v1/
-//! │   ├── <layer>               a layer unpacked once, read-only, overlayfs whiteouts
-//! │   ├── <layer>.plain         the same with OCI `.wh.` files (unpacked without root)
-//! │   ├── <layer>@<root>        a relocated variant, for overlay checkouts at another root
-//! │   │                         (kept while a checkout at that root is tracked)
-//! │   ├── <layer>@dup-<n>       a hard-linked twin, for a layer that repeats in one stack
-//! │   └── tmp-<owner>-<n>       an unpack in progress; renamed into place when complete
-//! ├── caches-v1/views/<owner>-<n>/  private views of shared caches (tracked checkouts)
-//! └── checkouts-v1/
-//!     ├── c-<owner>-<n>/        state of one tracked checkout, made by process <owner>:
-//!     │                         upper/ + work/ (overlay) or manifest (portable)
-//!     └── x-<owner>-<n>/        state of a checkout being discarded by process <owner>
-//! ```
-//!
-//! The root, `unpacked-v1/`, `checkouts-v1/` and `caches-v1/` are private to the store's
-//! owner (mode 0700, narrowed on open; see [`Engine::open`]): unpacked layers keep setuid
-//! bits and device nodes, which no other local user may reach.
-//!
-//! # Crash safety
-//!
-//! A process may die at any point (`kill -9`, power loss). The order of effects makes every
-//! intermediate state one that [`Engine::open`] or [`Engine::fsck`] recognises:
-//!
-//! - Layers: blob stored, then the layer row (with its relocations) and the snapshot row, all
-//!   under the shared gc lock; `gc` removes the layer row before the blob, under the exclusive
-//!   lock. So no snapshot ever names a layer whose blob is missing; a crash leaves at most an
-//!   unreferenced layer or an unrecorded blob, which `gc` collects.
-//! - Unpacked layers: extracted into `tmp-<owner>-*`, renamed into place, then flagged in the
-//!   index. A commit renames its overlay upper dir into place after recording the layer.
-//! - Checkouts: state dir (with `upper/` and `work/` for overlay), then the row, then unpacking
-//!   and the mount or the files, then (portable) the manifest. Discarding unmounts, moves the
-//!   state dir aside (`x-*`, the point of no return), removes the files, the state, and last
-//!   the row. A committed overlay checkout loses its `upper/` (renamed into `unpacked-v1/`)
-//!   before it is discarded. A commit that fails before recording its snapshot (a full
-//!   disk) leaves the checkout as it was, an overlay one mounted again.
-//!
-//! Recovery in [`Engine::open`], cheap when there is nothing to do (two directory listings
-//! and one query):
-//!
-//! - `unpacked-v1/tmp-*` and row-less `checkouts-v1/*` of processes that no longer run are
-//!   removed, after detaching overlay mounts that sit under them;
-//! - a tracked checkout whose state dir is gone, or an overlay one without `upper/`, was
-//!   being discarded or committed: the discard is finished (mount detached, files, row);
-//! - a portable checkout without its manifest whose maker no longer runs was half made: it
-//!   is rolled back the same way;
-//! - leases of dead processes expire; the CAS sweeps its own temp files.
-//!
-//! Kept on purpose: a tracked overlay checkout whose mount is gone but whose upper dir is
-//! intact (a crash before mounting or while committing, or a reboot). `commit` and `release`
-//! work on it without a mount; `fsck` reports it and its repair releases it (remounting
-//! would hand a sandbox a tree it may not expect). Anything the current process, or another
-//! live one, may still be working on is never touched: makers are known by the owner in the
-//! state dir's name, `<pid>.<start time>` (`strata_process`): a maker that exited, a zombie
-//! included, is dead, and so is one whose pid now belongs to a process started at another
-//! time. Names older versions made carry the pid only, and are kept while a process has it.
-//!
-//! # Durability
-//!
-//! A snapshot that `import`, `commit` or a cache release returned survives power loss, with
-//! as few flushes as that allows, since they dominate a small commit:
-//!
-//! - the CAS flushes a blob and its directory before it has a name (two fsyncs);
-//! - the index runs with `synchronous=NORMAL` and is not checkpointed when a process closes
-//!   it (that cost two flushes per `strata` command, and recreating the WAL two more); rows
-//!   that must last are written with [`Index::durably`] (one fsync of the WAL), or
-//! - an overlay commit, whose upper dir was mounted `volatile` (unmounting flushes nothing),
-//!   records the snapshot durably like any other and never flushes the upper dir: it marks
-//!   it `unpacked-v1/<layer>.unsynced` (holding the boot id) and renames it into
-//!   `unpacked-v1/`. After a reboot, a marked layer is distrusted and unpacked again from its
-//!   blob; `gc` flushes the filesystem once and drops the markers. No commit calls `syncfs`,
-//!   which on a shared disk would wait for every other process's dirty data.
-//!
-//! A volatile upper dir left by a host crash may have lost writes: `commit` refuses an
-//! overlay checkout mounted in an earlier boot (its state dir records the boot id).
-//!
-//! With the `failpoints` cargo feature, which only the crate's own tests turn on, named
-//! failpoints (`FAILPOINTS`) sit between the effects, so tests can kill a process at each of
-//! them (`STRATA_FAILPOINT=<name>` aborts the process there). Without it they compile to
-//! nothing.
+//! overlayfs or portable materialisation, and path relocation. The store layout and the
+//! crash model are documented on [`Engine`].
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -92,8 +8,8 @@ use std::sync::Mutex;
 
 use strata_cas::{LayerInfo, Store};
 
-use crate::index::{self, Index, LayerRow, SnapshotRow};
-use crate::{SnapshotId, relocate};
+use crate::index::{Index, LayerRow, SnapshotRow};
+use crate::{CheckoutMode, Snapshot, SnapshotId, relocate};
 
 mod checkout;
 mod commit;
@@ -101,6 +17,7 @@ mod discard;
 mod error;
 mod files;
 mod recovery;
+mod snapshots;
 mod unpacked;
 
 use discard::Reaper;
@@ -109,35 +26,10 @@ pub(crate) use error::io_error;
 pub use error::{Error, Result};
 pub(crate) use files::{canonical, remove_tree};
 pub(crate) use recovery::{CheckoutHealth, overlay_mounts};
+pub use snapshots::Lease;
 #[cfg(target_os = "linux")]
 pub(crate) use unpacked::sync_filesystems;
 pub(crate) use unpacked::variant_suffix;
-
-/// How a tracked checkout is made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub enum CheckoutMode {
-    /// An overlayfs mount over the unpacked layers (Linux, root): instant.
-    Overlay,
-    /// A plain directory built from the unpacked layers with reflinks or copies.
-    Portable,
-}
-
-impl CheckoutMode {
-    fn as_str(self) -> &'static str {
-        match self {
-            CheckoutMode::Overlay => "overlay",
-            CheckoutMode::Portable => "portable",
-        }
-    }
-
-    fn parse(s: &str) -> Option<CheckoutMode> {
-        match s {
-            "overlay" => Some(CheckoutMode::Overlay),
-            "portable" => Some(CheckoutMode::Portable),
-            _ => None,
-        }
-    }
-}
 
 #[cfg(feature = "failpoints")]
 pub use crate::failpoints::FAILPOINTS;
@@ -158,8 +50,94 @@ fn failpoint_for(mode: CheckoutMode, overlay: &'static str, portable: &'static s
     });
 }
 
-/// The engine over one store directory. Share it between threads; several processes may
-/// open the same store.
+/// The engine over one store directory: import, checkout, commit and release, on top of the
+/// CAS, the index, overlayfs or portable materialisation, and path relocation. Share it
+/// between threads; several processes may open the same store.
+///
+/// ```text
+/// <store>/
+/// ├── layout, blobs-v1/, tmp/   the CAS (strata-cas)
+/// ├── index-v1.sqlite           snapshots, layers, tags, tracked checkouts, leases
+/// ├── gc.lock                   shared while layers are stored and recorded, exclusive in gc
+/// ├── unpacked-v1/
+/// │   ├── <layer>               a layer unpacked once, read-only, overlayfs whiteouts
+/// │   ├── <layer>.plain         the same with OCI `.wh.` files (unpacked without root)
+/// │   ├── <layer>@<root>        a relocated variant, for overlay checkouts at another root
+/// │   │                         (kept while a checkout at that root is tracked)
+/// │   ├── <layer>@dup-<n>       a hard-linked twin, for a layer that repeats in one stack
+/// │   └── tmp-<owner>-<n>       an unpack in progress; renamed into place when complete
+/// ├── caches-v1/views/<owner>-<n>/  private views of shared caches (tracked checkouts)
+/// └── checkouts-v1/
+///     ├── c-<owner>-<n>/        state of one tracked checkout, made by process <owner>:
+///     │                         upper/ + work/ (overlay) or manifest (portable)
+///     └── x-<owner>-<n>/        state of a checkout being discarded by process <owner>
+/// ```
+///
+/// The root, `unpacked-v1/`, `checkouts-v1/` and `caches-v1/` are private to the store's
+/// owner (mode 0700, narrowed on open; see [`Engine::open`]): unpacked layers keep setuid
+/// bits and device nodes, which no other local user may reach.
+///
+/// # Crash safety
+///
+/// A process may die at any point (`kill -9`, power loss). The order of effects makes every
+/// intermediate state one that [`Engine::open`] or [`Engine::fsck`] recognises:
+///
+/// - Layers: blob stored, then the layer row (with its relocations) and the snapshot row, all
+///   under the shared gc lock; `gc` removes the layer row before the blob, under the exclusive
+///   lock. So no snapshot ever names a layer whose blob is missing; a crash leaves at most an
+///   unreferenced layer or an unrecorded blob, which `gc` collects.
+/// - Unpacked layers: extracted into `tmp-<owner>-*`, renamed into place, then flagged in the
+///   index. A commit renames its overlay upper dir into place after recording the layer.
+/// - Checkouts: state dir (with `upper/` and `work/` for overlay), then the row, then unpacking
+///   and the mount or the files, then (portable) the manifest. Discarding unmounts, moves the
+///   state dir aside (`x-*`, the point of no return), removes the files, the state, and last
+///   the row. A committed overlay checkout loses its `upper/` (renamed into `unpacked-v1/`)
+///   before it is discarded. A commit that fails before recording its snapshot (a full
+///   disk) leaves the checkout as it was, an overlay one mounted again.
+///
+/// Recovery in [`Engine::open`], cheap when there is nothing to do (two directory listings
+/// and one query):
+///
+/// - `unpacked-v1/tmp-*` and row-less `checkouts-v1/*` of processes that no longer run are
+///   removed, after detaching overlay mounts that sit under them;
+/// - a tracked checkout whose state dir is gone, or an overlay one without `upper/`, was
+///   being discarded or committed: the discard is finished (mount detached, files, row);
+/// - a portable checkout without its manifest whose maker no longer runs was half made: it
+///   is rolled back the same way;
+/// - leases of dead processes expire; the CAS sweeps its own temp files.
+///
+/// Kept on purpose: a tracked overlay checkout whose mount is gone but whose upper dir is
+/// intact (a crash before mounting or while committing, or a reboot). `commit` and `release`
+/// work on it without a mount; `fsck` reports it and its repair releases it (remounting
+/// would hand a sandbox a tree it may not expect). Anything the current process, or another
+/// live one, may still be working on is never touched: makers are known by the owner in the
+/// state dir's name, `<pid>.<start time>` (`strata_process`): a maker that exited, a zombie
+/// included, is dead, and so is one whose pid now belongs to a process started at another
+/// time. Names older versions made carry the pid only, and are kept while a process has it.
+///
+/// # Durability
+///
+/// A snapshot that `import`, `commit` or a cache release returned survives power loss, with
+/// as few flushes as that allows, since they dominate a small commit:
+///
+/// - the CAS flushes a blob and its directory before it has a name (two fsyncs);
+/// - the index runs with `synchronous=NORMAL` and is not checkpointed when a process closes
+///   it (that cost two flushes per `strata` command, and recreating the WAL two more); rows
+///   that must last are written with `synchronous=FULL` (one fsync of the WAL), or
+/// - an overlay commit, whose upper dir was mounted `volatile` (unmounting flushes nothing),
+///   records the snapshot durably like any other and never flushes the upper dir: it marks
+///   it `unpacked-v1/<layer>.unsynced` (holding the boot id) and renames it into
+///   `unpacked-v1/`. After a reboot, a marked layer is distrusted and unpacked again from its
+///   blob; `gc` flushes the filesystem once and drops the markers. No commit calls `syncfs`,
+///   which on a shared disk would wait for every other process's dirty data.
+///
+/// A volatile upper dir left by a host crash may have lost writes: `commit` refuses an
+/// overlay checkout mounted in an earlier boot (its state dir records the boot id).
+///
+/// With the `failpoints` cargo feature, which only the crate's own tests turn on, named
+/// failpoints (`FAILPOINTS`) sit between the effects, so tests can kill a process at each of
+/// them (`STRATA_FAILPOINT=<name>` aborts the process there). Without it they compile to
+/// nothing.
 #[derive(Debug)]
 pub struct Engine {
     root: PathBuf,
@@ -235,24 +213,19 @@ impl Engine {
     }
 
     /// Runs `f` with the index locked. Keep `f` short: other threads wait.
-    pub fn with_index<T>(&self, f: impl FnOnce(&mut Index) -> Result<T>) -> Result<T> {
+    pub(crate) fn with_index<T>(&self, f: impl FnOnce(&mut Index) -> Result<T>) -> Result<T> {
         let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut index)
     }
 
-    /// Resolves an id, a unique id prefix or a tag.
-    pub fn resolve(&self, reference: &str) -> Result<SnapshotId> {
-        self.with_index(|ix| Ok(ix.resolve(reference)?))
-    }
-
     /// Makes a base snapshot from a root filesystem tarball (`.tar`, `.tar.gz`, `.tar.zst`).
-    pub fn import(&self, tarball: &Path, tag: Option<&str>) -> Result<SnapshotRow> {
+    pub fn import(&self, tarball: &Path, tag: Option<&str>) -> Result<Snapshot> {
         let _gc = self.gc_lock(false)?;
         let info = self.cas.put_file(tarball)?;
         failpoint("import.stored");
         let row = self.record(None, &info, None, None, tag, true)?;
         failpoint("import.recorded");
-        Ok(row)
+        self.with_tags(row)
     }
 
     /// Records a stored layer, with its relocation records, as a snapshot on top of
@@ -272,7 +245,7 @@ impl Engine {
             uncompressed_size: info.uncompressed_size,
             compressed_size: info.compressed_size,
             unpacked: false,
-            created: index::now_millis(),
+            created: crate::now_millis(),
         };
         let write = |ix: &mut Index| {
             // Relocations go in before the snapshot row exists, so no snapshot is ever seen

@@ -112,10 +112,9 @@ impl Engine {
                 CheckoutHealth::Lost
             };
         };
-        let mode = CheckoutMode::parse(&row.mode);
+        let mode = row.mode;
         // Only a discard or a commit past its point of no return takes these away.
-        if !state.is_dir() || (mode == Some(CheckoutMode::Overlay) && !state.join("upper").is_dir())
-        {
+        if !state.is_dir() || (mode == CheckoutMode::Overlay && !state.join("upper").is_dir()) {
             return CheckoutHealth::Abandoned;
         }
         if !row.dir.is_dir() {
@@ -127,14 +126,14 @@ impl Engine {
             .file_name()
             .is_some_and(|n| maker_alive(&n.to_string_lossy()));
         match mode {
-            Some(CheckoutMode::Portable) if !state.join("manifest").is_file() => {
+            CheckoutMode::Portable if !state.join("manifest").is_file() => {
                 if maker_alive {
                     CheckoutHealth::InProgress
                 } else {
                     CheckoutHealth::HalfMade
                 }
             }
-            Some(CheckoutMode::Overlay) => match mounts {
+            CheckoutMode::Overlay => match mounts {
                 Some(mounts) if !mounts.contains(&row.dir) => {
                     if maker_alive {
                         CheckoutHealth::InProgress

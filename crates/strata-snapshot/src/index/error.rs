@@ -24,6 +24,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The database would not switch to WAL mode, which concurrent use needs.
+    #[error("cannot switch the snapshot index {} to WAL mode: its journal mode stayed `{mode}`", path.display())]
+    NotWal {
+        /// The database file.
+        path: PathBuf,
+        /// The journal mode it kept.
+        mode: String,
+    },
     /// SQLite could not open the database file.
     #[error("cannot open the snapshot index {}: {source}", path.display())]
     Open {
@@ -77,6 +85,15 @@ pub enum Error {
     AlreadyTracked {
         /// The directory.
         dir: PathBuf,
+    },
+    /// A tracked checkout's recorded mode is not one this version knows (a mode is only
+    /// added with a schema migration, which older versions refuse, so this is damage).
+    #[error("checkout {} has a bad mode in the snapshot index: {source}", dir.display())]
+    BadCheckoutMode {
+        /// The checkout directory.
+        dir: PathBuf,
+        #[source]
+        source: crate::ParseCheckoutModeError,
     },
     /// A new snapshot's parent is not in the index.
     #[error("parent snapshot {id} is not in the index")]

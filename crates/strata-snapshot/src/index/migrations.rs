@@ -2,7 +2,9 @@
 
 use rusqlite_migration::{M, Migrations};
 
-// Never edit a released migration: append a new one. Version 1: layers, snapshots, tags,
+// Never edit a released migration: append a new one. A new checkout mode needs one too (an
+// empty one will do): older versions refuse a newer schema, so none reads a mode it does not
+// know. Version 1: layers, snapshots, tags,
 // checkouts, leases. Version 2: shared caches and the views taken of them.
 const MIGRATIONS_SLICE: &[M<'_>] = &[
     M::up(

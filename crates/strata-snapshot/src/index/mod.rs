@@ -1,8 +1,10 @@
 //! The snapshot index: one SQLite file in the store directory that records layers, snapshots,
 //! tags, tracked checkouts and leases, shared by every process of the host using the store.
+//! Only the engine reads and writes it; its errors ([`Error`]) are public, as sources of the
+//! engine's.
 //!
 //! Concurrency model:
-//! - Each [`Index`] owns one connection; open one per thread (it is `Send`, not `Sync`).
+//! - Each `Index` owns one connection; open one per thread (it is `Send`, not `Sync`).
 //! - Every write transaction is `BEGIN IMMEDIATE`, so writers queue on SQLite's write lock
 //!   (with a 30 s busy timeout) instead of failing with `SQLITE_BUSY` when upgrading a read.
 //! - Setting WAL mode and running migrations happen under an OS lock on `<db>.lock`, because
@@ -12,8 +14,8 @@
 //!
 //! Leases and cache views name their owner by pid and process start time
 //! ([`strata_process::Owner`]), so one whose process died (even by `SIGKILL`) stops protecting
-//! its snapshot. All processes sharing a store must see
-//! the same pids (one pid namespace, one `/proc`).
+//! its snapshot. All processes sharing a store must see the same pids (one pid namespace, one
+//! `/proc`).
 //!
 //! Ids are stored as lowercase hex `TEXT`, times as milliseconds since the Unix epoch, and
 //! paths as raw bytes (on non-Unix: the path's UTF-8, lossily).
@@ -24,25 +26,20 @@ mod error;
 mod migrations;
 mod queries;
 mod rows;
+#[cfg(test)]
+mod tests;
 
 pub use error::{Error, Result};
-pub use queries::Index;
-pub use rows::{
+pub(crate) use queries::Index;
+pub(crate) use rows::{
     AddedCacheView, CacheRow, CacheVersion, CacheViewRow, CheckoutRow, LayerRow, LeaseId, LeaseRow,
     NewCacheView, NewSnapshot, Publish, RemoveCache, SnapshotRow, Usage,
 };
-pub use strata_process::Owner;
-
-/// The current time in milliseconds since the Unix epoch (0 if the clock is before it).
-pub fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub(crate) use strata_process::Owner;
 
 /// The bytes the index stores for a path: the raw `OsStr` bytes on Unix, UTF-8 (lossy)
 /// elsewhere.
-pub fn path_to_bytes(path: &Path) -> Vec<u8> {
+pub(crate) fn path_to_bytes(path: &Path) -> Vec<u8> {
     #[cfg(unix)]
     {
         use std::os::unix::ffi::OsStrExt;
@@ -55,7 +52,7 @@ pub fn path_to_bytes(path: &Path) -> Vec<u8> {
 }
 
 /// The inverse of [`path_to_bytes`].
-pub fn bytes_to_path(bytes: Vec<u8>) -> PathBuf {
+pub(crate) fn bytes_to_path(bytes: Vec<u8>) -> PathBuf {
     #[cfg(unix)]
     {
         use std::os::unix::ffi::OsStringExt;
@@ -68,11 +65,11 @@ pub fn bytes_to_path(bytes: Vec<u8>) -> PathBuf {
 }
 
 /// Longest cache name, in bytes.
-pub const MAX_CACHE_NAME_LEN: usize = 255;
+pub(crate) const MAX_CACHE_NAME_LEN: usize = 255;
 
 /// Checks a cache name: non-empty, at most [`MAX_CACHE_NAME_LEN`] bytes, no `/` or NUL, and
 /// not `.` or `..`. Names are only index keys, never paths, so nothing else is refused.
-pub fn check_cache_name(name: &str) -> Result<(), &'static str> {
+pub(crate) fn check_cache_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("it is empty");
     }
@@ -92,10 +89,10 @@ pub fn check_cache_name(name: &str) -> Result<(), &'static str> {
 }
 
 /// Shortest id prefix [`Index::resolve`] accepts.
-pub const MIN_PREFIX_LEN: usize = 4;
+pub(crate) const MIN_PREFIX_LEN: usize = 4;
 
 /// Longest tag name, in bytes.
-pub const MAX_TAG_LEN: usize = 255;
+pub(crate) const MAX_TAG_LEN: usize = 255;
 
 /// Checks a tag name: non-empty, at most [`MAX_TAG_LEN`] bytes, no whitespace, control
 /// characters or `/`, and not a full snapshot id (which would shadow the id).
@@ -116,51 +113,4 @@ fn check_tag_name(name: &str) -> Result<(), &'static str> {
         return Err("it looks like a snapshot id");
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tag_names() {
-        assert!(check_tag_name("ubuntu-24.04").is_ok());
-        assert!(check_tag_name("abcd").is_ok());
-        assert!(check_tag_name(&"a".repeat(63)).is_ok());
-        assert!(check_tag_name("").is_err());
-        assert!(check_tag_name("a b").is_err());
-        assert!(check_tag_name("a\tb").is_err());
-        assert!(check_tag_name("a\u{7}b").is_err());
-        assert!(check_tag_name("a/b").is_err());
-        assert!(check_tag_name(&"0".repeat(64)).is_err());
-        assert!(check_tag_name(&"A".repeat(64)).is_err());
-        assert!(check_tag_name(&"g".repeat(64)).is_ok());
-        assert!(check_tag_name(&"x".repeat(256)).is_err());
-    }
-
-    #[test]
-    fn path_bytes_round_trip() {
-        let p = Path::new("/tmp/strata/slot-01/root");
-        assert_eq!(bytes_to_path(path_to_bytes(p)), p);
-        #[cfg(unix)]
-        {
-            use std::os::unix::ffi::OsStrExt;
-            let odd = Path::new(std::ffi::OsStr::from_bytes(b"/tmp/\xff\xfe"));
-            assert_eq!(bytes_to_path(path_to_bytes(odd)), odd);
-        }
-    }
-
-    #[test]
-    fn cache_names() {
-        assert!(check_cache_name("opam-archives").is_ok());
-        assert!(check_cache_name("a b:c%d").is_ok());
-        assert!(check_cache_name(&"x".repeat(255)).is_ok());
-        assert!(check_cache_name("").is_err());
-        assert!(check_cache_name(&"x".repeat(256)).is_err());
-        assert!(check_cache_name("a/b").is_err());
-        assert!(check_cache_name("a\0b").is_err());
-        assert!(check_cache_name(".").is_err());
-        assert!(check_cache_name("..").is_err());
-        assert!(check_cache_name("...").is_ok());
-    }
 }

@@ -3,7 +3,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -53,15 +52,14 @@ macro_rules! cache_view_columns {
 
 /// The snapshot index over one SQLite file.
 #[derive(Debug)]
-pub struct Index {
+pub(crate) struct Index {
     conn: Connection,
-    path: PathBuf,
 }
 
 impl Index {
     /// Opens the index at `path`, creating the file (not its parent directory) and the
     /// schema if needed.
-    pub fn open(path: &Path) -> Result<Index> {
+    pub(crate) fn open(path: &Path) -> Result<Index> {
         let mut lock_path = path.as_os_str().to_owned();
         lock_path.push(".lock");
         let lock_path = PathBuf::from(lock_path);
@@ -118,10 +116,9 @@ impl Index {
             .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
             .map_err(open_err)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(Error::Io {
-                op: "switch to WAL mode",
+            return Err(Error::NotWal {
                 path: path.to_owned(),
-                source: io::Error::other(format!("journal mode stayed `{mode}`")),
+                mode,
             });
         }
         MIGRATIONS
@@ -130,21 +127,13 @@ impl Index {
                 path: path.to_owned(),
                 source,
             })?;
-        Ok(Index {
-            conn,
-            path: path.to_owned(),
-        })
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Index { conn })
     }
 
     /// Runs `f` with every commit flushed to disk before it returns (`synchronous=FULL`:
     /// one fsync of the WAL per transaction, which also covers the earlier unflushed ones),
     /// for writes that must survive power loss, such as a new snapshot.
-    pub fn durably<T>(&mut self, f: impl FnOnce(&mut Index) -> Result<T>) -> Result<T> {
+    pub(crate) fn durably<T>(&mut self, f: impl FnOnce(&mut Index) -> Result<T>) -> Result<T> {
         self.set_synchronous("FULL")?;
         let out = f(self);
         let reset = self.set_synchronous("NORMAL");
@@ -169,12 +158,12 @@ impl Index {
     // ---- layers ----
 
     /// Records a layer; does nothing if it is already recorded (same id, same content).
-    pub fn add_layer(&mut self, row: &LayerRow) -> Result<()> {
+    pub(crate) fn add_layer(&mut self, row: &LayerRow) -> Result<()> {
         insert_layer(&self.conn, row)
     }
 
     /// The layer `id`, if recorded.
-    pub fn layer(&self, id: &LayerId) -> Result<Option<LayerRow>> {
+    pub(crate) fn layer(&self, id: &LayerId) -> Result<Option<LayerRow>> {
         self.conn
             .prepare_cached(
                 "SELECT id, uncompressed_size, compressed_size, unpacked, created
@@ -185,7 +174,7 @@ impl Index {
     }
 
     /// Records whether the store's unpacked-layer cache holds layer `id`.
-    pub fn set_layer_unpacked(&mut self, id: &LayerId, unpacked: bool) -> Result<()> {
+    pub(crate) fn set_layer_unpacked(&mut self, id: &LayerId, unpacked: bool) -> Result<()> {
         let n = self
             .conn
             .execute(
@@ -200,7 +189,12 @@ impl Index {
     }
 
     /// Stores the engine's relocation data for layer `id` (opaque to the index).
-    pub fn set_relocations(&mut self, id: &LayerId, root: &[u8], records: &[u8]) -> Result<()> {
+    pub(crate) fn set_relocations(
+        &mut self,
+        id: &LayerId,
+        root: &[u8],
+        records: &[u8],
+    ) -> Result<()> {
         let n = self
             .conn
             .execute(
@@ -216,7 +210,7 @@ impl Index {
 
     /// The relocation data `(root, records)` of layer `id`, or none if never set.
     /// Errors with [`Error::MissingLayer`] if the layer is not recorded.
-    pub fn relocations(&self, id: &LayerId) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    pub(crate) fn relocations(&self, id: &LayerId) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         let found = self
             .conn
             .prepare_cached("SELECT relocation_root, relocations FROM layers WHERE id = ?1")
@@ -238,7 +232,7 @@ impl Index {
     }
 
     /// Layers no snapshot refers to, in id order.
-    pub fn unreferenced_layers(&self) -> Result<Vec<LayerId>> {
+    pub(crate) fn unreferenced_layers(&self) -> Result<Vec<LayerId>> {
         let op = "list unreferenced layers";
         let mut st = self
             .conn
@@ -254,7 +248,7 @@ impl Index {
     }
 
     /// Forgets layer `id`. Refuses with [`Error::InUse`] while a snapshot refers to it.
-    pub fn remove_layer(&mut self, id: &LayerId) -> Result<()> {
+    pub(crate) fn remove_layer(&mut self, id: &LayerId) -> Result<()> {
         let op = "remove a layer";
         let tx = self.begin()?;
         let users: Option<i64> = tx
@@ -287,7 +281,8 @@ impl Index {
     /// Records the snapshot `new.layer` on `new.parent` and returns it. If it already exists
     /// (same parent and layer), returns the existing row with `last_used` raised to
     /// `new.now`; its `root_path` and `created` are kept.
-    pub fn add_snapshot(&mut self, new: &NewSnapshot) -> Result<SnapshotRow> {
+    #[cfg(test)]
+    pub(crate) fn add_snapshot(&mut self, new: &NewSnapshot) -> Result<SnapshotRow> {
         let tx = self.begin()?;
         let row = insert_snapshot(&tx, new)?;
         tx.commit().map_err(sql("add a snapshot"))?;
@@ -297,7 +292,7 @@ impl Index {
     /// Records `layer` and the snapshot of it on `parent` in one transaction, so that a
     /// concurrent [`Index::remove_layer`] of an unreferenced layer cannot slip in between.
     /// Otherwise as [`Index::add_layer`] then [`Index::add_snapshot`].
-    pub fn add_layer_and_snapshot(
+    pub(crate) fn add_layer_and_snapshot(
         &mut self,
         layer: &LayerRow,
         parent: Option<SnapshotId>,
@@ -318,13 +313,13 @@ impl Index {
     }
 
     /// The snapshot `id`, if recorded.
-    pub fn snapshot(&self, id: &SnapshotId) -> Result<Option<SnapshotRow>> {
+    pub(crate) fn snapshot(&self, id: &SnapshotId) -> Result<Option<SnapshotRow>> {
         select_snapshot(&self.conn, id)
     }
 
     /// The snapshot named by `reference`: a tag, a full id, or a unique id prefix of at least
     /// [`MIN_PREFIX_LEN`] hex digits. A tag wins over an id prefix spelled the same way.
-    pub fn resolve(&self, reference: &str) -> Result<SnapshotId> {
+    pub(crate) fn resolve(&self, reference: &str) -> Result<SnapshotId> {
         let op = "resolve a reference";
         let tagged: Option<SnapshotId> = self
             .conn
@@ -364,7 +359,7 @@ impl Index {
     }
 
     /// The stack of snapshot `id`: its base first, `id` itself last.
-    pub fn chain(&self, id: &SnapshotId) -> Result<Vec<SnapshotRow>> {
+    pub(crate) fn chain(&self, id: &SnapshotId) -> Result<Vec<SnapshotRow>> {
         let op = "read a snapshot chain";
         // UNION rather than UNION ALL: a (corrupt) cycle then ends instead of looping.
         let mut st = self
@@ -392,7 +387,7 @@ impl Index {
     }
 
     /// Every snapshot, oldest first.
-    pub fn snapshots(&self) -> Result<Vec<SnapshotRow>> {
+    pub(crate) fn snapshots(&self) -> Result<Vec<SnapshotRow>> {
         let op = "list snapshots";
         let mut st = self
             .conn
@@ -408,7 +403,7 @@ impl Index {
     }
 
     /// The snapshots whose parent is `id`, in id order.
-    pub fn children(&self, id: &SnapshotId) -> Result<Vec<SnapshotId>> {
+    pub(crate) fn children(&self, id: &SnapshotId) -> Result<Vec<SnapshotId>> {
         let op = "list child snapshots";
         let mut st = self
             .conn
@@ -419,9 +414,21 @@ impl Index {
             .map_err(sql(op))
     }
 
+    /// The id of every snapshot, in id order: one cheap read, for bulk membership tests.
+    pub(crate) fn snapshot_ids(&self) -> Result<Vec<SnapshotId>> {
+        let op = "list snapshot ids";
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id FROM snapshots ORDER BY id")
+            .map_err(sql(op))?;
+        st.query_map([], |r| hex_col(r, 0))
+            .and_then(Iterator::collect)
+            .map_err(sql(op))
+    }
+
     /// Raises `last_used` of each snapshot in `ids` to `now` (never lowers it). Ids not in
     /// the index are ignored: touching is advisory.
-    pub fn touch(&mut self, ids: &[SnapshotId], now: i64) -> Result<()> {
+    pub(crate) fn touch(&mut self, ids: &[SnapshotId], now: i64) -> Result<()> {
         let op = "touch snapshots";
         let tx = self.begin()?;
         {
@@ -441,14 +448,14 @@ impl Index {
     /// [`Error::InUse`] while it has children, tracked checkouts or live leases, while it is
     /// a cache's current version, and while a cache view is based on it or on its parent
     /// (that view's release may be about to make it current).
-    pub fn remove_snapshot(&mut self, id: &SnapshotId) -> Result<()> {
+    pub(crate) fn remove_snapshot(&mut self, id: &SnapshotId) -> Result<()> {
         self.remove_snapshots(std::slice::from_ref(id))
     }
 
     /// Forgets the snapshots `ids`, in that order (children before their parents), all or
     /// none: each is refused as [`Index::remove_snapshot`] refuses it, at its turn, and a
     /// refusal leaves every one of them recorded.
-    pub fn remove_snapshots(&mut self, ids: &[SnapshotId]) -> Result<()> {
+    pub(crate) fn remove_snapshots(&mut self, ids: &[SnapshotId]) -> Result<()> {
         let tx = self.begin()?;
         for id in ids {
             delete_snapshot(&tx, id)?;
@@ -459,7 +466,7 @@ impl Index {
     /// The snapshots whose stack holds layer `id`: those made of it and every snapshot built
     /// on one of them, deepest first (so removing them in this order removes children
     /// before their parents).
-    pub fn snapshots_needing_layer(&self, id: &LayerId) -> Result<Vec<SnapshotRow>> {
+    pub(crate) fn snapshots_needing_layer(&self, id: &LayerId) -> Result<Vec<SnapshotRow>> {
         let op = "list the snapshots that need a layer";
         let mut st = self
             .conn
@@ -482,7 +489,7 @@ impl Index {
     // ---- tags ----
 
     /// Points tag `name` at snapshot `id`, moving it if it exists.
-    pub fn set_tag(&mut self, name: &str, id: &SnapshotId) -> Result<()> {
+    pub(crate) fn set_tag(&mut self, name: &str, id: &SnapshotId) -> Result<()> {
         if let Err(why) = check_tag_name(name) {
             return Err(Error::BadTag {
                 name: name.to_owned(),
@@ -500,7 +507,7 @@ impl Index {
     }
 
     /// Deletes tag `name`; `false` if there was none.
-    pub fn remove_tag(&mut self, name: &str) -> Result<bool> {
+    pub(crate) fn remove_tag(&mut self, name: &str) -> Result<bool> {
         let n = self
             .conn
             .execute("DELETE FROM tags WHERE name = ?1", [name])
@@ -509,7 +516,7 @@ impl Index {
     }
 
     /// Every tag and its snapshot, by name.
-    pub fn tags(&self) -> Result<Vec<(String, SnapshotId)>> {
+    pub(crate) fn tags(&self) -> Result<Vec<(String, SnapshotId)>> {
         let op = "list tags";
         let mut st = self
             .conn
@@ -520,18 +527,30 @@ impl Index {
             .map_err(sql(op))
     }
 
+    /// The tags naming snapshot `id`, by name.
+    pub(crate) fn tags_of(&self, id: &SnapshotId) -> Result<Vec<String>> {
+        let op = "list the tags of a snapshot";
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT name FROM tags WHERE snapshot = ?1 ORDER BY name")
+            .map_err(sql(op))?;
+        st.query_map([id.to_hex()], |r| r.get(0))
+            .and_then(Iterator::collect)
+            .map_err(sql(op))
+    }
+
     // ---- checkouts ----
 
     /// Starts tracking a checkout, which pins its snapshot. Errors with
     /// [`Error::AlreadyTracked`] if `row.dir` is tracked.
-    pub fn add_checkout(&mut self, row: &CheckoutRow) -> Result<()> {
+    pub(crate) fn add_checkout(&mut self, row: &CheckoutRow) -> Result<()> {
         let result = self.conn.execute(
             "INSERT INTO checkouts (dir, snapshot, mode, state_dir, root_path, created)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 path_to_bytes(&row.dir),
                 row.snapshot.to_hex(),
-                row.mode,
+                row.mode.as_str(),
                 row.state_dir.as_deref().map(path_to_bytes),
                 row.root_path,
                 row.created
@@ -549,18 +568,19 @@ impl Index {
     }
 
     /// The tracked checkout at `dir`, if any.
-    pub fn checkout(&self, dir: &Path) -> Result<Option<CheckoutRow>> {
+    pub(crate) fn checkout(&self, dir: &Path) -> Result<Option<CheckoutRow>> {
         self.conn
             .prepare_cached(
                 "SELECT dir, snapshot, mode, state_dir, root_path, created
                  FROM checkouts WHERE dir = ?1",
             )
             .and_then(|mut st| st.query_row([path_to_bytes(dir)], checkout_row).optional())
-            .map_err(sql("read a checkout"))
+            .map_err(sql("read a checkout"))?
+            .transpose()
     }
 
     /// Stops tracking the checkout at `dir`; `false` if it was not tracked.
-    pub fn remove_checkout(&mut self, dir: &Path) -> Result<bool> {
+    pub(crate) fn remove_checkout(&mut self, dir: &Path) -> Result<bool> {
         let n = self
             .conn
             .execute("DELETE FROM checkouts WHERE dir = ?1", [path_to_bytes(dir)])
@@ -569,7 +589,7 @@ impl Index {
     }
 
     /// Every tracked checkout, by directory.
-    pub fn checkouts(&self) -> Result<Vec<CheckoutRow>> {
+    pub(crate) fn checkouts(&self) -> Result<Vec<CheckoutRow>> {
         let op = "list checkouts";
         let mut st = self
             .conn
@@ -578,15 +598,17 @@ impl Index {
                  FROM checkouts ORDER BY dir",
             )
             .map_err(sql(op))?;
-        st.query_map([], checkout_row)
+        let rows: Vec<Result<CheckoutRow>> = st
+            .query_map([], checkout_row)
             .and_then(Iterator::collect)
-            .map_err(sql(op))
+            .map_err(sql(op))?;
+        rows.into_iter().collect()
     }
 
     // ---- leases ----
 
     /// Pins `snapshot` while `owner` lives (or until released).
-    pub fn lease(
+    pub(crate) fn lease(
         &mut self,
         snapshot: &SnapshotId,
         owner: Owner,
@@ -605,7 +627,7 @@ impl Index {
     }
 
     /// Ends a lease. Releasing a lease that no longer exists is not an error.
-    pub fn release_lease(&mut self, lease: LeaseId) -> Result<()> {
+    pub(crate) fn release_lease(&mut self, lease: LeaseId) -> Result<()> {
         self.conn
             .execute("DELETE FROM leases WHERE id = ?1", [lease.0])
             .map_err(sql("release a lease"))?;
@@ -613,12 +635,13 @@ impl Index {
     }
 
     /// Every lease, live or not, by id.
-    pub fn leases(&self) -> Result<Vec<LeaseRow>> {
+    #[cfg(all(test, unix))]
+    pub(crate) fn leases(&self) -> Result<Vec<LeaseRow>> {
         select_leases(&self.conn, None)
     }
 
     /// Deletes the leases whose owner is no longer alive; returns how many.
-    pub fn expire_dead_leases(&mut self) -> Result<u64> {
+    pub(crate) fn expire_dead_leases(&mut self) -> Result<u64> {
         let op = "expire dead leases";
         let owners: Vec<Owner> = {
             let mut st = self
@@ -652,12 +675,12 @@ impl Index {
     // ---- caches ----
 
     /// The cache `name`, if it exists.
-    pub fn cache(&self, name: &str) -> Result<Option<CacheRow>> {
+    pub(crate) fn cache(&self, name: &str) -> Result<Option<CacheRow>> {
         select_cache(&self.conn, name)
     }
 
     /// Every cache, by name.
-    pub fn caches(&self) -> Result<Vec<CacheRow>> {
+    pub(crate) fn caches(&self) -> Result<Vec<CacheRow>> {
         let op = "list caches";
         let mut st = self
             .conn
@@ -676,7 +699,7 @@ impl Index {
     /// cache (empty, generation 0, its root owned by `new.uid`/`new.gid`) if missing, records
     /// the empty base snapshot if the cache is empty, and pins the version the view is taken
     /// from. The caller then checks `base` out at `dir`.
-    pub fn add_cache_view(&mut self, new: &NewCacheView) -> Result<AddedCacheView> {
+    pub(crate) fn add_cache_view(&mut self, new: &NewCacheView) -> Result<AddedCacheView> {
         let op = "add a cache view";
         if let Err(why) = check_cache_name(&new.cache) {
             return Err(Error::BadCacheName {
@@ -757,12 +780,13 @@ impl Index {
     }
 
     /// The cache view at `dir`, if any.
-    pub fn cache_view(&self, dir: &Path) -> Result<Option<CacheViewRow>> {
+    #[cfg(test)]
+    pub(crate) fn cache_view(&self, dir: &Path) -> Result<Option<CacheViewRow>> {
         select_cache_view(&self.conn, dir)
     }
 
     /// The views of cache `name` (of every cache if none), by directory.
-    pub fn cache_views(&self, name: Option<&str>) -> Result<Vec<CacheViewRow>> {
+    pub(crate) fn cache_views(&self, name: Option<&str>) -> Result<Vec<CacheViewRow>> {
         let op = "list cache views";
         let mut st = self
             .conn
@@ -779,7 +803,8 @@ impl Index {
 
     /// Hands the view at `dir` to another process (the one that will release it); `false`
     /// if there is no such view.
-    pub fn set_cache_view_owner(&mut self, dir: &Path, owner: Owner) -> Result<bool> {
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn set_cache_view_owner(&mut self, dir: &Path, owner: Owner) -> Result<bool> {
         let start = to_i64("process start time", owner.start_time)?;
         let n = self
             .conn
@@ -792,7 +817,7 @@ impl Index {
     }
 
     /// Forgets the view at `dir` (once its checkout is gone); `false` if it was not recorded.
-    pub fn remove_cache_view(&mut self, dir: &Path) -> Result<bool> {
+    pub(crate) fn remove_cache_view(&mut self, dir: &Path) -> Result<bool> {
         let n = self
             .conn
             .execute(
@@ -808,7 +833,7 @@ impl Index {
     /// generation, in one write transaction. A flattened version's layer and snapshot are
     /// recorded in the same transaction, and only if the release wins. The view stays
     /// recorded (and keeps pinning its base) until [`Index::remove_cache_view`].
-    pub fn publish_cache_version(
+    pub(crate) fn publish_cache_version(
         &mut self,
         dir: &Path,
         version: &CacheVersion,
@@ -871,7 +896,7 @@ impl Index {
     }
 
     /// Forgets cache `name` unless views of it are out. Its versions stay until pruned.
-    pub fn remove_cache(&mut self, name: &str) -> Result<RemoveCache> {
+    pub(crate) fn remove_cache(&mut self, name: &str) -> Result<RemoveCache> {
         let op = "remove a cache";
         let tx = self.begin()?;
         let views: Option<i64> = tx
@@ -905,7 +930,11 @@ impl Index {
     /// version and have no cache view based on them or on their parent, and `last_used <
     /// older_than`. Removing them can make their parents candidates (leaf-first pruning).
     /// The answer is advisory: [`Index::remove_snapshot`] checks again atomically.
-    pub fn prune_candidates(&self, older_than: i64, limit: usize) -> Result<Vec<SnapshotRow>> {
+    pub(crate) fn prune_candidates(
+        &self,
+        older_than: i64,
+        limit: usize,
+    ) -> Result<Vec<SnapshotRow>> {
         let op = "find prune candidates";
         if limit == 0 {
             return Ok(Vec::new());
@@ -947,7 +976,7 @@ impl Index {
     }
 
     /// Counts and sizes over the whole index.
-    pub fn usage(&self) -> Result<Usage> {
+    pub(crate) fn usage(&self) -> Result<Usage> {
         // One statement, so the numbers come from one consistent read.
         self.conn
             .query_row(

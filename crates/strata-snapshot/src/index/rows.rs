@@ -1,178 +1,171 @@
 //! The index's rows, as the queries read and write them, and their decoding from SQLite.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use rusqlite::Row;
 use rusqlite::types::Type;
-use serde::Serialize;
 use strata_cas::LayerId;
 
-use super::Owner;
-use super::bytes_to_path;
-use crate::SnapshotId;
+use super::{Error, Owner, bytes_to_path};
+use crate::{CheckoutMode, SnapshotId};
 
 /// A layer known to the index.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LayerRow {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LayerRow {
     /// The layer's id (blake3 of its uncompressed tar stream).
-    pub id: LayerId,
+    pub(crate) id: LayerId,
     /// Bytes of the uncompressed tar stream.
-    pub uncompressed_size: u64,
+    pub(crate) uncompressed_size: u64,
     /// Bytes of the stored blob.
-    pub compressed_size: u64,
+    pub(crate) compressed_size: u64,
     /// Whether the store's unpacked-layer cache holds this layer.
-    pub unpacked: bool,
+    pub(crate) unpacked: bool,
     /// When it was first recorded (ms since the Unix epoch).
-    pub created: i64,
+    pub(crate) created: i64,
 }
 
 /// What [`Index::add_snapshot`] needs; the id and depth are derived.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewSnapshot {
+pub(crate) struct NewSnapshot {
     /// The snapshot below, or none for a base snapshot.
-    pub parent: Option<SnapshotId>,
+    pub(crate) parent: Option<SnapshotId>,
     /// The layer on top.
-    pub layer: LayerId,
+    pub(crate) layer: LayerId,
     /// Where the layer's tree was checked out when committed, as raw path bytes (see
     /// [`path_to_bytes`]); none for imported layers.
-    pub root_path: Option<Vec<u8>>,
+    pub(crate) root_path: Option<Vec<u8>>,
     /// The current time (ms since the Unix epoch), used for `created` and `last_used`.
-    pub now: i64,
+    pub(crate) now: i64,
 }
 
 /// A snapshot known to the index.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SnapshotRow {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SnapshotRow {
     /// `SnapshotId::derive(parent, layer)`.
-    pub id: SnapshotId,
+    pub(crate) id: SnapshotId,
     /// The snapshot below, if any.
-    pub parent: Option<SnapshotId>,
+    pub(crate) parent: Option<SnapshotId>,
     /// The layer on top.
-    pub layer: LayerId,
+    pub(crate) layer: LayerId,
     /// Number of snapshots below this one (0 for a base).
-    pub depth: u32,
+    pub(crate) depth: u32,
     /// Where the layer's tree was checked out when committed, as raw path bytes.
-    #[serde(serialize_with = "serialize_opt_bytes_lossy")]
-    pub root_path: Option<Vec<u8>>,
+    pub(crate) root_path: Option<Vec<u8>>,
     /// When it was first recorded (ms since the Unix epoch).
-    pub created: i64,
+    pub(crate) created: i64,
     /// When it was last added, checked out or touched (ms since the Unix epoch).
-    pub last_used: i64,
+    pub(crate) last_used: i64,
 }
 
 /// A tracked checkout: a directory holding a snapshot's tree, which pins the snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CheckoutRow {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CheckoutRow {
     /// The checkout directory (the key).
-    #[serde(serialize_with = "serialize_path_lossy")]
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// The snapshot checked out.
-    pub snapshot: SnapshotId,
+    pub(crate) snapshot: SnapshotId,
     /// How it was checked out; the engine defines the values.
-    pub mode: String,
+    pub(crate) mode: CheckoutMode,
     /// The engine's private state for this checkout (an overlay upper/work dir), if any.
-    #[serde(serialize_with = "serialize_opt_path_lossy")]
-    pub state_dir: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
     /// The root the sandbox sees, as raw path bytes (see [`path_to_bytes`]); it becomes the
     /// `root_path` of a snapshot committed from this checkout.
-    #[serde(serialize_with = "serialize_bytes_lossy")]
-    pub root_path: Vec<u8>,
+    pub(crate) root_path: Vec<u8>,
     /// When it was made (ms since the Unix epoch).
-    pub created: i64,
+    pub(crate) created: i64,
 }
 
 /// The identity of a lease, for [`Index::release_lease`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct LeaseId(pub i64);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct LeaseId(pub(crate) i64);
 
 /// A lease: pins a snapshot while its owner process is alive.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseRow {
+pub(crate) struct LeaseRow {
     /// The lease's id.
-    pub id: LeaseId,
+    pub(crate) id: LeaseId,
     /// The snapshot pinned.
-    pub snapshot: SnapshotId,
+    pub(crate) snapshot: SnapshotId,
     /// The process holding it.
-    pub owner: Owner,
+    pub(crate) owner: Owner,
     /// Why, for humans ("build step 3").
-    pub purpose: String,
+    pub(crate) purpose: String,
     /// When it was taken (ms since the Unix epoch).
-    pub created: i64,
+    pub(crate) created: i64,
 }
 
 /// A shared cache: a named tree whose successive versions are snapshots.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CacheRow {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CacheRow {
     /// The cache's name (see [`check_cache_name`]).
-    pub name: String,
+    pub(crate) name: String,
     /// The current version, or none while the cache is still empty.
-    pub snapshot: Option<SnapshotId>,
+    pub(crate) snapshot: Option<SnapshotId>,
     /// How many releases have replaced the version since the cache was created.
-    pub generation: u64,
+    pub(crate) generation: u64,
     /// Owner given to the root of every view (the user that created the cache).
-    pub owner_uid: u32,
+    pub(crate) owner_uid: u32,
     /// Group given to the root of every view.
-    pub owner_gid: u32,
+    pub(crate) owner_gid: u32,
     /// Views taken and not yet released or swept.
-    pub views: u64,
+    pub(crate) views: u64,
     /// When it was created (ms since the Unix epoch).
-    pub created: i64,
+    pub(crate) created: i64,
     /// When its version last changed (ms since the Unix epoch).
-    pub updated: i64,
+    pub(crate) updated: i64,
 }
 
 /// A view of a cache: a tracked checkout that one user writes to privately.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheViewRow {
+pub(crate) struct CacheViewRow {
     /// The checkout directory (the key).
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// The cache it is a view of.
-    pub cache: String,
+    pub(crate) cache: String,
     /// The version it was taken from (the empty base snapshot for an empty cache).
-    pub snapshot: SnapshotId,
+    pub(crate) snapshot: SnapshotId,
     /// The cache's generation when it was taken.
-    pub base_generation: u64,
+    pub(crate) base_generation: u64,
     /// The process holding it; when that process dies the view may be swept.
-    pub owner: Owner,
+    pub(crate) owner: Owner,
     /// When it was taken (ms since the Unix epoch).
-    pub created: i64,
+    pub(crate) created: i64,
 }
 
 /// What [`Index::add_cache_view`] needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewCacheView {
+pub(crate) struct NewCacheView {
     /// The cache; created (empty, generation 0) if missing.
-    pub cache: String,
+    pub(crate) cache: String,
     /// Where the view will be checked out.
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// The process taking it.
-    pub owner: Owner,
+    pub(crate) owner: Owner,
     /// Owner of the root of views, recorded if the cache is created.
-    pub uid: u32,
+    pub(crate) uid: u32,
     /// Group of the root of views, recorded if the cache is created.
-    pub gid: u32,
+    pub(crate) gid: u32,
     /// A layer with no entries, already stored: the base of views of an empty cache.
-    pub empty_layer: LayerRow,
+    pub(crate) empty_layer: LayerRow,
     /// The current time (ms since the Unix epoch).
-    pub now: i64,
+    pub(crate) now: i64,
 }
 
 /// What [`Index::add_cache_view`] recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AddedCacheView {
+pub(crate) struct AddedCacheView {
     /// The cache, as it is now.
-    pub cache: CacheRow,
+    pub(crate) cache: CacheRow,
     /// The new view.
-    pub view: CacheViewRow,
+    pub(crate) view: CacheViewRow,
     /// The snapshot to check out (the empty base if the cache is empty).
-    pub base: SnapshotRow,
+    pub(crate) base: SnapshotRow,
 }
 
 /// A new version of a cache, for [`Index::publish_cache_version`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CacheVersion {
+pub(crate) enum CacheVersion {
     /// A snapshot already recorded (committed from the view, a child of its base).
     Snapshot(SnapshotId),
     /// A stored layer holding the whole tree, recorded here as a base snapshot, only if the
@@ -187,7 +180,7 @@ pub enum CacheVersion {
 
 /// How [`Index::publish_cache_version`] ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Publish {
+pub(crate) enum Publish {
     /// The version was unchanged since the view was taken: the new one is current.
     Won {
         /// The new current version.
@@ -204,7 +197,7 @@ pub enum Publish {
 
 /// How [`Index::remove_cache`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RemoveCache {
+pub(crate) enum RemoveCache {
     /// The cache is forgotten; its versions are no longer pinned by it.
     Removed,
     /// There was no such cache.
@@ -217,20 +210,20 @@ pub enum RemoveCache {
 }
 
 /// Totals over the index, for `strata df`-style reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub struct Usage {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Usage {
     /// Number of snapshots.
-    pub snapshots: u64,
+    pub(crate) snapshots: u64,
     /// Number of layers.
-    pub layers: u64,
+    pub(crate) layers: u64,
     /// Number of tracked checkouts.
-    pub checkouts: u64,
+    pub(crate) checkouts: u64,
     /// Number of leases, live or not yet expired.
-    pub leases: u64,
+    pub(crate) leases: u64,
     /// Sum of the layers' uncompressed sizes.
-    pub uncompressed_bytes: u64,
+    pub(crate) uncompressed_bytes: u64,
     /// Sum of the layers' compressed sizes.
-    pub compressed_bytes: u64,
+    pub(crate) compressed_bytes: u64,
 }
 
 pub(super) fn cache_row(r: &Row<'_>) -> rusqlite::Result<CacheRow> {
@@ -290,15 +283,22 @@ pub(super) fn layer_row(r: &Row<'_>) -> rusqlite::Result<LayerRow> {
     })
 }
 
-pub(super) fn checkout_row(r: &Row<'_>) -> rusqlite::Result<CheckoutRow> {
-    Ok(CheckoutRow {
-        dir: bytes_to_path(r.get(0)?),
+/// A checkout row, or the error naming its directory if its mode is one this version does
+/// not know.
+pub(super) fn checkout_row(r: &Row<'_>) -> rusqlite::Result<Result<CheckoutRow, Error>> {
+    let dir = bytes_to_path(r.get(0)?);
+    let mode = match r.get::<_, String>(2)?.parse() {
+        Ok(mode) => mode,
+        Err(source) => return Ok(Err(Error::BadCheckoutMode { dir, source })),
+    };
+    Ok(Ok(CheckoutRow {
+        dir,
         snapshot: hex_col(r, 1)?,
-        mode: r.get(2)?,
+        mode,
         state_dir: r.get::<_, Option<Vec<u8>>>(3)?.map(bytes_to_path),
         root_path: r.get(4)?,
         created: r.get(5)?,
-    })
+    }))
 }
 
 pub(super) fn parse_hex<T>(idx: usize, text: &str) -> rusqlite::Result<T>
@@ -322,32 +322,4 @@ where
 pub(super) fn u64_col(r: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
     let v: i64 = r.get(idx)?;
     u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, v))
-}
-
-fn serialize_bytes_lossy<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&String::from_utf8_lossy(bytes))
-}
-
-fn serialize_opt_bytes_lossy<S: serde::Serializer>(
-    bytes: &Option<Vec<u8>>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    match bytes {
-        Some(b) => s.serialize_some(&String::from_utf8_lossy(b)),
-        None => s.serialize_none(),
-    }
-}
-
-fn serialize_path_lossy<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&path.to_string_lossy())
-}
-
-fn serialize_opt_path_lossy<S: serde::Serializer>(
-    path: &Option<PathBuf>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    match path {
-        Some(p) => s.serialize_some(&p.to_string_lossy()),
-        None => s.serialize_none(),
-    }
 }

@@ -13,7 +13,7 @@ const MANIFEST_FORMAT: &str = "strata-portable-manifest-v1";
 
 /// The stat of every entry of a directory tree (the root excluded) at one moment, kept in
 /// depth-first byte order ([`strata_cas::tar::path_order`]), plus that moment. Deserialising
-/// checks the order, which [`diff`] relies on.
+/// checks the order, which [`diff`](super::diff) relies on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "ManifestRepr")]
 pub struct Manifest {
