@@ -97,9 +97,7 @@ impl Manifest {
 
     /// Reads a manifest written by [`Manifest::to_bytes`], checking its format and order.
     pub fn from_bytes(b: &[u8]) -> Result<Manifest> {
-        serde_json::from_slice(b).map_err(|e| Error::Manifest {
-            problem: e.to_string(),
-        })
+        serde_json::from_slice(b).map_err(|source| Error::Manifest { source })
     }
 
     /// Number of entries (the root is not one).

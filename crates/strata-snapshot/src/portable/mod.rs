@@ -83,10 +83,17 @@ pub enum Error {
         path: PathBuf,
     },
     /// The manifest bytes are not a manifest this version reads.
-    #[error("malformed manifest: {problem}")]
+    #[error("malformed manifest: {source}")]
     Manifest {
         /// What is wrong, naming the entry when one is at fault.
-        problem: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A name that is not valid Unicode, which a manifest cannot record (Windows).
+    #[error("{} is not valid Unicode: a portable checkout cannot record its name", path.display())]
+    NotUnicode {
+        /// The entry.
+        path: PathBuf,
     },
     /// The operation is not available on this platform.
     #[error("{what} is not supported on this platform ({})", path.display())]
