@@ -6,7 +6,7 @@ use std::path::Path;
 
 use strata_process::Owner;
 
-use super::{Engine, Result, canonical, io_err};
+use super::{Engine, Result, canonical};
 use crate::index::{LeaseId, SnapshotRow};
 use crate::{Checkout, Snapshot, SnapshotId};
 
@@ -111,9 +111,10 @@ impl Engine {
         Ok(rows.into_iter().map(Checkout::from).collect())
     }
 
-    /// The tracked checkout at `dir`, if it is one.
+    /// The tracked checkout at `dir`, if it is one (also when its directory is gone).
     pub fn tracked_checkout(&self, dir: &Path) -> Result<Option<Checkout>> {
-        let dir = canonical(dir).map_err(io_err("resolve", dir))?;
+        // Rows record canonical paths; a directory that no longer exists is looked up as given.
+        let dir = canonical(dir).unwrap_or_else(|_| dir.to_path_buf());
         let row = self.with_index(|ix| Ok(ix.checkout(&dir)?))?;
         Ok(row.map(Checkout::from))
     }
