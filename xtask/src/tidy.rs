@@ -162,8 +162,9 @@ fn specs_and_the_builder_stay_independent_of_drivers_and_stores() {
     }
 }
 
-/// Failpoints abort the process when `STRATA_FAILPOINT` names one: only strata-snapshot's
-/// own tests may build them. Checked on what cargo resolves for the crates that embedders and
+/// Failpoints abort the process when `STRATA_FAILPOINT` names one, and the test hooks bypass
+/// the engine's invariants: only strata-snapshot's own tests (and, for the hooks, xtask's
+/// benchmarks) may build them. Checked on what cargo resolves for the crates that embedders and
 /// the `strata` binary build, and on the source: whatever reads the variable or aborts lives
 /// in a module compiled only with the `failpoints` feature.
 #[test]
@@ -189,12 +190,20 @@ fn failpoints_are_built_only_for_the_snapshot_crates_tests() {
             !snapshot.contains("failpoints"),
             "a plain build of {package} turns strata-snapshot's failpoints on: {snapshot}"
         );
+        assert!(
+            !snapshot.contains("testing"),
+            "a plain build of {package} turns strata-snapshot's test hooks on: {snapshot}"
+        );
     }
     let src = project_root().join("crates/strata-snapshot/src");
     let lib = fs::read_to_string(src.join("lib.rs")).unwrap();
     assert!(
         lib.contains("#[cfg(feature = \"failpoints\")]\nmod failpoints;"),
         "strata-snapshot's lib.rs must declare `mod failpoints` behind the feature"
+    );
+    assert!(
+        lib.contains("#[cfg(feature = \"testing\")]\npub mod testing;"),
+        "strata-snapshot's lib.rs must declare its test hooks (`mod testing`) behind the feature"
     );
     let mut files = Vec::new();
     rust_files(&src, &mut files);
@@ -213,6 +222,123 @@ fn failpoints_are_built_only_for_the_snapshot_crates_tests() {
                 "{} has `{needle}`: failpoint code belongs in failpoints.rs, behind the feature",
                 file.display()
             );
+        }
+    }
+}
+
+/// Direct dependencies of a crate, by name, from its manifest (every `[dependencies]` and
+/// `[target.'…'.dependencies]` table; not dev- or build-dependencies).
+fn manifest_dependencies(krate: &str) -> Vec<String> {
+    let manifest =
+        fs::read_to_string(project_root().join("crates").join(krate).join("Cargo.toml")).unwrap();
+    let mut deps = Vec::new();
+    let mut in_deps = false;
+    for line in manifest.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_deps = line == "[dependencies]"
+                || (line.starts_with("[target.") && line.ends_with(".dependencies]"));
+            continue;
+        }
+        if in_deps && let Some((name, _)) = line.split_once('=') {
+            let name = name.trim();
+            if !name.is_empty() && !name.starts_with('#') {
+                deps.push(name.to_owned());
+            }
+        }
+    }
+    deps
+}
+
+/// The snapshot engine builds on the CAS and on process liveness only: no sandbox, spec,
+/// builder, command line or async runtime.
+#[test]
+fn the_snapshot_engine_sits_on_the_cas_and_process_liveness_only() {
+    let deps = dependencies("strata-snapshot");
+    let strata: Vec<&String> = deps
+        .iter()
+        .filter(|d| d.starts_with("strata-") && *d != "strata-snapshot")
+        .collect();
+    for dep in &strata {
+        assert!(
+            ["strata-cas", "strata-process"].contains(&dep.as_str()),
+            "strata-snapshot must not depend on {dep}"
+        );
+    }
+    for forbidden in ["tokio", "bollard", "clap", "anyhow", "oci-spec"] {
+        assert!(
+            !deps.iter().any(|d| d == forbidden),
+            "strata-snapshot must not depend on {forbidden}"
+        );
+    }
+}
+
+/// Process liveness (pid plus start time) is written once, in strata-process, which depends
+/// on nothing of Strata's; the CAS and the spec reader do not depend on it, and no other crate
+/// asks the OS about a process's liveness itself.
+#[test]
+fn process_liveness_is_one_crate() {
+    let deps = dependencies("strata-process");
+    assert!(
+        !deps
+            .iter()
+            .any(|d| d.starts_with("strata-") && d != "strata-process"),
+        "strata-process depends on nothing of Strata's: {deps:?}"
+    );
+    for krate in ["strata-cas", "strata-spec"] {
+        assert!(
+            !dependencies(krate).iter().any(|d| d == "strata-process"),
+            "{krate} must not depend on strata-process"
+        );
+    }
+    let mut files = Vec::new();
+    for entry in fs::read_dir(project_root().join("crates")).unwrap() {
+        let dir = entry.unwrap().path();
+        if dir.file_name().is_some_and(|n| n != "strata-process") {
+            rust_files(&dir.join("src"), &mut files);
+        }
+    }
+    for file in files {
+        let text = fs::read_to_string(&file).unwrap();
+        for needle in [
+            "test_kill_process",
+            "OpenProcess",
+            "GetProcessTimes",
+            "proc_pidinfo",
+            "/stat\"",
+        ] {
+            assert!(
+                !text.contains(needle),
+                "{} has `{needle}`: process liveness belongs in strata-process",
+                file.display()
+            );
+        }
+    }
+}
+
+/// OS bindings stay where the OS-specific code is: `windows-sys` in strata-process (process
+/// identity) and strata-snapshot (file identity and block cloning of portable checkouts),
+/// `libc` in strata-process (macOS process identity); drivers may add theirs in
+/// strata-isolate. No other crate names them.
+#[test]
+fn os_bindings_stay_in_the_crates_that_need_them() {
+    for entry in fs::read_dir(project_root().join("crates")).unwrap() {
+        let dir = entry.unwrap().path();
+        let krate = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let deps = manifest_dependencies(&krate);
+        for (binding, allowed) in [
+            (
+                "windows-sys",
+                &["strata-process", "strata-snapshot", "strata-isolate"][..],
+            ),
+            ("libc", &["strata-process", "strata-isolate"][..]),
+        ] {
+            if deps.iter().any(|d| d == binding) {
+                assert!(
+                    allowed.contains(&krate.as_str()),
+                    "{krate} must not depend on {binding} (allowed in {allowed:?})"
+                );
+            }
         }
     }
 }

@@ -23,6 +23,7 @@ const WINE_CRATES: &[(&str, Tests)] = &[
     // Their integration tests use Unix file modes, owners and rustix throughout.
     ("strata-cas", Tests::Unit),
     ("strata-snapshot", Tests::Unit),
+    ("strata-process", Tests::All),
     ("strata-spec", Tests::All),
     // Their integration tests drive runc.
     ("strata-isolate", Tests::Unit),

@@ -737,21 +737,15 @@ impl Builder {
         let Some((id, step_used)) = self.steps.get(key)? else {
             return Ok(None);
         };
-        let now = strata_snapshot::index::now_millis();
+        let now = strata_snapshot::now_millis();
         // Hits must stay cheap: last-used times (the step's and the snapshot's) move only
         // when a minute stale, so a build served from the cache usually writes nothing.
-        let exists = self.engine.with_index(|ix| match ix.snapshot(&id)? {
-            Some(row) => {
-                if now - row.last_used > TOUCH_AFTER_MS {
-                    ix.touch(&[id], now)?;
-                }
-                Ok(true)
-            }
-            None => Ok(false),
-        })?;
-        if !exists {
+        let Some(snapshot) = self.engine.snapshot(&id)? else {
             self.steps.forget(key)?;
             return Ok(None);
+        };
+        if now - snapshot.last_used > TOUCH_AFTER_MS {
+            self.engine.touch(&[id])?;
         }
         if now - step_used > TOUCH_AFTER_MS {
             self.steps.touch(key, now)?;
@@ -888,11 +882,11 @@ pub fn delete(engine: &Engine, id: &SnapshotId) -> Result<Vec<SnapshotId>> {
     let mut stack = vec![*id];
     while let Some(s) = stack.pop() {
         order.push(s);
-        stack.extend(engine.with_index(|ix| Ok(ix.children(&s)?))?);
+        stack.extend(engine.children(&s)?);
     }
     let mut removed = Vec::new();
     let result = order.iter().rev().try_for_each(|s| {
-        engine.with_index(|ix| Ok(ix.remove_snapshot(s)?))?;
+        engine.remove_snapshot(s)?;
         removed.push(*s);
         Ok::<_, Error>(())
     });
@@ -905,11 +899,7 @@ pub fn delete(engine: &Engine, id: &SnapshotId) -> Result<Vec<SnapshotId>> {
 /// `strata prune` and `strata gc` call it; lookups also forget such steps lazily.
 pub fn forget_missing(engine: &Engine) -> Result<u64> {
     let steps = Steps::open(engine.root())?;
-    let live: std::collections::HashSet<SnapshotId> = engine
-        .with_index(|ix| Ok(ix.snapshots()?))?
-        .into_iter()
-        .map(|row| row.id)
-        .collect();
+    let live: std::collections::HashSet<SnapshotId> = engine.snapshot_ids()?.into_iter().collect();
     let mut forgotten = 0;
     for (key, snapshot) in steps.all()? {
         if !live.contains(&snapshot) {

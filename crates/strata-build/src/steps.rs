@@ -100,7 +100,7 @@ impl Steps {
     /// Records a successful step. The log must already be in place: a key is never visible
     /// without its log.
     pub(crate) fn put(&self, key: &StepKey, snapshot: &SnapshotId) -> Result<()> {
-        let now = strata_snapshot::index::now_millis();
+        let now = strata_snapshot::now_millis();
         self.with(|c| {
             c.execute(
                 "INSERT INTO steps (key, snapshot, created, used) VALUES (?1, ?2, ?3, ?3)

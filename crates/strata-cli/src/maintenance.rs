@@ -121,7 +121,7 @@ pub(crate) fn prune(global: &GlobalArgs, args: &PruneArgs) -> Result<()> {
     let older_than = match args.older_than {
         Some(age) => {
             let age = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-            Some(strata_snapshot::index::now_millis().saturating_sub(age))
+            Some(strata_snapshot::now_millis().saturating_sub(age))
         }
         None => None,
     };

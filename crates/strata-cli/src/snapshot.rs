@@ -25,7 +25,7 @@ struct SnapshotOut<'a> {
 
 fn print_snapshot(
     json: bool,
-    row: &strata_snapshot::index::SnapshotRow,
+    row: &strata_snapshot::Snapshot,
     tag: Option<&str>,
     started: Instant,
     verb: &str,
@@ -85,7 +85,7 @@ pub(crate) fn checkout(global: &GlobalArgs, args: &CheckoutArgs) -> Result<()> {
                 args.dir.display()
             )
         })?;
-        row.mode
+        row.mode.to_string()
     };
     let out = CheckoutOut {
         dir: args.dir.display().to_string(),
@@ -134,23 +134,21 @@ pub(crate) fn snapshot(global: &GlobalArgs, command: &SnapshotCommand) -> Result
     let engine = open(global)?;
     match command {
         SnapshotCommand::Ls => {
-            let (rows, tags) = engine.with_index(|ix| Ok((ix.snapshots()?, ix.tags()?)))?;
+            let snapshots = engine.snapshots()?;
             if global.json {
-                return output::print_json(&rows);
+                return output::print_json(&snapshots);
             }
             let mut text = format!("{:<64}  {:>5}  {:<64}  TAGS\n", "ID", "DEPTH", "PARENT");
-            for row in &rows {
-                let names: Vec<&str> = tags
-                    .iter()
-                    .filter(|(_, id)| *id == row.id)
-                    .map(|(n, _)| n.as_str())
-                    .collect();
+            for snapshot in &snapshots {
                 text.push_str(&format!(
                     "{:<64}  {:>5}  {:<64}  {}\n",
-                    row.id.to_hex(),
-                    row.depth,
-                    row.parent.map(|p| p.to_hex()).unwrap_or_else(|| "-".into()),
-                    names.join(",")
+                    snapshot.id.to_hex(),
+                    snapshot.depth,
+                    snapshot
+                        .parent
+                        .map(|p| p.to_hex())
+                        .unwrap_or_else(|| "-".into()),
+                    snapshot.tags.join(",")
                 ));
             }
             output::print_text(&text)
@@ -159,7 +157,7 @@ pub(crate) fn snapshot(global: &GlobalArgs, command: &SnapshotCommand) -> Result
             for reference in &args.references {
                 let id = engine.resolve(reference)?;
                 engine
-                    .with_index(|ix| Ok(ix.remove_snapshot(&id)?))
+                    .remove_snapshot(&id)
                     .with_context(|| format!("cannot remove snapshot {reference}"))?;
                 if !global.json {
                     output::print_text(&format!("removed {id}\n"))?;

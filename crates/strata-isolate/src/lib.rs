@@ -204,21 +204,24 @@ pub fn default_slots() -> usize {
 
 const JOB_NAME_PREFIX: &str = "strata-";
 
-/// A job name unique on this host, `strata-<pid>-<n>`: it records the owning process so that
-/// [`Driver::cleanup`] in another process can tell leftovers of dead builders from live jobs.
-/// `n` must be unique within this process.
+/// A job name unique on this host, `strata-<pid>.<start time>-<n>`
+/// ([`strata_process::owned_name`]): it records the owning process, so that
+/// [`Driver::cleanup`] in another process can tell leftovers of dead builders from live jobs
+/// even once their pid is reused. `n` must be unique within this process.
 pub fn job_name(n: u64) -> String {
-    format!("{JOB_NAME_PREFIX}{}-{n}", std::process::id())
+    strata_process::owned_name(JOB_NAME_PREFIX, n)
 }
 
-/// The owning pid and counter of a name made by [`job_name`]; `None` for any other name.
-pub fn parse_job_name(name: &str) -> Option<(u32, u64)> {
-    let (pid, n) = name.strip_prefix(JOB_NAME_PREFIX)?.split_once('-')?;
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(pid) || !digits(n) {
+/// The owning process and counter of a name made by [`job_name`], or by older versions
+/// (`strata-<pid>-<n>`, whose owner's start time is unknown); `None` for any other name.
+pub fn parse_job_name(name: &str) -> Option<(strata_process::Owner, u64)> {
+    let owner = strata_process::name_owner(name, JOB_NAME_PREFIX)?;
+    // One counter after the owner: the name's last field.
+    let (head, n) = name.rsplit_once('-')?;
+    if head.strip_prefix(JOB_NAME_PREFIX)?.contains('-') {
         return None;
     }
-    Some((pid.parse().ok()?, n.parse().ok()?))
+    Some((owner, n.parse().ok()?))
 }
 
 /// What a driver can do; the builder plans around it.
@@ -479,14 +482,22 @@ mod tests {
 
     #[test]
     fn job_names_round_trip() {
+        use strata_process::Owner;
         let name = job_name(7);
-        assert_eq!(parse_job_name(&name), Some((std::process::id(), 7)));
-        assert_eq!(parse_job_name("strata-12-0"), Some((12, 0)));
+        assert_eq!(parse_job_name(&name), Some((Owner::current(), 7)));
+        assert_eq!(
+            parse_job_name("strata-12.345-0"),
+            Some((Owner::new(12, 345), 0))
+        );
+        // Made by an older version: pid only.
+        assert_eq!(parse_job_name("strata-12-0"), Some((Owner::new(12, 0), 0)));
         for bad in [
             "strata-12",
             "strata--1",
             "strata-+1-2",
             "strata-1-2-3",
+            "strata-1.2-3-4",
+            "strata-1.2.3-4",
             "other-1-2",
             "strata-1-",
         ] {

@@ -31,8 +31,9 @@
 //! The job's root is mounted read-write: what the job writes is the next snapshot.
 //!
 //! State layout under `state_dir`: `runc/` is runc's `--root`, `bundles/<name>/` a job's
-//! bundle while it runs. Job names made by [`crate::job_name`] carry the owning pid, which
-//! lets [`Driver::cleanup`] remove what dead builders left without touching live jobs.
+//! bundle while it runs. Job names made by [`crate::job_name`] carry the owning process (pid
+//! and start time), which lets [`Driver::cleanup`] remove what dead builders left without
+//! touching live jobs.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -52,8 +53,7 @@ use oci_spec::runtime::{
     SpecBuilder, UserBuilder, get_default_maskedpaths, get_default_readonly_paths,
 };
 use rustix::process::{
-    Pid, Signal, WaitOptions, geteuid, getpid, kill_process, set_child_subreaper,
-    test_kill_process, waitpid,
+    Pid, Signal, WaitOptions, geteuid, getpid, kill_process, set_child_subreaper, waitpid,
 };
 
 use crate::supervise::{Watched, exit_outcome, supervise};
@@ -807,18 +807,10 @@ fn list_dir(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Whether `name` was made by [`crate::job_name`] in a process that no longer exists.
+/// Whether `name` was made by [`crate::job_name`] in a process that no longer runs: one that
+/// exited (a zombie too), or whose pid now belongs to a process started at another time.
 fn owner_is_dead(name: &str) -> bool {
-    let Some((pid, _)) = crate::parse_job_name(name) else {
-        return false;
-    };
-    if pid == std::process::id() {
-        return false;
-    }
-    let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
-        return true;
-    };
-    test_kill_process(pid) == Err(rustix::io::Errno::SRCH)
+    crate::parse_job_name(name).is_some_and(|(owner, _)| !owner.is_alive())
 }
 
 impl Driver for RuncDriver {

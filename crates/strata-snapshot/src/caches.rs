@@ -30,16 +30,17 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 use strata_cas::{CreateOptions, LayerId, LayerInfo, Limits};
 
 use crate::SnapshotId;
-use crate::engine::{CheckoutMode, Engine, io_error, remove_tree};
+use crate::engine::{io_error, remove_tree};
 use crate::index::{
-    self, CacheRow, CacheVersion, LayerRow, NewCacheView, Owner, Publish, RemoveCache,
+    self, AddedCacheView, CacheRow, CacheVersion, LayerRow, NewCacheView, Owner, Publish,
+    RemoveCache,
 };
+use crate::{CheckoutMode, Engine};
 
 /// The deepest a cache version may be (snapshots below it); a deeper one is flattened.
 pub const MAX_CACHE_DEPTH: u32 = 64;
@@ -115,6 +116,43 @@ pub struct CacheView {
     pub mode: CheckoutMode,
 }
 
+/// A shared cache, as [`Engine::caches`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Cache {
+    /// The cache's name.
+    pub name: String,
+    /// The current version, or none while the cache is still empty.
+    pub snapshot: Option<SnapshotId>,
+    /// How many releases have replaced the version since the cache was created.
+    pub generation: u64,
+    /// Owner given to the root of every view (the user that created the cache).
+    pub owner_uid: u32,
+    /// Group given to the root of every view.
+    pub owner_gid: u32,
+    /// Views taken and not yet released or swept.
+    pub views: u64,
+    /// When it was created (ms since the Unix epoch).
+    pub created: i64,
+    /// When its version last changed (ms since the Unix epoch).
+    pub updated: i64,
+}
+
+impl From<CacheRow> for Cache {
+    fn from(row: CacheRow) -> Cache {
+        Cache {
+            name: row.name,
+            snapshot: row.snapshot,
+            generation: row.generation,
+            owner_uid: row.owner_uid,
+            owner_gid: row.owner_gid,
+            views: row.views,
+            created: row.created,
+            updated: row.updated,
+        }
+    }
+}
+
 /// What [`Engine::cache_release`] did with a view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ReleaseOutcome {
@@ -141,8 +179,6 @@ impl ReleaseOutcome {
     }
 }
 
-static VIEW_COUNTER: AtomicU64 = AtomicU64::new(0);
-
 fn check_name(name: &str) -> Result<()> {
     index::check_cache_name(name).map_err(|why| Error::BadName {
         name: name.to_owned(),
@@ -167,8 +203,16 @@ impl Engine {
     }
 
     /// Every cache, by name.
-    pub fn caches(&self) -> Result<Vec<CacheRow>> {
-        Ok(self.with_index(|ix| Ok(ix.caches()?))?)
+    pub fn caches(&self) -> Result<Vec<Cache>> {
+        let rows = self.with_index(|ix| Ok(ix.caches()?))?;
+        Ok(rows.into_iter().map(Cache::from).collect())
+    }
+
+    /// The cache `name`, if it exists.
+    pub fn cache(&self, name: &str) -> Result<Option<Cache>> {
+        check_name(name)?;
+        let row = self.with_index(|ix| Ok(ix.cache(name)?))?;
+        Ok(row.map(Cache::from))
     }
 
     /// A private writable view of the current version of cache `name`, checked out the
@@ -192,36 +236,10 @@ impl Engine {
         fs::create_dir_all(&views).map_err(io_error("create", &views))?;
         // Canonical, like the checkout row the engine will record for it.
         let views = crate::engine::canonical(&views).map_err(io_error("resolve", &views))?;
-        let dir = views.join(format!(
-            "{}-{}-{}",
-            std::process::id(),
-            index::now_millis(),
-            VIEW_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let added = {
-            // The empty layer is stored and recorded under the shared gc lock, as every layer
-            // is, so gc cannot drop its blob in between. Storing it again is a cheap no-op.
-            let _gc = self.gc_lock(false)?;
-            let opts = CreateOptions {
-                threads: 1,
-                ..CreateOptions::default()
-            };
-            let now = index::now_millis();
-            let empty = self
-                .cas()
-                .put_tar(&EMPTY_TAR[..], &opts, &Limits::default())
-                .map_err(crate::Error::from)?;
-            let new = NewCacheView {
-                cache: name.to_owned(),
-                dir: dir.clone(),
-                owner: Owner::current(),
-                uid: owner.0,
-                gid: owner.1,
-                empty_layer: layer_row(&empty, now),
-                now,
-            };
-            self.with_index(|ix| Ok(ix.add_cache_view(&new)?))?
-        };
+        // Named after this process like the engine's other entries, though views are swept
+        // by the owner their row records.
+        let dir = views.join(strata_process::unique_name(""));
+        let added = self.record_view(name, &dir, owner, Owner::current())?;
         // The view is recorded: from here on a failure must remove it again.
         let made = self
             .checkout(&added.base.id, &dir, Some(mode))
@@ -315,6 +333,38 @@ impl Engine {
         Ok(swept)
     }
 
+    /// Records a view of cache `name` at `dir` held by `process`, creating the cache (its
+    /// root owned by `owner`) if missing; the caller checks it out.
+    pub(crate) fn record_view(
+        &self,
+        name: &str,
+        dir: &Path,
+        owner: (u32, u32),
+        process: Owner,
+    ) -> crate::Result<AddedCacheView> {
+        // The empty layer is stored and recorded under the shared gc lock, as every layer
+        // is, so gc cannot drop its blob in between. Storing it again is a cheap no-op.
+        let _gc = self.gc_lock(false)?;
+        let opts = CreateOptions {
+            threads: 1,
+            ..CreateOptions::default()
+        };
+        let now = crate::now_millis();
+        let empty = self
+            .cas()
+            .put_tar(&EMPTY_TAR[..], &opts, &Limits::default())?;
+        let new = NewCacheView {
+            cache: name.to_owned(),
+            dir: dir.to_path_buf(),
+            owner: process,
+            uid: owner.0,
+            gid: owner.1,
+            empty_layer: layer_row(&empty, now),
+            now,
+        };
+        self.with_index(|ix| Ok(ix.add_cache_view(&new)?))
+    }
+
     /// Publishes the view if it has not lost yet. Returns the outcome and, for a view that
     /// was committed but whose snapshot did not become the version, that unused snapshot.
     fn settle(&self, view: &CacheView) -> crate::Result<(ReleaseOutcome, Option<SnapshotId>)> {
@@ -357,7 +407,7 @@ impl Engine {
     }
 
     fn publish(&self, view: &CacheView, version: &CacheVersion) -> crate::Result<Publish> {
-        let now = index::now_millis();
+        let now = crate::now_millis();
         // A new cache version must survive power loss, like a new snapshot.
         self.with_index(
             |ix| Ok(ix.durably(|ix| ix.publish_cache_version(&view.dir, version, now))?),
@@ -372,7 +422,7 @@ impl Engine {
         let _gc = self.gc_lock(false)?;
         let info = self.cas().put_dir(&view.dir, &CreateOptions::default())?;
         let version = CacheVersion::Flattened {
-            layer: layer_row(&info, index::now_millis()),
+            layer: layer_row(&info, crate::now_millis()),
             root_path: None,
         };
         self.publish(view, &version)

@@ -54,6 +54,7 @@ impl fmt::Debug for SnapshotId {
 /// A string that is not a full snapshot id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{input}` is not a snapshot id: expected 64 lowercase hex digits")]
+#[non_exhaustive]
 pub struct ParseSnapshotIdError {
     /// What was given.
     pub input: String,

@@ -2,11 +2,15 @@
 //! engine checks snapshots out as directories a sandbox can run in and commits a changed
 //! directory back as a child snapshot.
 //!
-//! [`Engine`] is the entry point: import, checkout (overlay or portable), commit, release;
-//! [`maintenance`] adds prune, gc, du, fsck and layer removal. The engine's module docs draw the store layout.
+//! [`Engine`] is the entry point and the whole public surface: import, checkout (overlay or
+//! portable), commit, release, copy out; listing, resolving, tagging, touching and removing
+//! snapshots ([`Snapshot`]); tracked checkouts ([`Checkout`]); leases ([`Lease`]); shared
+//! caches ([`caches`]); and prune, gc, du, fsck and layer removal ([`maintenance`]). The
+//! SQLite index underneath is private; only its errors ([`index::Error`]) show, as sources of
+//! the engine's. The `Engine` docs draw the store layout and its crash model.
 
 pub mod caches;
-pub mod engine;
+mod engine;
 // Only the crate's own tests build it (tidy checks that nothing else does).
 #[cfg(feature = "failpoints")]
 mod failpoints;
@@ -17,8 +21,15 @@ pub mod maintenance;
 pub mod overlay;
 pub mod portable;
 pub mod relocate;
+// Strata's own tests and benchmarks only (tidy checks that embedders' crates do not build it).
+#[cfg(feature = "testing")]
+pub mod testing;
+mod types;
 #[cfg(all(test, windows))]
 mod windows_tests;
 
-pub use engine::{CheckoutMode, Engine, Error, Result};
+#[cfg(feature = "failpoints")]
+pub use engine::FAILPOINTS;
+pub use engine::{Engine, Error, Lease, Result, overlay_available};
 pub use id::{ParseSnapshotIdError, SnapshotId};
+pub use types::{Checkout, CheckoutMode, ParseCheckoutModeError, Snapshot, now_millis};

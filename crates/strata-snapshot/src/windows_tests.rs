@@ -122,24 +122,42 @@ fn a_portable_checkout_commits_and_checks_out_again() {
     assert!(!third.exists());
 }
 
-/// Recovery needs to tell dead processes from live ones on Windows too.
+/// Recovery tells dead makers from live ones on Windows too: an entry named after this
+/// process is kept, one named after an earlier process with its pid (another creation time)
+/// or after an exited process is removed. (Liveness itself is tested in strata-process.)
 #[test]
-fn process_liveness_sees_exits_and_recycled_pids() {
-    use crate::index::Owner;
+fn recovery_removes_what_dead_processes_left_and_keeps_what_live_ones_make() {
+    use strata_process::Owner;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    drop(Engine::open(&store).unwrap());
     let me = Owner::current();
-    assert!(me.start_time != 0, "the creation time is known");
-    assert!(me.is_alive());
+    assert_ne!(me.start_time, 0, "the creation time is known");
     let mut child = std::process::Command::new("cmd")
         .args(["/C", "exit 0"])
         .spawn()
         .unwrap();
-    let pid = child.id();
+    let exited = child.id();
     child.wait().unwrap();
-    // Exited (the handle std keeps may still name it, but it no longer runs).
-    assert!(Owner::of(pid).is_none_or(|o| !o.is_alive()));
-    let recycled = Owner {
-        pid: std::process::id(),
-        start_time: me.start_time + 1,
-    };
-    assert!(!recycled.is_alive(), "same pid, other creation time");
+    let states = store.join("checkouts-v1");
+    let unpacked = store.join("unpacked-v1");
+    let gone = [
+        states.join(format!("c-{}.{}-1", me.pid, me.start_time + 1)),
+        states.join(format!("x-{exited}-0-2")),
+        unpacked.join(format!("tmp-{}.{}-3", me.pid, me.start_time - 1)),
+    ];
+    let kept = [
+        states.join(format!("c-{me}-4")),
+        unpacked.join(format!("tmp-{me}-5")),
+    ];
+    for dir in gone.iter().chain(&kept) {
+        fs::create_dir_all(dir).unwrap();
+    }
+    drop(Engine::open(&store).unwrap());
+    for dir in &gone {
+        assert!(!dir.exists(), "{} was left", dir.display());
+    }
+    for dir in &kept {
+        assert!(dir.exists(), "{} was removed", dir.display());
+    }
 }

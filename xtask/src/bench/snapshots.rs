@@ -117,7 +117,7 @@ fn run_cases(
 ) -> anyhow::Result<()> {
     let (ctx, dir) = (sc.ctx, sc.dir);
     let groups = ensure_groups(ctx.paths, ctx.fixture)?;
-    let overlay = super::machine::is_root() && strata_snapshot::engine::overlay_available();
+    let overlay = super::machine::is_root() && strata_snapshot::overlay_available();
     let stack = build_stack(ctx, report, dir, &groups, overlay, guard)?;
 
     if overlay {
@@ -325,7 +325,7 @@ fn build_stack(
     let blobs = {
         let engine = strata_snapshot::Engine::open(&store)?;
         let id = engine.resolve(&top)?;
-        let chain = engine.with_index(|ix| Ok(ix.chain(&id)?))?;
+        let chain = engine.chain(&id)?;
         chain
             .iter()
             .map(|row| engine.cas().blob_path(&row.layer))
@@ -854,32 +854,25 @@ fn prune(sc: &SnapContext<'_>, report: &mut Report) -> anyhow::Result<()> {
 /// A store whose index holds [`PRUNE_SNAPSHOTS`] unused snapshots, each with its own
 /// (fabricated, blob-less) layer, last used over the past 30 days.
 fn fabricate(store: &Path) -> anyhow::Result<()> {
-    use strata_snapshot::index::LayerRow;
     runner::remove(store)?;
     let engine = strata_snapshot::Engine::open(store)
         .with_context(|| format!("opening a store at {}", store.display()))?;
-    let now = strata_snapshot::index::now_millis();
+    let now = strata_snapshot::now_millis();
     let month_ms: i64 = 30 * 86_400 * 1000;
     let step_ms = month_ms / PRUNE_SNAPSHOTS as i64;
-    engine
-        .with_index(|ix| {
-            for chain in 0..PRUNE_SNAPSHOTS / PRUNE_CHAIN {
-                let mut parent = None;
-                for depth in 0..PRUNE_CHAIN {
-                    let n = chain * PRUNE_CHAIN + depth;
-                    let time = now - month_ms + n as i64 * step_ms;
-                    let layer = LayerRow {
-                        id: strata_cas::LayerId::of(format!("fabricated layer {n}").as_bytes()),
-                        uncompressed_size: 4 << 20,
-                        compressed_size: 1 << 20,
-                        unpacked: false,
-                        created: time,
-                    };
-                    let row = ix.add_layer_and_snapshot(&layer, parent, None, time)?;
-                    parent = Some(row.id);
-                }
-            }
-            Ok(())
-        })
-        .context("fabricating snapshots")
+    // Through the test hooks (strata-snapshot's `testing` feature): no public API records a
+    // snapshot without its blob.
+    for chain in 0..PRUNE_SNAPSHOTS / PRUNE_CHAIN {
+        let mut parent = None;
+        for depth in 0..PRUNE_CHAIN {
+            let n = chain * PRUNE_CHAIN + depth;
+            let time = now - month_ms + n as i64 * step_ms;
+            let layer = strata_cas::LayerId::of(format!("fabricated layer {n}").as_bytes());
+            let snapshot = engine
+                .fabricate_snapshot(parent, layer, 4 << 20, 1 << 20, time)
+                .context("fabricating snapshots")?;
+            parent = Some(snapshot.id);
+        }
+    }
+    Ok(())
 }

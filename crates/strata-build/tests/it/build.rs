@@ -329,7 +329,7 @@ fn pruned_steps_are_forgotten_with_their_logs() {
     let engine = f.builder.engine();
     let pruned = engine
         .prune(&strata_snapshot::maintenance::PruneOptions {
-            older_than: Some(strata_snapshot::index::now_millis() + 1),
+            older_than: Some(strata_snapshot::now_millis() + 1),
             keep_count: None,
             keep_bytes: None,
         })

@@ -135,11 +135,7 @@ fn a_step_that_fills_the_disk_leaves_nothing_behind() {
     let ctx = top.path().join("context");
     std::fs::create_dir(&ctx).unwrap();
     let blobs_before = builder.engine().cas().ids().unwrap().len();
-    let snapshots_before = builder
-        .engine()
-        .with_index(|ix| Ok(ix.snapshots()?))
-        .unwrap()
-        .len();
+    let snapshots_before = builder.engine().snapshots().unwrap().len();
     // The step itself meets the full disk; then one that ignores it, so the commit does.
     for (shell, commit_fails) in [
         ("head -c 200000000 /dev/urandom > /fill", false),
@@ -162,14 +158,9 @@ fn a_step_that_fills_the_disk_leaves_nothing_behind() {
         let engine = builder.engine();
         let problems = engine.fsck(false).unwrap();
         assert!(problems.is_empty(), "fsck after `{shell}`: {problems:?}");
-        assert!(
-            engine
-                .with_index(|ix| Ok(ix.checkouts()?))
-                .unwrap()
-                .is_empty()
-        );
+        assert!(engine.checkouts().unwrap().is_empty());
         assert_eq!(engine.cas().ids().unwrap().len(), blobs_before, "{shell}");
-        let snapshots = engine.with_index(|ix| Ok(ix.snapshots()?)).unwrap();
+        let snapshots = engine.snapshots().unwrap();
         assert_eq!(snapshots.len(), snapshots_before, "{shell}");
         assert_eq!(
             std::fs::read_dir(store.join("tmp")).unwrap().count(),

@@ -641,15 +641,38 @@ fn cleanup_removes_only_leftovers_of_dead_builders() {
     leave_container(&sb, &dead);
     leave_container(&sb, &live);
     let stale_bundle = format!("strata-{}-2", dead_pid());
-    fs::create_dir_all(sb.driver.bundle_dir(&stale_bundle)).unwrap();
-    fs::create_dir_all(sb.driver.bundle_dir("not-ours")).unwrap();
+    // This process's pid with another start time: an earlier builder that had this pid.
+    let me = strata_process::Owner::current();
+    let recycled = format!("strata-{}.{}-3", me.pid, me.start_time + 1);
+    // A builder that exited and is not reaped yet: its pid is taken, by a zombie.
+    let mut zombie = Command::new("cat").stdin(Stdio::piped()).spawn().unwrap();
+    let zombie_pid = zombie.id();
+    drop(zombie.stdin.take());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while strata_process::Owner::of(zombie_pid).is_some() {
+        assert!(Instant::now() < deadline, "cat never exited");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let zombie_bundle = format!("strata-{zombie_pid}-4");
+    for bundle in [&stale_bundle, &recycled, &zombie_bundle, "not-ours"] {
+        fs::create_dir_all(sb.driver.bundle_dir(bundle)).unwrap();
+    }
     assert_eq!(
         sb.driver.containers().unwrap(),
         sorted([dead.clone(), live.clone()])
     );
 
     let removed = sb.driver.cleanup().unwrap();
-    assert_eq!(removed, sorted([dead.clone(), stale_bundle.clone()]));
+    zombie.wait().unwrap();
+    assert_eq!(
+        removed,
+        sorted([
+            dead.clone(),
+            stale_bundle.clone(),
+            recycled.clone(),
+            zombie_bundle.clone()
+        ])
+    );
     assert_eq!(sb.driver.containers().unwrap(), std::slice::from_ref(&live));
     assert_eq!(sb.runc_list(), format!("{live}\n"));
     assert!(!sb.driver.bundle_dir(&dead).exists());

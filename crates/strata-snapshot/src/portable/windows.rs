@@ -48,10 +48,8 @@ fn io_err<'s>(
 fn name_bytes(name: &std::ffi::OsStr, dir: &Path) -> Result<Vec<u8>> {
     name.to_str()
         .map(|n| n.as_bytes().to_vec())
-        .ok_or_else(|| Error::Io {
-            op: "read the name of",
+        .ok_or_else(|| Error::NotUnicode {
             path: dir.join(name),
-            source: io::Error::new(ErrorKind::InvalidData, "the name is not valid Unicode"),
         })
 }
 

@@ -7,12 +7,11 @@ use std::fs;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use strata_snapshot::caches::{self, CacheView, MAX_CACHE_DEPTH, ReleaseOutcome};
-use strata_snapshot::index::{LayerRow, NewCacheView};
 use strata_snapshot::maintenance::PruneOptions;
 use strata_snapshot::{CheckoutMode, Engine};
 
 fn modes() -> Vec<CheckoutMode> {
-    if strata_snapshot::engine::overlay_available() {
+    if strata_snapshot::overlay_available() {
         vec![CheckoutMode::Overlay, CheckoutMode::Portable]
     } else {
         eprintln!("overlay unavailable here: testing portable cache views only");
@@ -49,14 +48,17 @@ fn read(view: &CacheView, file: &str) -> Option<String> {
 
 /// Nothing is left behind: no tracked checkout, no view row, no view directory.
 fn assert_clean(engine: &Engine) {
-    let checkouts = engine.with_index(|ix| Ok(ix.checkouts()?)).unwrap();
+    let checkouts = engine.checkouts().unwrap();
     assert!(
         checkouts.is_empty(),
         "tracked checkouts left: {checkouts:?}"
     );
-    let views = engine.with_index(|ix| Ok(ix.cache_views(None)?)).unwrap();
-    assert!(views.is_empty(), "cache views left: {views:?}");
-    assert!(engine.caches().unwrap().iter().all(|c| c.views == 0));
+    // A view's row names its cache, so counting every cache's views counts every row.
+    let caches = engine.caches().unwrap();
+    assert!(
+        caches.iter().all(|c| c.views == 0),
+        "cache views left: {caches:?}"
+    );
     let dir = engine.cache_views_dir();
     if dir.exists() {
         let left: Vec<_> = fs::read_dir(&dir)
@@ -68,13 +70,10 @@ fn assert_clean(engine: &Engine) {
 }
 
 fn current_depth(engine: &Engine, name: &str) -> u32 {
-    engine
-        .with_index(|ix| {
-            let cache = ix.cache(name)?.expect("the cache exists");
-            let id = cache.snapshot.expect("the cache has a version");
-            Ok(ix.snapshot(&id)?.expect("its version is recorded").depth)
-        })
-        .unwrap()
+    let cache = engine.cache(name).unwrap().expect("the cache exists");
+    let id = cache.snapshot.expect("the cache has a version");
+    let version = engine.snapshot(&id).unwrap();
+    version.expect("its version is recorded").depth
 }
 
 #[test]
@@ -230,7 +229,7 @@ fn deletion_is_refused_while_views_are_out_and_prune_keeps_current_versions() {
             !report.snapshots.is_empty(),
             "the deleted cache's versions go"
         );
-        let remaining = engine.with_index(|ix| Ok(ix.snapshots()?)).unwrap();
+        let remaining = engine.snapshots().unwrap();
         // The kept version and the empty base below it.
         assert_eq!(remaining.len(), 2, "{remaining:?}");
         let view = acquire(&engine, "keep", mode);
@@ -263,9 +262,7 @@ fn an_untouched_view_keeps_the_version_and_counts_as_a_release() {
                 flattened: false
             }
         );
-        let layer = engine
-            .with_index(|ix| Ok(ix.snapshot(&empty)?.unwrap().layer))
-            .unwrap();
+        let layer = engine.snapshot(&empty).map(|s| s.unwrap().layer).unwrap();
         assert_eq!(layer, strata_cas::LayerId::of(&[0; 1024]), "an empty tar");
 
         let view = acquire(&engine, "c", mode);
@@ -273,7 +270,7 @@ fn an_untouched_view_keeps_the_version_and_counts_as_a_release() {
         let ReleaseOutcome::Kept { snapshot: v2, .. } = engine.cache_release(view).unwrap() else {
             panic!("the only release wins");
         };
-        let before = engine.with_index(|ix| Ok(ix.snapshots()?)).unwrap().len();
+        let before = engine.snapshots().unwrap().len();
         let view = acquire(&engine, "c", mode);
         let outcome = engine.cache_release(view).unwrap();
         assert_eq!(
@@ -284,7 +281,7 @@ fn an_untouched_view_keeps_the_version_and_counts_as_a_release() {
                 flattened: false
             }
         );
-        let after = engine.with_index(|ix| Ok(ix.snapshots()?)).unwrap().len();
+        let after = engine.snapshots().unwrap().len();
         assert_eq!(before, after, "no snapshot is left for an untouched view");
         assert_clean(&engine);
     }
@@ -402,14 +399,10 @@ fn views_of_dead_processes_are_swept() {
         // A process took a view, wrote to it and died.
         let view = acquire(&engine, "c", mode);
         fs::write(view.dir.join("x"), "lost").unwrap();
-        let dead = crate::index::dead_owner();
+        let dead = crate::engine::dead_owner();
         let dir = view.dir.clone();
         drop(view);
-        assert!(
-            engine
-                .with_index(|ix| Ok(ix.set_cache_view_owner(&dir, dead)?))
-                .unwrap()
-        );
+        assert!(engine.set_cache_view_owner(&dir, dead).unwrap());
         // Another died after recording its view but before checking it out.
         let early = engine
             .cache_views_dir()
@@ -417,26 +410,7 @@ fn views_of_dead_processes_are_swept() {
             .unwrap()
             .join("early");
         fs::create_dir(&early).unwrap();
-        let empty = LayerRow {
-            id: strata_cas::LayerId::of(b"no entries"),
-            uncompressed_size: 1024,
-            compressed_size: 0,
-            unpacked: false,
-            created: 0,
-        };
-        engine
-            .with_index(|ix| {
-                Ok(ix.add_cache_view(&NewCacheView {
-                    cache: "c".to_owned(),
-                    dir: early.clone(),
-                    owner: dead,
-                    uid: 0,
-                    gid: 0,
-                    empty_layer: empty.clone(),
-                    now: 0,
-                })?)
-            })
-            .unwrap();
+        engine.record_cache_view("c", &early, dead).unwrap();
         // A live view is not touched.
         let live = acquire(&engine, "c", mode);
         assert_eq!(engine.caches().unwrap()[0].views, 3);
@@ -466,7 +440,7 @@ fn views_of_dead_processes_are_swept() {
 
 #[test]
 fn a_view_that_cannot_be_checked_out_leaves_nothing() {
-    if strata_snapshot::engine::overlay_available() {
+    if strata_snapshot::overlay_available() {
         return;
     }
     let (_tmp, engine) = store();

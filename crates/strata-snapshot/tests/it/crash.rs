@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use strata_snapshot::engine::{FAILPOINTS, overlay_available};
 use strata_snapshot::maintenance::PruneOptions;
 use strata_snapshot::{CheckoutMode, Engine, SnapshotId};
+use strata_snapshot::{FAILPOINTS, overlay_available};
 
 /// Set for a child: the store it works on. Its siblings hold the tarball and work dirs.
 const STORE_VAR: &str = "STRATA_TEST_STORE";
@@ -364,18 +364,18 @@ fn check_recovered(store: &Path, top: &Path, label: &str) {
         unpacks.iter().all(|n| !n.starts_with("tmp-")),
         "{label}: unpacks left after open: {unpacks:?}"
     );
-    let rows = engine.with_index(|ix| Ok(ix.checkouts()?)).unwrap();
+    let rows = engine.checkouts().unwrap();
     let tracked_states: HashSet<String> = rows
         .iter()
         .map(|r| {
-            let state = r.state_dir.as_ref().unwrap();
+            let state = crate::engine::state_of(&engine, r);
             let name = state.file_name().unwrap().to_string_lossy().into_owned();
             assert!(
                 state.is_dir(),
                 "{label}: {} lost its state",
                 r.dir.display()
             );
-            let marker = if r.mode == "overlay" {
+            let marker = if r.mode == CheckoutMode::Overlay {
                 "upper"
             } else {
                 "manifest"
@@ -411,10 +411,10 @@ fn check_recovered(store: &Path, top: &Path, label: &str) {
     assert!(again.is_empty(), "{label}: after repair: {again:?}");
 
     // Only tracked overlay checkouts are mounted, and all of them are.
-    let rows = engine.with_index(|ix| Ok(ix.checkouts()?)).unwrap();
+    let rows = engine.checkouts().unwrap();
     let overlay_dirs: HashSet<PathBuf> = rows
         .iter()
-        .filter(|r| r.mode == "overlay")
+        .filter(|r| r.mode == CheckoutMode::Overlay)
         .map(|r| r.dir.clone())
         .collect();
     let mounted: HashSet<PathBuf> = mounts_under(top).into_iter().collect();
@@ -426,12 +426,7 @@ fn check_recovered(store: &Path, top: &Path, label: &str) {
     // Every snapshot checks out whole, with the content of the step that made it.
     let verify = top.join("verify");
     fs::create_dir_all(&verify).unwrap();
-    for (n, snapshot) in engine
-        .with_index(|ix| Ok(ix.snapshots()?))
-        .unwrap()
-        .iter()
-        .enumerate()
-    {
+    for (n, snapshot) in engine.snapshots().unwrap().iter().enumerate() {
         let dir = verify.join(format!("{label}-{n}"));
         engine
             .checkout(&snapshot.id, &dir, Some(CheckoutMode::Portable))
@@ -635,14 +630,9 @@ fn two_processes_check_out_commit_and_prune_on_one_store() {
     let engine = Engine::open(&store).unwrap();
     let problems = engine.fsck(false).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
-    assert!(
-        engine
-            .with_index(|ix| Ok(ix.checkouts()?))
-            .unwrap()
-            .is_empty()
-    );
+    assert!(engine.checkouts().unwrap().is_empty());
     let base = engine.resolve("base").unwrap();
-    let remaining = engine.with_index(|ix| Ok(ix.snapshots()?)).unwrap();
+    let remaining = engine.snapshots().unwrap();
     let remaining_ids: HashSet<SnapshotId> = remaining.iter().map(|r| r.id).collect();
     // No loss: a reported commit is either still there or was pruned by policy.
     for (id, name) in &committed {

@@ -6,8 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use strata_snapshot::index::{CheckoutRow, SnapshotRow};
-use strata_snapshot::{CheckoutMode, Engine};
+use strata_snapshot::{Checkout, CheckoutMode, Engine, Snapshot};
 
 /// A small root filesystem tarball made with strata-cas itself.
 pub(crate) fn rootfs_tar(tmp: &Path) -> PathBuf {
@@ -32,25 +31,39 @@ pub(crate) fn dead_pid() -> u32 {
     pid
 }
 
+/// A process that has exited (and been reaped), identified while it ran.
+pub(crate) fn dead_owner() -> strata_process::Owner {
+    let mut child = Command::new("cat")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let owner = strata_process::Owner::of(child.id()).expect("cat runs until its stdin closes");
+    drop(child.stdin.take());
+    child.wait().unwrap();
+    assert!(!owner.is_alive());
+    owner
+}
+
+/// The private state dir of the tracked checkout `row`.
+pub(crate) fn state_of(engine: &Engine, row: &Checkout) -> PathBuf {
+    engine
+        .checkout_state_dir(&row.dir)
+        .unwrap()
+        .expect("the checkout has a state dir")
+}
+
 /// Makes the tracked checkout `row` look made by a process that died: its state dir is
-/// renamed to carry a dead pid, and its row is recorded again with that state.
-pub(crate) fn orphan_checkout(engine: &Engine, row: &CheckoutRow) -> CheckoutRow {
-    let state = row.state_dir.clone().unwrap();
+/// renamed to carry a dead pid (as older versions named it, pid only), and recorded so.
+/// Returns the moved state dir.
+pub(crate) fn orphan_checkout(engine: &Engine, row: &Checkout) -> PathBuf {
+    let state = state_of(engine, row);
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let moved = state.with_file_name(format!("c-{}-0-{n}", dead_pid()));
     fs::rename(&state, &moved).unwrap();
-    let orphan = CheckoutRow {
-        state_dir: Some(moved),
-        ..row.clone()
-    };
-    engine
-        .with_index(|ix| {
-            ix.remove_checkout(&row.dir)?;
-            Ok(ix.add_checkout(&orphan)?)
-        })
-        .unwrap();
-    orphan
+    engine.set_checkout_state_dir(&row.dir, &moved).unwrap();
+    moved
 }
 
 fn names_in(dir: &Path) -> Vec<String> {
@@ -63,7 +76,7 @@ fn names_in(dir: &Path) -> Vec<String> {
 }
 
 fn modes() -> Vec<CheckoutMode> {
-    if strata_snapshot::engine::overlay_available() {
+    if strata_snapshot::overlay_available() {
         vec![CheckoutMode::Overlay, CheckoutMode::Portable]
     } else {
         eprintln!("overlay unavailable here: testing portable checkouts only");
@@ -83,14 +96,8 @@ fn import_checkout_change_commit_and_check_the_child_out() {
 
         let work = tmp.path().join("work");
         let row = engine.checkout(&base.id, &work, Some(mode)).unwrap();
-        assert_eq!(
-            row.mode,
-            if mode == CheckoutMode::Overlay {
-                "overlay"
-            } else {
-                "portable"
-            }
-        );
+        assert_eq!(row.mode, mode);
+        assert_eq!(row.dir, work.canonicalize().unwrap());
         assert_eq!(
             fs::read_to_string(work.join("etc/hostname")).unwrap(),
             "builder\n"
@@ -256,9 +263,101 @@ fn a_python_venv_committed_in_one_slot_works_in_another() {
 
 #[test]
 fn failpoint_names_are_unique() {
-    let names = strata_snapshot::engine::FAILPOINTS;
+    let names = strata_snapshot::FAILPOINTS;
     let unique: std::collections::HashSet<_> = names.iter().collect();
     assert_eq!(unique.len(), names.len());
+}
+
+/// The public surface an embedder lists, tags, touches and removes snapshots through, and
+/// pins them with.
+#[test]
+fn snapshots_are_listed_resolved_tagged_touched_pinned_and_removed_through_the_engine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&tmp.path().join("store")).unwrap();
+    let base = engine
+        .import(&rootfs_tar(tmp.path()), Some("base"))
+        .unwrap();
+    assert_eq!(base.tags, ["base"]);
+    assert_eq!(
+        (base.parent, base.depth, base.root_path.as_ref()),
+        (None, 0, None)
+    );
+    let work = tmp.path().join("work");
+    let checkout = engine
+        .checkout(&base.id, &work, Some(CheckoutMode::Portable))
+        .unwrap();
+    let work = work.canonicalize().unwrap();
+    assert_eq!(
+        (&checkout.dir, checkout.snapshot, checkout.mode),
+        (&work, base.id, CheckoutMode::Portable)
+    );
+    assert_eq!(checkout.root_path, work);
+    assert_eq!(engine.checkouts().unwrap(), std::slice::from_ref(&checkout));
+    assert_eq!(
+        engine.tracked_checkout(&tmp.path().join("work")).unwrap(),
+        Some(checkout)
+    );
+    assert_eq!(engine.tracked_checkout(tmp.path()).unwrap(), None);
+    fs::write(work.join("new"), "new\n").unwrap();
+    let child = engine.commit(&work, None).unwrap();
+    assert_eq!((child.parent, child.depth), (Some(base.id), 1));
+    assert_eq!(child.root_path.as_deref(), Some(work.as_path()));
+    assert!(child.tags.is_empty());
+
+    // Reading, by id, prefix and tag. The checkout marked the base used.
+    assert_eq!(engine.snapshot(&child.id).unwrap().as_ref(), Some(&child));
+    let used = engine.snapshot(&base.id).unwrap().unwrap();
+    assert!(used.last_used >= base.last_used && used.created == base.created);
+    let base = used;
+    assert_eq!(engine.snapshots().unwrap(), [base.clone(), child.clone()]);
+    let mut ids = vec![base.id, child.id];
+    ids.sort();
+    assert_eq!(engine.snapshot_ids().unwrap(), ids);
+    assert_eq!(engine.children(&base.id).unwrap(), [child.id]);
+    assert_eq!(
+        engine.chain(&child.id).unwrap(),
+        [base.clone(), child.clone()]
+    );
+    assert_eq!(engine.resolve(&child.id.to_hex()[..8]).unwrap(), child.id);
+    assert_eq!(engine.resolve("base").unwrap(), base.id);
+
+    // Tags.
+    engine.tag("top", &child.id).unwrap();
+    engine.tag("base", &child.id).unwrap();
+    assert_eq!(
+        engine.tags().unwrap(),
+        [("base".to_owned(), child.id), ("top".to_owned(), child.id)]
+    );
+    assert_eq!(
+        engine.snapshot(&child.id).unwrap().unwrap().tags,
+        ["base", "top"]
+    );
+    assert!(engine.untag("top").unwrap());
+    assert!(!engine.untag("top").unwrap());
+    assert!(engine.tag("a b", &child.id).is_err());
+    assert!(matches!(
+        engine.resolve("top").unwrap_err(),
+        strata_snapshot::Error::Index(strata_snapshot::index::Error::UnknownReference { .. })
+    ));
+
+    // Touching only moves last-used times forward.
+    let before = engine.snapshot(&base.id).unwrap().unwrap().last_used;
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    engine.touch(&[base.id]).unwrap();
+    let after = engine.snapshot(&base.id).unwrap().unwrap().last_used;
+    assert!(after > before, "{after} > {before}");
+
+    // A lease pins until released or dropped; a parent with children stays.
+    let lease = engine.lease(&child.id, "test").unwrap();
+    let err = engine.remove_snapshot(&child.id).unwrap_err();
+    assert!(err.to_string().contains("leased"), "{err}");
+    drop(lease);
+    let err = engine.remove_snapshot(&base.id).unwrap_err();
+    assert!(err.to_string().contains("child"), "{err}");
+    engine.remove_snapshot(&child.id).unwrap();
+    assert_eq!(engine.snapshot(&child.id).unwrap(), None);
+    assert_eq!(engine.tags().unwrap(), [], "its tag went with it");
+    assert_eq!(engine.snapshots().unwrap().len(), 1);
 }
 
 #[test]
@@ -272,16 +371,16 @@ fn open_finishes_or_rolls_back_what_dead_processes_left() {
     // A discard that died after moving the state aside.
     let abandoned = tmp.path().join("abandoned");
     let row = engine.checkout(&base.id, &abandoned, portable).unwrap();
-    fs::remove_dir_all(row.state_dir.as_ref().unwrap()).unwrap();
+    fs::remove_dir_all(state_of(&engine, &row)).unwrap();
     // A checkout whose maker died while copying files (no manifest yet).
     let half = tmp.path().join("half");
     let row = engine.checkout(&base.id, &half, portable).unwrap();
-    let row = orphan_checkout(&engine, &row);
-    fs::remove_file(row.state_dir.as_ref().unwrap().join("manifest")).unwrap();
+    let state = orphan_checkout(&engine, &row);
+    fs::remove_file(state.join("manifest")).unwrap();
     // The same, but its maker (this process) still runs: it may be finishing.
     let busy = tmp.path().join("busy");
     let row = engine.checkout(&base.id, &busy, portable).unwrap();
-    fs::remove_file(row.state_dir.as_ref().unwrap().join("manifest")).unwrap();
+    fs::remove_file(state_of(&engine, &row).join("manifest")).unwrap();
     // A finished checkout of a process that exited.
     let done = tmp.path().join("done");
     let row = engine.checkout(&base.id, &done, portable).unwrap();
@@ -304,7 +403,7 @@ fn open_finishes_or_rolls_back_what_dead_processes_left() {
 
     let engine = Engine::open(&store).unwrap();
     let tracked: Vec<_> = engine
-        .with_index(|ix| Ok(ix.checkouts()?))
+        .checkouts()
         .unwrap()
         .into_iter()
         .map(|r| r.dir.file_name().unwrap().to_string_lossy().into_owned())
@@ -327,9 +426,59 @@ fn open_finishes_or_rolls_back_what_dead_processes_left() {
     assert_eq!(child.parent, Some(base.id));
 }
 
+/// Leftovers are judged by their maker's pid and start time: a zombie maker is dead, a
+/// process that reused a maker's pid is not the maker, and names of older versions (pid only)
+/// are kept while their pid runs.
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+#[test]
+fn leftovers_are_judged_by_their_makers_start_time_and_zombies_are_dead() {
+    use strata_process::Owner;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    drop(Engine::open(&store).unwrap());
+    let mut zombie = Command::new("cat")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let z = Owner::of(zombie.id()).expect("cat runs until its stdin closes");
+    drop(zombie.stdin.take());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while Owner::of(z.pid).is_some() {
+        assert!(std::time::Instant::now() < deadline, "cat never exited");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let me = Owner::current();
+    let states = store.join("checkouts-v1");
+    let unpacked = store.join("unpacked-v1");
+    let gone = [
+        states.join(format!("c-{}-1-1", z.pid)),
+        states.join(format!("c-{z}-2")),
+        states.join(format!("x-{}.{}-3", me.pid, me.start_time + 1)),
+        unpacked.join(format!("tmp-{z}-4")),
+        unpacked.join(format!("tmp-{}-1-5", z.pid)),
+    ];
+    let kept = [
+        states.join(format!("c-{me}-6")),
+        states.join(format!("x-{}-1-7", me.pid)),
+        unpacked.join(format!("tmp-{me}-8")),
+    ];
+    for dir in gone.iter().chain(&kept) {
+        fs::create_dir_all(dir).unwrap();
+    }
+    // Opened while the zombie is still unreaped: its pid is taken, yet it is dead.
+    drop(Engine::open(&store).unwrap());
+    zombie.wait().unwrap();
+    for dir in &gone {
+        assert!(!dir.exists(), "{} was left", dir.display());
+    }
+    for dir in &kept {
+        assert!(dir.exists(), "{} was removed", dir.display());
+    }
+}
+
 #[test]
 fn an_overlay_checkout_that_lost_its_mount_commits_and_releases() {
-    if !strata_snapshot::engine::overlay_available() {
+    if !strata_snapshot::overlay_available() {
         eprintln!("skipped: overlay unavailable here");
         return;
     }
@@ -363,8 +512,8 @@ fn an_overlay_checkout_that_lost_its_mount_commits_and_releases() {
 
 /// A store with a base snapshot imported, where overlay checkouts work; `None` (skipped)
 /// elsewhere.
-fn overlay_store() -> Option<(tempfile::TempDir, PathBuf, Engine, SnapshotRow)> {
-    if !strata_snapshot::engine::overlay_available() {
+fn overlay_store() -> Option<(tempfile::TempDir, PathBuf, Engine, Snapshot)> {
+    if !strata_snapshot::overlay_available() {
         eprintln!("skipped: overlay unavailable here");
         return None;
     }
@@ -397,7 +546,7 @@ fn a_volatile_overlay_checkout_from_an_earlier_boot_is_not_committed() {
     fs::write(work.join("etc/new"), "new\n").unwrap();
     strata_snapshot::overlay::unmount(&work).unwrap();
     // As after a host crash: another boot mounted it.
-    let state = row.state_dir.clone().unwrap();
+    let state = state_of(&engine, &row);
     fs::write(
         state.join("boot-id"),
         "00000000-0000-0000-0000-000000000000",

@@ -68,7 +68,7 @@ fn incompressible(len: usize) -> Vec<u8> {
 
 fn snapshot_ids(engine: &Engine) -> Vec<SnapshotId> {
     let mut ids: Vec<SnapshotId> = engine
-        .with_index(|ix| Ok(ix.snapshots()?))
+        .snapshots()
         .unwrap()
         .into_iter()
         .map(|r| r.id)
@@ -107,10 +107,7 @@ fn fill_and_fail(engine: &Engine, store: &Path, work: &Path, mode: CheckoutMode)
     assert_eq!(names(&store.join("tmp")), Vec::<String>::new(), "{mode:?}");
     // The checkout is as it was: tracked, and (overlay) mounted again.
     assert!(
-        engine
-            .with_index(|ix| Ok(ix.checkout(work)?))
-            .unwrap()
-            .is_some(),
+        engine.tracked_checkout(work).unwrap().is_some(),
         "{mode:?}: the checkout is no longer tracked"
     );
     assert_eq!(
@@ -140,7 +137,7 @@ fn a_commit_that_runs_out_of_space_stores_nothing_and_keeps_its_checkout() {
     let engine = Engine::open(&store).unwrap();
     let base = engine.import(&tarball, None).unwrap();
     let mut modes = vec![CheckoutMode::Portable];
-    if strata_snapshot::engine::overlay_available() {
+    if strata_snapshot::overlay_available() {
         modes.push(CheckoutMode::Overlay);
     } else {
         assert!(

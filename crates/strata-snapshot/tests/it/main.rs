@@ -11,7 +11,6 @@ mod crash;
 mod engine;
 #[cfg(target_os = "linux")]
 mod full_disk;
-mod index;
 mod maintenance;
 #[cfg(target_os = "linux")]
 mod one_tree;

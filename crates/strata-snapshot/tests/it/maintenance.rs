@@ -4,7 +4,6 @@ use std::collections::HashSet;
 use std::fs;
 
 use strata_cas::LayerId;
-use strata_snapshot::index::LayerRow;
 use strata_snapshot::maintenance::PruneOptions;
 use strata_snapshot::{CheckoutMode, Engine, SnapshotId};
 
@@ -12,25 +11,17 @@ use crate::engine::{dead_pid, orphan_checkout, rootfs_tar};
 
 /// Records `n` snapshots in a tree (each parent has up to 4 children), without blobs.
 fn tree(engine: &Engine, n: usize) -> Vec<SnapshotId> {
-    engine
-        .with_index(|ix| {
-            let mut ids: Vec<SnapshotId> = Vec::with_capacity(n);
-            for i in 0..n {
-                let layer = LayerRow {
-                    id: LayerId::of(format!("layer {i}").as_bytes()),
-                    uncompressed_size: 1000,
-                    compressed_size: 100,
-                    unpacked: false,
-                    created: 0,
-                };
-                let parent = (i > 0).then(|| ids[(i - 1) / 4]);
-                // Older snapshots were used longer ago.
-                let row = ix.add_layer_and_snapshot(&layer, parent, None, i as i64)?;
-                ids.push(row.id);
-            }
-            Ok(ids)
-        })
-        .unwrap()
+    let mut ids: Vec<SnapshotId> = Vec::with_capacity(n);
+    for i in 0..n {
+        let layer = LayerId::of(format!("layer {i}").as_bytes());
+        let parent = (i > 0).then(|| ids[(i - 1) / 4]);
+        // Older snapshots were used longer ago.
+        let row = engine
+            .fabricate_snapshot(parent, layer, 1000, 100, i as i64)
+            .unwrap();
+        ids.push(row.id);
+    }
+    ids
 }
 
 #[test]
@@ -40,9 +31,7 @@ fn prune_is_leaf_first_lru_and_keeps_what_is_in_use() {
     let ids = tree(&engine, 2_000);
     // Pin one leaf by a tag: it and its ancestors must survive.
     let pinned = ids[1_999];
-    engine
-        .with_index(|ix| Ok(ix.set_tag("keep", &pinned)?))
-        .unwrap();
+    engine.tag("keep", &pinned).unwrap();
 
     let report = engine
         .prune(&PruneOptions {
@@ -51,7 +40,7 @@ fn prune_is_leaf_first_lru_and_keeps_what_is_in_use() {
         })
         .unwrap();
     let remaining: HashSet<SnapshotId> = engine
-        .with_index(|ix| Ok(ix.snapshots()?))
+        .snapshots()
         .unwrap()
         .into_iter()
         .map(|r| r.id)
@@ -59,12 +48,12 @@ fn prune_is_leaf_first_lru_and_keeps_what_is_in_use() {
     assert_eq!(remaining.len(), 500, "pruned {}", report.snapshots.len());
     assert_eq!(report.snapshots.len(), 1_500);
     // Leaf-first: every remaining snapshot still has its parent.
-    let chain = engine.with_index(|ix| Ok(ix.chain(&pinned)?)).unwrap();
+    let chain = engine.chain(&pinned).unwrap();
     assert!(
         chain.iter().all(|r| remaining.contains(&r.id)),
         "the tagged chain survives"
     );
-    for row in engine.with_index(|ix| Ok(ix.snapshots()?)).unwrap() {
+    for row in engine.snapshots().unwrap() {
         if let Some(parent) = row.parent {
             assert!(remaining.contains(&parent), "{} lost its parent", row.id);
         }
@@ -84,12 +73,7 @@ fn prune_of_ten_thousand_snapshots_finishes() {
     let report = engine.prune(&PruneOptions::default()).unwrap();
     eprintln!("pruned 10,000 snapshots in {:.2?}", started.elapsed());
     assert_eq!(report.snapshots.len(), 10_000);
-    assert!(
-        engine
-            .with_index(|ix| Ok(ix.snapshots()?))
-            .unwrap()
-            .is_empty()
-    );
+    assert!(engine.snapshots().unwrap().is_empty());
 }
 
 #[test]
@@ -120,7 +104,7 @@ fn fsck_repairs_what_crashes_leave_and_then_finds_nothing() {
     fs::remove_dir_all(&lost).unwrap();
     expected.push("lost its directory");
     // An overlay checkout of a dead process whose mount is gone (a reboot).
-    if strata_snapshot::engine::overlay_available() {
+    if strata_snapshot::overlay_available() {
         let rebooted = tmp.path().join("rebooted");
         let row = engine
             .checkout(&base.id, &rebooted, Some(CheckoutMode::Overlay))
@@ -201,7 +185,6 @@ fn gc_removes_unpacked_layers_the_index_does_not_know() {
 /// checked out or leased; a store left so checks clean.
 #[test]
 fn remove_layers_refuses_needed_layers_or_removes_their_snapshots_too() {
-    use strata_snapshot::index::{Owner, now_millis};
     use strata_snapshot::maintenance::RemoveLayersOptions;
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
@@ -256,15 +239,12 @@ fn remove_layers_refuses_needed_layers_or_removes_their_snapshots_too() {
         "{err}"
     );
     engine.release(&out).unwrap();
-    let lease = engine
-        .with_index(|ix| Ok(ix.lease(&child.id, Owner::current(), "test", now_millis())?))
-        .unwrap();
+    let lease = engine.lease(&child.id, "test").unwrap();
+    assert_eq!(lease.snapshot(), &child.id);
     let err = engine.remove_layers(&[child.layer], &forced).unwrap_err();
     assert!(err.to_string().contains("leased"), "{err}");
-    engine
-        .with_index(|ix| Ok(ix.release_lease(lease)?))
-        .unwrap();
-    let left = engine.with_index(|ix| Ok(ix.snapshots()?)).unwrap();
+    lease.release().unwrap();
+    let left = engine.snapshots().unwrap();
     assert_eq!(left.len(), 4, "nothing was removed");
     assert!(engine.cas().contains(&child.layer));
 
@@ -285,7 +265,7 @@ fn remove_layers_refuses_needed_layers_or_removes_their_snapshots_too() {
                 .exists()
     );
     let left: HashSet<SnapshotId> = engine
-        .with_index(|ix| Ok(ix.snapshots()?))
+        .snapshots()
         .unwrap()
         .into_iter()
         .map(|r| r.id)
@@ -320,7 +300,7 @@ fn remove_layers_refuses_needed_layers_or_removes_their_snapshots_too() {
 /// `du` counts them.
 #[test]
 fn gc_removes_relocated_variants_of_roots_no_checkout_uses() {
-    if !strata_snapshot::engine::overlay_available() {
+    if !strata_snapshot::overlay_available() {
         assert!(
             std::env::var_os("CI").is_none(),
             "overlay checkouts need root and overlayfs, and CI is set"

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{CWD, FileType, Mode, XattrFlags};
 use strata_cas::{DevicePolicy, ExtractOptions, SetuidPolicy, WhiteoutMode};
-use strata_snapshot::index::SnapshotRow;
+use strata_snapshot::Snapshot;
 use strata_snapshot::{CheckoutMode, Engine};
 
 /// What one entry of a tree is, as every view must agree on it.
@@ -226,12 +226,12 @@ fn base_tar(top: &Path) -> PathBuf {
 fn views(
     engine: &Engine,
     top: &Path,
-    snapshot: &SnapshotRow,
+    snapshot: &Snapshot,
     label: &str,
 ) -> Result<Vec<(String, Tree)>, String> {
     let mut out = Vec::new();
     let mut modes = vec![CheckoutMode::Portable];
-    if strata_snapshot::engine::overlay_available() {
+    if strata_snapshot::overlay_available() {
         modes.push(CheckoutMode::Overlay);
     }
     for round in ["as committed", "unpacked again"] {
@@ -254,9 +254,7 @@ fn views(
                     }
                 }
             }
-            engine
-                .with_index(|ix| Ok(ix.set_layer_unpacked(&snapshot.layer, false)?))
-                .unwrap();
+            engine.forget_unpacked(&snapshot.layer).unwrap();
         }
         for &mode in &modes {
             let dir = top.join(format!("{label}-{mode:?}-{}", round.replace(' ', "-")));
@@ -282,7 +280,7 @@ fn views(
         whiteouts: WhiteoutMode::Apply,
         ..ExtractOptions::default()
     };
-    for row in engine.with_index(|ix| Ok(ix.chain(&snapshot.id)?)).unwrap() {
+    for row in engine.chain(&snapshot.id).unwrap() {
         engine
             .cas()
             .apply(&row.layer, &applied, &opts)
@@ -303,7 +301,7 @@ fn whatever_a_step_leaves_every_view_of_its_snapshot_shows_one_tree_or_it_is_ref
         return;
     }
     let mut modes = vec![CheckoutMode::Portable];
-    if strata_snapshot::engine::overlay_available() {
+    if strata_snapshot::overlay_available() {
         modes.push(CheckoutMode::Overlay);
     } else {
         assert!(

@@ -152,12 +152,8 @@ fn nothing_under_a_store_is_reachable_by_another_user() {
     refused_to_nobody(&[path_str(&layer.join("bin/suid"))]);
     refused_to_nobody(&["head", "-c", "0", path_str(&layer.join("dev/null2"))]);
     refused_to_nobody(&["cat", path_str(&engine.cas().blob_path(&base.layer))]);
-    let state = engine
-        .with_index(|ix| Ok(ix.checkout(&portable)?))
-        .unwrap()
-        .unwrap()
-        .state_dir
-        .unwrap();
+    let checkout = engine.tracked_checkout(&portable).unwrap().unwrap();
+    let state = crate::engine::state_of(&engine, &checkout);
     refused_to_nobody(&["cat", path_str(&state.join("manifest"))]);
     refused_to_nobody(&["ls", path_str(&view.dir)]);
     engine.cache_discard(view).unwrap();
@@ -172,7 +168,7 @@ fn nothing_under_a_store_is_reachable_by_another_user() {
 
     // Overlay checkouts are mounted by root and read through the mount: the private store
     // does not get in the way of a sandbox's users.
-    if strata_snapshot::engine::overlay_available() {
+    if strata_snapshot::overlay_available() {
         let mounted = top.join("mounted");
         engine
             .checkout(&base.id, &mounted, Some(CheckoutMode::Overlay))

@@ -1,5 +1,7 @@
 //! The snapshot index against real SQLite files: round trips, refusals, leases owned by live
 //! and dead processes, pruning order, and several threads and processes sharing one file.
+//! Unit tests, since the index is private to the crate; the multi-process test runs this
+//! test binary again as its children.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -9,11 +11,9 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use strata_cas::LayerId;
-use strata_snapshot::SnapshotId;
-use strata_snapshot::index::{
-    CacheVersion, CheckoutRow, Error, Index, LayerRow, NewCacheView, NewSnapshot, Owner, Publish,
-    RemoveCache, Usage,
-};
+
+use super::*;
+use crate::{CheckoutMode, SnapshotId};
 
 fn fresh() -> (tempfile::TempDir, Index) {
     let dir = tempfile::tempdir().unwrap();
@@ -49,7 +49,7 @@ fn checkout_row(dir: &str, snapshot: SnapshotId) -> CheckoutRow {
     CheckoutRow {
         dir: PathBuf::from(dir),
         snapshot,
-        mode: "overlay".to_owned(),
+        mode: CheckoutMode::Overlay,
         state_dir: Some(PathBuf::from(format!("{dir}.state"))),
         root_path: format!("{dir}/root").into_bytes(),
         created: 9,
@@ -59,7 +59,7 @@ fn checkout_row(dir: &str, snapshot: SnapshotId) -> CheckoutRow {
 /// A process that has exited (and been reaped), identified while it ran. Unix only: elsewhere
 /// every owner counts as alive.
 #[cfg(unix)]
-pub(crate) fn dead_owner() -> Owner {
+fn dead_owner() -> Owner {
     let mut child = Command::new("cat")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -87,7 +87,6 @@ fn open_sets_wal_and_schema_and_reopens() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("index.db");
     let index = Index::open(&path).unwrap();
-    assert_eq!(index.path(), path);
     assert!(dir.path().join("index.db.lock").exists());
     drop(index);
     // Opening again finds the schema in place.
@@ -241,10 +240,11 @@ fn snapshot_chains_depths_and_children() {
         "{err}"
     );
 
-    // Rows serialize with hex ids and lossy paths.
-    let json = serde_json::to_value(&row).unwrap();
+    // As the engine hands them out, snapshots serialize with hex ids and lossy paths.
+    let json = serde_json::to_value(crate::Snapshot::from_row(row, vec!["t".into()])).unwrap();
     assert_eq!(json["id"], mid.to_hex());
     assert_eq!(json["root_path"], "/slots/mid");
+    assert_eq!(json["tags"], serde_json::json!(["t"]));
 }
 
 #[test]
@@ -467,10 +467,11 @@ fn checkouts_round_trip_and_pin() {
     assert_eq!(index.checkouts().unwrap(), std::slice::from_ref(&row));
     assert_eq!(index.usage().unwrap().checkouts, 1);
 
-    let json = serde_json::to_value(&row).unwrap();
+    let json = serde_json::to_value(crate::Checkout::from(row.clone())).unwrap();
     assert_eq!(json["dir"], "/work/slot-01");
-    assert_eq!(json["state_dir"], "/work/slot-01.state");
+    assert_eq!(json["mode"], "overlay");
     assert_eq!(json["root_path"], "/work/slot-01/root");
+    assert!(json.get("state_dir").is_none(), "the engine's own business");
 
     let err = index.remove_snapshot(&a).unwrap_err();
     assert!(
@@ -486,6 +487,30 @@ fn checkouts_round_trip_and_pin() {
     assert!(index.remove_checkout(&row.dir).unwrap());
     assert!(!index.remove_checkout(&row.dir).unwrap());
     index.remove_snapshot(&a).unwrap();
+}
+
+/// The mode is text in the database and an enum in Rust: a row whose mode this version does
+/// not know is an error naming the checkout, not a guess.
+#[test]
+fn a_checkout_mode_this_version_does_not_know_is_named_with_its_directory() {
+    let (dir, mut index) = fresh();
+    let a = add(&mut index, None, "a", 1);
+    index.add_checkout(&checkout_row("/work/a", a)).unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("index.db")).unwrap();
+    conn.execute("UPDATE checkouts SET mode = 'zfs'", [])
+        .unwrap();
+    drop(conn);
+    for err in [
+        index.checkouts().unwrap_err(),
+        index.checkout(Path::new("/work/a")).unwrap_err(),
+    ] {
+        assert!(
+            matches!(&err, Error::BadCheckoutMode { dir, source } if dir == Path::new("/work/a") && source.text == "zfs"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("/work/a"), "{err}");
+        assert!(err.to_string().contains("`zfs`"), "{err}");
+    }
 }
 
 #[cfg(unix)]
@@ -606,10 +631,7 @@ fn a_recycled_pid_does_not_keep_a_lease() {
     let (_dir, mut index) = fresh();
     let a = add(&mut index, None, "a", 1);
     let me = Owner::current();
-    let impostor = Owner {
-        pid: me.pid,
-        start_time: me.start_time + 1,
-    };
+    let impostor = Owner::new(me.pid, me.start_time + 1);
     assert!(!impostor.is_alive());
     index.lease(&a, impostor, "earlier process", 1).unwrap();
     assert_eq!(index.prune_candidates(i64::MAX, 10).unwrap().len(), 1);
@@ -756,7 +778,7 @@ fn processes_race_on_a_fresh_database() {
                 Command::new(&exe)
                     .args([
                         "--exact",
-                        "index::child_open_and_write",
+                        "index::tests::child_open_and_write",
                         "--nocapture",
                         "--test-threads=1",
                     ])
@@ -921,16 +943,20 @@ fn cache_views_and_the_generation_swap() {
     assert!(index.layer(&layer_row("flat").id).unwrap().is_some());
 
     // Handing a view to another process.
-    let dead = dead_owner();
-    assert!(index.set_cache_view_owner(Path::new("/v/c"), dead).unwrap());
+    let other = Owner::new(me.pid, me.start_time + 1);
+    assert!(
+        index
+            .set_cache_view_owner(Path::new("/v/c"), other)
+            .unwrap()
+    );
     assert!(
         !index
-            .set_cache_view_owner(Path::new("/v/none"), dead)
+            .set_cache_view_owner(Path::new("/v/none"), other)
             .unwrap()
     );
     assert_eq!(
         index.cache_view(Path::new("/v/c")).unwrap().unwrap().owner,
-        dead
+        other
     );
 
     assert_eq!(
@@ -1023,4 +1049,46 @@ fn a_version_1_index_is_migrated_with_its_rows() {
         .add_cache_view(&new_view("c", "/v/1", Owner::current()))
         .unwrap();
     assert_eq!(index.caches().unwrap().len(), 1);
+}
+
+#[test]
+fn tag_names() {
+    assert!(check_tag_name("ubuntu-24.04").is_ok());
+    assert!(check_tag_name("abcd").is_ok());
+    assert!(check_tag_name(&"a".repeat(63)).is_ok());
+    assert!(check_tag_name("").is_err());
+    assert!(check_tag_name("a b").is_err());
+    assert!(check_tag_name("a\tb").is_err());
+    assert!(check_tag_name("a\u{7}b").is_err());
+    assert!(check_tag_name("a/b").is_err());
+    assert!(check_tag_name(&"0".repeat(64)).is_err());
+    assert!(check_tag_name(&"A".repeat(64)).is_err());
+    assert!(check_tag_name(&"g".repeat(64)).is_ok());
+    assert!(check_tag_name(&"x".repeat(256)).is_err());
+}
+
+#[test]
+fn path_bytes_round_trip() {
+    let p = Path::new("/tmp/strata/slot-01/root");
+    assert_eq!(bytes_to_path(path_to_bytes(p)), p);
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = Path::new(std::ffi::OsStr::from_bytes(b"/tmp/\xff\xfe"));
+        assert_eq!(bytes_to_path(path_to_bytes(odd)), odd);
+    }
+}
+
+#[test]
+fn cache_names() {
+    assert!(check_cache_name("opam-archives").is_ok());
+    assert!(check_cache_name("a b:c%d").is_ok());
+    assert!(check_cache_name(&"x".repeat(255)).is_ok());
+    assert!(check_cache_name("").is_err());
+    assert!(check_cache_name(&"x".repeat(256)).is_err());
+    assert!(check_cache_name("a/b").is_err());
+    assert!(check_cache_name("a\0b").is_err());
+    assert!(check_cache_name(".").is_err());
+    assert!(check_cache_name("..").is_err());
+    assert!(check_cache_name("...").is_ok());
 }

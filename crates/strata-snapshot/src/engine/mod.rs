@@ -1,0 +1,320 @@
+//! The snapshot engine: import, checkout, commit and release, on top of the CAS, the index,
+//! overlayfs or portable materialisation, and path relocation. The store layout and the
+//! crash model are documented on [`Engine`].
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use strata_cas::{LayerInfo, Store};
+
+use crate::index::{Index, LayerRow, SnapshotRow};
+use crate::{CheckoutMode, Snapshot, SnapshotId, relocate};
+
+mod checkout;
+mod commit;
+mod discard;
+mod error;
+mod files;
+mod recovery;
+mod snapshots;
+mod unpacked;
+
+use discard::Reaper;
+use error::io_err;
+pub(crate) use error::io_error;
+pub use error::{Error, Result};
+pub(crate) use files::{canonical, remove_tree};
+pub(crate) use recovery::{CheckoutHealth, overlay_mounts};
+pub use snapshots::Lease;
+#[cfg(target_os = "linux")]
+pub(crate) use unpacked::sync_filesystems;
+pub(crate) use unpacked::variant_suffix;
+
+#[cfg(feature = "failpoints")]
+pub use crate::failpoints::FAILPOINTS;
+#[cfg(feature = "failpoints")]
+pub(crate) use crate::failpoints::failpoint;
+
+/// Without the `failpoints` feature a failpoint is nothing at all: no environment variable
+/// is read, and no process of an embedder can be made to abort.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub(crate) fn failpoint(_name: &'static str) {}
+
+/// The failpoint of `mode`'s variant of a step.
+fn failpoint_for(mode: CheckoutMode, overlay: &'static str, portable: &'static str) {
+    failpoint(match mode {
+        CheckoutMode::Overlay => overlay,
+        CheckoutMode::Portable => portable,
+    });
+}
+
+/// The engine over one store directory: import, checkout, commit and release, on top of the
+/// CAS, the index, overlayfs or portable materialisation, and path relocation. Share it
+/// between threads; several processes may open the same store.
+///
+/// ```text
+/// <store>/
+/// ├── layout, blobs-v1/, tmp/   the CAS (strata-cas)
+/// ├── index-v1.sqlite           snapshots, layers, tags, tracked checkouts, leases
+/// ├── gc.lock                   shared while layers are stored and recorded, exclusive in gc
+/// ├── unpacked-v1/
+/// │   ├── <layer>               a layer unpacked once, read-only, overlayfs whiteouts
+/// │   ├── <layer>.plain         the same with OCI `.wh.` files (unpacked without root)
+/// │   ├── <layer>@<root>        a relocated variant, for overlay checkouts at another root
+/// │   │                         (kept while a checkout at that root is tracked)
+/// │   ├── <layer>@dup-<n>       a hard-linked twin, for a layer that repeats in one stack
+/// │   └── tmp-<owner>-<n>       an unpack in progress; renamed into place when complete
+/// ├── caches-v1/views/<owner>-<n>/  private views of shared caches (tracked checkouts)
+/// └── checkouts-v1/
+///     ├── c-<owner>-<n>/        state of one tracked checkout, made by process <owner>:
+///     │                         upper/ + work/ (overlay) or manifest (portable)
+///     └── x-<owner>-<n>/        state of a checkout being discarded by process <owner>
+/// ```
+///
+/// The root, `unpacked-v1/`, `checkouts-v1/` and `caches-v1/` are private to the store's
+/// owner (mode 0700, narrowed on open; see [`Engine::open`]): unpacked layers keep setuid
+/// bits and device nodes, which no other local user may reach.
+///
+/// # Crash safety
+///
+/// A process may die at any point (`kill -9`, power loss). The order of effects makes every
+/// intermediate state one that [`Engine::open`] or [`Engine::fsck`] recognises:
+///
+/// - Layers: blob stored, then the layer row (with its relocations) and the snapshot row, all
+///   under the shared gc lock; `gc` removes the layer row before the blob, under the exclusive
+///   lock. So no snapshot ever names a layer whose blob is missing; a crash leaves at most an
+///   unreferenced layer or an unrecorded blob, which `gc` collects.
+/// - Unpacked layers: extracted into `tmp-<owner>-*`, renamed into place, then flagged in the
+///   index. A commit renames its overlay upper dir into place after recording the layer.
+/// - Checkouts: state dir (with `upper/` and `work/` for overlay), then the row, then unpacking
+///   and the mount or the files, then (portable) the manifest. Discarding unmounts, moves the
+///   state dir aside (`x-*`, the point of no return), removes the files, the state, and last
+///   the row. A committed overlay checkout loses its `upper/` (renamed into `unpacked-v1/`)
+///   before it is discarded. A commit that fails before recording its snapshot (a full
+///   disk) leaves the checkout as it was, an overlay one mounted again.
+///
+/// Recovery in [`Engine::open`], cheap when there is nothing to do (two directory listings
+/// and one query):
+///
+/// - `unpacked-v1/tmp-*` and row-less `checkouts-v1/*` of processes that no longer run are
+///   removed, after detaching overlay mounts that sit under them;
+/// - a tracked checkout whose state dir is gone, or an overlay one without `upper/`, was
+///   being discarded or committed: the discard is finished (mount detached, files, row);
+/// - a portable checkout without its manifest whose maker no longer runs was half made: it
+///   is rolled back the same way;
+/// - leases of dead processes expire; the CAS sweeps its own temp files.
+///
+/// Kept on purpose: a tracked overlay checkout whose mount is gone but whose upper dir is
+/// intact (a crash before mounting or while committing, or a reboot). `commit` and `release`
+/// work on it without a mount; `fsck` reports it and its repair releases it (remounting
+/// would hand a sandbox a tree it may not expect). Anything the current process, or another
+/// live one, may still be working on is never touched: makers are known by the owner in the
+/// state dir's name, `<pid>.<start time>` (`strata_process`): a maker that exited, a zombie
+/// included, is dead, and so is one whose pid now belongs to a process started at another
+/// time. Names older versions made carry the pid only, and are kept while a process has it.
+///
+/// # Durability
+///
+/// A snapshot that `import`, `commit` or a cache release returned survives power loss, with
+/// as few flushes as that allows, since they dominate a small commit:
+///
+/// - the CAS flushes a blob and its directory before it has a name (two fsyncs);
+/// - the index runs with `synchronous=NORMAL` and is not checkpointed when a process closes
+///   it (that cost two flushes per `strata` command, and recreating the WAL two more); rows
+///   that must last are written with `synchronous=FULL` (one fsync of the WAL), or
+/// - an overlay commit, whose upper dir was mounted `volatile` (unmounting flushes nothing),
+///   records the snapshot durably like any other and never flushes the upper dir: it marks
+///   it `unpacked-v1/<layer>.unsynced` (holding the boot id) and renames it into
+///   `unpacked-v1/`. After a reboot, a marked layer is distrusted and unpacked again from its
+///   blob; `gc` flushes the filesystem once and drops the markers. No commit calls `syncfs`,
+///   which on a shared disk would wait for every other process's dirty data.
+///
+/// A volatile upper dir left by a host crash may have lost writes: `commit` refuses an
+/// overlay checkout mounted in an earlier boot (its state dir records the boot id).
+///
+/// With the `failpoints` cargo feature, which only the crate's own tests turn on, named
+/// failpoints (`FAILPOINTS`) sit between the effects, so tests can kill a process at each of
+/// them (`STRATA_FAILPOINT=<name>` aborts the process there). Without it they compile to
+/// nothing.
+#[derive(Debug)]
+pub struct Engine {
+    root: PathBuf,
+    cas: Store,
+    index: Mutex<Index>,
+    unpacked: PathBuf,
+    states: PathBuf,
+    privileged: bool,
+    reaper: Reaper,
+}
+
+/// A name for something this process makes and may leave behind if it dies
+/// (`<prefix><pid>.<start time>-<n>`, see [`strata_process::owned_name`]): recovery tells a
+/// dead maker's leftovers by it.
+pub(crate) fn unique_name(prefix: &str) -> String {
+    strata_process::unique_name(prefix)
+}
+
+impl Engine {
+    /// Opens (creating if needed) the store at `root` and recovers from crashed writers (see
+    /// the module docs for what is recovered and what is kept). The store root and the
+    /// directories under it that hold trees are private to their owner (mode 0700): an
+    /// older store whose directories are wider is narrowed, and one that belongs to another
+    /// user and is open to others is refused ([`strata_cas::Error::NotPrivate`]).
+    pub fn open(root: &Path) -> Result<Engine> {
+        let cas = Store::open(root)?;
+        // Canonical, so that state paths recorded in rows stay valid from any working dir.
+        let root = canonical(root).map_err(io_err("resolve", root))?;
+        let unpacked = root.join("unpacked-v1");
+        let states = root.join("checkouts-v1");
+        // The root is private already (the CAS made it so); these are too, in case the root
+        // is ever opened up: they hold whole trees, setuid files and device nodes included.
+        for dir in [&unpacked, &states] {
+            strata_cas::private_dir(dir)?;
+        }
+        let caches = root.join(crate::caches::CACHES_DIR);
+        if caches.is_dir() {
+            strata_cas::private_dir(&caches)?;
+        }
+        let index = Index::open(&root.join("index-v1.sqlite"))?;
+        let engine = Engine {
+            root,
+            cas,
+            index: Mutex::new(index),
+            unpacked,
+            states,
+            privileged: is_root(),
+            reaper: Reaper::default(),
+        };
+        engine.recover()?;
+        Ok(engine)
+    }
+
+    /// Waits until the trees of released checkouts, deleted in the background, are gone
+    /// (before measuring disk usage, say). Dropping the engine waits for them too.
+    pub fn wait_for_deletions(&self) {
+        self.reaper.flush();
+    }
+
+    /// The store directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where unpacked layers live.
+    pub(crate) fn unpacked_dir(&self) -> PathBuf {
+        self.unpacked.clone()
+    }
+
+    /// The layer store underneath.
+    pub fn cas(&self) -> &Store {
+        &self.cas
+    }
+
+    /// Runs `f` with the index locked. Keep `f` short: other threads wait.
+    pub(crate) fn with_index<T>(&self, f: impl FnOnce(&mut Index) -> Result<T>) -> Result<T> {
+        let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut index)
+    }
+
+    /// Makes a base snapshot from a root filesystem tarball (`.tar`, `.tar.gz`, `.tar.zst`).
+    pub fn import(&self, tarball: &Path, tag: Option<&str>) -> Result<Snapshot> {
+        let _gc = self.gc_lock(false)?;
+        let info = self.cas.put_file(tarball)?;
+        failpoint("import.stored");
+        let row = self.record(None, &info, None, None, tag, true)?;
+        failpoint("import.recorded");
+        self.with_tags(row)
+    }
+
+    /// Records a stored layer, with its relocation records, as a snapshot on top of
+    /// `parent`. Call it under the shared gc lock. With `durable`, the rows are on disk when
+    /// this returns; without, the caller flushes the index's filesystem itself.
+    fn record(
+        &self,
+        parent: Option<SnapshotId>,
+        info: &LayerInfo,
+        root_path: Option<Vec<u8>>,
+        relocations: Option<&relocate::Records>,
+        tag: Option<&str>,
+        durable: bool,
+    ) -> Result<SnapshotRow> {
+        let layer = LayerRow {
+            id: info.id,
+            uncompressed_size: info.uncompressed_size,
+            compressed_size: info.compressed_size,
+            unpacked: false,
+            created: crate::now_millis(),
+        };
+        let write = |ix: &mut Index| {
+            // Relocations go in before the snapshot row exists, so no snapshot is ever seen
+            // without them. A crash in between leaves an unreferenced layer row, which `gc`
+            // removes; the shared gc lock keeps `gc` away from it meanwhile.
+            if let Some(records) = relocations.filter(|r| !r.files.is_empty())
+                && let Some(root) = &root_path
+            {
+                ix.add_layer(&layer)?;
+                ix.set_relocations(&layer.id, root, &records.to_bytes())?;
+            }
+            // Layer and snapshot rows in one transaction, so `gc` never sees the layer
+            // unreferenced in between.
+            let row = ix.add_layer_and_snapshot(&layer, parent, root_path, layer.created)?;
+            if let Some(tag) = tag {
+                ix.set_tag(tag, &row.id)?;
+            }
+            Ok(row)
+        };
+        self.with_index(|ix| {
+            if durable {
+                ix.durably(write)
+            } else {
+                write(ix)
+            }
+            .map_err(Error::from)
+        })
+    }
+
+    /// Shared while a layer is stored and recorded; exclusive while `gc` deletes layers.
+    /// Without it, `gc` could delete a blob that a commit in another process has just found
+    /// already stored and is about to record.
+    pub(crate) fn gc_lock(&self, exclusive: bool) -> Result<fs::File> {
+        let path = self.root.join("gc.lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        if exclusive {
+            file.lock().map_err(io_err("lock", &path))?;
+        } else {
+            file.lock_shared().map_err(io_err("lock", &path))?;
+        }
+        Ok(file)
+    }
+
+    /// Which mode `checkout` uses when the caller does not choose.
+    pub fn default_mode(&self) -> CheckoutMode {
+        if overlay_available() {
+            CheckoutMode::Overlay
+        } else {
+            CheckoutMode::Portable
+        }
+    }
+}
+
+fn is_root() -> bool {
+    #[cfg(unix)]
+    return rustix::process::geteuid().is_root();
+    #[cfg(not(unix))]
+    false
+}
+
+/// Whether overlay checkouts work here (Linux, root, overlayfs).
+pub fn overlay_available() -> bool {
+    #[cfg(target_os = "linux")]
+    return crate::overlay::supported();
+    #[cfg(not(target_os = "linux"))]
+    false
+}
