@@ -27,8 +27,12 @@ pub struct Limits {
     pub max_bytes: u64,
     /// Number of entries.
     pub max_entries: u64,
-    /// Size of the PAX or GNU long-name data attached to one entry.
+    /// Size of the PAX and GNU long-name data attached to one entry, all its extended
+    /// headers together.
     pub max_header_bytes: u64,
+    /// Components in an entry's path (and a hard link's target). Real trees stay far below;
+    /// the default, 4096, is twice what fits in Linux's `PATH_MAX`.
+    pub max_depth: u32,
 }
 
 impl Default for Limits {
@@ -37,6 +41,7 @@ impl Default for Limits {
             max_bytes: 1 << 40,
             max_entries: 50_000_000,
             max_header_bytes: 1 << 20,
+            max_depth: 4096,
         }
     }
 }
