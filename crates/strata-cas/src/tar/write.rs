@@ -64,7 +64,10 @@ impl<W: Write> TarWriter<W> {
         let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();
 
         let mut name = entry.path.clone();
-        if entry.kind == EntryKind::Dir {
+        if entry.path.is_empty() {
+            // The root, as GNU tar writes it: `/` alone would be an absolute path.
+            name.extend_from_slice(b"./");
+        } else if entry.kind == EntryKind::Dir {
             name.push(b'/');
         }
         if name.len() <= 100 {
@@ -280,6 +283,33 @@ mod tests {
         }
         r.finish().unwrap();
         assert_eq!(back, entries);
+    }
+
+    fn round_trip(entries: &[Entry]) -> Vec<Entry> {
+        let mut w = TarWriter::new(Vec::new());
+        for e in entries {
+            w.append(e).unwrap();
+            w.write_data(&vec![b'x'; e.size as usize]).unwrap();
+        }
+        let bytes = w.finish().unwrap();
+        let mut r = TarReader::new(&bytes[..], &Limits::default());
+        let mut back = Vec::new();
+        while let Some(e) = r.next_entry().unwrap() {
+            back.push(e);
+        }
+        r.finish().unwrap();
+        back
+    }
+
+    /// Found by the `tar_reader` fuzz target: the root directory was written as `/`,
+    /// which the reader refuses as an absolute path.
+    #[test]
+    fn the_root_directory_round_trips() {
+        let mut root = entry(b"", EntryKind::Dir, 0);
+        root.meta.xattrs.clear();
+        root.meta.mode = 0o755;
+        let entries = vec![root, entry(b"f", EntryKind::File, 1)];
+        assert_eq!(round_trip(&entries), entries);
     }
 
     #[test]
