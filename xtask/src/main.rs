@@ -5,6 +5,8 @@
 //! - `cargo xtask bench [--quick]`: criterion micro-benchmarks plus whole-process comparisons
 //!   against GNU tar, zstd and b3sum; writes `target/bench/report.{md,json}`.
 //! - `cargo xtask stress [--jobs N] [--concurrency C]`: OBuilder's stress test with real runc.
+//! - `cargo xtask fuzz [--seconds N] [TARGET...]`: the libFuzzer targets in `fuzz/`, each for
+//!   a bounded time (also part of `ci`, briefly).
 
 #![allow(
     clippy::print_stdout,
@@ -14,6 +16,7 @@
 
 mod bench;
 mod ci;
+mod fuzz;
 mod stress;
 mod tidy;
 mod wine;
@@ -30,8 +33,11 @@ fn main() -> anyhow::Result<()> {
         "bench" => bench::run(rest),
         "wine-test" => wine::run(rest),
         "stress" => stress::run(rest),
+        "fuzz" => fuzz::run(rest),
         "help" | "--help" | "-h" => {
-            eprintln!("usage: cargo xtask <ci | wine-test | bench [--quick]>");
+            eprintln!(
+                "usage: cargo xtask <ci | wine-test | bench [--quick] | stress | fuzz [--seconds N] [TARGET...]>"
+            );
             Ok(())
         }
         other => anyhow::bail!("unknown xtask command `{other}`; try `cargo xtask help`"),
