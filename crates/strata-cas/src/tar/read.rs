@@ -96,6 +96,14 @@ impl<R: Read> TarReader<R> {
                 self.done = true;
                 return Ok(None);
             }
+            // Headers count too: a run of extended headers that never reaches an entry
+            // must not slip past the bound on the stream's bytes.
+            if self.offset > self.limits.max_bytes {
+                return Err(Error::Limit {
+                    what: "uncompressed bytes",
+                    limit: self.limits.max_bytes,
+                });
+            }
             verify_checksum(&header).map_err(|p| self.tar_error(at, p))?;
             let typeflag = header[156];
             let size = parse_number(&header[124..136])
@@ -375,6 +383,12 @@ impl<R: Read> TarReader<R> {
             return Err(Error::Limit {
                 what: "PAX or long-name header bytes",
                 limit: self.limits.max_header_bytes,
+            });
+        }
+        if self.offset.saturating_add(size) > self.limits.max_bytes {
+            return Err(Error::Limit {
+                what: "uncompressed bytes",
+                limit: self.limits.max_bytes,
             });
         }
         let len = usize::try_from(size).map_err(|_| Error::Limit {
@@ -949,6 +963,34 @@ mod tests {
             read_all(&tar, &limits),
             Err(Error::Limit { limit: 1024, .. })
         ));
+    }
+
+    /// Global headers never reach an entry, so only the bound on the stream's bytes stops a
+    /// (highly compressible) run of them, and it must stop it as it goes, not at the end.
+    #[test]
+    fn headers_count_towards_the_bound_on_bytes() {
+        let limits = Limits {
+            max_bytes: 64 << 10,
+            ..Limits::default()
+        };
+        let global = with_data(b'g', b"pax_global_header", &pax("comment", "x"));
+        let mut tar = global.repeat(1000);
+        tar.resize(tar.len() + 2 * BLOCK, 0);
+        let mut r = TarReader::new(&tar[..], &limits);
+        assert!(matches!(
+            r.next_entry(),
+            Err(Error::Limit {
+                what: "uncompressed bytes",
+                ..
+            })
+        ));
+        assert!(
+            r.offset() <= limits.max_bytes + BLOCK as u64,
+            "{}",
+            r.offset()
+        );
+        let mut r = TarReader::new(&tar[..], &Limits::default());
+        assert!(r.next_entry().unwrap().is_none());
     }
 
     #[test]
