@@ -259,7 +259,15 @@ impl Extractor<'_> {
         raw_name: &[u8],
         reader: &mut TarReader<R>,
     ) -> Result<(), EntryProblem> {
-        match (whiteout(&entry.path)?, self.opts.whiteouts) {
+        let whiteout = whiteout(&entry.path)?;
+        if whiteout.is_some() && self.opts.whiteouts != WhiteoutMode::Keep {
+            // A marker twice is a duplicate path like any other (and each opaque marker
+            // would list its directory again).
+            if self.made.insert(key(&entry.path), Made::Other).is_some() {
+                return Err(EntryProblem::Duplicate);
+            }
+        }
+        match (whiteout, self.opts.whiteouts) {
             (Some(Whiteout::Remove { parent, name }), WhiteoutMode::Apply) => {
                 return self.remove(parent, name);
             }
@@ -636,13 +644,16 @@ impl Extractor<'_> {
                 names.push(name.to_vec());
             }
         }
+        // The directory's part of every child's key is hashed once.
+        let mut prefix = blake3::Hasher::new();
+        if !dir.is_empty() {
+            prefix.update(dir);
+            prefix.update(b"/");
+        }
         for name in names {
-            let mut child = dir.to_vec();
-            if !child.is_empty() {
-                child.push(b'/');
-            }
-            child.extend_from_slice(&name);
-            if self.made.contains_key(&key(&child)) {
+            let mut child = prefix.clone();
+            child.update(&name);
+            if self.made.contains_key(&key_of(&child.finalize())) {
                 continue;
             }
             match remove_entry(&fd, &name) {
@@ -1283,6 +1294,30 @@ mod tests {
             work <= 4 * total as u64,
             "{work} bytes hashed for {total} bytes of paths"
         );
+    }
+
+    /// Each opaque marker lists its directory and looks up every child: repeated for one
+    /// deep directory, that cost the number of markers times the directory's contents.
+    #[test]
+    fn a_whiteout_or_opaque_marker_twice_is_a_duplicate() {
+        for marker in [&b"d/.wh..wh..opq"[..], b"d/.wh.gone"] {
+            let mut w = TarWriter::new(Vec::new());
+            w.append(&entry(b"d".to_vec(), EntryKind::Dir, 0)).unwrap();
+            w.append(&entry(b"d/f".to_vec(), EntryKind::File, 0))
+                .unwrap();
+            for _ in 0..2 {
+                w.append(&entry(marker.to_vec(), EntryKind::File, 0))
+                    .unwrap();
+            }
+            let tar = w.finish().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let e = apply(&tar[..], &dir.path().join("t"), &one_thread()).unwrap_err();
+            assert!(
+                matches!(&e, Error::Entry { entry, problem: EntryProblem::Duplicate } if entry.0 == marker),
+                "{e}"
+            );
+            assert!(dir.path().join("t/d/f").exists());
+        }
     }
 
     /// A whiteout over a lower tree deeper than a small thread stack (or the file limit)
