@@ -6,11 +6,11 @@
 #![no_main]
 
 use std::io::{Cursor, Read, Seek, SeekFrom, Write};
-use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use strata_cas::extract::open_layer_file;
 use strata_cas::frames::{ParallelFrameReader, SeekTable, compress_all};
+use strata_fuzz::{threads, wait_for_threads};
 
 /// Reads at most `limit` bytes, tolerating errors (corrupt input).
 fn read_some(reader: &mut impl Read, limit: usize) -> Vec<u8> {
@@ -23,16 +23,6 @@ fn read_some(reader: &mut impl Read, limit: usize) -> Vec<u8> {
         }
     }
     out
-}
-
-/// Threads of this process, from `/proc/self/status`.
-fn threads() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -85,13 +75,5 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // Detached decoding threads return soon after their reader is dropped.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while threads() > threads_before {
-        let n = threads() - threads_before;
-        assert!(
-            Instant::now() < deadline,
-            "{n} decoding threads still running 10 s after their readers were dropped"
-        );
-        std::thread::sleep(Duration::from_micros(200));
-    }
+    wait_for_threads(threads_before);
 });

@@ -7,12 +7,13 @@
 use libfuzzer_sys::fuzz_target;
 use strata_cas::extract::{apply_file, apply_tar};
 use strata_cas::{DevicePolicy, ExtractOptions, Limits, Ownership, SetuidPolicy, WhiteoutMode};
-use strata_fuzz::Sandbox;
+use strata_fuzz::{Sandbox, threads, wait_for_threads};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, layer)) = data.split_first() else {
         return;
     };
+    let threads_before = threads();
     let sandbox = Sandbox::new();
     let opts = ExtractOptions {
         // Created device nodes would be real ones; refusing and skipping is what is fuzzed.
@@ -53,4 +54,6 @@ fuzz_target!(|data: &[u8]| {
         std::fs::remove_file(&file).unwrap();
     }
     sandbox.check();
+    // A framed layer was decoded by detached threads.
+    wait_for_threads(threads_before);
 });

@@ -1,10 +1,12 @@
 //! Helpers shared by the fuzz targets: a sandbox to extract into whose surroundings are
-//! checked for changes, and the bytes-to-parameters decoding of the structured targets.
+//! checked for changes, a wait for detached threads, and the bytes-to-parameters decoding
+//! of the structured targets.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// `base/target`, the extraction root, beside `base/canary`, which nothing may change, and
 /// a lower layer in the target whose symlinks lead out of it every way a symlink can.
@@ -160,5 +162,33 @@ impl Params<'_> {
 
     pub fn u32(&mut self) -> u32 {
         u32::from_le_bytes([self.byte(), self.byte(), self.byte(), self.byte()])
+    }
+}
+
+/// Threads of this process, from `/proc/self/status`.
+pub fn threads() -> usize {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until no more than `before` threads run, and panics if that takes 10 s: the
+/// parallel frame reader's decoding threads are detached and return soon after their reader
+/// is dropped. Waiting also keeps LeakSanitizer from seeing a thread's memory mid-exit.
+pub fn wait_for_threads(before: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let extra = threads().saturating_sub(before);
+        if extra == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{extra} threads still running 10 s after the run"
+        );
+        std::thread::sleep(Duration::from_micros(200));
     }
 }
