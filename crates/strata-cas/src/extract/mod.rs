@@ -15,7 +15,8 @@
 //! - device nodes and setuid/setgid files (and file capabilities) are refused unless the
 //!   caller allows them ([`DevicePolicy`], [`SetuidPolicy`]); `trusted.overlay.*` attributes
 //!   are always refused, since they would change what an overlay mount of the result shows;
-//! - total bytes, entries and header sizes are bounded ([`Limits`]).
+//! - total bytes, entries, header sizes and path depth are bounded ([`Limits`]), and the work
+//!   per entry is linear in its size (every path is hashed once, whatever its depth).
 //!
 //! A whiteout or opaque marker whose directory does not exist (lexically, or once resolved
 //! inside the root) hides nothing and is a no-op, as OCI whiteouts of absent paths are.

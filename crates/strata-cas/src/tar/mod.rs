@@ -23,7 +23,8 @@ pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 /// Bounds on what a layer may make the reader and extractor do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Total uncompressed bytes of the tar stream. This is what bounds decompression bombs.
+    /// Total uncompressed bytes of the tar stream, headers included. This is what bounds
+    /// decompression bombs.
     pub max_bytes: u64,
     /// Number of entries.
     pub max_entries: u64,
