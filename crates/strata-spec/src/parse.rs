@@ -644,6 +644,25 @@ mod tests {
             "a stage name is at most 255 bytes long, found 20000 bytes"
         );
         assert_eq!((held, computed), (0, 0));
+        // Cache and secret ids name directories too.
+        let id = "c".repeat(256);
+        for kind in ["cache", "secrets"] {
+            let source = format!("((from b) (run ({kind} ({id} (target /c))) (shell x)))");
+            let what = if kind == "cache" { "cache" } else { "secret" };
+            assert_eq!(
+                error(&source),
+                (
+                    1,
+                    19 + kind.len(),
+                    format!("a {what} id is at most 255 bytes long, found 256 bytes")
+                )
+            );
+        }
+        let fits = format!(
+            "((from b) (run (cache ({} (target /c))) (shell x)))",
+            &id[1..]
+        );
+        assert_eq!(parse(&fits).unwrap().ops.len(), 1);
     }
 
     /// Names at the limit: the table holds three rows of the shorter name, and names whose
