@@ -213,6 +213,9 @@ pub enum EntryProblem {
     /// A PAX record is malformed or holds a value out of range.
     #[error("malformed PAX record: {0}")]
     BadPax(String),
+    /// A symlink's target contains a NUL byte, which no file system can store.
+    #[error("the symlink target contains a NUL byte")]
+    NulInSymlinkTarget,
     /// The path (or a hard link's target) has more components than
     /// [`Limits::max_depth`](crate::Limits::max_depth) allows.
     #[error("the path has {depth} components, more than the limit of {limit}")]

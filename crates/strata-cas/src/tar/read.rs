@@ -241,6 +241,7 @@ impl<R: Read> TarReader<R> {
                 }
                 EntryKind::Hardlink(target)
             }
+            b'2' if link.contains(&0) => return Err(fail(EntryProblem::NulInSymlinkTarget)),
             b'2' => EntryKind::Symlink(link),
             b'3' | b'4' => {
                 let major = u32::try_from(field(329..337, "invalid device major")?)
@@ -991,6 +992,19 @@ mod tests {
         );
         let mut r = TarReader::new(&tar[..], &Limits::default());
         assert!(r.next_entry().unwrap().is_none());
+    }
+
+    /// Found by the `tar_reader` fuzz target's round trip: a PAX `linkpath` may hold a NUL
+    /// byte, which the writer's link field then cut short.
+    #[test]
+    fn a_nul_in_a_symlink_target_is_refused() {
+        let mut tar = with_data(b'x', b"PaxHeaders/l", b"16 linkpath=a\0b\n");
+        tar.extend(header(b'2', b"l", 0));
+        let e = read_all(&tar, &Limits::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "entry `l`: the symlink target contains a NUL byte"
+        );
     }
 
     #[test]
