@@ -1,13 +1,14 @@
-//! Fuzz target: a whole `layer apply` of any bytes (a tar, or zstd, gzip) onto a target
-//! holding a lower layer whose symlinks lead out of it. Whatever happens, nothing outside
-//! the target may change.
+//! Fuzz target: a whole `layer apply` of any bytes (a tar with its header checksums fixed
+//! up, or zstd, gzip, plain tar through the file detection) onto a target holding a lower
+//! layer whose symlinks lead out of it. Whatever happens, nothing outside the target may
+//! change.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use strata_cas::extract::{apply_file, apply_tar};
 use strata_cas::{DevicePolicy, ExtractOptions, Limits, Ownership, SetuidPolicy, WhiteoutMode};
-use strata_fuzz::{Sandbox, threads, wait_for_threads};
+use strata_fuzz::{Sandbox, fix_checksums, threads, wait_for_threads};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, layer)) = data.split_first() else {
@@ -45,7 +46,11 @@ fuzz_target!(|data: &[u8]| {
         ][usize::from(mode >> 5 & 3) % 3],
     };
     if mode >> 7 == 0 {
-        let _ = apply_tar(layer, &sandbox.target, &opts);
+        // Checksums fixed up, so mutated headers reach extraction (`tar_reader` fuzzes
+        // them as they are).
+        let mut layer = layer.to_vec();
+        fix_checksums(&mut layer);
+        let _ = apply_tar(&layer[..], &sandbox.target, &opts);
     } else {
         // Compressed or not, detected from the first bytes.
         let file = sandbox.base.join("layer");

@@ -1,6 +1,6 @@
 //! Helpers shared by the fuzz targets: a sandbox to extract into whose surroundings are
-//! checked for changes, a wait for detached threads, and the bytes-to-parameters decoding
-//! of the structured targets.
+//! checked for changes, a wait for detached threads, tar checksums fixed up after mutation,
+//! and the bytes-to-parameters decoding of the structured targets.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -190,5 +190,31 @@ pub fn wait_for_threads(before: usize) {
             "{extra} threads still running 10 s after the run"
         );
         std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Rewrites the checksum of every header a reader would meet, following the size fields
+/// (octal digits, leniently): nearly every mutation of a header breaks its checksum, and
+/// the reader would refuse it before anything deeper is tried.
+pub fn fix_checksums(tar: &mut [u8]) {
+    const BLOCK: usize = 512;
+    let mut pos = 0;
+    while pos + BLOCK <= tar.len() {
+        let block = &mut tar[pos..pos + BLOCK];
+        if block.iter().all(|&b| b == 0) {
+            break;
+        }
+        block[148..156].fill(b' ');
+        let sum: u32 = block.iter().map(|&b| u32::from(b)).sum();
+        block[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        let size = block[124..136]
+            .iter()
+            .filter(|b| (b'0'..=b'7').contains(b))
+            .fold(0u64, |n, &d| {
+                n.saturating_mul(8).saturating_add(u64::from(d - b'0'))
+            });
+        let data =
+            usize::try_from(size.div_ceil(BLOCK as u64) * BLOCK as u64).unwrap_or(usize::MAX);
+        pos = pos.saturating_add(BLOCK).saturating_add(data);
     }
 }
