@@ -1,9 +1,10 @@
 //! `cargo xtask ci`: exactly what CI checks, runnable locally.
 //!
 //! Formatting, clippy with warnings as errors, the whole test suite (the tidy checks in
-//! `tidy.rs` run as xtask's own tests), a small run of OBuilder's stress test against real
-//! runc (`stress.rs`), a type-check of every crate for Windows and macOS, then the Windows
-//! unit tests under Wine (`wine.rs`), in that order, stopping at the first failure.
+//! `tidy.rs` run as xtask's own tests), a short run of every fuzz target (`fuzz.rs`), a
+//! small run of OBuilder's stress test against real runc (`stress.rs`), a type-check of
+//! every crate for Windows and macOS, then the Windows unit tests under Wine (`wine.rs`),
+//! in that order, stopping at the first failure.
 
 use std::process::Command;
 
@@ -17,6 +18,11 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     }
     crate::deps::ensure(crate::deps::TEST)?;
     step("format", &["fmt", "--all", "--check"])?;
+    // The fuzz crate is a workspace of its own.
+    step(
+        "format",
+        &["fmt", "--check", "--manifest-path", "fuzz/Cargo.toml"],
+    )?;
     step(
         "lint",
         &[
@@ -30,6 +36,10 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         ],
     )?;
     step("test", &["test", "--workspace", "--locked"])?;
+    // Every fuzz target for a short while, two at a time: about a minute and a half plus
+    // the build.
+    crate::fuzz::ensure_cargo_fuzz()?;
+    crate::fuzz::run(&["--seconds".to_owned(), FUZZ_SECONDS.to_string()])?;
     // OBuilder's stress test, smaller: 30 jobs, 6 at a time, against real runc.
     if runc_usable() || std::env::var_os("CI").is_some() {
         step(
@@ -54,6 +64,9 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     crate::wine::run_tests()?;
     Ok(())
 }
+
+/// Seconds each fuzz target runs in CI.
+const FUZZ_SECONDS: u32 = 30;
 
 /// Targets whose code we cannot run here but must compile: `cfg(windows)` and macOS paths.
 const CROSS_TARGETS: &[&str] = &["x86_64-pc-windows-gnu", "aarch64-apple-darwin"];

@@ -17,9 +17,11 @@ pub(crate) const RUN: &[&str] = &["runc", "busybox-static"];
 ///   libsqlite3-dev and pkg-config let the Windows and macOS type-checks run from Linux;
 /// - the mingw-w64 gcc and binutils link Windows test binaries that wine64 runs;
 /// - runc and busybox-static run the sandbox tests; python3-venv lets the relocation tests
-///   build a real venv; util-linux's setpriv runs checks as an unprivileged user.
+///   build a real venv; util-linux's setpriv runs checks as an unprivileged user;
+/// - g++ builds libFuzzer for the fuzz targets.
 pub(crate) const TEST: &[&str] = &[
     "gcc",
+    "g++",
     "libc6-dev",
     "tar",
     "zstd",

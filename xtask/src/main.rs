@@ -8,6 +8,8 @@
 //! - `cargo xtask bench [--quick]`: criterion micro-benchmarks plus whole-process comparisons
 //!   against GNU tar, zstd and b3sum; writes `target/bench/report.{md,json}`.
 //! - `cargo xtask stress [--jobs N] [--concurrency C]`: OBuilder's stress test with real runc.
+//! - `cargo xtask fuzz [--seconds N] [TARGET...]`: the libFuzzer targets in `fuzz/`, each for
+//!   a bounded time (also part of `ci`, briefly).
 
 #![allow(
     clippy::print_stdout,
@@ -18,6 +20,7 @@
 mod bench;
 mod ci;
 mod deps;
+mod fuzz;
 mod stress;
 mod tidy;
 mod wine;
@@ -35,9 +38,11 @@ fn main() -> anyhow::Result<()> {
         "bench" => bench::run(rest),
         "wine-test" => wine::run(rest),
         "stress" => stress::run(rest),
+        "fuzz" => fuzz::run(rest),
         "help" | "--help" | "-h" => {
             eprintln!(
-                "usage: cargo xtask <strata ARGS… | ci | wine-test | bench [--quick] | stress>"
+                "usage: cargo xtask <strata ARGS… | ci | wine-test | bench [--quick] | stress | \
+                 fuzz [--seconds N] [TARGET...]>"
             );
             Ok(())
         }

@@ -27,7 +27,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn every_rust_file_starts_with_a_module_doc() {
     let root = project_root();
     let mut files = Vec::new();
-    for dir in ["crates", "xtask", "benches"] {
+    for dir in ["crates", "xtask", "benches", "fuzz"] {
         if root.join(dir).is_dir() {
             rust_files(&root.join(dir), &mut files);
         }

@@ -277,9 +277,21 @@ pub enum EntryProblem {
         /// Size in the ustar header.
         ustar: u64,
     },
-    /// A PAX record is malformed.
+    /// A PAX record is malformed or holds a value out of range.
     #[error("malformed PAX record: {0}")]
     BadPax(String),
+    /// A symlink's target contains a NUL byte, which no file system can store.
+    #[error("the symlink target contains a NUL byte")]
+    NulInSymlinkTarget,
+    /// The path (or a hard link's target) has more components than
+    /// [`Limits::max_depth`](crate::Limits::max_depth) allows.
+    #[error("the path has {depth} components, more than the limit of {limit}")]
+    TooDeep {
+        /// Components in the path.
+        depth: usize,
+        /// The limit.
+        limit: u32,
+    },
     /// A path component that cannot name a file on Windows: reserved characters, a
     /// trailing dot or space, a device name, or bytes that are not UTF-8.
     #[error("component `{component}` cannot be a file name on Windows: {reason}")]

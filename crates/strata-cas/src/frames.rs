@@ -101,13 +101,18 @@ impl SeekTable {
             return Err(invalid("seek table is larger than the blob"));
         }
         file.seek(SeekFrom::End(-(table_len as i64)))?;
-        let mut raw = vec![0u8; table_len as usize];
-        file.read_exact(&mut raw)?;
-        let magic = u32::from_le_bytes(raw[0..4].try_into().expect("4 bytes"));
-        let body = u32::from_le_bytes(raw[4..8].try_into().expect("4 bytes"));
+        // The frame header first: a footer claiming many frames costs no memory unless the
+        // skippable frame it belongs to says the same.
+        let mut header = [0u8; 8];
+        file.read_exact(&mut header)?;
+        let magic = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
+        let body = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
         if magic != SKIPPABLE_MAGIC || u64::from(body) != table_len - 8 {
             return Err(invalid("seek table frame header is inconsistent"));
         }
+        let mut raw = vec![0u8; table_len as usize];
+        raw[..8].copy_from_slice(&header);
+        file.read_exact(&mut raw[8..])?;
         let frames = raw[8..raw.len() - FOOTER_LEN]
             .chunks_exact(entry_len as usize)
             .map(|e| FrameEntry {
@@ -418,7 +423,8 @@ pub struct ParallelFrameReader {
     current: Vec<u8>,
     pos: usize,
     window: Arc<Window>,
-    workers: Vec<JoinHandle<()>>,
+    /// Workers still running, whether or not the reader is still alive.
+    live: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for ParallelFrameReader {
@@ -426,6 +432,7 @@ impl std::fmt::Debug for ParallelFrameReader {
         f.debug_struct("ParallelFrameReader")
             .field("next", &self.next)
             .field("frames", &self.frames)
+            .field("live_workers", &self.live.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -435,7 +442,22 @@ struct Window {
     consumed: Mutex<usize>,
     advanced: Condvar,
     ahead: usize,
+    /// Set under the `consumed` lock: a worker checks it under that lock before waiting, so
+    /// setting it without the lock could fall between its check and its wait, and the
+    /// notification that follows would wake nobody.
     stop: AtomicBool,
+    /// Lets a test hold a worker between its check and its wait.
+    #[cfg(test)]
+    pause: tests::Pause,
+}
+
+/// Counts a worker as live until it returns, however it returns.
+struct LiveGuard(Arc<AtomicUsize>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
 }
 
 impl ParallelFrameReader {
@@ -466,19 +488,28 @@ impl ParallelFrameReader {
             advanced: Condvar::new(),
             ahead: threads + 1,
             stop: AtomicBool::new(false),
+            #[cfg(test)]
+            pause: tests::Pause::new(),
         });
         let next_job = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut workers = Vec::new();
-        for _ in 0..threads {
-            let file = file.try_clone()?;
+        // Every handle first: a worker started before a failure here would wait forever
+        // for a reader that is never returned.
+        let files = (0..threads)
+            .map(|_| file.try_clone())
+            .collect::<io::Result<Vec<_>>>()?;
+        let live = Arc::new(AtomicUsize::new(threads));
+        for file in files {
             let (offsets, window, next_job, tx) = (
                 offsets.clone(),
                 window.clone(),
                 next_job.clone(),
                 tx.clone(),
             );
-            workers.push(std::thread::spawn(move || {
+            let guard = LiveGuard(live.clone());
+            // Detached: dropping a reader must never block; `Drop` makes them return.
+            std::thread::spawn(move || {
+                let _guard = guard;
                 let mut decompressor = match zstd::bulk::Decompressor::new() {
                     Ok(d) => d,
                     Err(e) => {
@@ -496,6 +527,8 @@ impl ParallelFrameReader {
                         let mut consumed = window.consumed.lock().expect("window lock");
                         while i >= *consumed + window.ahead && !window.stop.load(Ordering::Relaxed)
                         {
+                            #[cfg(test)]
+                            window.pause.before_wait();
                             consumed = window.advanced.wait(consumed).expect("window lock");
                         }
                     }
@@ -508,7 +541,7 @@ impl ParallelFrameReader {
                         return;
                     }
                 }
-            }));
+            });
         }
         Ok(Some(ParallelFrameReader {
             done: rx,
@@ -518,8 +551,13 @@ impl ParallelFrameReader {
             current: Vec::new(),
             pos: 0,
             window,
-            workers,
+            live,
         }))
+    }
+
+    #[cfg(test)]
+    fn live_counter(&self) -> Arc<AtomicUsize> {
+        self.live.clone()
     }
 }
 
@@ -596,17 +634,101 @@ impl Read for ParallelFrameReader {
 
 impl Drop for ParallelFrameReader {
     fn drop(&mut self) {
+        // Under the lock (see `Window::stop`): a worker is then either before its check,
+        // and sees the flag, or waiting, and gets the notification.
+        let consumed = self.window.consumed.lock().expect("window lock");
         self.window.stop.store(true, Ordering::Relaxed);
+        drop(consumed);
         self.window.advanced.notify_all();
-        // Workers blocked on send see the channel closed once `done` is dropped after us;
-        // detach rather than join so dropping a reader never blocks.
-        self.workers.clear();
+        // Workers busy decoding see the flag, or the channel closed once `done` is dropped
+        // after us, and return.
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use super::*;
+
+    /// Whether readers made from now on pause their workers before waiting.
+    static PAUSE_NEW_READERS: AtomicBool = AtomicBool::new(false);
+
+    /// A test hook in [`Window`]: holds a worker, with the window lock, for a while right
+    /// before it waits, and counts how often.
+    pub(super) struct Pause {
+        enabled: bool,
+        reached: AtomicUsize,
+    }
+
+    impl Pause {
+        pub(super) fn new() -> Pause {
+            Pause {
+                enabled: PAUSE_NEW_READERS.load(Ordering::SeqCst),
+                reached: AtomicUsize::new(0),
+            }
+        }
+
+        pub(super) fn before_wait(&self) {
+            if self.enabled {
+                self.reached.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// A framed blob of 16 frames of 64 KiB in a file, and its seek table.
+    fn framed_file() -> (std::fs::File, SeekTable) {
+        let blob = compress_all(&sample(16 << 16), 1, 64 << 10);
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&blob).unwrap();
+        let table = SeekTable::read_from(&mut file).unwrap().unwrap();
+        assert_eq!(table.frames.len(), 16);
+        (file, table)
+    }
+
+    /// The shape: readers dropped before the end, when their workers have run
+    /// ahead and are about to wait for the consumer. `Drop` set the stop flag without the
+    /// lock the workers check it under, so a worker between its check and its wait missed
+    /// the wake-up and waited forever with its decoder and file handle. The pause makes
+    /// that moment certain rather than one drop in tens of thousands.
+    #[test]
+    fn every_worker_exits_when_readers_are_dropped_early() {
+        let (file, table) = framed_file();
+        let mut live = Vec::new();
+        // Dropped at the moment a worker is between its check and its wait.
+        PAUSE_NEW_READERS.store(true, Ordering::SeqCst);
+        for _ in 0..10 {
+            let reader = ParallelFrameReader::new(&file, &table, 2).unwrap().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while reader.window.pause.reached.load(Ordering::SeqCst) == 0 {
+                assert!(Instant::now() < deadline, "no worker ever waited");
+                std::thread::yield_now();
+            }
+            live.push(reader.live_counter());
+        }
+        PAUSE_NEW_READERS.store(false, Ordering::SeqCst);
+        // And many dropped at whatever moment, after reading nothing or part of the data.
+        for round in 0..500 {
+            let mut reader = ParallelFrameReader::new(&file, &table, 3).unwrap().unwrap();
+            let mut buf = vec![0; (round % 5) * 50_000];
+            reader.read_exact(&mut buf).unwrap();
+            assert_eq!(buf, sample(buf.len()));
+            live.push(reader.live_counter());
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let running: usize = live.iter().map(|l| l.load(Ordering::Acquire)).sum();
+            if running == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{running} decoding threads still running a minute after their readers were dropped"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 
     fn sample(len: usize) -> Vec<u8> {
         (0..len).map(|i| ((i * 7) ^ (i >> 9)) as u8).collect()

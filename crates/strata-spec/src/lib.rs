@@ -11,7 +11,9 @@
 //! ```
 //!
 //! - [`parse`] (or `str::parse::<Spec>`) reads a spec into the [`model`]; errors carry a
-//!   span and line/column, and [`ParseError::render`] shows them like rustc does.
+//!   span and line/column, and [`ParseError::render`] shows them like rustc does. Stage
+//!   names and cache and secret ids are at most [`MAX_NAME_LEN`] bytes; the time and
+//!   memory to read a spec grow linearly with its size.
 //! - `Display` for [`Spec`] writes it back in OBuilder's layout; reading that gives an
 //!   equal spec.
 //! - [`sexp`] is the underlying reader and printer, usable on its own.
@@ -30,6 +32,7 @@ use std::str::FromStr;
 
 pub use error::ParseError;
 pub use model::*;
+pub use parse::MAX_NAME_LEN;
 
 /// Reads an OBuilder spec.
 pub fn parse(source: &str) -> Result<Spec, ParseError> {

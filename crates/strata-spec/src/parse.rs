@@ -4,15 +4,53 @@
 //! order, at most once each, and `cache`/`network`/`secrets`/`src`/`exclude` list their
 //! values inline. Errors point at the exact node at fault.
 
+use std::collections::HashMap;
+
 use crate::ParseError;
 use crate::model::{Copy, CopyFrom, Mount, Op, Run, Spec, Stage, User};
 use crate::sexp::{self, Sexp, Span};
 
 const OPS: &[&str] = &["comment", "workdir", "shell", "run", "copy", "user", "env"];
 
+/// Bytes in a stage name or a cache or secret id at most: a file name's limit, since they
+/// name directories; it also bounds the work of suggesting one name for another.
+pub const MAX_NAME_LEN: usize = 255;
+
 pub(crate) fn parse(source: &str) -> Result<Spec, ParseError> {
     let sexp = sexp::parse_one(source)?;
-    Cx { source }.spec(&sexp, &[])
+    Cx { source }.spec(&sexp, &mut Scope::default())
+}
+
+/// The stage names a `copy (from (build NAME))` may use at a point of the spec: a stack,
+/// since a nested spec sees the stages before its own stage and then its own.
+#[derive(Default)]
+struct Scope {
+    names: Vec<String>,
+    /// How many times each name is in `names`.
+    counts: HashMap<String, usize>,
+}
+
+impl Scope {
+    fn push(&mut self, name: String) {
+        *self.counts.entry(name.clone()).or_default() += 1;
+        self.names.push(name);
+    }
+
+    /// Forgets the names pushed since `names.len()` was `len`.
+    fn truncate(&mut self, len: usize) {
+        for name in self.names.drain(len..) {
+            if let Some(count) = self.counts.get_mut(&name) {
+                *count -= 1;
+                if *count == 0 {
+                    self.counts.remove(&name);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.counts.contains_key(name)
+    }
 }
 
 /// A record field: `(name value...)`.
@@ -31,12 +69,13 @@ impl Cx<'_> {
         ParseError::at(self.source, span, message)
     }
 
-    /// `scope` holds the stage names a `copy (from (build NAME))` may use here.
-    fn spec(&self, sexp: &Sexp, scope: &[String]) -> Result<Spec, ParseError> {
+    /// `scope` holds the stage names a `copy (from (build NAME))` may use here; it is
+    /// given back as it came.
+    fn spec(&self, sexp: &Sexp, scope: &mut Scope) -> Result<Spec, ParseError> {
         let Some(items) = sexp.as_list() else {
             return Err(self.err(sexp.span, "a spec must be a list: ((from IMAGE) OP...)"));
         };
-        let mut scope = scope.to_vec();
+        let outer = scope.names.len();
         let mut stages = Vec::new();
         let mut items = items.iter();
         let from = loop {
@@ -49,8 +88,8 @@ impl Cx<'_> {
             match (name, args) {
                 ("from", _) => break self.one_atom(item, name, args)?,
                 ("build", [stage_name, spec]) => {
-                    let stage_name = self.atom(stage_name, "a stage name")?;
-                    let spec = self.spec(spec, &scope)?;
+                    let stage_name = self.name(stage_name, "a stage name")?;
+                    let spec = self.spec(spec, scope)?;
                     // Added after the stage itself: a stage cannot copy from itself.
                     scope.push(stage_name.clone());
                     stages.push(Stage {
@@ -75,12 +114,13 @@ impl Cx<'_> {
             }
         };
         let ops = items
-            .map(|item| self.op(item, &scope))
+            .map(|item| self.op(item, scope))
             .collect::<Result<_, _>>()?;
+        scope.truncate(outer);
         Ok(Spec { stages, from, ops })
     }
 
-    fn op(&self, item: &Sexp, scope: &[String]) -> Result<Op, ParseError> {
+    fn op(&self, item: &Sexp, scope: &Scope) -> Result<Op, ParseError> {
         let (head, name, args) = self.head(item, "expected an op such as `(run (shell CMD))`")?;
         Ok(match name {
             "comment" => Op::Comment(self.one_atom(item, name, args)?),
@@ -149,7 +189,7 @@ impl Cx<'_> {
             &format!("expected a {kind} mount `(ID (target PATH))`"),
         )?;
         let mut mount = Mount {
-            id: id.to_owned(),
+            id: self.name(id_sexp, &format!("a {kind} id"))?,
             target: String::new(),
             buildkit_options: Vec::new(),
         };
@@ -184,7 +224,7 @@ impl Cx<'_> {
         Ok(mount)
     }
 
-    fn copy(&self, head: &Sexp, args: &[Sexp], scope: &[String]) -> Result<Copy, ParseError> {
+    fn copy(&self, head: &Sexp, args: &[Sexp], scope: &Scope) -> Result<Copy, ParseError> {
         let mut copy = Copy {
             from: CopyFrom::Context,
             src: Vec::new(),
@@ -207,7 +247,7 @@ impl Cx<'_> {
     }
 
     /// `context` or `(build NAME)`, where NAME is a stage in scope.
-    fn copy_from(&self, field: &Field<'_>, scope: &[String]) -> Result<CopyFrom, ParseError> {
+    fn copy_from(&self, field: &Field<'_>, scope: &Scope) -> Result<CopyFrom, ParseError> {
         let expected = "`from` takes `context` or `(build NAME)`";
         let [value] = field.values else {
             return Err(self.err(field.sexp.span, expected));
@@ -215,19 +255,17 @@ impl Cx<'_> {
         match (value.as_atom(), value.as_list()) {
             (Some("context"), _) => Ok(CopyFrom::Context),
             (_, Some([build, name])) if build.as_atom() == Some("build") => {
-                let stage = self.atom(name, "a stage name")?;
+                let stage = self.name(name, "a stage name")?;
                 if scope.contains(&stage) {
                     return Ok(CopyFrom::Build(stage));
                 }
-                let hint = match suggest(&stage, scope.iter().map(String::as_str)) {
+                let names = || scope.names.iter().map(String::as_str);
+                let hint = match suggest(&stage, names()) {
                     Some(close) => format!("did you mean `{close}`?"),
-                    None if scope.is_empty() => {
+                    None if scope.names.is_empty() => {
                         "no `(build NAME SPEC)` stage is in scope here".to_owned()
                     }
-                    None => format!(
-                        "stages in scope: {}",
-                        backticked(scope.iter().map(String::as_str))
-                    ),
+                    None => format!("stages in scope: {}", backticked(names())),
                 };
                 Err(self.err(name.span, format!("unknown build stage `{stage}`; {hint}")))
             }
@@ -328,6 +366,19 @@ impl Cx<'_> {
         }
     }
 
+    /// An atom naming a stage, a cache or a secret: at most [`MAX_NAME_LEN`] bytes.
+    fn name(&self, sexp: &Sexp, what: &str) -> Result<String, ParseError> {
+        let name = self.atom(sexp, what)?;
+        if name.len() > MAX_NAME_LEN {
+            let message = format!(
+                "{what} is at most {MAX_NAME_LEN} bytes long, found {} bytes",
+                name.len()
+            );
+            return Err(self.err(sexp.span, message));
+        }
+        Ok(name)
+    }
+
     fn atoms(&self, sexps: &[Sexp], what: &str) -> Result<Vec<String>, ParseError> {
         sexps.iter().map(|sexp| self.atom(sexp, what)).collect()
     }
@@ -362,39 +413,77 @@ fn backticked<'a>(words: impl Iterator<Item = &'a str>) -> String {
 }
 
 /// The candidate closest to `word`, if it is close enough to be a likely typo.
+///
+/// Up to a third of the word may be wrong, but two edits are always allowed (`cash` for
+/// `cache`), and never a suggestion that shares nothing with the word. A candidate whose
+/// length differs by more than that is not compared at all, so a huge word costs nothing
+/// against short candidates.
 fn suggest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    let len = word.chars().count();
-    candidates
-        .map(|c| (distance(&word.to_lowercase(), &c.to_lowercase()), c))
-        // Up to a third of the word wrong, but two edits always allowed (`cash` for `cache`);
-        // never a suggestion that shares nothing with the word.
-        .filter(|&(d, _)| d <= (len / 3).max(2) && d < len)
-        .min_by_key(|&(d, _)| d)
-        .map(|(_, c)| c)
+    let word: Vec<char> = word.to_lowercase().chars().collect();
+    let len = word.len();
+    if len == 0 {
+        return None;
+    }
+    let allowed = (len / 3).max(2).min(len - 1);
+    let mut best: Option<(usize, &str)> = None;
+    for candidate in candidates {
+        let lower: Vec<char> = candidate.to_lowercase().chars().collect();
+        if lower.len().abs_diff(len) > allowed {
+            continue;
+        }
+        if let Some(d) = distance_within(&word, &lower, allowed)
+            && best.is_none_or(|(b, _)| d < b)
+        {
+            best = Some((d, candidate));
+        }
+    }
+    best.map(|(_, c)| c)
 }
 
-/// Edit distance counting a swap of neighbours as one edit (optimal string alignment).
-fn distance(a: &str, b: &str) -> usize {
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    let mut rows = vec![(0..=b.len()).collect::<Vec<_>>()];
+/// Edit distance counting a swap of neighbours as one edit (optimal string alignment), if
+/// it is at most `max`. Holds three rows of the table (the swap looks two rows back) and
+/// stops as soon as a whole row exceeds `max`.
+fn distance_within(a: &[char], b: &[char], max: usize) -> Option<usize> {
+    #[cfg(test)]
+    tests::count_table(3 * (b.len() + 1), 0);
+    let mut before: Vec<usize> = Vec::new();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut row = vec![0; b.len() + 1];
     for i in 1..=a.len() {
-        let mut row = vec![i; b.len() + 1];
+        #[cfg(test)]
+        tests::count_table(0, b.len());
+        row[0] = i;
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            row[j] = (rows[i - 1][j] + 1)
-                .min(row[j - 1] + 1)
-                .min(rows[i - 1][j - 1] + cost);
+            row[j] = (prev[j] + 1).min(row[j - 1] + 1).min(prev[j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                row[j] = row[j].min(rows[i - 2][j - 2] + 1);
+                row[j] = row[j].min(before[j - 2] + 1);
             }
         }
-        rows.push(row);
+        // Every cell of the next row is one more than a cell of this row, or (a swap) one
+        // more than the cell this row's diagonal cell is at most one more than: once all
+        // of this row is over `max`, every later row, and the distance, is too.
+        if row.iter().all(|&d| d > max) {
+            return None;
+        }
+        std::mem::swap(&mut before, &mut prev);
+        std::mem::swap(&mut prev, &mut row);
+        row.resize(b.len() + 1, 0);
     }
-    rows[a.len()][b.len()]
+    Some(prev[b.len()]).filter(|&d| d <= max)
+}
+
+/// Edit distance, unbounded (for tests of the metric itself).
+#[cfg(test)]
+fn distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    distance_within(&a, &b, usize::MAX).expect("no bound")
 }
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use super::*;
 
     /// (line, column, message) of the error parsing `source`.
@@ -508,6 +597,129 @@ mod tests {
                 ..run("x")
             })]
         );
+    }
+
+    thread_local! {
+        /// Edit-distance table cells: the most held at once, and all computed.
+        static TABLE: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    }
+
+    pub(super) fn count_table(held: usize, computed: usize) {
+        TABLE.with(|t| {
+            let (h, c) = t.get();
+            t.set((h.max(held as u64), c + computed as u64));
+        });
+    }
+
+    /// Runs `f`, returning its result and the table cells (held at most, computed).
+    fn measured<T>(f: impl FnOnce() -> T) -> (T, (u64, u64)) {
+        TABLE.with(|t| t.set((0, 0)));
+        let out = f();
+        (out, TABLE.with(Cell::get))
+    }
+
+    /// The issue's shape: a 40 KB spec whose stage and `copy (from (build …))` names are
+    /// 20,000 characters each took 3.4 s and 3.2 GB to suggest one for the other.
+    #[test]
+    fn long_stage_names_are_refused_before_any_suggestion() {
+        let name = "a".repeat(20_000);
+        let source = format!(
+            "((build {name} ((from b))) (from b) (copy (from (build {name}b)) (src x) (dst y)))"
+        );
+        let ((line, column, message), (held, computed)) = measured(|| error(&source));
+        assert_eq!(
+            (line, column, message.as_str()),
+            (
+                1,
+                9,
+                "a stage name is at most 255 bytes long, found 20000 bytes"
+            )
+        );
+        assert_eq!((held, computed), (0, 0));
+        let source =
+            format!("((build b ((from b))) (from b) (copy (from (build {name})) (src x) (dst y)))");
+        let ((_, _, message), (held, computed)) = measured(|| error(&source));
+        assert_eq!(
+            message,
+            "a stage name is at most 255 bytes long, found 20000 bytes"
+        );
+        assert_eq!((held, computed), (0, 0));
+        // Cache and secret ids name directories too.
+        let id = "c".repeat(256);
+        for kind in ["cache", "secrets"] {
+            let source = format!("((from b) (run ({kind} ({id} (target /c))) (shell x)))");
+            let what = if kind == "cache" { "cache" } else { "secret" };
+            assert_eq!(
+                error(&source),
+                (
+                    1,
+                    19 + kind.len(),
+                    format!("a {what} id is at most 255 bytes long, found 256 bytes")
+                )
+            );
+        }
+        let fits = format!(
+            "((from b) (run (cache ({} (target /c))) (shell x)))",
+            &id[1..]
+        );
+        assert_eq!(parse(&fits).unwrap().ops.len(), 1);
+    }
+
+    /// Names at the limit: the table holds three rows of the shorter name, and names whose
+    /// lengths differ by more than a typo's worth are not compared at all.
+    #[test]
+    fn suggestions_hold_three_rows_and_skip_names_of_other_lengths() {
+        let near = |c: char| format!("{}{c}", "s".repeat(254));
+        let mut source = String::from("(");
+        for c in 'a'..='z' {
+            source.push_str(&format!("(build {} ((from b))) ", near(c)));
+        }
+        for len in [10, 100, 150] {
+            source.push_str(&format!("(build {} ((from b))) ", "s".repeat(len)));
+        }
+        source.push_str(&format!(
+            "(from b) (copy (from (build {})) (src x) (dst y)))",
+            near('#')
+        ));
+        let ((_, _, message), (held, computed)) = measured(|| error(&source));
+        assert!(
+            message.ends_with(&format!("did you mean `{}`?", near('a'))),
+            "{message}"
+        );
+        assert!(held <= 3 * 256, "{held} cells held at once");
+        // The 26 candidates of equal length at most, none of the shorter ones.
+        assert!(computed <= 26 * 255 * 255, "{computed} cells computed");
+        // A 100,000-character op name is compared with none of the seven ops.
+        let source = format!("((from b) ({} x))", "r".repeat(100_000));
+        let ((_, _, message), (held, computed)) = measured(|| error(&source));
+        assert!(
+            message.contains("expected one of `comment`"),
+            "{}",
+            &message[..60]
+        );
+        assert_eq!((held, computed), (0, 0));
+    }
+
+    /// Thousands of stages in scope: each stage used to get its own copy of the scope
+    /// before it (quadratic), and each copy searched the scope linearly.
+    #[test]
+    fn stages_in_scope_are_not_copied_per_stage() {
+        let mut source = String::from("(");
+        for i in 0..2_000 {
+            source.push_str(&format!(
+                "(build s{i} ((from b) (copy (from (build s{})) (src x) (dst y)))) ",
+                i / 2
+            ));
+        }
+        source.push_str("(from b))");
+        // s0 copies from itself: refused, as a stage cannot copy from itself.
+        assert_eq!(
+            error(&source).2,
+            "unknown build stage `s0`; no `(build NAME SPEC)` stage is in scope here"
+        );
+        let source = source.replacen("(copy (from (build s0)) (src x) (dst y))", "", 1);
+        let spec = parse(&source).unwrap();
+        assert_eq!(spec.stages.len(), 2_000);
     }
 
     #[test]

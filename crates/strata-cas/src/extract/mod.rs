@@ -17,7 +17,8 @@
 //!   (`trusted.overlay.*`, `user.overlay.*`: [`overlay_xattr`](crate::tar::overlay_xattr))
 //!   are always refused, since they would change what an overlay mount of the result shows;
 //!   the root entry (`./`) is checked like any other;
-//! - total bytes, entries and header sizes are bounded ([`Limits`]).
+//! - total bytes, entries, header sizes and path depth are bounded ([`Limits`]), and the work
+//!   per entry is linear in its size (every path is hashed once, whatever its depth).
 //!
 //! A whiteout or opaque marker whose directory does not exist (lexically, or once resolved
 //! inside the root) hides nothing and is a no-op, as OCI whiteouts of absent paths are.

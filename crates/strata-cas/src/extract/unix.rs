@@ -147,8 +147,9 @@ struct Extractor<'a> {
     restore_owner: bool,
     setup: FileSetup,
     root: Fd,
-    /// Directory handles by normalised path (possibly reached through symlinks).
-    cache: HashMap<Vec<u8>, Fd>,
+    /// Directory handles by the [`key`] of their normalised path (possibly reached through
+    /// symlinks).
+    cache: HashMap<u128, Fd>,
     /// What this layer made, by path hash.
     made: HashMap<u128, Made>,
     /// Directories whose mode and mtime are set last, after their contents.
@@ -171,8 +172,44 @@ fn mode(bits: u32) -> Mode {
 }
 
 fn key(path: &[u8]) -> u128 {
-    let hash = blake3::hash(path);
+    #[cfg(test)]
+    tests::count_lookup_bytes(path.len());
+    key_of(&blake3::hash(path))
+}
+
+fn key_of(hash: &blake3::Hash) -> u128 {
     u128::from_le_bytes(hash.as_bytes()[..16].try_into().expect("16 bytes"))
+}
+
+/// One component of a path being resolved: where it is and the [`key`] of the path up to it.
+struct Prefix {
+    start: usize,
+    end: usize,
+    key: u128,
+}
+
+/// The components of a normalised path with the key of every prefix, in one pass: hashing
+/// each prefix from scratch would cost the square of the path's depth.
+fn prefixes(path: &[u8]) -> Vec<Prefix> {
+    #[cfg(test)]
+    tests::count_lookup_bytes(path.len());
+    let mut hasher = blake3::Hasher::new();
+    let mut out = Vec::new();
+    let mut start = 0;
+    for component in path.split(|&b| b == b'/') {
+        if start > 0 {
+            hasher.update(b"/");
+        }
+        hasher.update(component);
+        let end = start + component.len();
+        out.push(Prefix {
+            start,
+            end,
+            key: key_of(&hasher.finalize()),
+        });
+        start = end + 1;
+    }
+    out
 }
 
 fn sys(op: &'static str) -> impl Fn(Errno) -> EntryProblem {
@@ -222,7 +259,15 @@ impl Extractor<'_> {
         raw_name: &[u8],
         reader: &mut TarReader<R>,
     ) -> Result<(), EntryProblem> {
-        match (whiteout(&entry.path)?, self.opts.whiteouts) {
+        let whiteout = whiteout(&entry.path)?;
+        if whiteout.is_some() && self.opts.whiteouts != WhiteoutMode::Keep {
+            // A marker twice is a duplicate path like any other (and each opaque marker
+            // would list its directory again).
+            if self.made.insert(key(&entry.path), Made::Other).is_some() {
+                return Err(EntryProblem::Duplicate);
+            }
+        }
+        match (whiteout, self.opts.whiteouts) {
             (Some(Whiteout::Remove { parent, name }), WhiteoutMode::Apply) => {
                 return self.remove(parent, name);
             }
@@ -296,11 +341,11 @@ impl Extractor<'_> {
                 self.report.dirs += 1;
             }
             EntryKind::Symlink(target) => {
-                retry_replacing(&parent, &name, || {
+                let replaced = retry_replacing(&parent, &name, || {
                     rustix::fs::symlinkat(target.as_slice(), &*parent, name.as_slice())
                 })
                 .map_err(sys("create the symlink"))?;
-                self.invalidate(&entry.path);
+                self.invalidate(replaced);
                 if self.restore_owner {
                     rustix::fs::chownat(
                         &*parent,
@@ -322,8 +367,8 @@ impl Extractor<'_> {
                 self.report.symlinks += 1;
             }
             EntryKind::Hardlink(target) => {
-                self.hardlink(&parent, &name, target)?;
-                self.invalidate(&entry.path);
+                let replaced = self.hardlink(&parent, &name, target)?;
+                self.invalidate(replaced);
                 self.made.insert(k, Made::File);
                 self.report.hardlinks += 1;
             }
@@ -340,9 +385,10 @@ impl Extractor<'_> {
                 let mode = mode(entry.meta.mode);
                 #[cfg(not(target_os = "linux"))]
                 let _ = (ft, dev);
-                retry_replacing(&parent, &name, || make_node(&parent, &name, ft, mode, dev))
-                    .map_err(sys("create the node"))?;
-                self.invalidate(&entry.path);
+                let replaced =
+                    retry_replacing(&parent, &name, || make_node(&parent, &name, ft, mode, dev))
+                        .map_err(sys("create the node"))?;
+                self.invalidate(replaced);
                 self.finish_node(&parent, &name, &entry.meta)?;
                 self.made.insert(k, Made::Other);
             }
@@ -443,7 +489,7 @@ impl Extractor<'_> {
                     merged = true;
                 } else {
                     remove_entry(parent, name).map_err(sys("replace the existing entry"))?;
-                    self.invalidate(&entry.path);
+                    self.invalidate(true);
                     rustix::fs::mkdirat(&**parent, name, mode(initial))
                         .map_err(sys("create the directory"))?;
                 }
@@ -463,7 +509,7 @@ impl Extractor<'_> {
             .map_err(sys("set the owner"))?;
         }
         self.apply_xattrs_fd(&fd, meta)?;
-        self.cache_insert(entry.path.clone(), fd.clone());
+        self.cache_insert(key(&entry.path), fd.clone());
         let keep_fd = self.kept_dir_fds < self.max_kept_dir_fds;
         self.kept_dir_fds += usize::from(keep_fd);
         self.dirs.push(PendingDir {
@@ -503,7 +549,8 @@ impl Extractor<'_> {
         Ok(())
     }
 
-    fn hardlink(&mut self, parent: &Fd, name: &[u8], target: &[u8]) -> Result<(), EntryProblem> {
+    /// Links `name` to the layer path `target`; whether an existing entry was replaced.
+    fn hardlink(&mut self, parent: &Fd, name: &[u8], target: &[u8]) -> Result<bool, EntryProblem> {
         let bad = || EntryProblem::BadHardlink(EntryName(target.to_vec()));
         match self.made.get(&key(target)) {
             Some(Made::Dir | Made::ImplicitDir) => return Err(bad()),
@@ -558,7 +605,7 @@ impl Extractor<'_> {
             return Err(EntryProblem::WhiteoutOfOwnEntry);
         }
         let dir = self.dir_fd(parent, true)?.expect("created when missing");
-        retry_replacing(&dir, name, || {
+        let replaced = retry_replacing(&dir, name, || {
             make_node(
                 &dir,
                 name,
@@ -568,7 +615,7 @@ impl Extractor<'_> {
             )
         })
         .map_err(sys("create the overlay whiteout"))?;
-        self.invalidate(&path);
+        self.invalidate(replaced);
         self.made.insert(k, Made::Other);
         self.report.whiteouts += 1;
         Ok(())
@@ -599,13 +646,16 @@ impl Extractor<'_> {
                 names.push(name.to_vec());
             }
         }
+        // The directory's part of every child's key is hashed once.
+        let mut prefix = blake3::Hasher::new();
+        if !dir.is_empty() {
+            prefix.update(dir);
+            prefix.update(b"/");
+        }
         for name in names {
-            let mut child = dir.to_vec();
-            if !child.is_empty() {
-                child.push(b'/');
-            }
-            child.extend_from_slice(&name);
-            if self.made.contains_key(&key(&child)) {
+            let mut child = prefix.clone();
+            child.update(&name);
+            if self.made.contains_key(&key_of(&child.finalize())) {
                 continue;
             }
             match remove_entry(&fd, &name) {
@@ -617,17 +667,19 @@ impl Extractor<'_> {
         Ok(())
     }
 
-    fn invalidate(&mut self, path: &[u8]) {
-        if self.cache.contains_key(path) || self.cache.keys().any(|k| is_under(k, path)) {
+    /// Forgets cached handles after an entry of a lower layer was replaced: a directory
+    /// or symlink there may have led to any of them.
+    fn invalidate(&mut self, replaced: bool) {
+        if replaced {
             self.cache.clear();
         }
     }
 
-    fn cache_insert(&mut self, path: Vec<u8>, fd: Fd) {
+    fn cache_insert(&mut self, key: u128, fd: Fd) {
         if self.cache.len() >= DIR_CACHE_MAX {
             self.cache.clear();
         }
-        self.cache.insert(path, fd);
+        self.cache.insert(key, fd);
     }
 
     /// The directory at `path` (normalised), resolved inside the root. With `create`, missing
@@ -637,29 +689,21 @@ impl Extractor<'_> {
         if path.is_empty() {
             return Ok(Some(self.root.clone()));
         }
-        if let Some(fd) = self.cache.get(path) {
+        if let Some(fd) = self.cache.get(&key(path)) {
             return Ok(Some(fd.clone()));
         }
         // Fast path: walk down from the deepest cached ancestor, component by component,
         // with O_NOFOLLOW. Anything unusual (a symlink) goes to the general resolver.
-        let mut start = 0;
-        let mut fd = self.root.clone();
-        for (i, _) in path.iter().enumerate().rev().filter(|&(_, &b)| b == b'/') {
-            if let Some(cached) = self.cache.get(&path[..i]) {
-                fd = cached.clone();
-                start = i + 1;
-                break;
-            }
-        }
-        let mut end = start;
-        while end < path.len() {
-            let next = path[end..]
-                .iter()
-                .position(|&b| b == b'/')
-                .map_or(path.len(), |p| end + p);
-            let prefix = &path[..next];
-            let component = &path[end..next];
-            match self.made.get(&key(prefix)) {
+        let prefixes = prefixes(path);
+        let (mut fd, first) = prefixes[..prefixes.len() - 1]
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(i, p)| self.cache.get(&p.key).map(|fd| (fd.clone(), i + 1)))
+            .unwrap_or_else(|| (self.root.clone(), 0));
+        for prefix in &prefixes[first..] {
+            let component = &path[prefix.start..prefix.end];
+            match self.made.get(&prefix.key) {
                 Some(Made::File | Made::Other) => return Err(EntryProblem::ParentNotDirectory),
                 Some(Made::Symlink) => return self.resolve_slow(path, create),
                 _ => {}
@@ -678,10 +722,9 @@ impl Extractor<'_> {
                 Err(Errno::LOOP | Errno::NOTDIR) => return self.resolve_slow(path, create),
                 Err(e) => return Err(sys("open a parent directory")(e)),
             };
-            self.made.entry(key(prefix)).or_insert(Made::ImplicitDir);
+            self.made.entry(prefix.key).or_insert(Made::ImplicitDir);
             fd = Arc::new(opened);
-            self.cache_insert(prefix.to_vec(), fd.clone());
-            end = next + 1;
+            self.cache_insert(prefix.key, fd.clone());
         }
         Ok(Some(fd))
     }
@@ -745,7 +788,7 @@ impl Extractor<'_> {
             }
         }
         let fd = stack.pop().expect("never empty");
-        self.cache_insert(path.to_vec(), fd.clone());
+        self.cache_insert(key(path), fd.clone());
         Ok(Some(fd))
     }
 
@@ -806,10 +849,6 @@ fn dir_fd_budget() -> usize {
         .min(65_536)
 }
 
-fn is_under(path: &[u8], dir: &[u8]) -> bool {
-    path.len() > dir.len() && path.starts_with(dir) && path[dir.len()] == b'/'
-}
-
 /// The `op` of an [`EntryProblem::Io`] that wraps a stream error (see `stream_problem`).
 const STREAM_OP: &str = "read entry data";
 
@@ -855,43 +894,92 @@ fn make_node(
 }
 
 /// Runs `create`; if the name exists (from a lower layer), removes it and tries once more.
+/// Returns whether something was replaced.
 fn retry_replacing(
     parent: &OwnedFd,
     name: &[u8],
     mut create: impl FnMut() -> rustix::io::Result<()>,
-) -> rustix::io::Result<()> {
+) -> rustix::io::Result<bool> {
     match create() {
+        Ok(()) => Ok(false),
         Err(Errno::EXIST) => {
             remove_entry(parent, name)?;
-            create()
+            create().map(|()| true)
         }
-        other => other,
+        Err(e) => Err(e),
     }
 }
 
 /// Removes `name` from `parent`: unlinks a non-directory, empties and removes a directory.
-/// Never follows symlinks.
+/// Never follows symlinks. Directories are emptied with a stack on the heap and hold a
+/// handle open only for the first levels (deeper ones are reached again through `..`), so
+/// neither a deep tree nor the file limit can stop it.
 fn remove_entry(parent: &OwnedFd, name: &[u8]) -> rustix::io::Result<()> {
+    /// Levels of a tree that keep their handle while deeper ones are emptied.
+    const KEEP_OPEN: usize = 16;
+    /// A directory being emptied: its handle, its name in its parent, children left.
+    struct Level {
+        fd: Option<OwnedFd>,
+        name: Vec<u8>,
+        children: Vec<Vec<u8>>,
+    }
+    let open = |parent: &OwnedFd, name: &[u8]| -> rustix::io::Result<Level> {
+        let fd = rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty())?;
+        let mut children = Vec::new();
+        for item in Dir::read_from(&fd)? {
+            let item = item?;
+            let child = item.file_name().to_bytes();
+            if child != b"." && child != b".." {
+                children.push(child.to_vec());
+            }
+        }
+        Ok(Level {
+            fd: Some(fd),
+            name: name.to_vec(),
+            children,
+        })
+    };
+
     match rustix::fs::unlinkat(parent, name, AtFlags::empty()) {
         Err(Errno::ISDIR) | Err(Errno::PERM) => {}
         other => return other,
     }
-    let dir = rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty())?;
-    let mut children = Vec::new();
-    for item in Dir::read_from(&dir)? {
-        let item = item?;
-        let child = item.file_name().to_bytes();
-        if child != b"." && child != b".." {
-            children.push(child.to_vec());
+    let mut stack = vec![open(parent, name)?];
+    loop {
+        let depth = stack.len();
+        let level = stack.last_mut().expect("popped only when emptied");
+        let fd = level.fd.as_ref().expect("the deepest level is open");
+        if let Some(child) = level.children.pop() {
+            match rustix::fs::unlinkat(fd, &child, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(Errno::ISDIR) | Err(Errno::PERM) => match open(fd, &child) {
+                    Ok(next) => {
+                        if depth > KEEP_OPEN {
+                            level.fd = None;
+                        }
+                        stack.push(next);
+                    }
+                    Err(Errno::NOENT) => {}
+                    Err(e) => return Err(e),
+                },
+                Err(e) => return Err(e),
+            }
+            continue;
         }
-    }
-    for child in children {
-        match remove_entry(&dir, &child) {
+        let done = stack.pop().expect("checked above");
+        let Some(up) = stack.last_mut() else {
+            return rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR);
+        };
+        if up.fd.is_none() {
+            let done_fd = done.fd.as_ref().expect("the deepest level is open");
+            up.fd = Some(rustix::fs::openat(done_fd, "..", DIR_FLAGS, Mode::empty())?);
+        }
+        let up_fd = up.fd.as_ref().expect("opened above");
+        match rustix::fs::unlinkat(up_fd, &done.name, AtFlags::REMOVEDIR) {
             Ok(()) | Err(Errno::NOENT) => {}
             Err(e) => return Err(e),
         }
     }
-    rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)
 }
 
 /// Creates a new file with its final permission bits (the umask may remove some; setuid and
@@ -1116,4 +1204,155 @@ fn write_job(job: &Job, setup: &FileSetup) -> Result<(), EntryProblem> {
             })?;
     }
     finish_file(&file, &job.meta, setup)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::tar::TarWriter;
+
+    thread_local! {
+        /// Path bytes hashed by directory lookups on this thread.
+        static LOOKUP_BYTES: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub(super) fn count_lookup_bytes(n: usize) {
+        LOOKUP_BYTES.with(|c| c.set(c.get() + n as u64));
+    }
+
+    fn entry(path: Vec<u8>, kind: EntryKind, size: u64) -> Entry {
+        Entry {
+            path,
+            kind,
+            meta: Metadata {
+                mode: 0o755,
+                ..Metadata::default()
+            },
+            size,
+        }
+    }
+
+    /// A layer holding one file at `a/a/.../a/f`, `depth` components deep.
+    fn deep_file(depth: usize) -> (Vec<u8>, usize) {
+        let mut path = b"a/".repeat(depth - 1);
+        path.push(b'f');
+        let mut w = TarWriter::new(Vec::new());
+        w.append(&entry(path.clone(), EntryKind::File, 1)).unwrap();
+        w.write_data(b"x").unwrap();
+        (w.finish().unwrap(), path.len())
+    }
+
+    fn one_thread() -> ExtractOptions {
+        ExtractOptions {
+            threads: 1,
+            ..ExtractOptions::default()
+        }
+    }
+
+    /// The shape: a file thousands of components deep. Hashing (and copying) each
+    /// prefix of the path from scratch made extraction cost the square of the depth; the
+    /// work must stay a small multiple of the path's length.
+    #[test]
+    fn deep_paths_cost_work_linear_in_their_length() {
+        for depth in [100, 1000, 3000] {
+            let (tar, len) = deep_file(depth);
+            let dir = tempfile::tempdir().unwrap();
+            LOOKUP_BYTES.with(|c| c.set(0));
+            apply(&tar[..], &dir.path().join("t"), &one_thread()).unwrap();
+            let work = LOOKUP_BYTES.with(Cell::get);
+            assert!(
+                work <= 4 * len as u64,
+                "depth {depth}: {work} bytes hashed for a {len}-byte path"
+            );
+            let mut p = dir.path().join("t");
+            for _ in 1..depth.min(100) {
+                p.push("a");
+            }
+            assert!(p.is_dir(), "{} was not created", p.display());
+        }
+    }
+
+    /// Deep entries in a deep tree: each lookup starts from the deepest cached ancestor.
+    #[test]
+    fn many_deep_entries_cost_work_linear_in_the_layer() {
+        let depth = 1000;
+        let mut w = TarWriter::new(Vec::new());
+        let mut total = 0;
+        for i in 0..50 {
+            let mut path = b"d/".repeat(depth);
+            path.extend_from_slice(format!("f{i}").as_bytes());
+            total += path.len();
+            w.append(&entry(path, EntryKind::File, 0)).unwrap();
+        }
+        let tar = w.finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        LOOKUP_BYTES.with(|c| c.set(0));
+        let report = apply(&tar[..], &dir.path().join("t"), &one_thread()).unwrap();
+        assert_eq!(report.files, 50);
+        let work = LOOKUP_BYTES.with(Cell::get);
+        assert!(
+            work <= 4 * total as u64,
+            "{work} bytes hashed for {total} bytes of paths"
+        );
+    }
+
+    /// Each opaque marker lists its directory and looks up every child: repeated for one
+    /// deep directory, that cost the number of markers times the directory's contents.
+    #[test]
+    fn a_whiteout_or_opaque_marker_twice_is_a_duplicate() {
+        for marker in [&b"d/.wh..wh..opq"[..], b"d/.wh.gone"] {
+            let mut w = TarWriter::new(Vec::new());
+            w.append(&entry(b"d".to_vec(), EntryKind::Dir, 0)).unwrap();
+            w.append(&entry(b"d/f".to_vec(), EntryKind::File, 0))
+                .unwrap();
+            for _ in 0..2 {
+                w.append(&entry(marker.to_vec(), EntryKind::File, 0))
+                    .unwrap();
+            }
+            let tar = w.finish().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let e = apply(&tar[..], &dir.path().join("t"), &one_thread()).unwrap_err();
+            assert!(
+                matches!(&e, Error::Entry { entry, problem: EntryProblem::Duplicate } if entry.0 == marker),
+                "{e}"
+            );
+            assert!(dir.path().join("t/d/f").exists());
+        }
+    }
+
+    /// A whiteout over a lower tree deeper than a small thread stack (or the file limit)
+    /// allows a recursive removal holding a handle per level.
+    #[test]
+    fn a_whiteout_removes_a_tree_of_any_depth() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("t");
+        std::fs::create_dir(&target).unwrap();
+        let root = open_root(&target).unwrap();
+        let mut fd = rustix::fs::openat(&root, ".", DIR_FLAGS, Mode::empty()).unwrap();
+        for i in 0..5000 {
+            let name = if i == 0 { "deep" } else { "d" };
+            rustix::fs::mkdirat(&fd, name, mode(0o755)).unwrap();
+            if i % 1000 == 0 {
+                let flags = OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC;
+                rustix::fs::openat(&fd, "file", flags, mode(0o644)).unwrap();
+            }
+            fd = rustix::fs::openat(&fd, name, DIR_FLAGS, Mode::empty()).unwrap();
+        }
+        drop(fd);
+        let mut w = TarWriter::new(Vec::new());
+        w.append(&entry(b".wh.deep".to_vec(), EntryKind::File, 0))
+            .unwrap();
+        let tar = w.finish().unwrap();
+        let t = target.clone();
+        let report = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || apply(&tar[..], &t, &one_thread()).unwrap())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(report.whiteouts, 1);
+        assert!(!target.join("deep").exists());
+    }
 }

@@ -244,6 +244,13 @@ impl Extractor<'_> {
             // make it read-only, which only gets in the way of removing the unpacked layer.
             entry.meta.mode |= 0o200;
         }
+        if class.is_some() && self.opts.whiteouts == WhiteoutMode::Apply {
+            // A marker twice is a duplicate path like any other (and each opaque marker
+            // would list its directory again).
+            if self.made.insert(key(&entry.path), Made::File).is_some() {
+                return Err(EntryProblem::Duplicate);
+            }
+        }
         match (class, self.opts.whiteouts) {
             (Some(Whiteout::Remove { parent, name }), WhiteoutMode::Apply) => {
                 check_component(name)?;

@@ -428,6 +428,24 @@ fn whiteouts_remove_lower_entries_even_read_only_ones() {
 }
 
 #[test]
+fn a_whiteout_or_opaque_marker_twice_is_a_duplicate() {
+    for marker in ["d/.wh..wh..opq", "d/.wh.gone"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("t");
+        let entries = [
+            dir("d"),
+            file("d/f", b"f"),
+            file(marker, b""),
+            file(marker, b""),
+        ];
+        let (entry, problem) = refused(apply(&entries, &target));
+        assert_eq!(entry, marker);
+        assert!(matches!(problem, EntryProblem::Duplicate), "{problem}");
+        assert!(target.join("d/f").exists());
+    }
+}
+
+#[test]
 fn policies_for_what_windows_lacks() {
     let tmp = tempfile::tempdir().unwrap();
     let dev = (

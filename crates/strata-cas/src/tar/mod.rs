@@ -23,12 +23,17 @@ pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 /// Bounds on what a layer may make the reader and extractor do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Total uncompressed bytes of the tar stream. This is what bounds decompression bombs.
+    /// Total uncompressed bytes of the tar stream, headers included. This is what bounds
+    /// decompression bombs.
     pub max_bytes: u64,
     /// Number of entries.
     pub max_entries: u64,
-    /// Size of the PAX or GNU long-name data attached to one entry.
+    /// Size of the PAX and GNU long-name data attached to one entry, all its extended
+    /// headers together.
     pub max_header_bytes: u64,
+    /// Components in an entry's path (and a hard link's target). Real trees stay far below;
+    /// the default, 4096, is twice what fits in Linux's `PATH_MAX`.
+    pub max_depth: u32,
 }
 
 impl Default for Limits {
@@ -37,6 +42,7 @@ impl Default for Limits {
             max_bytes: 1 << 40,
             max_entries: 50_000_000,
             max_header_bytes: 1 << 20,
+            max_depth: 4096,
         }
     }
 }

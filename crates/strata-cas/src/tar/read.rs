@@ -4,11 +4,19 @@
 //! a PAX size must agree with the ustar size, non-regular entries may not carry data, sparse
 //! and multi-volume entries are refused, and anything after the end-of-archive marker must be
 //! zeros. PAX and GNU long-name data are bounded by [`Limits::max_header_bytes`].
+//!
+//! Every number read from the stream is range-checked before any arithmetic on it, and the
+//! work per entry is linear in the entry's bytes: global PAX records, which apply to every
+//! entry, are bounded to a few KiB so they cannot multiply.
 
 use std::io::{self, Read};
 
 use super::{BLOCK, Limits, normalize};
 use crate::{Entry, EntryKind, EntryProblem, Error, Metadata, Result};
+
+/// Bytes of extended attributes that global PAX headers may set: they are copied to every
+/// entry, so a large global record would cost its size once per entry.
+const MAX_GLOBAL_XATTR_BYTES: usize = 4096;
 
 /// Reads entries one by one from an uncompressed tar stream.
 #[derive(Debug)]
@@ -66,12 +74,16 @@ impl<R: Read> TarReader<R> {
         if self.done {
             return Ok(None);
         }
-        self.skip(self.remaining + self.padding)?;
+        self.skip(self.remaining.saturating_add(self.padding))?;
         self.remaining = 0;
         self.padding = 0;
         let mut local = Overrides::default();
         let mut gnu_name: Option<Vec<u8>> = None;
         let mut gnu_link: Option<Vec<u8>> = None;
+        // Extended-header bytes attached to this entry so far, all its headers together.
+        let mut meta_bytes = 0u64;
+        // A bad local PAX record, reported once the entry's own header names it.
+        let mut bad_record: Option<EntryProblem> = None;
         loop {
             let at = self.offset;
             let mut header = [0u8; BLOCK];
@@ -84,28 +96,57 @@ impl<R: Read> TarReader<R> {
                 self.done = true;
                 return Ok(None);
             }
+            // Headers count too: a run of extended headers that never reaches an entry
+            // must not slip past the bound on the stream's bytes.
+            if self.offset > self.limits.max_bytes {
+                return Err(Error::Limit {
+                    what: "uncompressed bytes",
+                    limit: self.limits.max_bytes,
+                });
+            }
             verify_checksum(&header).map_err(|p| self.tar_error(at, p))?;
             let typeflag = header[156];
             let size = parse_number(&header[124..136])
                 .ok_or_else(|| self.tar_error(at, "invalid size field"))?;
+            if matches!(typeflag, b'x' | b'L' | b'K') {
+                meta_bytes = meta_bytes.saturating_add(size);
+                if meta_bytes > self.limits.max_header_bytes {
+                    return Err(Error::Limit {
+                        what: "PAX or long-name header bytes",
+                        limit: self.limits.max_header_bytes,
+                    });
+                }
+            }
             match typeflag {
-                b'x' | b'g' => {
+                b'x' => {
                     let data = self.read_meta_data(at, size)?;
-                    let target = if typeflag == b'x' {
-                        &mut local
-                    } else {
-                        &mut self.global
-                    };
-                    parse_pax(&data, target, typeflag == b'g').map_err(|p| {
-                        let name = local.path.clone().unwrap_or_else(|| header_name(&header));
-                        Error::entry(&name, p)
-                    })?;
+                    if let Err(problem) = parse_pax(&data, &mut local, false) {
+                        bad_record.get_or_insert(problem);
+                    }
+                }
+                b'g' => {
+                    let data = self.read_meta_data(at, size)?;
+                    parse_pax(&data, &mut self.global, true)
+                        .and_then(|()| {
+                            self.global.xattrs =
+                                merge_xattrs(&[], std::mem::take(&mut self.global.xattrs));
+                            check_global_xattrs(&self.global.xattrs)
+                        })
+                        .map_err(|p| Error::entry(&header_name(&header), p))?;
                 }
                 b'L' => gnu_name = Some(trim_nul(self.read_meta_data(at, size)?)),
                 b'K' => gnu_link = Some(trim_nul(self.read_meta_data(at, size)?)),
                 _ => {
+                    let raw_name = local
+                        .path
+                        .clone()
+                        .or(gnu_name)
+                        .unwrap_or_else(|| header_name(&header));
+                    if let Some(problem) = bad_record {
+                        return Err(Error::entry(&raw_name, problem));
+                    }
                     return self
-                        .finish_entry(at, &header, typeflag, size, local, gnu_name, gnu_link)
+                        .finish_entry(at, &header, typeflag, size, local, raw_name, gnu_link)
                         .map(Some);
                 }
             }
@@ -123,14 +164,9 @@ impl<R: Read> TarReader<R> {
         typeflag: u8,
         ustar_size: u64,
         local: Overrides,
-        gnu_name: Option<Vec<u8>>,
+        raw_name: Vec<u8>,
         gnu_link: Option<Vec<u8>>,
     ) -> Result<Entry> {
-        let raw_name = local
-            .path
-            .clone()
-            .or(gnu_name)
-            .unwrap_or_else(|| header_name(header));
         let fail = |problem| Error::entry(&raw_name, problem);
 
         self.entries += 1;
@@ -184,6 +220,13 @@ impl<R: Read> TarReader<R> {
             .or(gnu_link)
             .unwrap_or_else(|| field_bytes(&header[157..257]).to_vec());
 
+        let too_deep = |path: &[u8]| {
+            let depth = depth(path);
+            (depth > self.limits.max_depth as usize).then_some(EntryProblem::TooDeep {
+                depth,
+                limit: self.limits.max_depth,
+            })
+        };
         let is_dir_name = raw_name.last() == Some(&b'/');
         let kind = match typeflag {
             b'0' | b'\0' | b'7' if is_dir_name && size == 0 => EntryKind::Dir,
@@ -193,8 +236,12 @@ impl<R: Read> TarReader<R> {
                 if target.is_empty() {
                     return Err(fail(EntryProblem::BadHardlink(crate::EntryName(link))));
                 }
+                if let Some(problem) = too_deep(&target) {
+                    return Err(fail(problem));
+                }
                 EntryKind::Hardlink(target)
             }
+            b'2' if link.contains(&0) => return Err(fail(EntryProblem::NulInSymlinkTarget)),
             b'2' => EntryKind::Symlink(link),
             b'3' | b'4' => {
                 let major = u32::try_from(field(329..337, "invalid device major")?)
@@ -221,6 +268,9 @@ impl<R: Read> TarReader<R> {
         if path.is_empty() && kind != EntryKind::Dir {
             return Err(fail(EntryProblem::InvalidPath));
         }
+        if let Some(problem) = too_deep(&path) {
+            return Err(fail(problem));
+        }
         if self.offset.saturating_add(size) > self.limits.max_bytes {
             return Err(Error::Limit {
                 what: "uncompressed bytes",
@@ -228,10 +278,7 @@ impl<R: Read> TarReader<R> {
             });
         }
 
-        let mut xattrs = self.global.xattrs.clone();
-        xattrs.extend(local.xattrs);
-        xattrs.sort();
-        xattrs.dedup_by(|later, earlier| later.0 == earlier.0);
+        let xattrs = merge_xattrs(&self.global.xattrs, local.xattrs);
 
         self.remaining = size;
         self.padding = padding(size);
@@ -339,7 +386,17 @@ impl<R: Read> TarReader<R> {
                 limit: self.limits.max_header_bytes,
             });
         }
-        let mut data = vec![0u8; size as usize];
+        if self.offset.saturating_add(size) > self.limits.max_bytes {
+            return Err(Error::Limit {
+                what: "uncompressed bytes",
+                limit: self.limits.max_bytes,
+            });
+        }
+        let len = usize::try_from(size).map_err(|_| Error::Limit {
+            what: "PAX or long-name header bytes",
+            limit: usize::MAX as u64,
+        })?;
+        let mut data = vec![0u8; len];
         self.read_exact_or(&mut data, at)?;
         self.skip(padding(size))?;
         Ok(data)
@@ -415,6 +472,41 @@ impl<R: Read> TarReader<R> {
             source,
         }
     }
+}
+
+/// Components of a normalised path (0 for the root).
+fn depth(path: &[u8]) -> usize {
+    if path.is_empty() {
+        0
+    } else {
+        path.iter().filter(|&&b| b == b'/').count() + 1
+    }
+}
+
+/// Global records then local ones, in the order they were read; for each name the last
+/// record wins (POSIX: a later record overrides an earlier one, a local one a global one).
+/// Sorted by name.
+fn merge_xattrs(
+    global: &[(Vec<u8>, Vec<u8>)],
+    local: Vec<(Vec<u8>, Vec<u8>)>,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut all: Vec<_> = global.iter().cloned().chain(local).collect();
+    // Latest first, then a stable sort by name: the first of each name is the one to keep.
+    all.reverse();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all.dedup_by(|later, earlier| later.0 == earlier.0);
+    all
+}
+
+fn check_global_xattrs(xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), EntryProblem> {
+    let bytes: usize = xattrs.iter().map(|(n, v)| n.len() + v.len()).sum();
+    if bytes > MAX_GLOBAL_XATTR_BYTES {
+        return Err(EntryProblem::BadPax(format!(
+            "global xattr records hold {bytes} bytes, more than {MAX_GLOBAL_XATTR_BYTES} \
+             (they would be copied to every entry)"
+        )));
+    }
+    Ok(())
 }
 
 fn padding(size: u64) -> u64 {
@@ -505,37 +597,53 @@ fn parse_mtime(field: &[u8]) -> Option<i64> {
     parse_number(field).and_then(|v| i64::try_from(v).ok())
 }
 
+/// A decimal record (`size`, `uid`, `gid`): ASCII digits only, within `T`'s range.
 fn parse_decimal<T: std::str::FromStr>(value: &[u8], key: &str) -> Result<T, EntryProblem> {
+    if !value.iter().all(u8::is_ascii_digit) {
+        return Err(EntryProblem::BadPax(format!("invalid {key} value")));
+    }
     std::str::from_utf8(value)
         .ok()
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| EntryProblem::BadPax(format!("invalid {key} value")))
+        .ok_or_else(|| EntryProblem::BadPax(format!("{key} value out of range")))
 }
 
+/// A PAX time, `[-]SECONDS[.FRACTION]`, as whole seconds and nanoseconds (floored, so the
+/// nanoseconds are always positive). Seconds outside `i64` are refused, not wrapped.
 fn parse_pax_time(value: &[u8]) -> Result<(i64, u32), EntryProblem> {
     let bad = || EntryProblem::BadPax("invalid mtime value".into());
+    let out_of_range = || EntryProblem::BadPax("mtime value out of range".into());
     let s = std::str::from_utf8(value).map_err(|_| bad())?;
     let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
-    let secs: i64 = secs.parse().map_err(|_| bad())?;
+    let negative = secs.starts_with('-');
+    let digits = secs.strip_prefix('-').unwrap_or(secs);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
     if !frac.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
+    let secs: i64 = secs.parse().map_err(|_| out_of_range())?;
     let mut digits: String = frac.chars().take(9).collect();
     while digits.len() < 9 {
         digits.push('0');
     }
     let nsec: u32 = digits.parse().map_err(|_| bad())?;
     // "-1.5" means 1.5 s before the epoch: whole seconds -2 plus 0.5 s.
-    if s.starts_with('-') && nsec > 0 {
-        Ok((secs - 1, 1_000_000_000 - nsec))
+    if negative && nsec > 0 {
+        let secs = secs.checked_sub(1).ok_or_else(out_of_range)?;
+        Ok((secs, 1_000_000_000 - nsec))
     } else {
         Ok((secs, nsec))
     }
 }
 
-/// Parses PAX records (`"<len> <key>=<value>\n"`) into `out`.
+/// Parses PAX records (`"<len> <key>=<value>\n"`) into `out`. A value out of range is
+/// reported after the other records are read, so that a `path` record after it still
+/// names the entry in the error.
 fn parse_pax(data: &[u8], out: &mut Overrides, global: bool) -> Result<(), EntryProblem> {
     let bad = |what: &str| EntryProblem::BadPax(what.to_owned());
+    let mut bad_value = None;
     let mut rest = data;
     while !rest.is_empty() {
         let space = rest
@@ -567,6 +675,12 @@ fn parse_pax(data: &[u8], out: &mut Overrides, global: bool) -> Result<(), Entry
         }
         // An empty value removes a global setting; locally it means "use the header".
         if value.is_empty() {
+            match key {
+                "uid" => out.uid = None,
+                "gid" => out.gid = None,
+                "mtime" => out.mtime = None,
+                _ => {}
+            }
             continue;
         }
         match key {
@@ -575,16 +689,21 @@ fn parse_pax(data: &[u8], out: &mut Overrides, global: bool) -> Result<(), Entry
             }
             "path" => out.path = Some(value.to_vec()),
             "linkpath" => out.linkpath = Some(value.to_vec()),
-            "size" => out.size = Some(parse_decimal(value, key)?),
-            "uid" => out.uid = Some(parse_decimal(value, key)?),
-            "gid" => out.gid = Some(parse_decimal(value, key)?),
-            "mtime" => out.mtime = Some(parse_pax_time(value)?),
+            "size" => out.size = keep_first(parse_decimal(value, key), &mut bad_value),
+            "uid" => out.uid = keep_first(parse_decimal(value, key), &mut bad_value),
+            "gid" => out.gid = keep_first(parse_decimal(value, key), &mut bad_value),
+            "mtime" => out.mtime = keep_first(parse_pax_time(value), &mut bad_value),
             // atime, ctime, uname, gname, comment, hdrcharset and vendor keys carry nothing
             // a layer records.
             _ => {}
         }
     }
-    Ok(())
+    bad_value.map_or(Ok(()), Err)
+}
+
+/// The value, or `None` with the first problem kept in `first`.
+fn keep_first<T>(result: Result<T, EntryProblem>, first: &mut Option<EntryProblem>) -> Option<T> {
+    result.map_err(|p| _ = first.get_or_insert(p)).ok()
 }
 
 #[cfg(test)]
@@ -616,5 +735,316 @@ mod tests {
         assert_eq!(parse_pax_time(b"-1.5").unwrap(), (-2, 500_000_000));
         assert!(parse_pax(b"99 path=x\n", &mut o, false).is_err());
         assert!(parse_pax(b"9 path=x\n", &mut o, true).is_err());
+    }
+
+    fn problem_text(r: Result<impl std::fmt::Debug, EntryProblem>) -> String {
+        match r {
+            Err(EntryProblem::BadPax(m)) => m,
+            other => panic!("expected a BadPax problem, got {other:?}"),
+        }
+    }
+
+    /// The issue's shape: flooring `-9223372036854775808.5` subtracted past `i64::MIN`
+    /// (a panic in debug builds, a time in the year 2446 in release).
+    #[test]
+    fn pax_times_at_the_edge_of_i64_are_refused_not_wrapped() {
+        let m = problem_text(parse_pax_time(b"-9223372036854775808.5"));
+        assert_eq!(m, "mtime value out of range");
+        assert_eq!(
+            parse_pax_time(b"-9223372036854775808").unwrap(),
+            (i64::MIN, 0)
+        );
+        assert_eq!(
+            parse_pax_time(b"-9223372036854775807.5").unwrap(),
+            (i64::MIN, 500_000_000)
+        );
+        assert_eq!(
+            parse_pax_time(b"9223372036854775807.9999999999").unwrap(),
+            (i64::MAX, 999_999_999)
+        );
+        assert_eq!(parse_pax_time(b"-0.25").unwrap(), (-1, 750_000_000));
+        for big in [
+            &b"9223372036854775808"[..],
+            b"-9223372036854775809",
+            b"123456789012345678901234567890.5",
+        ] {
+            assert_eq!(
+                problem_text(parse_pax_time(big)),
+                "mtime value out of range"
+            );
+        }
+        for bad in [
+            &b""[..],
+            b"-",
+            b"+1",
+            b" 1",
+            b"1e3",
+            b"1.-5",
+            b"--1",
+            b"-.5",
+            b".5",
+        ] {
+            assert_eq!(problem_text(parse_pax_time(bad)), "invalid mtime value");
+        }
+    }
+
+    #[test]
+    fn numeric_pax_records_are_digits_within_range() {
+        let parse = |record: &[u8]| parse_pax(record, &mut Overrides::default(), false);
+        assert_eq!(problem_text(parse(b"11 size=+5\n")), "invalid size value");
+        assert_eq!(problem_text(parse(b"10 gid=-1\n")), "invalid gid value");
+        assert_eq!(
+            problem_text(parse(b"18 uid=4294967296\n")),
+            "uid value out of range"
+        );
+        assert_eq!(
+            problem_text(parse(b"29 size=18446744073709551616\n")),
+            "size value out of range"
+        );
+        let mut o = Overrides::default();
+        parse_pax(b"18 uid=4294967295\n", &mut o, false).unwrap();
+        assert_eq!(o.uid, Some(u32::MAX));
+    }
+
+    /// A ustar header block of `typeflag` for `name` announcing `size` data bytes.
+    fn header(typeflag: u8, name: &[u8], size: usize) -> Vec<u8> {
+        let mut h = vec![0u8; BLOCK];
+        h[..name.len()].copy_from_slice(name);
+        h[100..107].copy_from_slice(b"0000644");
+        h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+        h[136..147].copy_from_slice(b"00000000000");
+        h[156] = typeflag;
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        h
+    }
+
+    /// A header of `typeflag` followed by `data`, padded to a block.
+    fn with_data(typeflag: u8, name: &[u8], data: &[u8]) -> Vec<u8> {
+        let mut out = header(typeflag, name, data.len());
+        out.extend_from_slice(data);
+        out.resize(out.len().next_multiple_of(BLOCK), 0);
+        out
+    }
+
+    fn pax(key: &str, value: &str) -> Vec<u8> {
+        let body = format!(" {key}={value}\n");
+        let mut len = body.len() + 1;
+        while len != body.len() + len.to_string().len() {
+            len = body.len() + len.to_string().len();
+        }
+        format!("{len}{body}").into_bytes()
+    }
+
+    fn read_all(tar: &[u8], limits: &Limits) -> Result<Vec<Entry>> {
+        let mut end = tar.to_vec();
+        end.resize(end.len() + 2 * BLOCK, 0);
+        let mut r = TarReader::new(&end[..], limits);
+        let mut out = Vec::new();
+        while let Some(e) = r.next_entry()? {
+            out.push(e);
+        }
+        r.finish()?;
+        Ok(out)
+    }
+
+    #[test]
+    fn a_pax_time_out_of_range_names_its_entry() {
+        let mut tar = with_data(
+            b'x',
+            b"PaxHeaders/t",
+            &pax("mtime", "-9223372036854775808.5"),
+        );
+        tar.extend(header(b'0', b"t", 0));
+        let e = read_all(&tar, &Limits::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "entry `t`: malformed PAX record: mtime value out of range"
+        );
+        // The path may come in a later record, or a later header, than the bad one.
+        let mut records = pax("mtime", "1e9");
+        records.extend(pax("path", "named"));
+        let mut tar = with_data(b'x', b"PaxHeaders/t", &records);
+        tar.extend(with_data(b'x', b"PaxHeaders/t", &pax("uid", "-1")));
+        tar.extend(header(b'0', b"t", 0));
+        let e = read_all(&tar, &Limits::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "entry `named`: malformed PAX record: invalid mtime value"
+        );
+        // A bad global record is named by its own header, as it applies to no one entry.
+        let mut tar = with_data(b'g', b"pax_global_header", &pax("mtime", "x"));
+        tar.extend(header(b'0', b"t", 0));
+        let e = read_all(&tar, &Limits::default()).unwrap_err();
+        assert_eq!(e.entry_name().unwrap().0, b"pax_global_header");
+    }
+
+    #[test]
+    fn later_xattr_records_win_and_local_ones_override_global_ones() {
+        let mut global = pax("SCHILY.xattr.user.g", "global");
+        global.extend(pax("SCHILY.xattr.user.both", "global"));
+        let mut local = pax("SCHILY.xattr.user.both", "aa-first");
+        local.extend(pax("SCHILY.xattr.user.both", "zz-local"));
+        let mut tar = with_data(b'g', b"pax_global_header", &global);
+        tar.extend(with_data(b'x', b"PaxHeaders/f", &local));
+        tar.extend(header(b'0', b"f", 0));
+        tar.extend(header(b'0', b"g", 0));
+        let entries = read_all(&tar, &Limits::default()).unwrap();
+        let xattrs = |e: &Entry| {
+            e.meta
+                .xattrs
+                .iter()
+                .map(|(n, v)| {
+                    format!(
+                        "{}={}",
+                        String::from_utf8_lossy(n),
+                        String::from_utf8_lossy(v)
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(xattrs(&entries[0]), ["user.both=zz-local", "user.g=global"]);
+        assert_eq!(xattrs(&entries[1]), ["user.both=global", "user.g=global"]);
+    }
+
+    /// Global records are copied to every entry, so they may not be large.
+    #[test]
+    fn global_xattrs_are_bounded() {
+        let value = "v".repeat(3000);
+        let fits = with_data(
+            b'g',
+            b"pax_global_header",
+            &pax("SCHILY.xattr.user.a", &value),
+        );
+        let mut tar = fits.clone();
+        tar.extend(header(b'0', b"f", 0));
+        read_all(&tar, &Limits::default()).unwrap();
+        // The same name again replaces it rather than adding to it...
+        let mut tar = fits.clone();
+        tar.extend(fits.clone());
+        tar.extend(header(b'0', b"f", 0));
+        read_all(&tar, &Limits::default()).unwrap();
+        // ...but a second name goes over.
+        let mut tar = fits;
+        tar.extend(with_data(
+            b'g',
+            b"pax_global_header",
+            &pax("SCHILY.xattr.user.b", &value),
+        ));
+        tar.extend(header(b'0', b"f", 0));
+        let e = read_all(&tar, &Limits::default()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("global xattr records hold 6012 bytes, more than 4096"),
+            "{e}"
+        );
+    }
+
+    /// `max_header_bytes` bounds all extended headers of one entry together, not each.
+    #[test]
+    fn extended_headers_of_one_entry_are_bounded_together() {
+        let limits = Limits {
+            max_header_bytes: 1024,
+            ..Limits::default()
+        };
+        let record = pax("comment", &"c".repeat(600));
+        let mut tar = with_data(b'x', b"PaxHeaders/f", &record);
+        tar.extend(header(b'0', b"f", 0));
+        tar.extend(with_data(b'x', b"PaxHeaders/g", &record));
+        tar.extend(header(b'0', b"g", 0));
+        read_all(&tar, &limits).unwrap();
+        let mut tar = with_data(b'x', b"PaxHeaders/f", &record);
+        tar.extend(with_data(b'L', b"././@LongLink", b"f\0"));
+        tar.extend(with_data(b'x', b"PaxHeaders/f", &record));
+        tar.extend(header(b'0', b"f", 0));
+        assert!(matches!(
+            read_all(&tar, &limits),
+            Err(Error::Limit { limit: 1024, .. })
+        ));
+    }
+
+    /// Global headers never reach an entry, so only the bound on the stream's bytes stops a
+    /// (highly compressible) run of them, and it must stop it as it goes, not at the end.
+    #[test]
+    fn headers_count_towards_the_bound_on_bytes() {
+        let limits = Limits {
+            max_bytes: 64 << 10,
+            ..Limits::default()
+        };
+        let global = with_data(b'g', b"pax_global_header", &pax("comment", "x"));
+        let mut tar = global.repeat(1000);
+        tar.resize(tar.len() + 2 * BLOCK, 0);
+        let mut r = TarReader::new(&tar[..], &limits);
+        assert!(matches!(
+            r.next_entry(),
+            Err(Error::Limit {
+                what: "uncompressed bytes",
+                ..
+            })
+        ));
+        assert!(
+            r.offset() <= limits.max_bytes + BLOCK as u64,
+            "{}",
+            r.offset()
+        );
+        let mut r = TarReader::new(&tar[..], &Limits::default());
+        assert!(r.next_entry().unwrap().is_none());
+    }
+
+    /// Found by the `tar_reader` fuzz target's round trip: a PAX `linkpath` may hold a NUL
+    /// byte, which the writer's link field then cut short.
+    #[test]
+    fn a_nul_in_a_symlink_target_is_refused() {
+        let mut tar = with_data(b'x', b"PaxHeaders/l", b"16 linkpath=a\0b\n");
+        tar.extend(header(b'2', b"l", 0));
+        let e = read_all(&tar, &Limits::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "entry `l`: the symlink target contains a NUL byte"
+        );
+    }
+
+    #[test]
+    fn paths_and_link_targets_deeper_than_the_limit_are_refused() {
+        let limits = Limits {
+            max_depth: 3,
+            ..Limits::default()
+        };
+        let mut tar = header(b'0', b"a/b/c", 0);
+        tar.extend(header(b'5', b"./a//b/c/", 0));
+        read_all(&tar, &limits).unwrap();
+        let e = read_all(&header(b'0', b"a/b/c/d", 0), &limits).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "entry `a/b/c/d`: the path has 4 components, more than the limit of 3"
+        );
+        let mut link = header(b'1', b"l", 0);
+        link[157..164].copy_from_slice(b"a/b/c/d");
+        let sum: u32 = link
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    u32::from(b)
+                }
+            })
+            .sum();
+        link[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        let e = read_all(&link, &limits).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Entry {
+                    problem: EntryProblem::TooDeep { depth: 4, limit: 3 },
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }

@@ -64,7 +64,10 @@ impl<W: Write> TarWriter<W> {
         let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();
 
         let mut name = entry.path.clone();
-        if entry.kind == EntryKind::Dir {
+        if entry.path.is_empty() {
+            // The root, as GNU tar writes it: `/` alone would be an absolute path.
+            name.extend_from_slice(b"./");
+        } else if entry.kind == EntryKind::Dir {
             name.push(b'/');
         }
         if name.len() <= 100 {
@@ -115,8 +118,8 @@ impl<W: Write> TarWriter<W> {
         header[257..263].copy_from_slice(b"ustar\0");
         header[263..265].copy_from_slice(b"00");
         if let Some((major, minor)) = device {
-            write_octal(&mut header[329..337], u64::from(major));
-            write_octal(&mut header[337..345], u64::from(minor));
+            write_number(&mut header[329..337], u64::from(major));
+            write_number(&mut header[337..345], u64::from(minor));
         }
         let mut xattr_keys = Vec::new();
         for (name, value) in &meta.xattrs {
@@ -205,6 +208,23 @@ fn padding(size: u64) -> usize {
     ((BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64) as usize
 }
 
+/// Writes `value` in octal when it fits the field, else in GNU base-256 (a 0x80 byte, then
+/// the value big-endian), which the reader and GNU tar read. Only device numbers need it:
+/// other fields too large for octal go to PAX records.
+fn write_number(field: &mut [u8], value: u64) {
+    let digits = field.len() - 1;
+    if digits >= 22 || value < 1 << (3 * digits) {
+        write_octal(field, value);
+        return;
+    }
+    field.fill(0);
+    field[0] = 0x80;
+    let bytes = value.to_be_bytes();
+    let n = bytes.len().min(field.len() - 1);
+    let len = field.len();
+    field[len - n..].copy_from_slice(&bytes[bytes.len() - n..]);
+}
+
 /// Writes `value` as zero-padded octal filling the field but its last byte, which is NUL.
 fn write_octal(field: &mut [u8], mut value: u64) {
     let digits = field.len() - 1;
@@ -280,6 +300,46 @@ mod tests {
         }
         r.finish().unwrap();
         assert_eq!(back, entries);
+    }
+
+    fn round_trip(entries: &[Entry]) -> Vec<Entry> {
+        let mut w = TarWriter::new(Vec::new());
+        for e in entries {
+            w.append(e).unwrap();
+            w.write_data(&vec![b'x'; e.size as usize]).unwrap();
+        }
+        let bytes = w.finish().unwrap();
+        let mut r = TarReader::new(&bytes[..], &Limits::default());
+        let mut back = Vec::new();
+        while let Some(e) = r.next_entry().unwrap() {
+            back.push(e);
+        }
+        r.finish().unwrap();
+        back
+    }
+
+    /// Found by the `tar_reader` fuzz target's round trip: device numbers that do not fit
+    /// the 7 octal digits of their fields were cut to their low bits.
+    #[test]
+    fn device_numbers_of_any_size_round_trip() {
+        let mut entries = Vec::new();
+        for (major, minor) in [(0o7777777, 0o7777777), (1 << 22, u32::MAX), (u32::MAX, 0)] {
+            let mut dev = entry(b"dev", EntryKind::CharDevice { major, minor }, 0);
+            dev.path = format!("dev{major}-{minor}").into_bytes();
+            entries.push(dev);
+        }
+        assert_eq!(round_trip(&entries), entries);
+    }
+
+    /// Found by the `tar_reader` fuzz target: the root directory was written as `/`,
+    /// which the reader refuses as an absolute path.
+    #[test]
+    fn the_root_directory_round_trips() {
+        let mut root = entry(b"", EntryKind::Dir, 0);
+        root.meta.xattrs.clear();
+        root.meta.mode = 0o755;
+        let entries = vec![root, entry(b"f", EntryKind::File, 1)];
+        assert_eq!(round_trip(&entries), entries);
     }
 
     #[test]

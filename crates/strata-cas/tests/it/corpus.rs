@@ -1099,6 +1099,74 @@ fn special_file_cases() -> Vec<Case> {
 fn pax_and_gnu_cases() -> Vec<Case> {
     vec![
         Case::tar(
+            // Flooring the fraction went below i64::MIN: a panic in debug builds, a file
+            // dated 2446 in release.
+            "pax_mtime_at_i64_min_with_a_fraction_refused",
+            |_| {
+                Tar::new()
+                    .pax(&[(b"mtime", b"-9223372036854775808.5")])
+                    .file("edge_time", b"x")
+                    .finish()
+            },
+            err(
+                &["edge_time"],
+                problem!(EntryProblem::BadPax(m) if m == "mtime value out of range"),
+            ),
+        ),
+        Case::tar(
+            // 100 KB of PAX path: extraction used to take seconds, quadratic in the depth.
+            "pax_path_of_50000_components_refused",
+            |_| {
+                let mut path = "a/".repeat(49_999);
+                path.push('f');
+                Tar::new()
+                    .pax(&[(b"path", path.as_bytes())])
+                    .file("deep", b"x")
+                    .finish()
+            },
+            Expect::Err {
+                names: Box::new(|_| {
+                    let mut path = "a/".repeat(49_999);
+                    path.push('f');
+                    vec![path.into_bytes()]
+                }),
+                m: problem!(EntryProblem::TooDeep {
+                    depth: 50_000,
+                    limit: 4096
+                }),
+            },
+        ),
+        Case::tar(
+            "path_at_the_depth_limit_ok",
+            |_| {
+                let mut path = "d/".repeat(63);
+                path.push('f');
+                Tar::new().file(path, b"deep").finish()
+            },
+            ok(|c, _| {
+                let mut path = "d/".repeat(63);
+                path.push('f');
+                assert_file(c, path, b"deep");
+            }),
+        )
+        .opts(|o| o.limits.max_depth = 64),
+        Case::tar(
+            "hardlink_target_beyond_the_depth_limit_refused",
+            |_| {
+                let mut path = "d/".repeat(32);
+                path.push('f');
+                Tar::new().hardlink("link", path).finish()
+            },
+            err(
+                &["link"],
+                problem!(EntryProblem::TooDeep {
+                    depth: 33,
+                    limit: 32
+                }),
+            ),
+        )
+        .opts(|o| o.limits.max_depth = 32),
+        Case::tar(
             "pax_size_disagrees_with_ustar_size",
             |_| {
                 let mut h = Header::new(b'0', "sized");
