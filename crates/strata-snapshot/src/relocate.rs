@@ -36,8 +36,10 @@
 //! # Text files
 //!
 //! [`is_text`] looks at the first 8 KiB only: text means no NUL byte there and valid UTF-8
-//! there (a multi-byte character cut by the 8 KiB boundary is fine). Only text files may
-//! change length, so a Latin-1 file is treated as binary: refusing is safer than corrupting.
+//! there (a multi-byte character cut by the 8 KiB boundary is fine), or, as Windows writes
+//! text (registry exports, PowerShell's output), a UTF-16LE byte-order mark followed by
+//! valid UTF-16LE without a NUL character. Only text files may change length, so a Latin-1
+//! file is treated as binary: refusing is safer than corrupting.
 //!
 //! # Relocating
 //!
@@ -520,8 +522,42 @@ pub struct RelocateReport {
 
 /// Whether `data` looks like text: no NUL byte in its first [`TEXT_WINDOW`] bytes, and those
 /// bytes are valid UTF-8, except that a character cut by the window's end is accepted when
-/// `data` goes on past it.
+/// `data` goes on past it; or UTF-16LE text (see [`is_utf16le_text`]).
 pub fn is_text(data: &[u8]) -> bool {
+    is_utf16le_text(data) || is_utf8_text(data)
+}
+
+/// Whether `data` is UTF-16LE text as Windows writes it: a byte-order mark (`FF FE`), then,
+/// in the first [`TEXT_WINDOW`] bytes, valid UTF-16LE with no NUL character (a surrogate
+/// pair or a unit cut by the window's end is accepted when `data` goes on past it).
+pub fn is_utf16le_text(data: &[u8]) -> bool {
+    let Some(body) = data.strip_prefix(&[0xFF, 0xFE]) else {
+        return false;
+    };
+    let window = &body[..body.len().min(TEXT_WINDOW - 2)];
+    let cut = body.len() > window.len();
+    if window.len() % 2 == 1 && !cut {
+        return false;
+    }
+    let units = window
+        .chunks_exact(2)
+        .map(|pair| u16::from_le_bytes([pair[0], pair[1]]));
+    let mut decoded = char::decode_utf16(units).peekable();
+    while let Some(c) = decoded.next() {
+        match c {
+            Ok('\0') => return false,
+            Ok(_) => {}
+            // A high surrogate whose pair lies past the window.
+            Err(e) if decoded.peek().is_none() && cut => {
+                return (0xD800..0xDC00).contains(&e.unpaired_surrogate());
+            }
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+fn is_utf8_text(data: &[u8]) -> bool {
     let window = &data[..data.len().min(TEXT_WINDOW)];
     if memchr::memchr(0, window).is_some() {
         return false;

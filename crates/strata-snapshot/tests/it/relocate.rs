@@ -255,6 +255,56 @@ fn text_detection_looks_at_the_first_8_kib() {
     let mut straddling = vec![b'a'; relocate::TEXT_WINDOW - 1];
     straddling.extend_from_slice("é tail".as_bytes());
     assert!(is_text(&straddling));
+
+    // UTF-16LE with its byte-order mark, as Windows writes text, is text too.
+    let utf16 = |s: &str| -> Vec<u8> {
+        let mut out = vec![0xFF, 0xFE];
+        out.extend(s.encode_utf16().flat_map(u16::to_le_bytes));
+        out
+    };
+    assert!(is_text(&utf16("Windows Registry Editor\r\nC:\\strata\r\n")));
+    assert!(is_text(&utf16("emoji 😀 pairs")));
+    assert!(!is_text(&utf16("a\0b")), "a NUL character makes it binary");
+    assert!(
+        !is_text(&utf16("x")[..3]),
+        "half a unit at the end of the file"
+    );
+    let mut unpaired = utf16("x");
+    unpaired.extend_from_slice(&0xDC00u16.to_le_bytes());
+    assert!(!is_text(&unpaired), "an unpaired surrogate");
+    assert!(
+        !is_text(
+            &"x".encode_utf16()
+                .flat_map(u16::to_le_bytes)
+                .collect::<Vec<_>>()
+        ),
+        "without its mark UTF-16 is not recognised"
+    );
+    // A pair cut by the end of the window is not held against the file.
+    let mut long = utf16(&"a".repeat(relocate::TEXT_WINDOW / 2 - 2));
+    long.extend(utf16("😀 tail").split_off(2));
+    assert!(is_text(&long));
+}
+
+/// UTF-16LE text follows the sibling rule: `C:\strata\s010` is another slot's name.
+#[test]
+fn utf16_text_files_keep_their_siblings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = |slot: &str| -> Vec<u8> {
+        let mut out = vec![0xFF, 0xFE];
+        let s = format!("a=C:\\strata\\{slot}\\bin\r\nb=C:\\strata\\s010\r\nc=c:/strata/{slot}");
+        out.extend(s.encode_utf16().flat_map(u16::to_le_bytes));
+        out
+    };
+    fs::write(tmp.path().join("export.reg"), text("s01")).unwrap();
+    let records = scan(tmp.path(), br"C:\strata\s01", &[b"export.reg".to_vec()]).unwrap();
+    assert!(records.files[0].text);
+    assert_eq!(records.files[0].hits.len(), 2);
+    relocate(tmp.path(), &records, br"C:\strata\s02").unwrap();
+    assert_eq!(
+        fs::read(tmp.path().join("export.reg")).unwrap(),
+        text("s02")
+    );
 }
 
 #[test]
