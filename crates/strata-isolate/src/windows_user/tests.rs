@@ -319,18 +319,16 @@ mod process {
         assert!(String::from_utf8_lossy(&log).contains("program.exe"));
     }
 
-    /// A job that started a child of its own is stopped by a timeout, child included: the
-    /// child's heartbeat file stops changing and the job object has no process left.
-    #[test]
-    fn a_timeout_kills_the_whole_process_tree() {
-        let tmp = tempfile::tempdir().unwrap();
-        let beat = tmp.path().join("beat.txt");
+    /// Starts a job whose child writes a heartbeat file as fast as it can, and supervises
+    /// it under `cancel`; returns how it ended, its log, the job and the heartbeat file.
+    fn beating_job(tmp: &Path, cancel: &Cancel) -> (Outcome, String, process::JobProcess, PathBuf) {
+        let beat = tmp.join("beat.txt");
         let command = format!(
             r#"cmd /S /C "echo started& cmd /c "for /L %i in (1,1,100000000) do @echo %i> {}"""#,
             beat.display()
         );
         let (reader, writer) = io::pipe().unwrap();
-        let cwd = tmp.path().to_path_buf();
+        let cwd = tmp.to_path_buf();
         let mut job = process::spawn(
             &Spawn {
                 command_line: &command,
@@ -342,21 +340,57 @@ mod process {
         )
         .unwrap();
         drop(writer);
-        // Let the child write a few beats before the deadline.
-        let cancel = Cancel::new().with_timeout(Duration::from_secs(3));
         let mut log = Vec::new();
         let started = Instant::now();
-        let outcome = supervise(&mut job, reader, &mut log, &cancel).unwrap();
-        assert_eq!(outcome, Outcome::TimedOut);
+        let outcome = supervise(&mut job, reader, &mut log, cancel).unwrap();
         assert!(started.elapsed() < Duration::from_secs(30));
-        assert!(String::from_utf8_lossy(&log).contains("started"));
+        (
+            outcome,
+            String::from_utf8_lossy(&log).into_owned(),
+            job,
+            beat,
+        )
+    }
+
+    /// Every process of the job is gone, the child's heartbeat included.
+    fn assert_tree_dead(job: &process::JobProcess, beat: &Path) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while job.active_processes().unwrap() != 0 {
             assert!(Instant::now() < deadline, "the job's processes outlived it");
             std::thread::sleep(Duration::from_millis(50));
         }
-        let before = fs::read(&beat).unwrap();
+        let before = fs::read(beat).unwrap();
         std::thread::sleep(Duration::from_millis(500));
-        assert_eq!(fs::read(&beat).unwrap(), before, "the child still runs");
+        assert_eq!(fs::read(beat).unwrap(), before, "the child still runs");
+    }
+
+    /// A job that started a child of its own is stopped by a timeout, child included: the
+    /// child's heartbeat file stops changing and the job object has no process left.
+    #[test]
+    fn a_timeout_kills_the_whole_process_tree() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Let the child write a few beats before the deadline.
+        let cancel = Cancel::new().with_timeout(Duration::from_secs(3));
+        let (outcome, log, job, beat) = beating_job(tmp.path(), &cancel);
+        assert_eq!(outcome, Outcome::TimedOut);
+        assert!(log.contains("started"), "{log}");
+        assert_tree_dead(&job, &beat);
+    }
+
+    /// The same, with a cancel (Ctrl-C) from another thread.
+    #[test]
+    fn a_cancel_kills_the_whole_process_tree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cancel = Cancel::new();
+        let (outcome, log, job, beat) = std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_secs(3));
+                cancel.cancel();
+            });
+            beating_job(tmp.path(), &cancel)
+        });
+        assert_eq!(outcome, Outcome::Cancelled);
+        assert!(log.contains("started"), "{log}");
+        assert_tree_dead(&job, &beat);
     }
 }
