@@ -11,9 +11,10 @@
 //!
 //! A job runs as `su -l strata-sNN -c 'cd … && umask 002 && exec env -i … "$0" "$@"' argv…`
 //! from root, in its own process group. Cancelling, a timeout and the end of the job kill
-//! every process of the slot's user (`pkill -9 -U uid`). Files the job made are then given
-//! back to the builder's user and the group `strata` before the commit, so a snapshot does
-//! not depend on which slot built it, and the group may write them (umask 002) from any slot.
+//! every process of the slot's user (`pkill -9 -U uid`). The home (the checkout's root) is
+//! the builder's user's and the group `strata`'s, group-writable; files the job made are
+//! given back to them before the commit, so a snapshot does not depend on which slot built
+//! it, and the group may write them (umask 002) from any slot.
 //!
 //! Homebrew's prefix is one per machine (`/opt/homebrew`, `/usr/local`), so it is a second
 //! target a job owns in turn: a snapshot that holds `.strata-homebrew` in its home (a base

@@ -73,6 +73,21 @@ pub(super) fn check(users: SlotUsers) -> Result<()> {
     Ok(())
 }
 
+/// Gives the directory `path` to `uid:gid` with group write, unless it has them already.
+fn own_for_group(path: &str, uid: u32, gid: u32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).map_err(Error::io("cannot inspect", path))?;
+    if (meta.uid(), meta.gid()) != (uid, gid) {
+        chown(path, Some(uid), Some(gid)).map_err(Error::io("cannot change the owner of", path))?;
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o070 != 0o070 {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode | 0o070))
+            .map_err(Error::io("cannot change the mode of", path))?;
+    }
+    Ok(())
+}
+
 /// Makes `path` a directory (if missing) with this owner and mode.
 fn dir_with(path: &str, owner: Option<(u32, u32)>, mode: u32) -> Result<()> {
     fs::create_dir_all(path).map_err(Error::io("cannot create", path))?;
@@ -167,6 +182,12 @@ pub(super) fn run(detail: &RunDetail, log: &mut dyn Write, cancel: &Cancel) -> R
     let slot = &detail.slot;
     let dedicated = detail.users == SlotUsers::Dedicated;
     let user = dedicated.then_some((slot.uid, detail.gid));
+    if dedicated {
+        // The home is the checkout's root, owned as the snapshot says (a base imported from
+        // a tarball: root's, 0755); the slot's user must be able to write it. Changed only
+        // where it differs, so a snapshot made in a slot keeps an unchanged root.
+        own_for_group(&slot.root, builder_uid(), detail.gid)?;
+    }
     for dir in &detail.dirs {
         if dir == &slot.tmp {
             dir_with(dir, user, 0o700)?;
