@@ -2,9 +2,13 @@
 //! it when it is closed or terminated, then resumed, so nothing the job starts escapes a
 //! cancel, a timeout or the end of the job. Its stdout and stderr are one pipe's write end.
 //!
-//! Two ways to create it: `CreateProcessWithLogonW` as a slot's user (the Secondary Logon
+//! Three ways to create it: `CreateProcessWithLogonW` as a slot's user (the Secondary Logon
 //! service does the logon, so no privilege is needed, but it cannot be called from
-//! LocalSystem), or `CreateProcessW` as this process's own user (development, and Wine).
+//! LocalSystem); `LogonUserW` + `LoadUserProfileW` + `CreateProcessAsUserW` as a slot's user
+//! from a service (LocalSystem holds the privileges these need:
+//! `SeAssignPrimaryTokenPrivilege`, `SeIncreaseQuotaPrivilege`, and `SeBackupPrivilege` and
+//! `SeRestorePrivilege` for the profile); or `CreateProcessW` as this process's own user
+//! (development, and Wine).
 
 use std::fs::File;
 use std::io::{self, PipeWriter};
@@ -15,17 +19,21 @@ use std::sync::Mutex;
 use windows_sys::Win32::Foundation::{
     DUPLICATE_SAME_ACCESS, DuplicateHandle, HANDLE, WAIT_OBJECT_0, WAIT_TIMEOUT,
 };
+use windows_sys::Win32::Security::{
+    LOGON32_LOGON_INTERACTIVE, LOGON32_PROVIDER_DEFAULT, LogonUserW,
+};
 use windows_sys::Win32::System::JobObjects::{
     AssignProcessToJobObject, CreateJobObjectW, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
     JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JobObjectExtendedLimitInformation,
     SetInformationJobObject, TerminateJobObject,
 };
 use windows_sys::Win32::System::Threading::{
-    CREATE_NO_WINDOW, CREATE_SUSPENDED, CREATE_UNICODE_ENVIRONMENT, CreateProcessW,
-    CreateProcessWithLogonW, GetCurrentProcess, GetExitCodeProcess, INFINITE, LOGON_WITH_PROFILE,
-    PROCESS_INFORMATION, ResumeThread, STARTF_USESTDHANDLES, STARTUPINFOW, TerminateProcess,
-    WaitForSingleObject,
+    CREATE_NO_WINDOW, CREATE_SUSPENDED, CREATE_UNICODE_ENVIRONMENT, CreateProcessAsUserW,
+    CreateProcessW, CreateProcessWithLogonW, GetCurrentProcess, GetExitCodeProcess, INFINITE,
+    LOGON_WITH_PROFILE, PROCESS_INFORMATION, ResumeThread, STARTF_USESTDHANDLES, STARTUPINFOW,
+    TerminateProcess, WaitForSingleObject,
 };
+use windows_sys::Win32::UI::Shell::{LoadUserProfileW, PROFILEINFOW, UnloadUserProfile};
 
 use super::wide;
 use crate::Outcome;
@@ -34,8 +42,12 @@ use crate::supervise::Watched;
 /// Who the process runs as.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Logon<'a> {
-    /// A local account, logged on with its password and profile.
+    /// A local account, logged on with its password and profile by the Secondary Logon
+    /// service.
     Password { user: &'a str, password: &'a str },
+    /// A local account, logged on with its password and profile by this process (a service
+    /// running as LocalSystem).
+    Service { user: &'a str, password: &'a str },
     /// This process's own user.
     Current,
 }
@@ -57,11 +69,77 @@ const KILLED: u32 = 1;
 /// exist only then, so another job's process cannot inherit them and hold the pipe open.
 static SPAWNING: Mutex<()> = Mutex::new(());
 
-/// A running job: its first process and the job object holding it and its descendants.
+/// A running job: its first process and the job object holding it and its descendants,
+/// and the profile loaded for it, if this process loaded one (unloaded last, once the job
+/// object has gone and taken every process with it).
 #[derive(Debug)]
 pub(crate) struct JobProcess {
     process: OwnedHandle,
     job: OwnedHandle,
+    /// Held only to be dropped (unloaded) after the fields above.
+    _profile: Option<Profile>,
+}
+
+/// A user's logon token and the profile loaded for it; unloaded when dropped.
+#[derive(Debug)]
+struct Profile {
+    token: OwnedHandle,
+    profile: HANDLE,
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        // SAFETY: both handles came from LoadUserProfileW for this token and are unloaded
+        // once, here.
+        unsafe { UnloadUserProfile(self.token.as_raw_handle(), self.profile) };
+    }
+}
+
+/// Logs `user` on with `password` and loads its profile (`C:\Users\<user>`, HKCU).
+fn log_on(user: &str, password: &str) -> io::Result<Profile> {
+    let name = wide(user);
+    let domain = wide(".");
+    let mut secret = wide(password);
+    let mut raw: HANDLE = std::ptr::null_mut();
+    // SAFETY: the strings are NUL-terminated and outlive the call; `raw` receives a token
+    // handle owned below.
+    let ok = unsafe {
+        LogonUserW(
+            name.as_ptr(),
+            domain.as_ptr(),
+            secret.as_ptr(),
+            LOGON32_LOGON_INTERACTIVE,
+            LOGON32_PROVIDER_DEFAULT,
+            &mut raw,
+        )
+    };
+    secret.iter_mut().for_each(|c| *c = 0);
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh handle nothing else owns.
+    let token = unsafe { OwnedHandle::from_raw_handle(raw) };
+    let mut user_name = wide(user);
+    let mut info = PROFILEINFOW {
+        dwSize: size_of::<PROFILEINFOW>() as u32,
+        // PI_NOUI (in windows-sys's GroupPolicy module): no dialog from a service.
+        dwFlags: 1,
+        lpUserName: user_name.as_mut_ptr(),
+        lpProfilePath: std::ptr::null_mut(),
+        lpDefaultPath: std::ptr::null_mut(),
+        lpServerName: std::ptr::null_mut(),
+        lpPolicyPath: std::ptr::null_mut(),
+        hProfile: std::ptr::null_mut(),
+    };
+    // SAFETY: `token` is a logon token, `info` a PROFILEINFOW of the size it says whose
+    // name outlives the call.
+    if unsafe { LoadUserProfileW(token.as_raw_handle(), &mut info) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Profile {
+        token,
+        profile: info.hProfile,
+    })
 }
 
 /// Starts `spawn` with stdout and stderr going to `output` and stdin reading nothing.
@@ -77,6 +155,10 @@ pub(crate) fn spawn(spawn: &Spawn<'_>, output: &PipeWriter) -> io::Result<JobPro
         hThread: std::ptr::null_mut(),
         dwProcessId: 0,
         dwThreadId: 0,
+    };
+    let profile = match spawn.logon {
+        Logon::Service { user, password } => Some(log_on(user, password)?),
+        Logon::Password { .. } | Logon::Current => None,
     };
     let created = {
         let _one_at_a_time = SPAWNING.lock().unwrap_or_else(|e| e.into_inner());
@@ -132,6 +214,25 @@ pub(crate) fn spawn(spawn: &Spawn<'_>, output: &PipeWriter) -> io::Result<JobPro
                 password.iter_mut().for_each(|c| *c = 0);
                 ok
             }
+            // SAFETY: as for CreateProcessW; the token is the logged-on user's, held by
+            // `profile` until the job ends.
+            Logon::Service { .. } => unsafe {
+                CreateProcessAsUserW(
+                    profile
+                        .as_ref()
+                        .map_or(std::ptr::null_mut(), |p| p.token.as_raw_handle()),
+                    std::ptr::null(),
+                    command_line.as_mut_ptr(),
+                    std::ptr::null(),
+                    std::ptr::null(),
+                    1,
+                    flags,
+                    env.as_ptr().cast(),
+                    cwd.as_ptr(),
+                    &startup,
+                    &mut info,
+                )
+            },
         };
         // Read before anything else runs: closing the handles below may reset it.
         if ok == 0 {
@@ -164,7 +265,11 @@ pub(crate) fn spawn(spawn: &Spawn<'_>, output: &PipeWriter) -> io::Result<JobPro
         unsafe { TerminateJobObject(job.as_raw_handle(), KILLED) };
         return Err(err);
     }
-    Ok(JobProcess { process, job })
+    Ok(JobProcess {
+        process,
+        job,
+        _profile: profile,
+    })
 }
 
 fn empty_startup_info() -> STARTUPINFOW {

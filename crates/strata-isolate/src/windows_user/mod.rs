@@ -19,9 +19,10 @@
 //! Privileges: making and removing users, and setting their passwords, needs an
 //! administrator (an elevated token). `CreateProcessWithLogonW` needs no privilege (the
 //! Secondary Logon service does the logon, so it must be running) but cannot be called from
-//! LocalSystem; a builder running as a service would use `LogonUserW` +
-//! `CreateProcessAsUserW` instead, which needs `SeAssignPrimaryTokenPrivilege` and
-//! `SeIncreaseQuotaPrivilege` (LocalSystem has both), and is not implemented yet.
+//! LocalSystem. A builder running as a LocalSystem service logs the user on itself instead:
+//! `LogonUserW`, `LoadUserProfileW` (which needs `SeBackupPrivilege` and
+//! `SeRestorePrivilege`) and `CreateProcessAsUserW` (`SeAssignPrimaryTokenPrivilege` and
+//! `SeIncreaseQuotaPrivilege`); LocalSystem holds all four.
 //!
 //! The job sees the host's network whatever it asks for (there is no per-user network
 //! isolation without firewall rules), and cannot have caches or secrets mounted.
@@ -79,6 +80,9 @@ pub struct WindowsUserOptions {
     /// The environment the builder runs in: jobs keep its system variables
     /// ([`wincmd::SYSTEM_VARIABLES`]).
     pub host_env: Vec<(String, String)>,
+    /// The builder runs as LocalSystem (a service): slot users are logged on with
+    /// [`Logon::ServiceLogon`] rather than [`Logon::SecondaryLogon`].
+    pub service: bool,
 }
 
 impl WindowsUserOptions {
@@ -90,6 +94,7 @@ impl WindowsUserOptions {
             base: DEFAULT_BASE.to_owned(),
             users: SlotUsers::Dedicated,
             host_env: host_env(),
+            service: running_as_system(),
         }
     }
 
@@ -107,6 +112,16 @@ impl WindowsUserOptions {
         out.users = options.slot_users;
         Ok(out)
     }
+}
+
+/// Whether this process runs as LocalSystem.
+fn running_as_system() -> bool {
+    #[cfg(windows)]
+    return crate::win::current_user_sid()
+        .and_then(|sid| sid.to_text())
+        .is_ok_and(|sid| sid == SYSTEM_SID);
+    #[cfg(not(windows))]
+    false
 }
 
 /// This process's environment, without the variables that are not Unicode.
@@ -301,8 +316,13 @@ pub fn password_from(random: &[u8]) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "as")]
 pub enum Logon {
-    /// `CreateProcessWithLogonW(LOGON_WITH_PROFILE)` as this user, with a fresh password.
-    SlotUser { user: String },
+    /// `CreateProcessWithLogonW(LOGON_WITH_PROFILE)` as this user with a fresh password:
+    /// the Secondary Logon service logs it on (a builder run by an administrator).
+    SecondaryLogon { user: String },
+    /// `LogonUserW`, `LoadUserProfileW` and `CreateProcessAsUserW` as this user with a
+    /// fresh password: the builder logs it on itself (a builder running as a LocalSystem
+    /// service, from which `CreateProcessWithLogonW` cannot be called).
+    ServiceLogon { user: String },
     /// `CreateProcessW` as the builder's own user.
     CurrentUser,
 }
@@ -432,11 +452,14 @@ impl WindowsUserDriver {
         dirs.push(cwd.clone());
         Ok(RunDetail {
             slot: slot.name.clone(),
-            logon: match self.options.users {
-                SlotUsers::Dedicated => Logon::SlotUser {
+            logon: match (self.options.users, self.options.service) {
+                (SlotUsers::Dedicated, false) => Logon::SecondaryLogon {
                     user: slot.user.clone(),
                 },
-                SlotUsers::Current => Logon::CurrentUser,
+                (SlotUsers::Dedicated, true) => Logon::ServiceLogon {
+                    user: slot.user.clone(),
+                },
+                (SlotUsers::Current, _) => Logon::CurrentUser,
             },
             command_line,
             cwd,

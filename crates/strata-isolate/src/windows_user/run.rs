@@ -94,15 +94,26 @@ pub(super) fn run(detail: &RunDetail, log: &mut dyn Write, cancel: &Cancel) -> R
         std::fs::create_dir_all(dir).map_err(win_err("cannot create", dir))?;
     }
     let password;
+    let fresh_password = |user: &str| -> Result<String> {
+        // A fresh password per job: nothing outlives the builder's hold on the slot.
+        let password = new_password()?;
+        win::users::set_password(user, &password).map_err(|e| Error::Command {
+            program: "NetUserSetInfo".to_owned(),
+            message: format!("cannot set the password of {user}: {e}"),
+        })?;
+        Ok(password)
+    };
     let logon = match &detail.logon {
-        Logon::SlotUser { user } => {
-            // A fresh password per job: nothing outlives the builder's hold on the slot.
-            password = new_password()?;
-            win::users::set_password(user, &password).map_err(|e| Error::Command {
-                program: "NetUserSetInfo".to_owned(),
-                message: format!("cannot set the password of {user}: {e}"),
-            })?;
+        Logon::SecondaryLogon { user } => {
+            password = fresh_password(user)?;
             process::Logon::Password {
+                user,
+                password: &password,
+            }
+        }
+        Logon::ServiceLogon { user } => {
+            password = fresh_password(user)?;
+            process::Logon::Service {
                 user,
                 password: &password,
             }

@@ -27,6 +27,7 @@ fn host() -> Vec<(String, String)> {
 fn driver(slots: usize) -> WindowsUserDriver {
     let mut options = WindowsUserOptions::new(slots);
     options.host_env = host();
+    options.service = false;
     WindowsUserDriver::new(options).unwrap()
 }
 
@@ -90,7 +91,7 @@ fn a_job_runs_as_its_slot_user_with_its_profile_in_the_slot() {
         plan.detail,
         json!({
             "slot": "s02",
-            "logon": {"as": "slot_user", "user": "strata-s02"},
+            "logon": {"as": "secondary_logon", "user": "strata-s02"},
             "command_line": r#"cmd /S /C "opam init -y && echo "done"""#,
             "cwd": r"C:\strata\s02\src",
             "env": [
@@ -116,6 +117,19 @@ fn a_job_runs_as_its_slot_user_with_its_profile_in_the_slot() {
             ],
             "job_object": true,
         })
+    );
+}
+
+#[test]
+fn a_service_logs_slot_users_on_itself() {
+    let mut options = WindowsUserOptions::new(1);
+    options.service = true;
+    let d = WindowsUserDriver::new(options).unwrap();
+    assert_eq!(
+        d.run_detail(&job(r"C:\strata\s01")).unwrap().logon,
+        Logon::ServiceLogon {
+            user: "strata-s01".to_owned()
+        }
     );
 }
 
