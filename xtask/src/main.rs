@@ -4,7 +4,9 @@
 //!   root), then runs the release `strata` with ARGS: the README's first command.
 //! - `cargo xtask ci`: installs what the tests need, then everything CI checks (formatting,
 //!   clippy, the test suite, tidy, the stress run, cross-checks, the Wine tests).
-//! - `cargo xtask wine-test`: the Windows unit tests under Wine (also part of `ci`).
+//! - `cargo xtask wine-test`: the Windows unit tests under Wine, then `strata.exe` end to end
+//!   under Wine: relocation between slots, and a build with the `windows-user` sandbox (also
+//!   part of `ci`); `cargo xtask wine-cli` runs only the latter.
 //! - `cargo xtask bench [--quick]`: criterion micro-benchmarks plus whole-process comparisons
 //!   against GNU tar, zstd and b3sum; writes `target/bench/report.{md,json}`.
 //! - `cargo xtask stress [--jobs N] [--concurrency C]`: OBuilder's stress test with real runc.
@@ -24,6 +26,7 @@ mod fuzz;
 mod stress;
 mod tidy;
 mod wine;
+mod wine_cli;
 
 use std::path::{Path, PathBuf};
 
@@ -37,12 +40,13 @@ fn main() -> anyhow::Result<()> {
         "strata" => deps::run_strata(rest),
         "bench" => bench::run(rest),
         "wine-test" => wine::run(rest),
+        "wine-cli" => wine::run_cli(rest),
         "stress" => stress::run(rest),
         "fuzz" => fuzz::run(rest),
         "help" | "--help" | "-h" => {
             eprintln!(
-                "usage: cargo xtask <strata ARGS… | ci | wine-test | bench [--quick] | stress | \
-                 fuzz [--seconds N] [TARGET...]>"
+                "usage: cargo xtask <strata ARGS… | ci | wine-test | wine-cli | bench [--quick] | \
+                 stress | fuzz [--seconds N] [TARGET...]>"
             );
             Ok(())
         }

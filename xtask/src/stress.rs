@@ -78,10 +78,10 @@ fn stress(dir: &Path, jobs: usize, concurrency: usize) -> anyhow::Result<Report>
     let driver = strata_isolate::driver(
         "runc",
         &DriverOptions {
-            state_dir: store.join("isolate-v1/runc"),
             slots: Some(concurrency),
             fast_sync: true,
             limits: Limits::default(),
+            ..DriverOptions::new(store.join("isolate-v1/runc"))
         },
     )?;
     driver.check()?;

@@ -152,7 +152,18 @@ fn specs_and_the_builder_stay_independent_of_drivers_and_stores() {
     rust_files(&project_root().join("crates/strata-build/src"), &mut files);
     for file in files {
         let text = fs::read_to_string(&file).unwrap();
-        for concrete in ["RuncDriver", "HostDriver", "isolate::runc", "isolate::host"] {
+        for concrete in [
+            "RuncDriver",
+            "HostDriver",
+            "WindowsUserDriver",
+            "WindowsSandboxDriver",
+            "MacosUserDriver",
+            "isolate::runc",
+            "isolate::host",
+            "isolate::windows_user",
+            "isolate::windows_sandbox",
+            "isolate::macos_user",
+        ] {
             assert!(
                 !text.contains(concrete),
                 "{} names the concrete driver `{concrete}`",

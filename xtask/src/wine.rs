@@ -1,6 +1,6 @@
 //! `cargo xtask wine-test`: the tests of [`WINE_CRATES`] built for `x86_64-pc-windows-gnu`
-//! and run under Wine, so `cfg(windows)` code is executed, not only type-checked. Part of
-//! `cargo xtask ci`.
+//! and run under Wine, so `cfg(windows)` code is executed, not only type-checked, then the
+//! `strata` binary itself under Wine (`wine_cli.rs`). Part of `cargo xtask ci`.
 //!
 //! Needs Debian's `rustc-web rust-web-src gcc-mingw-w64-x86-64 binutils-mingw-w64-x86-64
 //! wine64`, which `.ci/run` installs; skipped with a notice where they are missing, except in
@@ -43,13 +43,13 @@ enum Tests {
 /// `cfg`-gating a test in its crate when it cannot work on real Windows either.
 const SKIPPED: &[(&str, &str)] = &[];
 
-const TARGET: &str = "x86_64-pc-windows-gnu";
+pub(crate) const TARGET: &str = "x86_64-pc-windows-gnu";
 /// The `-gnu` target links with mingw (`-msvc` would need Microsoft's linker); the cc crate
 /// also picks this compiler for the C of zstd-sys, libsqlite3-sys and blake3.
 const MINGW_GCC: &str = "x86_64-w64-mingw32-gcc";
-const WINE: &str = "/usr/lib/wine/wine64";
+pub(crate) const WINE: &str = "/usr/lib/wine/wine64";
 const WINESERVER: &str = "/usr/lib/wine/wineserver";
-const TARGET_DIR: &str = "target/cross";
+pub(crate) const TARGET_DIR: &str = "target/cross";
 
 /// Rust's std imports `ProcessPrng` from `bcryptprimitives.dll`, which Wine 8 (Debian 12)
 /// lacks: every Rust program would exit with status 53 before `main`. This stand-in forwards
@@ -77,6 +77,21 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     run_tests()
 }
 
+/// `cargo xtask wine-cli`: only the checks of `strata.exe` under Wine (`wine_cli.rs`).
+pub(crate) fn run_cli(args: &[String]) -> anyhow::Result<()> {
+    if let Some(arg) = args.first() {
+        bail!("`cargo xtask wine-cli` takes no arguments, got `{arg}`");
+    }
+    if !tools_present()? {
+        return Ok(());
+    }
+    let cross = project_root().join(TARGET_DIR);
+    let shim_dir = build_shim(&cross.join("wine-shim"))?;
+    let prefix = cross.join("wine-prefix");
+    create_prefix(&prefix)?;
+    crate::wine_cli::run(&prefix, &shim_dir)
+}
+
 /// Builds the shim, creates the Wine prefix on first use, then runs the tests of
 /// [`WINE_CRATES`] with Wine as the target's runner.
 pub(crate) fn run_tests() -> anyhow::Result<()> {
@@ -100,6 +115,7 @@ pub(crate) fn run_tests() -> anyhow::Result<()> {
             cargo_test(flag, &crates, &shim_dir, &prefix)?;
         }
     }
+    crate::wine_cli::run(&prefix, &shim_dir)?;
     eprintln!("==> wine: done in {:.0?}", started.elapsed());
     Ok(())
 }
@@ -237,11 +253,11 @@ fn create_prefix(prefix: &Path) -> anyhow::Result<()> {
 
 /// The environment every Wine process here gets: this project's prefix, and no debug
 /// chatter (Wine's `fixme:` lines would bury the test output).
-fn wine_env<'c>(cmd: &'c mut Command, prefix: &Path) -> &'c mut Command {
+pub(crate) fn wine_env<'c>(cmd: &'c mut Command, prefix: &Path) -> &'c mut Command {
     cmd.env("WINEPREFIX", prefix).env("WINEDEBUG", "-all")
 }
 
 /// `/a/b` as Wine sees it: `Z:\a\b` (Wine maps `Z:` to `/`).
-fn windows_path(path: &Path) -> String {
+pub(crate) fn windows_path(path: &Path) -> String {
     format!("Z:{}", path.display()).replace('/', "\\")
 }

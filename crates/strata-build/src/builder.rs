@@ -373,7 +373,7 @@ impl Builder {
         log: &mut dyn Write,
         opts: &BuildOptions,
     ) -> Result<Made> {
-        self.in_checkout(parent, step, |dir| {
+        self.in_checkout(parent, step, &opts.cancel, |dir| {
             let dir = dir.to_path_buf();
             let mut views = Vec::new();
             let mut mounts = Vec::new();
@@ -440,11 +440,12 @@ impl Builder {
         &self,
         parent: &SnapshotId,
         step: &str,
+        cancel: &Cancel,
         work: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<Made> {
-        let root = self.checkout_root()?;
+        let root = self.checkout_root(cancel)?;
         let dir = root.path();
-        self.engine.checkout(parent, dir, None)?;
+        self.engine.checkout(parent, dir, root.mode())?;
         let result = work(dir).and_then(|()| {
             let row = self
                 .engine
@@ -490,7 +491,8 @@ impl Builder {
                 let id = stages
                     .get(name)
                     .ok_or_else(|| Error::UnknownStage { name: name.clone() })?;
-                let root = self.checkout_root()?;
+                // Only read from: a root of the pool, even for a driver with slots.
+                let root = crate::roots::acquire(&self.steps.roots_dir(), &self.engine)?;
                 self.engine.checkout(id, root.path(), None)?;
                 (root.path().to_path_buf(), Some(root))
             }
@@ -513,7 +515,7 @@ impl Builder {
             let key = k.finish();
             let owner = ctx.owner();
             self.step(key, step, &|_log| {
-                self.execute_copy(parent, &manifest, owner, &label)
+                self.execute_copy(parent, &manifest, owner, &label, &opts.cancel)
             })
         })();
         if let Some(root) = stage_dir {
@@ -528,8 +530,9 @@ impl Builder {
         manifest: &Manifest,
         (uid, gid): (u32, u32),
         step: &str,
+        cancel: &Cancel,
     ) -> Result<Made> {
-        self.in_checkout(parent, step, |dir| {
+        self.in_checkout(parent, step, cancel, |dir| {
             std::thread::scope(|s| {
                 let (reader, writer) = io::pipe().map_err(io_err("create a pipe for", dir))?;
                 let writing = s.spawn(move || manifest.write_tar(writer, uid, gid));
@@ -755,9 +758,9 @@ impl Builder {
 
     /// Runs `echo healthcheck` in `base` without caching anything; fails unless it prints that.
     pub fn healthcheck(&self, base: &SnapshotId, cancel: &Cancel) -> Result<()> {
-        let root = self.checkout_root()?;
+        let root = self.checkout_root(cancel)?;
         let dir = root.path();
-        self.engine.checkout(base, dir, None)?;
+        self.engine.checkout(base, dir, root.mode())?;
         let ctx = Context::for_driver(self.driver.capabilities());
         let job = self.job(&ctx, dir, "echo healthcheck");
         self.driver_ready()?;
@@ -815,9 +818,10 @@ impl Builder {
         ready.clone().map_err(|reason| Error::Driver { reason })
     }
 
-    /// A free root of the pool to check out into (see `roots.rs`).
-    fn checkout_root(&self) -> Result<crate::roots::Root> {
-        crate::roots::acquire(&self.steps.roots_dir(), &self.engine)
+    /// Where a step's checkout goes: a slot of the driver's, waiting for one unless
+    /// cancelled, or a free root of the pool (see `slot_roots.rs` and `roots.rs`).
+    fn checkout_root(&self, cancel: &Cancel) -> Result<crate::slot_roots::CheckoutRoot> {
+        crate::slot_roots::acquire(&*self.driver, &self.steps.roots_dir(), &self.engine, cancel)
     }
 }
 

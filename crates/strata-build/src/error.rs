@@ -82,6 +82,13 @@ pub enum Error {
     Copy { src: String, reason: String },
     #[error("stage `{name}` is not defined before its use")]
     UnknownStage { name: String },
+    #[error("slot {}: {source}", slot.display())]
+    Slot {
+        slot: PathBuf,
+        source: strata_isolate::Error,
+    },
+    #[error("slot {} is held by a running build; try again once it has finished", slot.display())]
+    SlotBusy { slot: PathBuf },
 }
 
 pub(crate) fn io_err(

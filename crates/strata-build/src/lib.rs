@@ -23,6 +23,7 @@ pub mod key;
 mod log;
 mod options;
 mod roots;
+mod slot_roots;
 mod steps;
 
 pub use builder::{Builder, CacheStats, delete, forget_missing};
@@ -32,3 +33,4 @@ pub use events::{Event, HitSource, Reporter, Silent, StepInfo, Transcript, rende
 pub use key::StepKey;
 pub use log::DEFAULT_LOG_LIMIT;
 pub use options::{BuildOptions, Secret};
+pub use slot_roots::remove_slots;

@@ -67,7 +67,7 @@ pub(crate) fn acquire(dir: &Path, engine: &Engine) -> Result<Root> {
 
 /// Makes a root nobody holds empty: a checkout left tracked there is released (which also
 /// unmounts it), anything else removed.
-fn clear(path: &Path, engine: &Engine) -> Result<()> {
+pub(crate) fn clear(path: &Path, engine: &Engine) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }

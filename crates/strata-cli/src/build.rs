@@ -12,18 +12,44 @@ use strata_snapshot::Engine;
 use crate::cli::{BuildArgs, DeleteArgs, DockerfileArgs, GlobalArgs, HealthcheckArgs, SandboxArgs};
 use crate::{output, progress};
 
-fn open_builder(global: &GlobalArgs, sandbox: &SandboxArgs) -> Result<Builder> {
+/// The store and the sandbox driver the options name.
+pub(crate) fn open_driver(
+    global: &GlobalArgs,
+    sandbox: &SandboxArgs,
+) -> Result<(strata::Strata, Box<dyn strata::Driver>)> {
     let root = crate::cas::store_root(global.store.as_deref())?;
     let strata = strata::Strata::open(&root)?;
     let name = sandbox
         .sandbox
         .as_deref()
         .unwrap_or(strata_isolate::default_driver_name());
-    let mut options = strata::SandboxOptions::default();
-    options.slots = sandbox.slots;
-    options.fast_sync = sandbox.fast_sync;
-    options.limits = sandbox.limits();
-    Ok(strata.builder_with(strata.driver(name, &options)?)?)
+    let driver = strata.driver(name, &sandbox.options())?;
+    Ok((strata, driver))
+}
+
+fn open_builder(global: &GlobalArgs, sandbox: &SandboxArgs) -> Result<Builder> {
+    let (strata, driver) = open_driver(global, sandbox)?;
+    Ok(strata.builder_with(driver)?)
+}
+
+/// `strata slots rm`: the slot sandbox's users and directories.
+pub(crate) fn slots_rm(global: &GlobalArgs, args: &crate::cli::SlotsRmArgs) -> Result<()> {
+    let (strata, driver) = open_driver(global, &args.sandbox)?;
+    let removed = strata_build::remove_slots(strata.engine(), &*driver)
+        .with_context(|| format!("cannot remove the slots of `{}`", driver.name()))?;
+    if global.json {
+        return output::print_json(&removed);
+    }
+    if removed.is_empty() {
+        return output::print_text(&format!("`{}` had nothing to remove", driver.name()));
+    }
+    output::print_text(
+        &removed
+            .iter()
+            .map(|r| format!("removed {r}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
 }
 
 /// Reads a spec file, with errors pointing into it.

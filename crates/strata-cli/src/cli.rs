@@ -145,6 +145,10 @@ pub(crate) enum Command {
     /// Safe to run while other strata processes use the store.
     Gc,
 
+    /// Remove what the slot sandboxes made on this host: slot users and directories
+    #[command(subcommand)]
+    Slots(SlotsCommand),
+
     /// Check the store for problems, and repair what can be repaired
     ///
     /// Checks that every snapshot's layer is stored, that every stored layer hashes to its
@@ -166,6 +170,24 @@ Examples:
 DURATION is a number with a unit: s, m, h, d or w (30m, 12h, 7d, 2w).
 SIZE is bytes, or a number with a binary unit: K, M, G or T, optionally followed by B or iB
 (500M = 500 MiB, 1.5G, 10GiB). --keep-bytes counts the layers' uncompressed sizes.";
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SlotsCommand {
+    /// Remove the slots of a sandbox: the users it made (with their profiles) and the slot
+    /// directories, after releasing the checkouts this store has there
+    ///
+    /// Refused while a build holds one of the slots. Takes the options `strata build` does:
+    /// the same --sandbox, --slots and --slot-dir select the same slots (--slots 99 takes
+    /// every slot a driver can have).
+    #[command(visible_alias = "remove")]
+    Rm(SlotsRmArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SlotsRmArgs {
+    #[command(flatten)]
+    pub(crate) sandbox: SandboxArgs,
+}
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SnapshotCommand {
@@ -684,7 +706,10 @@ Examples:
   strata build -f ci.spec . --secret token:./tok a secret at the spec's (secrets …) target
   strata build . --sandbox host                  no isolation (development only)
 
-Sandboxes: runc (default on Linux; needs root and `runc` on PATH), host.";
+Sandboxes: runc (default on Linux; needs root and `runc` on PATH), host (Unix, no
+isolation), windows-user and windows-sandbox (Windows), macos-user (macOS). The last three
+run steps in equal-length slot directories (--slot-dir) as each slot's own user, and
+relocate snapshots between slots; `strata slots rm` removes their users and directories.";
 
 /// Which sandbox runs the steps.
 #[derive(Debug, Args)]
@@ -722,9 +747,47 @@ pub(crate) struct SandboxArgs {
         value_parser = clap::value_parser!(i64).range(-1..)
     )]
     pub(crate) pids_limit: i64,
+
+    /// Where the slot sandboxes (windows-user, windows-sandbox, macos-user) keep their
+    /// slot directories, shared by every store on the host [default: C:\strata on
+    /// Windows, /Users/strata on macOS]
+    #[arg(long, value_name = "DIR")]
+    pub(crate) slot_dir: Option<PathBuf>,
+
+    /// Who windows-user and macos-user run steps as: each slot's own local user
+    /// (dedicated), or the builder's own user in every slot (current: no isolation, for
+    /// development and Wine)
+    #[arg(long, value_enum, default_value = "dedicated", value_name = "WHO")]
+    pub(crate) slot_users: SlotUsersArg,
+
+    /// macos-user: the Homebrew prefix steps may own in turn (/opt/homebrew, /usr/local)
+    #[arg(long, value_name = "DIR")]
+    pub(crate) brew_path: Option<PathBuf>,
+}
+
+/// `--slot-users`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SlotUsersArg {
+    Dedicated,
+    Current,
 }
 
 impl SandboxArgs {
+    /// The sandbox's options, as the facade takes them.
+    pub(crate) fn options(&self) -> strata::SandboxOptions {
+        let mut options = strata::SandboxOptions::default();
+        options.slots = self.slots;
+        options.fast_sync = self.fast_sync;
+        options.limits = self.limits();
+        options.slot_dir = self.slot_dir.clone();
+        options.slot_users = match self.slot_users {
+            SlotUsersArg::Dedicated => strata::SlotUsers::Dedicated,
+            SlotUsersArg::Current => strata::SlotUsers::Current,
+        };
+        options.homebrew_prefix = self.brew_path.clone();
+        options
+    }
+
     /// The limits each step runs under.
     pub(crate) fn limits(&self) -> strata_isolate::Limits {
         strata_isolate::Limits {

@@ -3,7 +3,8 @@
 //! `strata build|healthcheck|delete|dockerfile` run OBuilder specs (see `build.rs`);
 //! `strata layer` creates and applies layer files; `strata cas` puts layers into the store,
 //! lists, verifies, reads and removes them; `strata import|checkout|commit|release|snapshot`
-//! work with snapshots; `strata du|prune|gc|fsck` maintain the store. See `strata --help`.
+//! work with snapshots; `strata du|prune|gc|fsck` maintain the store; `strata slots rm`
+//! removes what the slot sandboxes made on the host. See `strata --help`.
 
 #![allow(
     clippy::print_stdout,
@@ -66,6 +67,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Prune(args) => maintenance::prune(&cli.global, args),
         Command::Gc => maintenance::gc(&cli.global),
         Command::Fsck(args) => maintenance::fsck(&cli.global, args),
+        Command::Slots(cli::SlotsCommand::Rm(args)) => build::slots_rm(&cli.global, args),
     }
 }
 

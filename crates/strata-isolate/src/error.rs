@@ -37,9 +37,11 @@ pub enum Error {
     Busybox { path: PathBuf, reason: String },
 }
 
-// Used by the Unix drivers only.
-#[cfg(unix)]
 impl Error {
+    #[cfg_attr(
+        not(any(unix, windows)),
+        allow(dead_code, reason = "no driver runs on this platform")
+    )]
     pub(crate) fn io(
         what: &'static str,
         path: impl Into<PathBuf>,
@@ -48,6 +50,10 @@ impl Error {
         move |source| Error::Io { what, path, source }
     }
 
+    #[cfg_attr(
+        not(any(unix, windows)),
+        allow(dead_code, reason = "no driver runs on this platform")
+    )]
     pub(crate) fn os(what: &'static str) -> impl FnOnce(io::Error) -> Error {
         move |source| Error::Os { what, source }
     }

@@ -5,8 +5,12 @@
 //! the plan is the thin, OS-specific part. The builder only ever sees `dyn Driver`.
 //!
 //! Drivers: [`runc`] (Linux, the default there) and [`host`] (Unix, no isolation, for
-//! development and tests, only when asked for by name). [`driver`] builds one by name;
-//! [`busybox`] makes a minimal Linux rootfs offline for a default base image and for tests.
+//! development and tests, only when asked for by name); [`windows_user`] and
+//! [`windows_sandbox`] (Windows) and [`macos_user`] (macOS) run jobs in [`Slot`]s: fixed
+//! directories of equal length, one job each at a time, into which the builder checks
+//! snapshots out relocated (see [`Layout::Slots`] and `docs/windows.md`). Their plans are
+//! computed, and tested, on every platform. [`driver`] builds one by name; [`busybox`] makes
+//! a minimal Linux rootfs offline for a default base image and for tests.
 
 use std::fmt;
 use std::io::Write;
@@ -22,10 +26,17 @@ pub mod busybox;
 mod error;
 #[cfg(unix)]
 pub mod host;
+pub mod macos_user;
 #[cfg(target_os = "linux")]
 pub mod runc;
-#[cfg(unix)]
+pub mod slot;
+#[cfg(any(unix, windows))]
 mod supervise;
+#[cfg(windows)]
+mod win;
+pub mod wincmd;
+pub mod windows_sandbox;
+pub mod windows_user;
 
 pub use error::{Error, Result};
 
@@ -33,10 +44,16 @@ pub use error::{Error, Result};
 #[cfg(target_os = "linux")]
 pub const DRIVERS: &[&str] = &["runc", "host"];
 /// The drivers this build of the crate can make, in order of preference.
-#[cfg(all(unix, not(target_os = "linux")))]
+#[cfg(target_os = "macos")]
+pub const DRIVERS: &[&str] = &["macos-user", "host"];
+/// The drivers this build of the crate can make, in order of preference.
+#[cfg(all(unix, not(any(target_os = "linux", target_os = "macos"))))]
 pub const DRIVERS: &[&str] = &["host"];
 /// The drivers this build of the crate can make, in order of preference.
-#[cfg(not(unix))]
+#[cfg(windows)]
+pub const DRIVERS: &[&str] = &["windows-user", "windows-sandbox"];
+/// The drivers this build of the crate can make, in order of preference.
+#[cfg(not(any(unix, windows)))]
 pub const DRIVERS: &[&str] = &[];
 
 /// What every driver is made from; each driver ignores what it has no use for.
@@ -51,6 +68,13 @@ pub struct DriverOptions {
     pub fast_sync: bool,
     /// The resources each job may use (runc only).
     pub limits: Limits,
+    /// Where the slot drivers keep their slot directories; `None`: the driver's default
+    /// (`C:\strata` on Windows, `/Users/strata` on macOS). Shared by every store on the host.
+    pub slot_dir: Option<PathBuf>,
+    /// Who the slot drivers run jobs as.
+    pub slot_users: SlotUsers,
+    /// macOS: the Homebrew prefix (`/opt/homebrew`, `/usr/local`) jobs may own in turn.
+    pub homebrew_prefix: Option<PathBuf>,
 }
 
 impl DriverOptions {
@@ -60,8 +84,24 @@ impl DriverOptions {
             slots: None,
             fast_sync: false,
             limits: Limits::default(),
+            slot_dir: None,
+            slot_users: SlotUsers::default(),
+            homebrew_prefix: None,
         }
     }
+}
+
+/// Who the user-isolation drivers (`windows-user`, `macos-user`) run a slot's jobs as.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotUsers {
+    /// Each slot's own local user, `strata-sNN`, made on first use: jobs cannot touch each
+    /// other's files or processes. Needs an administrator (Windows) or root (macOS).
+    #[default]
+    Dedicated,
+    /// The builder's own user, in every slot: no isolation between jobs or from the
+    /// builder. For development, and for Wine, which has no user accounts.
+    Current,
 }
 
 /// The default [`Limits::pids`]: podman's (`pids_limit` in containers.conf). Docker and
@@ -154,7 +194,7 @@ impl Limits {
 
 /// Makes the driver `name` (one of [`DRIVERS`]). It is not [checked](Driver::check) yet.
 pub fn driver(name: &str, options: &DriverOptions) -> Result<Box<dyn Driver>> {
-    #[cfg(not(unix))]
+    #[cfg(not(any(unix, windows)))]
     let _ = options;
     match name {
         #[cfg(target_os = "linux")]
@@ -172,6 +212,18 @@ pub fn driver(name: &str, options: &DriverOptions) -> Result<Box<dyn Driver>> {
         "host" => Ok(Box::new(host::HostDriver::new(
             options.slots.unwrap_or_else(default_slots),
         ))),
+        #[cfg(windows)]
+        windows_user::NAME => Ok(Box::new(windows_user::WindowsUserDriver::new(
+            windows_user::WindowsUserOptions::from_driver_options(options)?,
+        )?)),
+        #[cfg(windows)]
+        windows_sandbox::NAME => Ok(Box::new(windows_sandbox::WindowsSandboxDriver::new(
+            windows_sandbox::SandboxOptions::from_driver_options(options)?,
+        ))),
+        #[cfg(target_os = "macos")]
+        macos_user::NAME => Ok(Box::new(macos_user::MacosUserDriver::new(
+            macos_user::MacosUserOptions::from_driver_options(options)?,
+        )?)),
         _ => Err(Error::UnknownDriver {
             name: name.to_owned(),
             available: available_drivers(),
@@ -252,8 +304,26 @@ pub enum Layout {
     /// The checkout is the job's root filesystem (runc, Docker on Linux).
     FullRootfs,
     /// The host or a base image supplies the OS; the checkout is mounted at these fixed
-    /// paths (Windows user isolation and Sandbox, Docker on Windows, macOS users).
+    /// paths (Docker on Windows).
     MountedState { targets: Vec<String> },
+    /// The host supplies the OS and jobs run in fixed directories of the host, one job per
+    /// directory at a time (Windows and macOS user isolation, Windows Sandbox). The builder
+    /// takes a free slot, holding its lock across processes and stores, lets the driver
+    /// [prepare](Driver::prepare_slot) it, makes a portable checkout at its root (relocated
+    /// from wherever the snapshot was committed) and runs the job with that root. As many
+    /// jobs run at once as there are slots (and [`Capabilities::slots`] allows).
+    Slots { slots: Vec<Slot> },
+}
+
+/// A directory a slot driver runs jobs in, one at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Slot {
+    /// The checkout root. Every slot of a driver has a root of the same length, so a
+    /// snapshot committed in one is relocated into another even in binary files.
+    pub root: PathBuf,
+    /// The file whose exclusive lock the holder of the slot keeps: a path fixed on the
+    /// host, so builders of different stores never share a slot.
+    pub lock: PathBuf,
 }
 
 /// A job's network.
@@ -444,10 +514,28 @@ pub trait Driver: Send + Sync + fmt::Debug {
 
     /// Whether the driver can run here at all, and if not, why.
     fn check(&self) -> Result<()>;
+
+    /// Makes a slot's root (see [`Layout::Slots`]) an empty directory ready for a checkout,
+    /// and what its jobs need around it (the slot's user, the directory's access rights).
+    /// The builder calls it holding the slot's lock, once whatever an earlier holder left
+    /// is gone. The default only creates the directory.
+    fn prepare_slot(&self, slot: &Slot) -> Result<()> {
+        std::fs::create_dir_all(&slot.root).map_err(|source| Error::Io {
+            what: "cannot create the slot",
+            path: slot.root.clone(),
+            source,
+        })
+    }
+
+    /// Removes what the driver made on this host for its slots (users, their profiles,
+    /// the slot directories); returns what it removed. The caller holds every slot's lock
+    /// and has emptied them. The default has nothing to remove.
+    fn remove_slots(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
 
 /// Refuses environment entries that cannot be passed to a process.
-#[cfg(unix)]
 pub(crate) fn check_env(driver: &str, env: &[(String, String)]) -> Result<()> {
     for (key, value) in env {
         if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
@@ -461,7 +549,13 @@ pub(crate) fn check_env(driver: &str, env: &[(String, String)]) -> Result<()> {
 }
 
 /// Refuses a plan another driver made, or one with nothing to run.
-#[cfg(unix)]
+#[cfg_attr(
+    not(any(unix, windows)),
+    allow(
+        dead_code,
+        reason = "the drivers that run plans build on Unix and Windows"
+    )
+)]
 pub(crate) fn check_plan(driver: &str, plan: &Plan) -> Result<()> {
     let reason = if plan.driver != driver {
         format!("the plan was made by driver `{}`", plan.driver)
@@ -524,7 +618,9 @@ mod tests {
         for name in DRIVERS {
             let d = driver(name, &options).unwrap();
             assert_eq!(d.name(), *name);
-            assert_eq!(d.capabilities().slots, 3);
+            // One sandbox per machine, whatever was asked for.
+            let slots = if *name == windows_sandbox::NAME { 1 } else { 3 };
+            assert_eq!(d.capabilities().slots, slots, "{name}");
         }
         #[cfg(target_os = "linux")]
         assert!(DRIVERS.contains(&default_driver_name()));

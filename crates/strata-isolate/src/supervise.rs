@@ -1,10 +1,10 @@
 //! Watching a job's process: copy its output pipe into the log, honour [`Cancel`], stop it.
 //!
-//! Shared by the Unix drivers. The pipe is read on its own thread so that a quiet job can
+//! Shared by the drivers that run a host process (Unix and Windows). The pipe is read on
+//! its own thread so that a quiet job can
 //! still be cancelled promptly; the log (`&mut dyn Write`, not `Send`) is written here.
 
 use std::io::{self, PipeReader, Read, Write};
-use std::process::ExitStatus;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -37,7 +37,8 @@ pub(crate) trait Watched {
     fn abandon(&mut self);
 }
 
-pub(crate) fn exit_outcome(status: ExitStatus) -> Outcome {
+#[cfg(unix)]
+pub(crate) fn exit_outcome(status: std::process::ExitStatus) -> Outcome {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => Outcome::Exited(code),

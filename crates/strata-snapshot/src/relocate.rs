@@ -7,10 +7,19 @@
 //!
 //! # Forms
 //!
-//! The root is given `/`-separated (`/strata/slots/s01`, `C:/strata/s01`). It is searched in
-//! four spellings ([`Form`]): as given, with every `/` turned into `\` (how Windows spells
-//! `C:\strata\s01`), and the UTF-16LE encodings of both (Windows resources, registry dumps).
+//! The root is given as the checkout records it (`/strata/slots/s01`, `C:\strata\s01`). It is
+//! searched in every spelling a toolchain may have written it in ([`Form`]), all in one pass:
+//!
+//! - a Unix root: as given, with every `/` turned into `\`, and the UTF-16LE of both;
+//! - a Windows drive root such as `C:\strata\s01`: `C:\strata\s01`, `C:/strata/s01`, the
+//!   doubled backslashes of JSON, opam and C strings (`C:\\strata\\s01`), Cygwin's
+//!   `/cygdrive/c/strata/s01` and MSYS2's `/c/strata/s01`, each with an upper- and a
+//!   lower-case drive letter, and the UTF-16LE of every one of them.
+//!
 //! Spellings that coincide are searched once; the UTF-16 ones only exist for UTF-8 roots.
+//! Only the drive letter's case varies: the rest of a Windows root must appear as recorded
+//! (tools print the path they were given or got from the system, and Strata gives them the
+//! slot's). `docs/windows.md` explains where each form comes from.
 //!
 //! # Which occurrences count (the sibling rule)
 //!
@@ -27,8 +36,10 @@
 //! # Text files
 //!
 //! [`is_text`] looks at the first 8 KiB only: text means no NUL byte there and valid UTF-8
-//! there (a multi-byte character cut by the 8 KiB boundary is fine). Only text files may
-//! change length, so a Latin-1 file is treated as binary: refusing is safer than corrupting.
+//! there (a multi-byte character cut by the 8 KiB boundary is fine), or, as Windows writes
+//! text (registry exports, PowerShell's output), a UTF-16LE byte-order mark followed by
+//! valid UTF-16LE without a NUL character. Only text files may change length, so a Latin-1
+//! file is treated as binary: refusing is safer than corrupting.
 //!
 //! # Relocating
 //!
@@ -38,7 +49,7 @@
 //! that is only allowed for text files, and a binary one makes [`relocate`] refuse before it
 //! changes anything. Every recorded offset is checked to hold the old root first.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, File, FileTimes, Metadata, OpenOptions};
 use std::io::{self, Read, Write};
@@ -80,6 +91,22 @@ pub enum Error {
         root: String,
         /// What is wrong with it.
         problem: &'static str,
+    },
+    /// A file mentions the old root in a form the new (or old) root has no spelling in: a
+    /// UTF-16 form of a root that is not UTF-8, a drive-letter or Cygwin form of a root
+    /// without a drive.
+    #[error(
+        "cannot relocate {}: it mentions the root in {form} form, which root {root:?} cannot \
+         be spelled in",
+        path.display()
+    )]
+    NoSpelling {
+        /// The root without that spelling, lossily decoded.
+        root: String,
+        /// The form.
+        form: Form,
+        /// The file.
+        path: PathBuf,
     },
     /// A relative path (given to [`scan`] or found in records) is not a plain path in the tree.
     #[error("invalid relative path {path:?}: {problem}")]
@@ -153,81 +180,252 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Err
     }
 }
 
-/// How the root appears in a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Form {
-    /// The root with `/` separators (`/strata/slots/s01`, `C:/strata/s01`): as given, but a
-    /// Windows root given with `\` is spelled with `/` here.
-    #[serde(rename = "slash")]
+/// How the separators (and, for a drive root, the prefix) of the root are spelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Style {
+    /// `/` separators: `/strata/slots/s01`, `C:/strata/s01` (a Windows root given with `\`
+    /// is spelled with `/` here).
     Slash,
-    /// The root with every `/` replaced by `\` (`C:\strata\s01`).
-    #[serde(rename = "backslash")]
+    /// Every `/` turned into `\`: `C:\strata\s01`.
     Backslash,
-    /// UTF-16LE of [`Form::Slash`].
-    #[serde(rename = "utf16le_slash")]
-    Utf16LeSlash,
-    /// UTF-16LE of [`Form::Backslash`].
-    #[serde(rename = "utf16le_backslash")]
-    Utf16LeBackslash,
+    /// Every separator written `\\`, as JSON, opam files and C string literals escape it:
+    /// `C:\\strata\\s01`. Windows roots only.
+    DoubledBackslash,
+    /// Cygwin's view of a drive: `/cygdrive/c/strata/s01`. Drive roots only.
+    Cygdrive,
+    /// MSYS2's view of a drive (also Git for Windows' and WSL's mount tail):
+    /// `/c/strata/s01`. Drive roots only.
+    Msys,
+}
+
+/// How the drive letter of a Windows root (`C:\…`) is spelled. Windows paths are
+/// case-insensitive and tools disagree: `C:` from the shell, `c:` from some runtimes and
+/// every Cygwin path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Drive {
+    /// As the root spells it; the only choice for a root without a drive letter. Records
+    /// written before drive-letter forms existed use it.
+    AsGiven,
+    /// Upper case, whatever the root's case.
+    Upper,
+    /// Lower case, whatever the root's case.
+    Lower,
+}
+
+/// How the spelling is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Encoding {
+    /// The bytes themselves (UTF-8 for a Windows root).
+    Narrow,
+    /// UTF-16LE (Windows resources, registry dumps, .NET strings); only for UTF-8 roots.
+    Utf16Le,
+}
+
+/// How the root appears in a file: a [`Style`], a [`Drive`] case and an [`Encoding`].
+///
+/// Relocation rewrites an occurrence into the same form of the new root, so a file keeps
+/// its own spelling: `c:/strata/s01` becomes `c:/strata/s02`, `/cygdrive/c/strata/s01`
+/// becomes `/cygdrive/c/strata/s02`. Stored records name forms as strings (`slash`,
+/// `lower_drive_cygdrive`, `utf16le_upper_drive_doubled_backslash`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Form {
+    pub style: Style,
+    pub drive: Drive,
+    pub encoding: Encoding,
+}
+
+const STYLES: [Style; 5] = [
+    Style::Slash,
+    Style::Backslash,
+    Style::DoubledBackslash,
+    Style::Cygdrive,
+    Style::Msys,
+];
+
+/// Upper and lower before as-given: a drive root's as-given spelling is one of them, and the
+/// case-specific form is the one recorded, so a file keeps its own drive case.
+const DRIVES: [Drive; 3] = [Drive::Upper, Drive::Lower, Drive::AsGiven];
+
+const fn all_forms() -> [Form; 30] {
+    let mut out = [Form::SLASH; 30];
+    let mut i = 0;
+    while i < 30 {
+        out[i] = Form {
+            style: STYLES[(i / 3) % 5],
+            drive: DRIVES[i % 3],
+            encoding: if i < 15 {
+                Encoding::Narrow
+            } else {
+                Encoding::Utf16Le
+            },
+        };
+        i += 1;
+    }
+    out
 }
 
 impl Form {
-    /// Every form, in search-priority order.
-    pub const ALL: [Form; 4] = [
-        Form::Slash,
-        Form::Backslash,
-        Form::Utf16LeSlash,
-        Form::Utf16LeBackslash,
-    ];
+    /// The root with `/` separators, as given.
+    pub const SLASH: Form = Form::new(Style::Slash, Drive::AsGiven, Encoding::Narrow);
+    /// The root with `\` separators, as given.
+    pub const BACKSLASH: Form = Form::new(Style::Backslash, Drive::AsGiven, Encoding::Narrow);
+    /// UTF-16LE of [`Form::SLASH`].
+    pub const UTF16LE_SLASH: Form = Form::new(Style::Slash, Drive::AsGiven, Encoding::Utf16Le);
+    /// UTF-16LE of [`Form::BACKSLASH`].
+    pub const UTF16LE_BACKSLASH: Form =
+        Form::new(Style::Backslash, Drive::AsGiven, Encoding::Utf16Le);
 
-    /// How `root` is spelled in this form, or `None` for a UTF-16 form of a non-UTF-8 root.
+    /// Every form, in search-priority order: where two forms spell a root the same way, the
+    /// earlier one is searched and recorded.
+    pub const ALL: [Form; 30] = all_forms();
+
+    pub const fn new(style: Style, drive: Drive, encoding: Encoding) -> Form {
+        Form {
+            style,
+            drive,
+            encoding,
+        }
+    }
+
+    /// How `root` is spelled in this form, or `None` where the form does not apply: a UTF-16
+    /// form of a non-UTF-8 root, a drive-letter form of a root without one, a Windows-only
+    /// style of a Unix root.
     pub fn encode(self, root: &[u8]) -> Option<Vec<u8>> {
-        let backslashed = || -> Vec<u8> {
-            root.iter()
-                .map(|&b| if b == b'/' { b'\\' } else { b })
-                .collect()
-        };
-        let utf16 = |bytes: &[u8]| -> Option<Vec<u8>> {
-            let s = std::str::from_utf8(bytes).ok()?;
-            Some(s.encode_utf16().flat_map(u16::to_le_bytes).collect())
-        };
+        let drive = matches!(root, [d, b':', b'\\' | b'/', ..] if d.is_ascii_alphabetic());
         // Only a Windows root (`C:\…`, `\\server\…`) has `\` as a separator; on Unix it
         // is an ordinary file-name byte and stays.
-        let windows = matches!(root, [drive, b':', b'\\' | b'/', ..] if drive.is_ascii_alphabetic())
-            || root.starts_with(b"\\\\");
-        let slashed = || -> Vec<u8> {
-            if !windows {
-                return root.to_vec();
-            }
-            root.iter()
-                .map(|&b| if b == b'\\' { b'/' } else { b })
-                .collect()
-        };
-        match self {
-            Form::Slash => Some(slashed()),
-            Form::Backslash => Some(backslashed()),
-            Form::Utf16LeSlash => utf16(&slashed()),
-            Form::Utf16LeBackslash => utf16(&backslashed()),
+        let windows = drive || root.starts_with(b"\\\\");
+        let mut root = root.to_vec();
+        match self.drive {
+            Drive::AsGiven => {}
+            Drive::Upper if drive => root[0].make_ascii_uppercase(),
+            Drive::Lower if drive => root[0].make_ascii_lowercase(),
+            Drive::Upper | Drive::Lower => return None,
         }
+        let to = |bytes: &[u8], from: u8, to: &[u8]| -> Vec<u8> {
+            let mut out = Vec::with_capacity(bytes.len() + 16);
+            for &b in bytes {
+                if b == from {
+                    out.extend_from_slice(to);
+                } else {
+                    out.push(b);
+                }
+            }
+            out
+        };
+        let narrow = match self.style {
+            Style::Slash if windows => to(&root, b'\\', b"/"),
+            Style::Slash => root,
+            Style::Backslash => to(&root, b'/', b"\\"),
+            Style::DoubledBackslash if windows => to(&to(&root, b'/', b"\\"), b'\\', b"\\\\"),
+            Style::Cygdrive | Style::Msys if drive => {
+                let prefix: &[u8] = if self.style == Style::Cygdrive {
+                    b"/cygdrive/"
+                } else {
+                    b"/"
+                };
+                let mut out = prefix.to_vec();
+                out.push(root[0]);
+                out.extend(to(&root[2..], b'\\', b"/"));
+                out
+            }
+            Style::DoubledBackslash | Style::Cygdrive | Style::Msys => return None,
+        };
+        match self.encoding {
+            Encoding::Narrow => Some(narrow),
+            Encoding::Utf16Le => {
+                let s = std::str::from_utf8(&narrow).ok()?;
+                Some(s.encode_utf16().flat_map(u16::to_le_bytes).collect())
+            }
+        }
+    }
+
+    /// The distinct spellings of `root` that [`scan`] searches for, each with the form it
+    /// records them as, in [`Form::ALL`] order.
+    pub fn spellings(root: &[u8]) -> Vec<(Form, Vec<u8>)> {
+        let mut out: Vec<(Form, Vec<u8>)> = Vec::new();
+        for form in Form::ALL {
+            if let Some(p) = form.encode(root)
+                && !out.iter().any(|(_, q)| *q == p)
+            {
+                out.push((form, p));
+            }
+        }
+        out
     }
 
     fn is_utf16(self) -> bool {
-        matches!(self, Form::Utf16LeSlash | Form::Utf16LeBackslash)
+        self.encoding == Encoding::Utf16Le
     }
 
-    fn as_str(self) -> &'static str {
+    /// The stored name: `[utf16le_][upper_drive_|lower_drive_]<style>`.
+    fn name(self) -> String {
+        let encoding = match self.encoding {
+            Encoding::Narrow => "",
+            Encoding::Utf16Le => "utf16le_",
+        };
+        let drive = match self.drive {
+            Drive::AsGiven => "",
+            Drive::Upper => "upper_drive_",
+            Drive::Lower => "lower_drive_",
+        };
+        format!("{encoding}{drive}{}", self.style.name())
+    }
+
+    fn from_name(name: &str) -> Option<Form> {
+        let (encoding, rest) = match name.strip_prefix("utf16le_") {
+            Some(rest) => (Encoding::Utf16Le, rest),
+            None => (Encoding::Narrow, name),
+        };
+        let (drive, rest) = if let Some(rest) = rest.strip_prefix("upper_drive_") {
+            (Drive::Upper, rest)
+        } else if let Some(rest) = rest.strip_prefix("lower_drive_") {
+            (Drive::Lower, rest)
+        } else {
+            (Drive::AsGiven, rest)
+        };
+        let style = STYLES.into_iter().find(|s| s.name() == rest)?;
+        Some(Form::new(style, drive, encoding))
+    }
+}
+
+impl Style {
+    fn name(self) -> &'static str {
         match self {
-            Form::Slash => "slash",
-            Form::Backslash => "backslash",
-            Form::Utf16LeSlash => "utf-16le slash",
-            Form::Utf16LeBackslash => "utf-16le backslash",
+            Style::Slash => "slash",
+            Style::Backslash => "backslash",
+            Style::DoubledBackslash => "doubled_backslash",
+            Style::Cygdrive => "cygdrive",
+            Style::Msys => "msys",
         }
+    }
+}
+
+impl Serialize for Form {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Form {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Form, D::Error> {
+        let name = String::deserialize(d)?;
+        Form::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown root form {name:?}")))
     }
 }
 
 impl fmt::Display for Form {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        if self.encoding == Encoding::Utf16Le {
+            f.write_str("utf-16le ")?;
+        }
+        match self.drive {
+            Drive::AsGiven => {}
+            Drive::Upper => f.write_str("upper-case drive ")?,
+            Drive::Lower => f.write_str("lower-case drive ")?,
+        }
+        f.write_str(&self.style.name().replace('_', " "))
     }
 }
 
@@ -324,8 +522,42 @@ pub struct RelocateReport {
 
 /// Whether `data` looks like text: no NUL byte in its first [`TEXT_WINDOW`] bytes, and those
 /// bytes are valid UTF-8, except that a character cut by the window's end is accepted when
-/// `data` goes on past it.
+/// `data` goes on past it; or UTF-16LE text (see [`is_utf16le_text`]).
 pub fn is_text(data: &[u8]) -> bool {
+    is_utf16le_text(data) || is_utf8_text(data)
+}
+
+/// Whether `data` is UTF-16LE text as Windows writes it: a byte-order mark (`FF FE`), then,
+/// in the first [`TEXT_WINDOW`] bytes, valid UTF-16LE with no NUL character (a surrogate
+/// pair or a unit cut by the window's end is accepted when `data` goes on past it).
+pub fn is_utf16le_text(data: &[u8]) -> bool {
+    let Some(body) = data.strip_prefix(&[0xFF, 0xFE]) else {
+        return false;
+    };
+    let window = &body[..body.len().min(TEXT_WINDOW - 2)];
+    let cut = body.len() > window.len();
+    if window.len() % 2 == 1 && !cut {
+        return false;
+    }
+    let units = window
+        .chunks_exact(2)
+        .map(|pair| u16::from_le_bytes([pair[0], pair[1]]));
+    let mut decoded = char::decode_utf16(units).peekable();
+    while let Some(c) = decoded.next() {
+        match c {
+            Ok('\0') => return false,
+            Ok(_) => {}
+            // A high surrogate whose pair lies past the window.
+            Err(e) if decoded.peek().is_none() && cut => {
+                return (0xD800..0xDC00).contains(&e.unpaired_surrogate());
+            }
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+fn is_utf8_text(data: &[u8]) -> bool {
     let window = &data[..data.len().min(TEXT_WINDOW)];
     if memchr::memchr(0, window).is_some() {
         return false;
@@ -465,17 +697,10 @@ struct Needles {
 
 impl Needles {
     fn new(root: &[u8]) -> Result<Self> {
-        let mut forms = Vec::new();
-        let mut patterns: Vec<Vec<u8>> = Vec::new();
-        for form in Form::ALL {
-            // A root without `/` spells the same in both forms: search it once, as the first.
-            if let Some(p) = form.encode(root)
-                && !patterns.contains(&p)
-            {
-                forms.push(form);
-                patterns.push(p);
-            }
-        }
+        // Forms that spell the root alike (a root without `/` in both separator styles) are
+        // searched once, as the first of them.
+        let (forms, patterns): (Vec<Form>, Vec<Vec<u8>>) =
+            Form::spellings(root).into_iter().unzip();
         let longest = patterns.iter().map(Vec::len).max().unwrap_or(0);
         // Standard semantics so overlapping search works: a rejected sibling must not hide
         // a real occurrence that starts inside it.
@@ -608,20 +833,21 @@ pub fn scan(tree: &Path, root: &[u8], files: &[Vec<u8>]) -> Result<Records> {
 
 /// The old and new spelling of the root in each form that can be spelled for both.
 struct Spellings {
-    pairs: [Option<(Vec<u8>, Vec<u8>)>; 4],
+    pairs: HashMap<Form, (Vec<u8>, Vec<u8>)>,
 }
 
 impl Spellings {
     fn new(old: &[u8], new: &[u8]) -> Self {
-        Spellings {
-            pairs: Form::ALL.map(|form| Some((form.encode(old)?, form.encode(new)?))),
-        }
+        let pairs = Form::ALL
+            .into_iter()
+            .filter_map(|form| Some((form, (form.encode(old)?, form.encode(new)?))))
+            .collect();
+        Spellings { pairs }
     }
 
     fn get(&self, form: Form) -> Option<(&[u8], &[u8])> {
-        let i = Form::ALL.iter().position(|&f| f == form)?;
-        self.pairs[i]
-            .as_ref()
+        self.pairs
+            .get(&form)
             .map(|(o, n)| (o.as_slice(), n.as_slice()))
     }
 }
@@ -664,9 +890,10 @@ pub fn relocate(tree: &Path, records: &Records, new_root: &[u8]) -> Result<Reloc
                 } else {
                     new_root
                 };
-                return Err(Error::InvalidRoot {
+                return Err(Error::NoSpelling {
                     root: String::from_utf8_lossy(which).into_owned(),
-                    problem: "it is not utf-8, so its utf-16 occurrences cannot be rewritten",
+                    form,
+                    path: full,
                 });
             };
             if offset < next_free {
@@ -908,34 +1135,117 @@ fn write_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::Form;
+    use super::{Drive, Encoding, Form, Style};
+
+    fn utf16(s: &str) -> Vec<u8> {
+        s.encode_utf16().flat_map(u16::to_le_bytes).collect()
+    }
 
     #[test]
     fn windows_roots_are_found_with_either_separator() {
         let root = br"C:\strata\s01";
-        assert_eq!(Form::Slash.encode(root).unwrap(), b"C:/strata/s01");
-        assert_eq!(Form::Backslash.encode(root).unwrap(), br"C:\strata\s01");
+        assert_eq!(Form::SLASH.encode(root).unwrap(), b"C:/strata/s01");
+        assert_eq!(Form::BACKSLASH.encode(root).unwrap(), br"C:\strata\s01");
         let given_with_slashes = b"C:/strata/s01";
         assert_eq!(
-            Form::Backslash.encode(given_with_slashes).unwrap(),
+            Form::BACKSLASH.encode(given_with_slashes).unwrap(),
             br"C:\strata\s01"
         );
         assert_eq!(
-            Form::Slash.encode(given_with_slashes).unwrap(),
+            Form::SLASH.encode(given_with_slashes).unwrap(),
             b"C:/strata/s01"
         );
         assert_eq!(
-            Form::Utf16LeSlash.encode(root).unwrap(),
-            "C:/strata/s01"
-                .encode_utf16()
-                .flat_map(u16::to_le_bytes)
-                .collect::<Vec<u8>>()
+            Form::UTF16LE_SLASH.encode(root).unwrap(),
+            utf16("C:/strata/s01")
         );
     }
 
     #[test]
     fn a_backslash_in_a_unix_root_is_a_file_name_byte() {
         let root = br"/strata/odd\name";
-        assert_eq!(Form::Slash.encode(root).unwrap(), root.to_vec());
+        assert_eq!(Form::SLASH.encode(root).unwrap(), root.to_vec());
+    }
+
+    /// Every spelling a Windows toolchain writes, each searched once.
+    #[test]
+    fn a_drive_root_is_searched_in_every_windows_spelling() {
+        let narrow = [
+            r"C:\strata\s01",
+            r"c:\strata\s01",
+            "C:/strata/s01",
+            "c:/strata/s01",
+            r"C:\\strata\\s01",
+            r"c:\\strata\\s01",
+            "/cygdrive/C/strata/s01",
+            "/cygdrive/c/strata/s01",
+            "/C/strata/s01",
+            "/c/strata/s01",
+        ];
+        let found: Vec<Vec<u8>> = Form::spellings(br"C:\strata\s01")
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        let mut expected: Vec<Vec<u8>> = narrow.iter().map(|s| s.as_bytes().to_vec()).collect();
+        expected.extend(narrow.iter().map(|s| utf16(s)));
+        let mut sorted_found = found.clone();
+        sorted_found.sort();
+        expected.sort();
+        assert_eq!(sorted_found, expected);
+        // Each spelling is recorded with its drive case, never as-given.
+        for (form, _) in Form::spellings(br"C:\strata\s01") {
+            assert_ne!(form.drive, Drive::AsGiven, "{form}");
+        }
+    }
+
+    #[test]
+    fn unix_and_unc_roots_have_no_drive_forms() {
+        let unix: Vec<Form> = Form::spellings(b"/strata/slots/s01")
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        assert_eq!(
+            unix,
+            [
+                Form::SLASH,
+                Form::BACKSLASH,
+                Form::UTF16LE_SLASH,
+                Form::UTF16LE_BACKSLASH
+            ]
+        );
+        let unc: Vec<Vec<u8>> = Form::spellings(br"\\host\share\s01")
+            .into_iter()
+            .filter(|(f, _)| f.encoding == Encoding::Narrow)
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(
+            unc,
+            [
+                b"//host/share/s01".to_vec(),
+                br"\\host\share\s01".to_vec(),
+                br"\\\\host\\share\\s01".to_vec()
+            ]
+        );
+    }
+
+    #[test]
+    fn form_names_round_trip_and_old_names_still_read() {
+        for form in Form::ALL {
+            assert_eq!(Form::from_name(&form.name()), Some(form), "{form}");
+        }
+        assert_eq!(Form::from_name("slash"), Some(Form::SLASH));
+        assert_eq!(
+            Form::from_name("utf16le_backslash"),
+            Some(Form::UTF16LE_BACKSLASH)
+        );
+        assert_eq!(
+            Form::from_name("utf16le_lower_drive_cygdrive"),
+            Some(Form::new(Style::Cygdrive, Drive::Lower, Encoding::Utf16Le))
+        );
+        assert_eq!(Form::from_name("sideways"), None);
+        assert_eq!(
+            Form::new(Style::DoubledBackslash, Drive::Lower, Encoding::Utf16Le).to_string(),
+            "utf-16le lower-case drive doubled backslash"
+        );
     }
 }

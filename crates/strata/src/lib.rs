@@ -28,7 +28,7 @@ pub use strata_build::{
     Transcript,
 };
 pub use strata_cas as cas;
-pub use strata_isolate::{self as isolate, Cancel, Driver, Limits};
+pub use strata_isolate::{self as isolate, Cancel, Driver, Limits, SlotUsers};
 pub use strata_snapshot::{self as snapshot, Engine, SnapshotId};
 pub use strata_spec::{self as spec, Spec};
 
@@ -105,6 +105,13 @@ pub struct SandboxOptions {
     pub fast_sync: bool,
     /// Memory, CPU and process limits of each job.
     pub limits: Limits,
+    /// Where the slot drivers (`windows-user`, `windows-sandbox`, `macos-user`) keep their
+    /// slot directories; `None`: theirs (`C:\strata`, `/Users/strata`).
+    pub slot_dir: Option<PathBuf>,
+    /// Who the user-isolation drivers run jobs as.
+    pub slot_users: SlotUsers,
+    /// `macos-user`: the Homebrew prefix jobs may own in turn.
+    pub homebrew_prefix: Option<PathBuf>,
 }
 
 /// A store opened for building. Cheap to share: clone the engine out with [`Strata::engine`].
@@ -152,6 +159,9 @@ impl Strata {
         driver_options.slots = options.slots;
         driver_options.fast_sync = options.fast_sync;
         driver_options.limits = options.limits;
+        driver_options.slot_dir = options.slot_dir.clone();
+        driver_options.slot_users = options.slot_users;
+        driver_options.homebrew_prefix = options.homebrew_prefix.clone();
         strata_isolate::driver(name, &driver_options).map_err(|source| Error::Sandbox {
             name: name.to_owned(),
             source,

@@ -98,10 +98,10 @@ pub(crate) fn builder_at(store: &Path) -> Builder {
     let driver = strata_isolate::driver(
         "runc",
         &DriverOptions {
-            state_dir: store.join("isolate-v1/runc"),
             slots: Some(4),
             fast_sync: true,
             limits: Limits::default(),
+            ..DriverOptions::new(store.join("isolate-v1/runc"))
         },
     )
     .unwrap();

@@ -6,3 +6,4 @@ mod concurrency;
 mod copy_sources;
 mod events;
 mod hardening;
+mod slots;

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use strata_snapshot::relocate::{
-    self, Error, FileRecord, Form, Records, RelocateReport, is_text, relocate, scan,
+    self, Drive, Encoding, Error, FileRecord, Form, Records, RelocateReport, Style, is_text,
+    relocate, scan,
 };
 
 const ROOT: &[u8] = b"/strata/slots/s01";
@@ -52,10 +53,10 @@ fn mode_and_inode(path: &Path) -> (u32, u64) {
 fn binary_with_all_forms(root: &[u8]) -> (Vec<u8>, Vec<(u64, Form)>) {
     let mut data = b"\x7fELF\0\0\0\x02header".to_vec();
     let mut hits = Vec::new();
-    for (i, form) in Form::ALL.into_iter().enumerate() {
-        data.extend_from_slice(&[0xAB; 7][..=i]);
+    for (i, (form, spelling)) in Form::spellings(root).into_iter().enumerate() {
+        data.extend_from_slice(&[0xAB; 31][..=i]);
         hits.push((data.len() as u64, form));
-        data.extend_from_slice(&spell(form, root));
+        data.extend_from_slice(&spelling);
         // In a binary file the next byte is arbitrary (a marshal tag, the next packed string).
         data.extend_from_slice(b"z\0\x01");
     }
@@ -110,16 +111,16 @@ fn scan_applies_the_sibling_rule_in_text_files_only() {
     let mut expected = Vec::new();
     for (line, counts) in lines {
         if *counts {
-            expected.push((text.len() as u64, Form::Slash));
+            expected.push((text.len() as u64, Form::SLASH));
         }
         text.push_str(line);
         text.push('\n');
     }
     // Glued to a flag, and at the very end of the file.
     text.push_str("-I");
-    expected.push((text.len() as u64, Form::Slash));
+    expected.push((text.len() as u64, Form::SLASH));
     text.push_str("/strata/slots/s01/include -L");
-    expected.push((text.len() as u64, Form::Slash));
+    expected.push((text.len() as u64, Form::SLASH));
     text.push_str("/strata/slots/s01");
     fs::write(tmp.path().join("paths.txt"), &text).unwrap();
 
@@ -129,7 +130,7 @@ fn scan_applies_the_sibling_rule_in_text_files_only() {
     fs::write(tmp.path().join("paths.bin"), &binary).unwrap();
     let binary_expected: Vec<(u64, Form)> = text
         .match_indices("/strata/slots/s01")
-        .map(|(i, _)| (i as u64, Form::Slash))
+        .map(|(i, _)| (i as u64, Form::SLASH))
         .collect();
 
     let records = scan(
@@ -152,20 +153,20 @@ fn a_rejected_sibling_does_not_hide_an_overlapping_root() {
     // At 0 the root is followed by `X` (a sibling name); the real one starts inside it, at 3.
     fs::write(tmp.path().join("f"), b"/aX/aX/a").unwrap();
     let records = scan(tmp.path(), b"/aX/a", &[b"f".to_vec()]).unwrap();
-    assert_eq!(records.files[0].hits, vec![(3, Form::Slash)]);
+    assert_eq!(records.files[0].hits, vec![(3, Form::SLASH)]);
 }
 
 #[test]
 fn scan_agrees_with_a_naive_search_across_chunk_boundaries() {
     let tmp = tempfile::tempdir().unwrap();
-    let patterns: Vec<(Form, Vec<u8>)> = Form::ALL.map(|f| (f, spell(f, ROOT))).into();
+    let patterns = Form::spellings(ROOT);
     // 3 MiB with a root every 997 bytes, cycling through the forms, so some straddle the
     // points where the scanner moves from one buffer to the next.
     let mut data = vec![0x5Au8; 3 << 20];
     let mut at = 5;
     let mut i = 0;
     while at + 64 < data.len() {
-        let p = &patterns[i % 4].1;
+        let p = &patterns[i % patterns.len()].1;
         data[at..at + p.len()].copy_from_slice(p);
         at += 997;
         i += 1;
@@ -254,6 +255,56 @@ fn text_detection_looks_at_the_first_8_kib() {
     let mut straddling = vec![b'a'; relocate::TEXT_WINDOW - 1];
     straddling.extend_from_slice("é tail".as_bytes());
     assert!(is_text(&straddling));
+
+    // UTF-16LE with its byte-order mark, as Windows writes text, is text too.
+    let utf16 = |s: &str| -> Vec<u8> {
+        let mut out = vec![0xFF, 0xFE];
+        out.extend(s.encode_utf16().flat_map(u16::to_le_bytes));
+        out
+    };
+    assert!(is_text(&utf16("Windows Registry Editor\r\nC:\\strata\r\n")));
+    assert!(is_text(&utf16("emoji 😀 pairs")));
+    assert!(!is_text(&utf16("a\0b")), "a NUL character makes it binary");
+    assert!(
+        !is_text(&utf16("x")[..3]),
+        "half a unit at the end of the file"
+    );
+    let mut unpaired = utf16("x");
+    unpaired.extend_from_slice(&0xDC00u16.to_le_bytes());
+    assert!(!is_text(&unpaired), "an unpaired surrogate");
+    assert!(
+        !is_text(
+            &"x".encode_utf16()
+                .flat_map(u16::to_le_bytes)
+                .collect::<Vec<_>>()
+        ),
+        "without its mark UTF-16 is not recognised"
+    );
+    // A pair cut by the end of the window is not held against the file.
+    let mut long = utf16(&"a".repeat(relocate::TEXT_WINDOW / 2 - 2));
+    long.extend(utf16("😀 tail").split_off(2));
+    assert!(is_text(&long));
+}
+
+/// UTF-16LE text follows the sibling rule: `C:\strata\s010` is another slot's name.
+#[test]
+fn utf16_text_files_keep_their_siblings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = |slot: &str| -> Vec<u8> {
+        let mut out = vec![0xFF, 0xFE];
+        let s = format!("a=C:\\strata\\{slot}\\bin\r\nb=C:\\strata\\s010\r\nc=c:/strata/{slot}");
+        out.extend(s.encode_utf16().flat_map(u16::to_le_bytes));
+        out
+    };
+    fs::write(tmp.path().join("export.reg"), text("s01")).unwrap();
+    let records = scan(tmp.path(), br"C:\strata\s01", &[b"export.reg".to_vec()]).unwrap();
+    assert!(records.files[0].text);
+    assert_eq!(records.files[0].hits.len(), 2);
+    relocate(tmp.path(), &records, br"C:\strata\s02").unwrap();
+    assert_eq!(
+        fs::read(tmp.path().join("export.reg")).unwrap(),
+        text("s02")
+    );
 }
 
 #[test]
@@ -265,16 +316,24 @@ fn records_round_trip_through_bytes() {
                 path: b"not-utf8-\xff\xfe/x".to_vec(),
                 text: false,
                 hits: vec![
-                    (0, Form::Slash),
-                    (20, Form::Backslash),
-                    (40, Form::Utf16LeSlash),
-                    (u64::MAX - 100, Form::Utf16LeBackslash),
+                    (0, Form::SLASH),
+                    (20, Form::BACKSLASH),
+                    (40, Form::UTF16LE_SLASH),
+                    (
+                        60,
+                        Form::new(Style::Cygdrive, Drive::Lower, Encoding::Narrow),
+                    ),
+                    (
+                        80,
+                        Form::new(Style::DoubledBackslash, Drive::Upper, Encoding::Utf16Le),
+                    ),
+                    (u64::MAX - 100, Form::UTF16LE_BACKSLASH),
                 ],
             },
             FileRecord {
                 path: b"etc/opam/config".to_vec(),
                 text: true,
-                hits: vec![(7, Form::Backslash)],
+                hits: vec![(7, Form::BACKSLASH)],
             },
         ],
     };
@@ -297,7 +356,7 @@ fn relocating_to_the_recorded_root_does_nothing() {
         files: vec![FileRecord {
             path: b"missing".to_vec(),
             text: false,
-            hits: vec![(0, Form::Slash)],
+            hits: vec![(0, Form::SLASH)],
         }],
     };
     let report = relocate(Path::new("/nonexistent/tree"), &records, ROOT).unwrap();
@@ -376,7 +435,13 @@ fn different_length_relocation_rewrites_text_files() {
     let dir_mtime = mtime(&t.join("bin"));
 
     let records = scan(t, b"C:/strata/slots/s01", &[b"config".to_vec()]).unwrap();
-    assert_eq!(records.files[0].hits, vec![(7, Form::Backslash)]);
+    assert_eq!(
+        records.files[0].hits,
+        vec![(
+            7,
+            Form::new(Style::Backslash, Drive::Upper, Encoding::Narrow)
+        )]
+    );
     let report = relocate(t, &records, b"D:/builds/slot-2").unwrap();
     assert_eq!(report.replaced, 1);
     assert_eq!(
@@ -418,6 +483,97 @@ fn different_length_relocation_rewrites_text_files() {
     }
     let leftovers: Vec<_> = fs::read_dir(t.join("bin")).unwrap().collect();
     assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+}
+
+/// A Windows slot's files, in every form Windows toolchains write its root in; `@@` is the
+/// slot's name. What spells another path (a sibling slot, another drive) uses `s01` literally.
+const WINDOWS_TEXT: &str = concat!(
+    "PATH=C:\\strata\\@@\\bin;c:\\strata\\@@\\lib;D:\\strata\\s01\\bin\r\n",
+    "url=C:/strata/@@/share c:/strata/@@\r\n",
+    "{\"root\": \"C:\\\\strata\\\\@@\\\\opam\", \"lower\": \"c:\\\\strata\\\\@@\"}\r\n",
+    "cygwin=/cygdrive/c/strata/@@/usr/bin:/cygdrive/C/strata/@@\n",
+    "msys=/c/strata/@@/mingw64/bin:/C/strata/@@\n",
+    "siblings: C:\\strata\\s010 c:/strata/s01-old /cygdrive/c/strata/s01x /c/strata/s01.bak ",
+    "C:\\\\strata\\\\s01_x E:/strata/s01 /d/strata/s01\n",
+    "end: C:\\strata\\@@",
+);
+
+/// The binary counterpart: each spelling of the root in UTF-16LE and narrow, packed with
+/// bytes that would continue a name in text.
+fn windows_binary(slot: &str) -> Vec<u8> {
+    let utf16 = |s: &str| -> Vec<u8> { s.encode_utf16().flat_map(u16::to_le_bytes).collect() };
+    let mut data = b"MZ\x90\0\x03\0".to_vec();
+    for form in [
+        "C:\\strata\\@@",
+        "c:\\strata\\@@",
+        "C:/strata/@@",
+        "c:/strata/@@",
+        "C:\\\\strata\\\\@@",
+        "c:\\\\strata\\\\@@",
+        "/cygdrive/c/strata/@@",
+        "/cygdrive/C/strata/@@",
+        "/c/strata/@@",
+        "/C/strata/@@",
+    ] {
+        let s = form.replace("@@", slot);
+        data.extend_from_slice(&utf16(&s));
+        data.extend_from_slice(&utf16("x\0"));
+        data.extend_from_slice(s.as_bytes());
+        data.extend_from_slice(b"z\x01");
+    }
+    data.extend_from_slice(&utf16("D:\\strata\\s01 stays"));
+    data
+}
+
+#[test]
+fn a_windows_slot_root_is_rewritten_in_every_form_it_appears_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let text = |slot: &str| WINDOWS_TEXT.replace("@@", slot);
+    fs::write(t.join("config.txt"), text("s01")).unwrap();
+    fs::write(t.join("tool.exe"), windows_binary("s01")).unwrap();
+    set_mtime(&t.join("tool.exe"), old_time());
+
+    let files = [b"config.txt".to_vec(), b"tool.exe".to_vec()];
+    let records = scan(t, br"C:\strata\s01", &files).unwrap();
+    let counts: Vec<usize> = records.files.iter().map(|f| f.hits.len()).collect();
+    // The text names the root 11 times; the binary 20 times, 10 in UTF-16LE.
+    assert_eq!(counts, [11, 20]);
+    let report = relocate(t, &records, br"C:\strata\s02").unwrap();
+    assert_eq!(report.replaced, 0, "equal lengths are patched in place");
+
+    assert_eq!(
+        fs::read_to_string(t.join("config.txt")).unwrap(),
+        text("s02")
+    );
+    assert_eq!(fs::read(t.join("tool.exe")).unwrap(), windows_binary("s02"));
+    assert_eq!(mtime(&t.join("tool.exe")), old_time());
+
+    // The records survive storage and take the files back, byte for byte.
+    let stored = Records::from_bytes(&scan(t, br"C:\strata\s02", &files).unwrap().to_bytes());
+    relocate(t, &stored.unwrap(), br"C:\strata\s01").unwrap();
+    assert_eq!(
+        fs::read_to_string(t.join("config.txt")).unwrap(),
+        text("s01")
+    );
+    assert_eq!(fs::read(t.join("tool.exe")).unwrap(), windows_binary("s01"));
+}
+
+#[test]
+fn a_form_the_new_root_cannot_spell_is_refused_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(tmp.path().join("f"), b"/cygdrive/c/strata/s01/bin").unwrap();
+    let records = scan(tmp.path(), br"C:\strata\s01", &[b"f".to_vec()]).unwrap();
+    let err = relocate(tmp.path(), &records, b"/strata/slots/s01").unwrap_err();
+    assert!(
+        matches!(&err, Error::NoSpelling { form, .. } if form.style == Style::Cygdrive),
+        "{err}"
+    );
+    assert!(err.to_string().contains("cygdrive"), "{err}");
+    assert_eq!(
+        fs::read(tmp.path().join("f")).unwrap(),
+        b"/cygdrive/c/strata/s01/bin"
+    );
 }
 
 #[test]
