@@ -129,7 +129,13 @@ pub(crate) fn ensure_cargo_fuzz() -> anyhow::Result<()> {
     }
     eprintln!("==> fuzz: cargo install cargo-fuzz --version {CARGO_FUZZ_VERSION} --locked");
     let status = Command::new(cargo())
-        .args(["install", "cargo-fuzz", "--locked", "--version", CARGO_FUZZ_VERSION])
+        .args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ])
         .status()
         .context("cannot run cargo install")?;
     if !status.success() {

@@ -120,6 +120,18 @@ pub fn write_tar<W: Write>(dir: &Path, out: W, opts: &CreateOptions) -> Result<L
     Ok(info)
 }
 
+/// Writes the listed changes of the tree under `dir` as an uncompressed tar to `out`: the
+/// bytes [`create_from_changes`] compresses, for a layer handed to another program first.
+pub fn write_changes_tar<W: Write>(
+    dir: &Path,
+    changes: &[Change],
+    out: W,
+    opts: &CreateOptions,
+) -> Result<LayerInfo> {
+    let (_, info) = write_with(dir, PlainSink::new(out), opts, Source::Changes(changes))?;
+    Ok(info)
+}
+
 /// Copies an existing uncompressed tar stream into a framed zstd layer, validating every
 /// header on the way (the bytes, hence the id, are kept as they are).
 pub fn compress_tar<R: Read, W: Write>(

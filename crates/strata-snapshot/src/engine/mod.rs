@@ -6,7 +6,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use strata_cas::{LayerInfo, Store};
+use std::io::Read;
+
+use strata_cas::{CreateOptions, LayerId, LayerInfo, Limits, OciDigests, Store};
 
 use crate::index::{Index, LayerRow, SnapshotRow};
 use crate::{CheckoutMode, Snapshot, SnapshotId, relocate};
@@ -226,6 +228,75 @@ impl Engine {
         let row = self.record(None, &info, None, None, tag, true)?;
         failpoint("import.recorded");
         self.with_tags(row)
+    }
+
+    /// Records a layer given as an uncompressed tar stream with OCI semantics (`.wh.`
+    /// whiteouts included) as a snapshot on top of `parent`, or as a base without one. The
+    /// bytes are kept as they are, every header validated (see [`Store::put_tar`]). This is
+    /// how a layer made elsewhere (an engine image's layer, a sandbox's changes fetched
+    /// through an API) becomes an ordinary snapshot; it records no root path, so nothing in
+    /// it is relocated.
+    pub fn import_layer(
+        &self,
+        parent: Option<&SnapshotId>,
+        tar: impl Read,
+        tag: Option<&str>,
+    ) -> Result<Snapshot> {
+        if let Some(parent) = parent
+            && self.snapshot(parent)?.is_none()
+        {
+            return Err(crate::index::Error::MissingParent { id: *parent }.into());
+        }
+        let _gc = self.gc_lock(false)?;
+        let info = self
+            .cas
+            .put_tar(tar, &CreateOptions::default(), &Limits::default())?;
+        let row = self.record(parent.copied(), &info, None, None, tag, true)?;
+        self.with_tags(row)
+    }
+
+    /// Records a layer the store already holds (put there with [`Store::put_tar`], say, while
+    /// its order in a stack was not known yet) as a snapshot on top of `parent`, or as a
+    /// base. Fails naming the layer if its blob is missing (`gc` removes blobs no snapshot
+    /// records: record them soon after storing them).
+    pub fn add_snapshot(
+        &self,
+        parent: Option<&SnapshotId>,
+        layer: &LayerId,
+        tag: Option<&str>,
+    ) -> Result<Snapshot> {
+        if let Some(parent) = parent
+            && self.snapshot(parent)?.is_none()
+        {
+            return Err(crate::index::Error::MissingParent { id: *parent }.into());
+        }
+        let _gc = self.gc_lock(false)?;
+        let blob = self.cas.stat(layer)?;
+        let info = LayerInfo {
+            id: *layer,
+            uncompressed_size: blob.uncompressed_size,
+            compressed_size: blob.compressed_size,
+            frames: blob.frames,
+            entries: 0,
+        };
+        let row = self.record(parent.copied(), &info, None, None, tag, true)?;
+        self.with_tags(row)
+    }
+
+    /// The OCI identities of `layer` (sha256 diff_id, blob digest and size), as an engine or
+    /// a registry names it. Computed from the blob the first time (which reads it twice) and
+    /// remembered in the index with the layer's row, so later calls cost one query.
+    pub fn oci_digests(&self, layer: &LayerId) -> Result<OciDigests> {
+        if let Some(known) = self.with_index(|ix| Ok(ix.layer_oci(layer)?))? {
+            return Ok(known);
+        }
+        let digests = self.cas.oci_digests(layer)?;
+        match self.with_index(|ix| Ok(ix.set_layer_oci(layer, &digests)?)) {
+            // A blob no snapshot records (yet, or any more) has nowhere to keep them.
+            Ok(()) | Err(Error::Index(crate::index::Error::MissingLayer { .. })) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(digests)
     }
 
     /// Records a stored layer, with its relocation records, as a snapshot on top of

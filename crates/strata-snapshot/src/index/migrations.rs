@@ -5,7 +5,8 @@ use rusqlite_migration::{M, Migrations};
 // Never edit a released migration: append a new one. A new checkout mode needs one too (an
 // empty one will do): older versions refuse a newer schema, so none reads a mode it does not
 // know. Version 1: layers, snapshots, tags,
-// checkouts, leases. Version 2: shared caches and the views taken of them.
+// checkouts, leases. Version 2: shared caches and the views taken of them. Version 3: a
+// layer's OCI identities (sha256 diff_id, blob digest and size), remembered once computed.
 const MIGRATIONS_SLICE: &[M<'_>] = &[
     M::up(
         "CREATE TABLE layers (
@@ -78,6 +79,13 @@ const MIGRATIONS_SLICE: &[M<'_>] = &[
     ) STRICT;
     CREATE INDEX cache_views_cache ON cache_views(cache);
     CREATE INDEX cache_views_snapshot ON cache_views(snapshot);",
+    ),
+    // Computed on demand (reading the whole blob twice), so remembered: engines and
+    // registries name layers by them. All three or none.
+    M::up(
+        "ALTER TABLE layers ADD COLUMN oci_diff_id TEXT;
+    ALTER TABLE layers ADD COLUMN oci_digest TEXT;
+    ALTER TABLE layers ADD COLUMN oci_size INTEGER;",
     ),
 ];
 

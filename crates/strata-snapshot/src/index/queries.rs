@@ -173,6 +173,48 @@ impl Index {
             .map_err(sql("read a layer"))
     }
 
+    /// The OCI identities remembered for layer `id` (none if not computed yet, or if the
+    /// layer is not recorded).
+    pub(crate) fn layer_oci(&self, id: &LayerId) -> Result<Option<strata_cas::OciDigests>> {
+        self.conn
+            .prepare_cached(
+                "SELECT oci_diff_id, oci_digest, oci_size FROM layers
+                 WHERE id = ?1 AND oci_diff_id IS NOT NULL",
+            )
+            .and_then(|mut st| {
+                st.query_row([id.to_hex()], |r| {
+                    let size: i64 = r.get(2)?;
+                    Ok(strata_cas::OciDigests {
+                        diff_id: r.get(0)?,
+                        digest: r.get(1)?,
+                        size: u64::try_from(size).unwrap_or(0),
+                    })
+                })
+                .optional()
+            })
+            .map_err(sql("read a layer's OCI digests"))
+    }
+
+    /// Remembers the OCI identities of layer `id`, computed from its blob.
+    pub(crate) fn set_layer_oci(
+        &mut self,
+        id: &LayerId,
+        digests: &strata_cas::OciDigests,
+    ) -> Result<()> {
+        let size = i64::try_from(digests.size).unwrap_or(i64::MAX);
+        let n = self
+            .conn
+            .execute(
+                "UPDATE layers SET oci_diff_id = ?2, oci_digest = ?3, oci_size = ?4 WHERE id = ?1",
+                params![id.to_hex(), digests.diff_id, digests.digest, size],
+            )
+            .map_err(sql("remember a layer's OCI digests"))?;
+        if n == 0 {
+            return Err(Error::MissingLayer { id: *id });
+        }
+        Ok(())
+    }
+
     /// Records whether the store's unpacked-layer cache holds layer `id`.
     pub(crate) fn set_layer_unpacked(&mut self, id: &LayerId, unpacked: bool) -> Result<()> {
         let n = self

@@ -101,7 +101,7 @@ fn open_sets_wal_and_schema_and_reopens() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let mut st = conn
         .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
         .unwrap();
@@ -136,7 +136,7 @@ fn a_newer_schema_is_refused() {
     let path = dir.path().join("index.db");
     drop(Index::open(&path).unwrap());
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.pragma_update(None, "user_version", 3).unwrap();
+    conn.pragma_update(None, "user_version", 4).unwrap();
     drop(conn);
     let err = Index::open(&path).unwrap_err();
     assert!(matches!(err, Error::Migrate { .. }), "{err}");
@@ -1037,10 +1037,14 @@ fn a_version_1_index_is_migrated_with_its_rows() {
     let mut index = Index::open(&path).unwrap();
     let kept = add(&mut index, None, "kept", 1);
     drop(index);
-    // What version 1 looked like: no cache tables.
+    // What version 1 looked like: no cache tables, no OCI digests.
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE cache_views; DROP TABLE caches; PRAGMA user_version = 1;")
-        .unwrap();
+    conn.execute_batch(
+        "DROP TABLE cache_views; DROP TABLE caches;
+         ALTER TABLE layers DROP COLUMN oci_diff_id; ALTER TABLE layers DROP COLUMN oci_digest;
+         ALTER TABLE layers DROP COLUMN oci_size; PRAGMA user_version = 1;",
+    )
+    .unwrap();
     drop(conn);
     let mut index = Index::open(&path).unwrap();
     assert!(index.snapshot(&kept).unwrap().is_some());

@@ -687,3 +687,44 @@ fn stacks_with_empty_and_repeated_layers_check_out() {
         }
     }
 }
+
+#[test]
+fn layers_made_elsewhere_become_snapshots_and_their_oci_digests_are_remembered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&tmp.path().join("store")).unwrap();
+    let tar = fs::read(rootfs_tar(tmp.path())).unwrap();
+    let base = engine.import_layer(None, &tar[..], Some("base")).unwrap();
+    assert_eq!(engine.resolve("base").unwrap(), base.id);
+    // The layer id is the blake3 of the bytes given: kept as they are.
+    assert_eq!(base.layer, strata_cas::LayerId::of(&tar));
+
+    // A layer stored first and recorded later, on top of the base.
+    let tree = tmp.path().join("top");
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    fs::write(tree.join("etc/top"), "top\n").unwrap();
+    let stored = engine
+        .cas()
+        .put_dir(&tree, &strata_cas::CreateOptions::default())
+        .unwrap();
+    let child = engine
+        .add_snapshot(Some(&base.id), &stored.id, None)
+        .unwrap();
+    assert_eq!(child.parent, Some(base.id));
+    let missing = strata_cas::LayerId::of(b"no such blob");
+    assert!(engine.add_snapshot(Some(&base.id), &missing, None).is_err());
+    let unknown = strata_snapshot::SnapshotId::derive(None, &missing);
+    assert!(engine.import_layer(Some(&unknown), &tar[..], None).is_err());
+
+    // Computed from the blob once, then read back from the index even without the blob.
+    let digests = engine.oci_digests(&base.layer).unwrap();
+    let sha = |data: &[u8]| {
+        use sha2::Digest as _;
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+    };
+    assert_eq!(digests.diff_id, sha(&tar));
+    let blob = engine.cas().blob_path(&base.layer);
+    let saved = fs::read(&blob).unwrap();
+    fs::remove_file(&blob).unwrap();
+    assert_eq!(engine.oci_digests(&base.layer).unwrap(), digests);
+    fs::write(&blob, saved).unwrap();
+}
