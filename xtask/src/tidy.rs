@@ -317,6 +317,7 @@ fn process_liveness_is_one_crate() {
             "GetProcessTimes",
             "proc_pidinfo",
             "/stat\"",
+            "tasklist",
         ] {
             // A whole identifier only: `OpenProcessToken` (a token query) is not liveness.
             let whole = text.match_indices(needle).any(|(at, _)| {

@@ -253,24 +253,10 @@ pub(super) fn cleanup(options: &SandboxOptions) -> Result<Vec<String>> {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let dead = crate::parse_job_name(&name).is_some_and(|(pid, _)| !process_alive(pid));
+        let dead = crate::parse_job_name(&name).is_some_and(|(owner, _)| !owner.is_alive());
         if dead && fs::remove_dir_all(entry.path()).is_ok() {
             removed.push(name);
         }
     }
     Ok(removed)
-}
-
-/// Whether a process with this id runs (asked through `tasklist`, which every Windows has).
-fn process_alive(pid: u32) -> bool {
-    if pid == std::process::id() {
-        return true;
-    }
-    Command::new("tasklist")
-        .args(["/FI", &format!("PID eq {pid}"), "/NH", "/FO", "CSV"])
-        .stdin(Stdio::null())
-        .output()
-        .map_or(true, |o| {
-            String::from_utf8_lossy(&o.stdout).contains(&format!("\"{pid}\""))
-        })
 }
