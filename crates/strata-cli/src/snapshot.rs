@@ -52,8 +52,10 @@ fn print_snapshot(
 pub(crate) fn import(global: &GlobalArgs, args: &ImportArgs) -> Result<()> {
     let started = Instant::now();
     let engine = open(global)?;
+    let progress = strata_cas::Progress::new();
+    let _shown = crate::progress::watch("importing", &progress);
     let row = engine
-        .import(&args.rootfs, args.tag.as_deref())
+        .import_with_progress(&args.rootfs, args.tag.as_deref(), &progress)
         .with_context(|| format!("cannot import {}", args.rootfs.display()))?;
     print_snapshot(global.json, &row, args.tag.as_deref(), started, "imported")
 }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use std::io::Read;
 
-use strata_cas::{CreateOptions, LayerId, LayerInfo, Limits, OciDigests, Store};
+use strata_cas::{CreateOptions, LayerId, LayerInfo, Limits, OciDigests, Progress, Store};
 
 use crate::index::{Index, LayerRow, SnapshotRow};
 use crate::{CheckoutMode, Snapshot, SnapshotId, relocate};
@@ -222,8 +222,22 @@ impl Engine {
 
     /// Makes a base snapshot from a root filesystem tarball (`.tar`, `.tar.gz`, `.tar.zst`).
     pub fn import(&self, tarball: &Path, tag: Option<&str>) -> Result<Snapshot> {
+        self.import_with_progress(tarball, tag, &Progress::default())
+    }
+
+    /// [`import`](Engine::import), advancing `progress` by the uncompressed bytes stored.
+    pub fn import_with_progress(
+        &self,
+        tarball: &Path,
+        tag: Option<&str>,
+        progress: &Progress,
+    ) -> Result<Snapshot> {
         let _gc = self.gc_lock(false)?;
-        let info = self.cas.put_file(tarball)?;
+        let options = CreateOptions {
+            progress: progress.clone(),
+            ..CreateOptions::default()
+        };
+        let info = self.cas.put_file_with(tarball, &options)?;
         failpoint("import.stored");
         let row = self.record(None, &info, None, None, tag, true)?;
         failpoint("import.recorded");
