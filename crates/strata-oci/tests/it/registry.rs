@@ -1,0 +1,1 @@
+//! Push and pull against a real registry.
