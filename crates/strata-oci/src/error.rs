@@ -44,8 +44,6 @@ pub enum Error {
     TooLarge { what: String, limit: u64 },
     #[error("not an image reference: {reference:?}: {problem}")]
     BadReference { reference: String, problem: String },
-    #[error("registry {registry} is not a loopback address: plain HTTP needs --insecure")]
-    Insecure { registry: String },
     #[error("{method} {url}: the registry answered {status}: {message}")]
     Status {
         method: &'static str,

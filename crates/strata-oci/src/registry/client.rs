@@ -57,16 +57,12 @@ pub(crate) struct Upload<'r> {
 
 impl Client {
     pub(crate) fn new(reference: &Reference, opts: &Options, push: bool) -> Result<Client> {
+        // Plain HTTP only where nobody can listen in, or when asked for.
         let scheme = if reference.is_loopback() || opts.insecure {
             "http"
         } else {
             "https"
         };
-        if scheme == "http" && !reference.is_loopback() && !opts.insecure {
-            return Err(Error::Insecure {
-                registry: reference.registry.clone(),
-            });
-        }
         let agent: Agent = Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(30)))
@@ -108,7 +104,7 @@ impl Client {
             let response = self.send_once(method, url, headers, auth.as_deref(), upload.as_mut());
             let response = response.map_err(|source| Error::Http {
                 method: method.name(),
-                url: url.to_owned(),
+                url: without_query(url).to_owned(),
                 source: Box::new(source),
             })?;
             if response.status() == StatusCode::UNAUTHORIZED && attempt == 0 && upload.is_none() {
@@ -347,6 +343,11 @@ impl Client {
     }
 }
 
+/// A URL without its query, for messages: upload URLs carry long opaque state.
+fn without_query(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url)
+}
+
 fn basic(user: &str, password: &str) -> String {
     format!(
         "Basic {}",
@@ -368,7 +369,7 @@ fn status_error(method: &'static str, url: &str, mut response: Response<Body>) -
     let message: String = text.trim().chars().take(500).collect();
     Error::Status {
         method,
-        url: url.to_owned(),
+        url: without_query(url).to_owned(),
         status,
         message: if message.is_empty() {
             "(no body)".to_owned()
