@@ -225,7 +225,8 @@ impl Builder {
             hits: Cell::new(0),
             misses: Cell::new(0),
         };
-        let id = self.build_stage(spec, None, &session, &HashMap::new())?;
+        let (id, ctx) = self.build_stage(spec, None, &session, &HashMap::new())?;
+        self.steps.put_image(&id, &ctx)?;
         session.emit(Event::Finished {
             snapshot: id,
             hits: session.hits.get(),
@@ -241,10 +242,10 @@ impl Builder {
         stage: Option<&str>,
         s: &Session<'_>,
         outer: &HashMap<String, SnapshotId>,
-    ) -> Result<SnapshotId> {
+    ) -> Result<(SnapshotId, Context)> {
         let mut stages = outer.clone();
         for inner in &spec.stages {
-            let id = self.build_stage(&inner.spec, Some(&inner.name), s, &stages)?;
+            let (id, _) = self.build_stage(&inner.spec, Some(&inner.name), s, &stages)?;
             stages.insert(inner.name.clone(), id);
         }
         let base = self.base(&spec.from)?;
@@ -287,7 +288,13 @@ impl Builder {
                 }
             }
         }
-        Ok(current)
+        Ok((current, ctx))
+    }
+
+    /// The context (workdir, user, environment, shell) the last build of `snapshot` ended
+    /// in, which an image of it runs with; none for a snapshot no build produced.
+    pub fn image_context(&self, snapshot: &SnapshotId) -> Result<Option<Context>> {
+        self.steps.get_image(snapshot)
     }
 
     /// The base a stage starts from. The busybox base of the embedded defaults is made from
@@ -953,6 +960,12 @@ pub fn delete(engine: &Engine, id: &SnapshotId) -> Result<Vec<SnapshotId>> {
     result.map(|()| removed)
 }
 
+/// The context (workdir, user, environment, shell) the last build of `snapshot` in the
+/// store of `engine` ended in, as [`Builder::image_context`], without a driver.
+pub fn image_context(engine: &Engine, snapshot: &SnapshotId) -> Result<Option<Context>> {
+    Steps::open(engine.root())?.get_image(snapshot)
+}
+
 /// Forgets the recorded steps whose snapshot is gone (pruned or removed), with their logs,
 /// and removes the live logs crashed runs left. Returns how many steps were forgotten.
 /// `strata prune` and `strata gc` call it; lookups also forget such steps lazily.
@@ -966,6 +979,7 @@ pub fn forget_missing(engine: &Engine) -> Result<u64> {
             forgotten += 1;
         }
     }
+    steps.forget_images(|s| !live.contains(s))?;
     let logs = steps.dir.join("logs");
     for entry in fs::read_dir(&logs)
         .map_err(io_err("list", &logs))?

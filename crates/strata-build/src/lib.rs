@@ -26,7 +26,7 @@ mod roots;
 mod slot_roots;
 mod steps;
 
-pub use builder::{Builder, CacheStats, delete, forget_missing};
+pub use builder::{Builder, CacheStats, delete, forget_missing, image_context};
 pub use context::Context;
 pub use error::{Error, Result};
 pub use events::{Event, HitSource, Reporter, Silent, StepInfo, Task, Transcript, render_text};

@@ -6,10 +6,10 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 use strata_snapshot::{CheckoutMode, Engine};
 
-use crate::cli::{CheckoutArgs, CommitArgs, GlobalArgs, ImportArgs, ReleaseArgs, SnapshotCommand};
+use crate::cli::{CheckoutArgs, CommitArgs, GlobalArgs, ReleaseArgs, SnapshotCommand};
 use crate::output;
 
-fn open(global: &GlobalArgs) -> Result<Engine> {
+pub(crate) fn open(global: &GlobalArgs) -> Result<Engine> {
     let root = crate::cas::store_root(global.store.as_deref())?;
     Engine::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))
 }
@@ -23,7 +23,7 @@ struct SnapshotOut<'a> {
     seconds: f64,
 }
 
-fn print_snapshot(
+pub(crate) fn print_snapshot(
     json: bool,
     row: &strata_snapshot::Snapshot,
     tag: Option<&str>,
@@ -46,18 +46,6 @@ fn print_snapshot(
         out.id,
         output::duration(started.elapsed())
     ))
-}
-
-/// `strata import ROOTFS --tag NAME`.
-pub(crate) fn import(global: &GlobalArgs, args: &ImportArgs) -> Result<()> {
-    let started = Instant::now();
-    let engine = open(global)?;
-    let progress = strata_cas::Progress::new();
-    let _shown = crate::progress::watch("importing", &progress);
-    let row = engine
-        .import_with_progress(&args.rootfs, args.tag.as_deref(), &progress)
-        .with_context(|| format!("cannot import {}", args.rootfs.display()))?;
-    print_snapshot(global.json, &row, args.tag.as_deref(), started, "imported")
 }
 
 #[derive(Serialize)]
