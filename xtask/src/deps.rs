@@ -39,6 +39,8 @@ pub(crate) const TEST: &[&str] = &[
     "busybox-static",
     "python3",
     "python3-venv",
+    // mkfs.xfs, for the reflink check of portable checkouts on XFS.
+    "xfsprogs",
 ];
 
 /// Installs those of `packages` that are missing, with apt-get as root. Elsewhere (not root,
