@@ -8,7 +8,6 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use strata_cas::{CorruptBlob, Error, LayerId, Limits, OciDigests, Store, VerifyReport};
-use strata_snapshot::Engine;
 use strata_snapshot::maintenance::{LayerUser, RemoveLayersOptions};
 
 use crate::cli::{CasApplyArgs, CasCommand, GlobalArgs, IdArg, PutArgs, RmArgs, VerifyArgs};
@@ -220,8 +219,7 @@ impl Cas {
 
         // The engine removes them: it knows which snapshots need them, and takes the store's
         // gc lock so that no commit starts needing one meanwhile.
-        let engine = Engine::open(&self.root)
-            .with_context(|| format!("cannot open the store at {}", self.root.display()))?;
+        let engine = crate::store::open(&self.root)?;
         let opts = RemoveLayersOptions {
             with_snapshots: args.force,
         };

@@ -20,3 +20,4 @@ mod portable;
 #[cfg(target_os = "linux")]
 mod privacy;
 mod relocate;
+mod trash;
