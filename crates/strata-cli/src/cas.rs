@@ -220,8 +220,7 @@ impl Cas {
 
         // The engine removes them: it knows which snapshots need them, and takes the store's
         // gc lock so that no commit starts needing one meanwhile.
-        let engine = Engine::open(&self.root)
-            .with_context(|| format!("cannot open the store at {}", self.root.display()))?;
+        let engine = crate::store::open(&self.root)?;
         let opts = RemoveLayersOptions {
             with_snapshots: args.force,
         };
