@@ -8,7 +8,6 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use strata_cas::{CorruptBlob, Error, LayerId, OciDigests, Store, VerifyReport};
-use strata_snapshot::Engine;
 use strata_snapshot::maintenance::{LayerUser, RemoveLayersOptions};
 
 use crate::cli::{CasApplyArgs, CasCommand, GlobalArgs, IdArg, PutArgs, RmArgs, VerifyArgs};

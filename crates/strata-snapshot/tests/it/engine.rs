@@ -742,6 +742,9 @@ fn import_and_commit_count_their_progress_in_uncompressed_bytes() {
             .unwrap();
         assert_eq!(committed.done(), size(&child.layer), "{mode:?}");
         let total = committed.total().unwrap();
-        assert!(total >= 3 << 20, "{mode:?}: the total {total} covers the file");
+        assert!(
+            total >= 3 << 20,
+            "{mode:?}: the total {total} covers the file"
+        );
     }
 }
