@@ -4,6 +4,7 @@
 
 #![allow(clippy::print_stderr, reason = "a skipped test says why it skipped")]
 
+mod cache;
 mod layout;
 mod registry;
 
