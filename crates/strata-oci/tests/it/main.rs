@@ -2,6 +2,7 @@
 //! and a real registry (Debian's docker-registry, CNCF distribution) started on a loopback
 //! port. A test whose tool is missing skips, except under CI (`CI` set), where it fails.
 
+mod cache;
 mod layout;
 mod registry;
 
