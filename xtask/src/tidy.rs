@@ -333,6 +333,44 @@ fn process_liveness_is_one_crate() {
     }
 }
 
+/// Images and registries are one crate's business: the registry client (ureq) stays in
+/// strata-oci, and neither the builder nor the engine knows about it; the CLI wires them.
+#[test]
+fn registries_stay_in_strata_oci() {
+    for entry in fs::read_dir(project_root().join("crates")).unwrap() {
+        let dir = entry.unwrap().path();
+        let krate = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let deps = manifest_dependencies(&krate);
+        if krate != "strata-oci" {
+            assert!(
+                !deps.iter().any(|d| d == "ureq"),
+                "{krate} must not depend on ureq: registries are strata-oci's"
+            );
+        }
+        if [
+            "strata-cas",
+            "strata-snapshot",
+            "strata-build",
+            "strata-spec",
+            "strata-isolate",
+        ]
+        .contains(&krate.as_str())
+        {
+            assert!(
+                !deps.iter().any(|d| d == "strata-oci"),
+                "{krate} must not depend on strata-oci"
+            );
+        }
+    }
+    let oci = dependencies("strata-oci");
+    for forbidden in ["strata-build", "strata-isolate", "tokio", "clap", "anyhow"] {
+        assert!(
+            !oci.iter().any(|d| d == forbidden),
+            "strata-oci must not depend on {forbidden}"
+        );
+    }
+}
+
 /// OS bindings stay where the OS-specific code is: `windows-sys` in strata-process (process
 /// identity) and strata-snapshot (file identity and block cloning of portable checkouts),
 /// `libc` in strata-process (macOS process identity); drivers may add theirs in

@@ -59,6 +59,9 @@ pub struct BuildOptions {
     pub allow_network_host: bool,
     /// The most of a step's output its log keeps; the rest is counted and a note says so.
     pub log_limit: u64,
+    /// How often long work of a step (a large commit) sends an
+    /// [`Event::Progress`](crate::Event::Progress); a quarter second by default.
+    pub progress_every: Duration,
 }
 
 impl Default for BuildOptions {
@@ -78,6 +81,7 @@ impl BuildOptions {
             step_timeout: None,
             allow_network_host: false,
             log_limit: DEFAULT_LOG_LIMIT,
+            progress_every: Duration::from_millis(250),
         }
     }
 
@@ -113,6 +117,11 @@ impl BuildOptions {
         self.log_limit = bytes;
         self
     }
+
+    pub fn progress_every(mut self, every: Duration) -> BuildOptions {
+        self.progress_every = every;
+        self
+    }
 }
 
 impl std::fmt::Debug for BuildOptions {
@@ -123,6 +132,7 @@ impl std::fmt::Debug for BuildOptions {
             .field("step_timeout", &self.step_timeout)
             .field("allow_network_host", &self.allow_network_host)
             .field("log_limit", &self.log_limit)
+            .field("progress_every", &self.progress_every)
             .finish_non_exhaustive()
     }
 }

@@ -139,7 +139,7 @@ fn du_prune_gc_and_fsck() {
     assert_eq!(pruned["snapshots"][0], b.as_str(), "{pruned}");
     assert_keys(
         &pruned["gc"],
-        &["layers", "bytes", "orphans", "variants", "steps"],
+        &["layers", "bytes", "orphans", "variants", "trash", "steps"],
     );
     assert_eq!(u64_field(&pruned["gc"], "layers"), 1, "{pruned}");
     assert!(u64_field(&pruned["gc"], "bytes") > 0, "{pruned}");
@@ -168,7 +168,9 @@ fn du_prune_gc_and_fsck() {
     let collected = env.run([os("gc"), os("--json")]).json();
     assert_keys(
         &collected,
-        &["layers", "bytes", "orphans", "variants", "steps", "seconds"],
+        &[
+            "layers", "bytes", "orphans", "variants", "trash", "steps", "seconds",
+        ],
     );
     assert_eq!(u64_field(&collected, "layers"), 1, "{collected}");
     assert!(u64_field(&collected, "bytes") > 0, "{collected}");

@@ -444,6 +444,12 @@ fn check_recovered(store: &Path, top: &Path, label: &str) {
     assert!(mounts_under(top).is_empty(), "{label}: mounts left");
     engine.wait_for_deletions();
     assert!(names_in(&store.join("checkouts-v1")).is_empty());
+    // Trees a dead deleter claimed are deleted too: the trash holds nothing.
+    assert_eq!(
+        names_in(&store.join("trash-v1")),
+        Vec::<String>::new(),
+        "{label}: trash left"
+    );
 }
 
 /// Whether the workload's overlay checkouts, and their crash points, are tried: elsewhere

@@ -720,3 +720,31 @@ fn layers_made_elsewhere_become_snapshots_and_their_oci_digests_are_remembered()
     assert_eq!(engine.oci_digests(&base.layer).unwrap(), digests);
     fs::write(&blob, saved).unwrap();
 }
+
+#[test]
+fn import_and_commit_count_their_progress_in_uncompressed_bytes() {
+    for mode in modes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&tmp.path().join("store")).unwrap();
+        let imported = strata_cas::Progress::new();
+        let base = engine
+            .import_with_progress(&rootfs_tar(tmp.path()), None, &imported)
+            .unwrap();
+        let size = |layer| engine.cas().stat(layer).unwrap().uncompressed_size;
+        assert_eq!(imported.done(), size(&base.layer));
+
+        let work = tmp.path().join("work");
+        engine.checkout(&base.id, &work, Some(mode)).unwrap();
+        fs::write(work.join("big"), vec![7u8; 3 << 20]).unwrap();
+        let committed = strata_cas::Progress::new();
+        let child = engine
+            .commit_with_progress(&work, None, &committed)
+            .unwrap();
+        assert_eq!(committed.done(), size(&child.layer), "{mode:?}");
+        let total = committed.total().unwrap();
+        assert!(
+            total >= 3 << 20,
+            "{mode:?}: the total {total} covers the file"
+        );
+    }
+}

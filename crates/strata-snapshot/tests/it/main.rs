@@ -20,6 +20,7 @@ mod portable;
 #[cfg(target_os = "linux")]
 mod privacy;
 mod relocate;
+mod trash;
 
 /// `None` where overlay checkouts work, else why not: for `strata_test_support::require`.
 pub(crate) fn overlay_problem() -> Option<String> {
