@@ -499,3 +499,70 @@ fn test_support_is_a_dev_dependency_only() {
         );
     }
 }
+
+/// The error enums of library crates can grow without breaking embedders: every public enum
+/// deriving `thiserror::Error` is `#[non_exhaustive]`. And a crate's `Io` variant reads
+/// "cannot {op} {path}", so its `op` is a bare verb phrase, never "cannot …" again.
+#[test]
+fn library_error_enums_are_non_exhaustive_with_one_io_shape() {
+    let mut enums = 0;
+    for entry in fs::read_dir(project_root().join("crates")).unwrap() {
+        let dir = entry.unwrap().path();
+        if dir.join("src/main.rs").exists() {
+            continue;
+        }
+        let mut files = Vec::new();
+        rust_files(&dir.join("src"), &mut files);
+        for file in files {
+            let text = fs::read_to_string(&file).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            for (n, line) in lines.iter().enumerate() {
+                let Some(name) = line.trim_start().strip_prefix("pub enum ") else {
+                    continue;
+                };
+                // The attributes and docs right above the enum.
+                let above: Vec<&str> = lines[..n]
+                    .iter()
+                    .rev()
+                    .take_while(|l| {
+                        let l = l.trim_start();
+                        l.starts_with("#[")
+                            || l.starts_with("///")
+                            || l.starts_with(')')
+                            || l.starts_with('"')
+                            || l.starts_with("reason")
+                    })
+                    .copied()
+                    .collect();
+                if !above.iter().any(|l| l.contains("thiserror::Error")) {
+                    continue;
+                }
+                enums += 1;
+                assert!(
+                    above.iter().any(|l| l.trim() == "#[non_exhaustive]"),
+                    "{}:{}: error enum `{}` must be #[non_exhaustive]",
+                    file.display(),
+                    n + 1,
+                    name.trim_end_matches(" {")
+                );
+            }
+            for (n, line) in lines.iter().enumerate() {
+                for needle in [
+                    "op: \"cannot ",
+                    "io(\"cannot ",
+                    "os(\"cannot ",
+                    "err(\"cannot ",
+                ] {
+                    assert!(
+                        !line.contains(needle),
+                        "{}:{}: the Io message already says \"cannot\": {}",
+                        file.display(),
+                        n + 1,
+                        line.trim()
+                    );
+                }
+            }
+        }
+    }
+    assert!(enums >= 10, "found only {enums} error enums");
+}
