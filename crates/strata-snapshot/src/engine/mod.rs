@@ -155,6 +155,8 @@ pub struct Engine {
     privileged: bool,
     /// `trash-v1/`: see `trash.rs`.
     trash: PathBuf,
+    /// Whether the store's filesystem clones files, probed on first need.
+    pub(crate) clones: std::sync::OnceLock<bool>,
     reaper: Reaper,
     handoff: Mutex<Option<TrashHandoff>>,
 }
@@ -251,6 +253,7 @@ impl Engine {
             states,
             privileged: is_root(),
             trash,
+            clones: std::sync::OnceLock::new(),
             reaper: Reaper::default(),
             handoff: Mutex::new(None),
         };
