@@ -12,8 +12,10 @@ use std::process::Command;
 pub fn child_test(test: &str) -> Command {
     // Through /proc where there is one: it still runs this binary after a concurrent
     // `cargo test` has replaced the file that `current_exe` names.
+    // Linux only: under Wine a Windows test binary sees the host's /proc too, where it names
+    // the Wine loader.
     let proc_exe = Path::new("/proc/self/exe");
-    let exe = if proc_exe.exists() {
+    let exe = if cfg!(target_os = "linux") && proc_exe.exists() {
         proc_exe.to_path_buf()
     } else {
         test_binary()
