@@ -44,6 +44,8 @@ pub(crate) const TEST: &[&str] = &[
     "docker-registry",
     "skopeo",
     "umoci",
+    // mkfs.xfs, for the reflink check of portable checkouts on XFS.
+    "xfsprogs",
 ];
 
 /// Installs those of `packages` that are missing, with apt-get as root. Elsewhere (not root,

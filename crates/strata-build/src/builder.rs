@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use strata_cas::Progress;
 use strata_isolate::{BindMount, Cancel, Driver, Job, NetworkMode, Outcome, SecretMount};
 use strata_snapshot::{Engine, SnapshotId};
 use strata_spec::{Copy, CopyFrom, Op, Run, Spec, User};
@@ -16,7 +17,7 @@ use strata_spec::{Copy, CopyFrom, Op, Run, Spec, User};
 use crate::context::{self, Context};
 use crate::copy::Manifest;
 use crate::error::{Error, Result, io_err};
-use crate::events::{Event, HitSource, StepInfo};
+use crate::events::{Event, HitSource, StepInfo, Task};
 use crate::key::{KeyBuilder, StepKey};
 use crate::log::{Follower, LogSink, StepLog, replay};
 use crate::options::{BuildOptions, Secret};
@@ -119,12 +120,27 @@ impl<'s, 'o> Step<'s, 'o> {
         }
     }
 
+    fn progress(&self, task: Task, progress: &Progress) {
+        self.session.emit(Event::Progress {
+            step: self.index(),
+            task,
+            done: progress.done(),
+            total: progress.total(),
+        });
+    }
+
     fn note(&self, text: &str) {
         self.session.emit(Event::Note {
             step: self.index(),
             text: text.to_owned(),
         });
     }
+}
+
+/// How a step shows the progress of its long work: how often, and to whom.
+struct ShowProgress<'a> {
+    every: Duration,
+    report: &'a dyn Fn(&Progress),
 }
 
 /// A step's new snapshot, as the step made it.
@@ -365,7 +381,13 @@ impl Builder {
         });
         let key = k.finish();
         self.step(key, step, &|log| {
-            self.execute_run(parent, ctx, run, network, &secrets, &label, log, opts)
+            let progress = ShowProgress {
+                every: opts.progress_every,
+                report: &|p| step.progress(Task::Commit, p),
+            };
+            self.execute_run(
+                parent, ctx, run, network, &secrets, &label, log, opts, &progress,
+            )
         })
     }
 
@@ -380,8 +402,9 @@ impl Builder {
         step: &str,
         log: &mut dyn Write,
         opts: &BuildOptions,
+        progress: &ShowProgress<'_>,
     ) -> Result<Made> {
-        self.in_checkout(parent, step, &opts.cancel, |dir| {
+        self.in_checkout(parent, step, &opts.cancel, progress, |dir| {
             let dir = dir.to_path_buf();
             let mut views = Vec::new();
             let mut mounts = Vec::new();
@@ -441,6 +464,33 @@ impl Builder {
         })
     }
 
+    /// Commits `dir` on another thread while this one, the build's, reports the commit's
+    /// progress as often as it asks (a large commit takes seconds; most take less than
+    /// one tick and report nothing).
+    fn commit_reporting(
+        &self,
+        dir: &Path,
+        show: &ShowProgress<'_>,
+    ) -> strata_snapshot::Result<strata_snapshot::Snapshot> {
+        let progress = &Progress::new();
+        std::thread::scope(|s| {
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let committing = s.spawn(move || {
+                let result = self.engine.commit_with_progress(dir, None, progress);
+                let _ = done_tx.send(());
+                result
+            });
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                done_rx.recv_timeout(show.every)
+            {
+                (show.report)(progress);
+            }
+            committing
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
     /// Checks `parent` out, lets `work` change the checkout, and commits it as a child
     /// snapshot. On any error, the commit's included, the checkout is discarded instead:
     /// nothing of a failed step stays in the store.
@@ -449,6 +499,7 @@ impl Builder {
         parent: &SnapshotId,
         step: &str,
         cancel: &Cancel,
+        progress: &ShowProgress<'_>,
         work: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<Made> {
         let root = self.checkout_root(cancel)?;
@@ -456,8 +507,7 @@ impl Builder {
         self.engine.checkout(parent, dir, root.mode())?;
         let result = work(dir).and_then(|()| {
             let row = self
-                .engine
-                .commit(dir, None)
+                .commit_reporting(dir, progress)
                 .map_err(|source| Error::Commit {
                     step: step.to_owned(),
                     source: Box::new(source),
@@ -523,7 +573,11 @@ impl Builder {
             let key = k.finish();
             let owner = ctx.owner();
             self.step(key, step, &|_log| {
-                self.execute_copy(parent, &manifest, owner, &label, &opts.cancel)
+                let progress = ShowProgress {
+                    every: opts.progress_every,
+                    report: &|p| step.progress(Task::Commit, p),
+                };
+                self.execute_copy(parent, &manifest, owner, &label, &opts.cancel, &progress)
             })
         })();
         if let Some(root) = stage_dir {
@@ -539,8 +593,9 @@ impl Builder {
         (uid, gid): (u32, u32),
         step: &str,
         cancel: &Cancel,
+        progress: &ShowProgress<'_>,
     ) -> Result<Made> {
-        self.in_checkout(parent, step, cancel, |dir| {
+        self.in_checkout(parent, step, cancel, progress, |dir| {
             std::thread::scope(|s| {
                 let (reader, writer) = io::pipe().map_err(io_err("create a pipe for", dir))?;
                 let writing = s.spawn(move || manifest.write_tar(writer, uid, gid));

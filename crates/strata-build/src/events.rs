@@ -32,6 +32,15 @@ pub enum Event {
         #[serde(serialize_with = "lossy_text")]
         data: Vec<u8>,
     },
+    /// Long work of a step goes on: sent every quarter second or so while it lasts.
+    Progress {
+        step: u32,
+        task: Task,
+        /// Bytes done so far.
+        done: u64,
+        /// Bytes in all, where known (an estimate that `done` may pass).
+        total: Option<u64>,
+    },
     /// A remark on a step (another build's attempt at it failed, say).
     Note { step: u32, text: String },
     /// The step's result was already there.
@@ -75,6 +84,15 @@ pub struct StepInfo {
     pub op: String,
     /// The cache key (`run` and `copy` only).
     pub key: Option<StepKey>,
+}
+
+/// Long work a step reports [progress](Event::Progress) of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Task {
+    /// Storing the step's changes as a layer (uncompressed bytes).
+    Commit,
 }
 
 /// Where a cache hit came from.
@@ -135,7 +153,8 @@ pub fn render_text(event: &Event) -> Vec<u8> {
         Event::CacheHit { snapshot, .. } => {
             format!("---> using \"{snapshot}\" from cache\n").into_bytes()
         }
-        Event::Failed { .. } | Event::Finished { .. } => Vec::new(),
+        // Progress is for live displays; the transcript is what a build printed.
+        Event::Progress { .. } | Event::Failed { .. } | Event::Finished { .. } => Vec::new(),
     }
 }
 

@@ -30,7 +30,7 @@ mod steps;
 pub use builder::{Builder, CacheStats, delete, forget_missing, image_context};
 pub use context::Context;
 pub use error::{Error, Result};
-pub use events::{Event, HitSource, Reporter, Silent, StepInfo, Transcript, render_text};
+pub use events::{Event, HitSource, Reporter, Silent, StepInfo, Task, Transcript, render_text};
 pub use key::StepKey;
 pub use log::DEFAULT_LOG_LIMIT;
 pub use options::{BuildOptions, Secret};

@@ -60,6 +60,9 @@ pub struct BuildOptions {
     pub allow_network_host: bool,
     /// The most of a step's output its log keeps; the rest is counted and a note says so.
     pub log_limit: u64,
+    /// How often long work of a step (a large commit) sends an
+    /// [`Event::Progress`](crate::Event::Progress); a quarter second by default.
+    pub progress_every: Duration,
     /// A shared cache asked for each step the local store lacks (`--cache-from`).
     pub cache_from: Option<Arc<dyn RemoteCache>>,
     /// A shared cache offered each step this build ran or found locally (`--cache-to`).
@@ -83,6 +86,7 @@ impl BuildOptions {
             step_timeout: None,
             allow_network_host: false,
             log_limit: DEFAULT_LOG_LIMIT,
+            progress_every: Duration::from_millis(250),
             cache_from: None,
             cache_to: None,
         }
@@ -132,6 +136,11 @@ impl BuildOptions {
         self.log_limit = bytes;
         self
     }
+
+    pub fn progress_every(mut self, every: Duration) -> BuildOptions {
+        self.progress_every = every;
+        self
+    }
 }
 
 impl std::fmt::Debug for BuildOptions {
@@ -142,6 +151,7 @@ impl std::fmt::Debug for BuildOptions {
             .field("step_timeout", &self.step_timeout)
             .field("allow_network_host", &self.allow_network_host)
             .field("log_limit", &self.log_limit)
+            .field("progress_every", &self.progress_every)
             .field("cache_from", &self.cache_from)
             .field("cache_to", &self.cache_to)
             .finish_non_exhaustive()

@@ -188,6 +188,10 @@ pub(crate) enum Command {
     /// processes that no longer run; missing or corrupt layers cannot be repaired (remove
     /// the snapshots that need them). Exits with status 1 if a problem remains.
     Fsck(FsckArgs),
+
+    /// Delete the trees in the store's trash (started in the background by other commands)
+    #[command(hide = true)]
+    EmptyTrash,
 }
 
 const PRUNE_AFTER_HELP: &str = "\

@@ -24,8 +24,10 @@ pub(crate) fn import(global: &GlobalArgs, args: &ImportArgs) -> Result<()> {
             .snapshot
     } else {
         let rootfs = args.rootfs.as_ref().expect("clap requires one source");
+        let progress = strata_cas::Progress::new();
+        let _shown = crate::progress::watch("importing", &progress);
         engine
-            .import(rootfs, tag)
+            .import_with_progress(rootfs, tag, &progress)
             .with_context(|| format!("cannot import {}", rootfs.display()))?
     };
     print_snapshot(global.json, &row, tag, started, "imported")

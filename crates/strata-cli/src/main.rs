@@ -23,6 +23,7 @@ mod maintenance;
 mod output;
 mod progress;
 mod snapshot;
+mod store;
 
 use std::io::{self, Write as _};
 use std::process::ExitCode;
@@ -74,6 +75,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Gc => maintenance::gc(&cli.global),
         Command::Fsck(args) => maintenance::fsck(&cli.global, args),
         Command::Slots(cli::SlotsCommand::Rm(args)) => build::slots_rm(&cli.global, args),
+        Command::EmptyTrash => store::empty_trash(&cas::store_root(cli.global.store.as_deref())?),
     }
 }
 

@@ -10,8 +10,7 @@ use crate::cli::{CheckoutArgs, CommitArgs, GlobalArgs, ReleaseArgs, SnapshotComm
 use crate::output;
 
 pub(crate) fn open(global: &GlobalArgs) -> Result<Engine> {
-    let root = crate::cas::store_root(global.store.as_deref())?;
-    Engine::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))
+    crate::store::open(&crate::cas::store_root(global.store.as_deref())?)
 }
 
 #[derive(Serialize)]

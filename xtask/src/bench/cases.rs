@@ -77,6 +77,9 @@ pub(crate) fn run_all(
     if wanted("snapshots") {
         super::snapshots::run(ctx, report, quick)?;
     }
+    if wanted("rootfs") {
+        super::rootfs::run(ctx, report)?;
+    }
     if wanted("builder") {
         super::build::run(ctx, report)?;
     }

@@ -14,7 +14,8 @@
 //!    `target/bench/mnt`; otherwise `target/bench/work` ([`scratch`]);
 //! 5. run the cases side by side, ours and baseline interleaved ([`cases`], [`runner`]),
 //!    then the snapshot cases: checkouts, commits and prune of a 10-layer snapshot of the
-//!    fixture ([`snapshots`]), then the builder cases: cache hits and a no-op runc step
+//!    fixture ([`snapshots`]), then `checkout --copy` of a debootstrapped Debian rootfs
+//!    against `tar -x` ([`rootfs`]), then the builder cases: cache hits and a no-op runc step
 //!    against a bare `runc run` ([`build`]), then the registry cases: push and pull against
 //!    `skopeo copy`, a cold build with `--cache-from` ([`registry`]);
 //! 6. `cargo bench -p benches` and collect criterion's estimates ([`micro`]);
@@ -41,6 +42,7 @@ mod machine;
 mod micro;
 mod registry;
 mod report;
+mod rootfs;
 mod runner;
 mod scratch;
 mod snapshots;
@@ -56,7 +58,7 @@ struct Options {
     no_micro: bool,
     /// `--no-compare`: skip the whole-process cases (micro-benchmarks only).
     no_compare: bool,
-    /// `--only GROUP`: run one group of whole-process cases (`layers`, `snapshots`,
+    /// `--only GROUP`: run one group of whole-process cases (`layers`, `snapshots`, `rootfs`,
     /// `builder`, `registry`).
     only: Option<String>,
 }
@@ -68,8 +70,8 @@ usage: cargo xtask bench [--quick] [--runs N] [--no-micro] [--no-compare] [--onl
   --runs N      runs per whole-process case (default: 3 quick, 10 full)
   --no-micro    skip the criterion micro-benchmarks
   --no-compare  skip the whole-process comparisons (and the fixture)
-  --only GROUP  only these whole-process cases: layers, snapshots, builder or registry
-                (registry needs no fixture)
+  --only GROUP  only these whole-process cases: layers, snapshots, rootfs, builder or
+                registry (registry needs no fixture)
 
 Writes target/bench/report.json and target/bench/report.md; see docs/benchmarks.md.";
 
@@ -90,9 +92,12 @@ impl Options {
                 "--no-compare" => opts.no_compare = true,
                 "--only" => {
                     let group = it.next().context("--only needs a group")?;
-                    if !["layers", "snapshots", "builder", "registry"].contains(&group.as_str()) {
+                    if !["layers", "snapshots", "rootfs", "builder", "registry"]
+                        .contains(&group.as_str())
+                    {
                         bail!(
-                            "--only {group}: the groups are layers, snapshots, builder and registry"
+                            "--only {group}: the groups are layers, snapshots, rootfs, builder \
+                             and registry"
                         );
                     }
                     opts.only = Some(group.clone());

@@ -1,30 +1,22 @@
 //! `strata export|import --oci|--docker-archive|push|pull` and `build --cache-to|--cache-from`
 //! as a user runs them, against a real registry (docker-registry on a loopback port).
 
-use std::path::Path;
-
 use strata_oci::testing::Registry;
 
-use crate::support::{Env, have, id_field};
+use crate::support::{Env, id_field};
 
 fn registry() -> Option<Registry> {
-    let started = Registry::start();
-    assert!(
-        started.is_ok() || std::env::var_os("CI").is_none(),
-        "CI must have docker-registry: {:?}",
-        started.as_ref().err()
-    );
-    started.ok()
+    match Registry::start() {
+        Ok(registry) => Some(registry),
+        Err(e) => {
+            strata_test_support::require("a docker-registry", Some(e.to_string()));
+            None
+        }
+    }
 }
 
 fn runc_ready() -> bool {
-    let ok =
-        have("runc") && rustix::process::geteuid().is_root() && Path::new("/bin/busybox").exists();
-    assert!(
-        ok || std::env::var_os("CI").is_none(),
-        "CI must have runc, root and busybox-static"
-    );
-    ok
+    strata_test_support::require("runc jobs", strata_test_support::runc())
 }
 
 const SPEC: &str = r#"((from busybox)

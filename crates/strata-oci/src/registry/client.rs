@@ -55,6 +55,16 @@ pub(crate) struct Upload<'r> {
     pub(crate) content_type: &'static str,
 }
 
+/// rustls with webpki's roots; on macOS the system's TLS and trust store (see Cargo.toml).
+fn tls_config() -> ureq::tls::TlsConfig {
+    let config = ureq::tls::TlsConfig::builder();
+    #[cfg(target_os = "macos")]
+    let config = config
+        .provider(ureq::tls::TlsProvider::NativeTls)
+        .root_certs(ureq::tls::RootCerts::PlatformVerifier);
+    config.build()
+}
+
 impl Client {
     pub(crate) fn new(reference: &Reference, opts: &Options, push: bool) -> Result<Client> {
         // Plain HTTP only where nobody can listen in, or when asked for.
@@ -64,6 +74,7 @@ impl Client {
             "https"
         };
         let agent: Agent = Agent::config_builder()
+            .tls_config(tls_config())
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(30)))
             .timeout_per_read(Some(Duration::from_secs(300)))

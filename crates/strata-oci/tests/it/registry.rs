@@ -216,7 +216,6 @@ fn a_registry_vanishing_mid_push_fails_clearly_and_a_retry_completes() {
     let through: Reference = format!("127.0.0.1:{port}/team/app:1").parse().unwrap();
     let err = registry::push(&f.engine, &img, &through, &Options::new().jobs(1)).unwrap_err();
     let message = format!("{err}");
-    eprintln!("push through a vanishing registry: {message}");
     assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
     // Nothing was tagged, the store is intact, and pushing again completes.
     let dest = reference(&reg, "team/app:1");
