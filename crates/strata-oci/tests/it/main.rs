@@ -1,8 +1,12 @@
 //! Integration tests: images written and read by real tools (skopeo, umoci, Docker Engine)
 //! and a real registry (Debian's docker-registry, CNCF distribution) started on a loopback
-//! port. A test whose tool is missing skips, except under CI (`CI` set), where it fails.
+//! port. A test whose tool is missing skips, except under CI (`CI` set), where it fails
+//! (`strata_test_support::require`).
 
-#![allow(clippy::print_stderr, reason = "a skipped test says why it skipped")]
+#![allow(
+    clippy::print_stderr,
+    reason = "tests report what they found on stderr"
+)]
 
 mod layout;
 mod registry;
@@ -15,30 +19,11 @@ use std::process::Command;
 
 use strata_snapshot::{Engine, Snapshot};
 
-/// Whether a test needing `what` can run: `problem` is why not. Fails under CI.
-pub(crate) fn require(what: &str, problem: Option<String>) -> bool {
-    match problem {
-        None => true,
-        Some(problem) if std::env::var_os("CI").is_some() => {
-            panic!("{what} is required under CI: {problem}")
-        }
-        Some(problem) => {
-            eprintln!("skipping: {what} is unavailable: {problem}");
-            false
-        }
-    }
-}
+pub(crate) use strata_test_support::require;
 
-/// Whether `program` runs (`program --version` or `version` succeeds).
+/// Whether `program` runs (`program --version` or `version` succeeds); under CI it must.
 pub(crate) fn have(program: &str, arg: &str) -> bool {
-    require(
-        program,
-        match Command::new(program).arg(arg).output() {
-            Ok(o) if o.status.success() => None,
-            Ok(o) => Some(String::from_utf8_lossy(&o.stderr).into_owned()),
-            Err(e) => Some(e.to_string()),
-        },
-    )
+    require(program, strata_test_support::runs(program, &[arg]))
 }
 
 /// Runs a command, asserting success; returns stdout.
