@@ -789,3 +789,143 @@ fn named_paths_expand_braces() {
     assert_eq!(named_paths("x(super::y::z(1))", "super"), ["y::z"]);
     assert!(named_paths("$crate::bench::util::x", "crate").is_empty());
 }
+
+/// Each crate's place in the stack: the Strata crates it may depend on (directly, as a
+/// normal dependency), and outside crates it must not. `docs/architecture.md` states these;
+/// a new crate gets a row here, or this test fails.
+const CRATE_RULES: &[(&str, &[&str], &[&str])] = &[
+    (
+        "strata-process",
+        &[],
+        &["rusqlite", "tokio", "bollard", "clap", "anyhow"],
+    ),
+    (
+        "strata-spec",
+        &[],
+        &[
+            "rusqlite",
+            "tokio",
+            "bollard",
+            "clap",
+            "anyhow",
+            "windows-sys",
+        ],
+    ),
+    (
+        "strata-cas",
+        &[],
+        &[
+            "rusqlite",
+            "tokio",
+            "bollard",
+            "clap",
+            "anyhow",
+            "oci-spec",
+            "windows-sys",
+            "ureq",
+        ],
+    ),
+    (
+        "strata-snapshot",
+        &["strata-cas", "strata-process"],
+        &["tokio", "bollard", "clap", "anyhow", "oci-spec", "ureq"],
+    ),
+    (
+        "strata-isolate",
+        &["strata-process"],
+        &["rusqlite", "tokio", "bollard", "clap", "anyhow", "ureq"],
+    ),
+    (
+        "strata-docker",
+        &["strata-cas", "strata-isolate", "strata-process"],
+        &["rusqlite", "clap", "anyhow"],
+    ),
+    (
+        "strata-oci",
+        &["strata-cas", "strata-snapshot"],
+        &["tokio", "bollard", "clap", "anyhow", "rusqlite", "oci-spec"],
+    ),
+    (
+        "strata-build",
+        &[
+            "strata-cas",
+            "strata-snapshot",
+            "strata-isolate",
+            "strata-spec",
+        ],
+        &[
+            "tokio",
+            "bollard",
+            "clap",
+            "anyhow",
+            "oci-spec",
+            "windows-sys",
+            "ureq",
+        ],
+    ),
+    (
+        "strata",
+        &[
+            "strata-build",
+            "strata-cas",
+            "strata-isolate",
+            "strata-snapshot",
+            "strata-spec",
+            "strata-docker",
+            "strata-oci",
+        ],
+        &["clap", "anyhow"],
+    ),
+    (
+        "strata-cli",
+        &[
+            "strata",
+            "strata-build",
+            "strata-cas",
+            "strata-isolate",
+            "strata-snapshot",
+            "strata-spec",
+            "strata-docker",
+            "strata-oci",
+            "strata-process",
+        ],
+        &[],
+    ),
+    ("strata-test-support", &[], &["anyhow"]),
+];
+
+/// Every crate has dependency rules, and keeps them.
+#[test]
+fn every_crate_keeps_its_place_in_the_stack() {
+    for entry in fs::read_dir(project_root().join("crates")).unwrap() {
+        let krate = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let Some((_, allowed, forbidden)) = CRATE_RULES.iter().find(|(k, _, _)| *k == krate) else {
+            panic!(
+                "{krate} has no dependency rules: add a row to CRATE_RULES in xtask/src/tidy.rs and say where it sits in docs/architecture.md"
+            );
+        };
+        for dep in manifest_dependencies(&krate) {
+            assert!(
+                !dep.starts_with("strata") || allowed.contains(&dep.as_str()),
+                "{krate} must not depend on {dep} (its Strata dependencies: {allowed:?})"
+            );
+            assert!(
+                !forbidden.contains(&dep.as_str()),
+                "{krate} must not depend on {dep}"
+            );
+        }
+    }
+}
+
+/// Every crate has a section in `docs/architecture.md`'s code map.
+#[test]
+fn the_code_map_names_every_crate() {
+    let doc = fs::read_to_string(project_root().join("docs/architecture.md")).unwrap();
+    for entry in fs::read_dir(project_root().join("crates")).unwrap() {
+        let krate = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            doc.contains(&format!("### `crates/{krate}`")),
+            "docs/architecture.md has no code map section for crates/{krate}"
+        );
+    }
+}
