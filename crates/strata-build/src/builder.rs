@@ -21,6 +21,7 @@ use crate::events::{Event, HitSource, StepInfo, Task};
 use crate::key::{KeyBuilder, StepKey};
 use crate::log::{Follower, LogSink, StepLog, replay};
 use crate::options::{BuildOptions, Secret};
+use crate::remote::RemoteCache;
 use crate::steps::Steps;
 
 /// Cache hits and misses since the builder was made.
@@ -729,6 +730,11 @@ impl Builder {
             // What we followed of the other process's run was the log: don't repeat it.
             return self.hit(key, id, !follower.attached(), step);
         }
+        if let Some(remote) = &s.opts.cache_from
+            && let Some(id) = self.fetch_remote(remote.as_ref(), key, step)?
+        {
+            return Ok(id);
+        }
         if follower.attached() {
             step.note("another build's attempt at this step failed; running it here");
         }
@@ -747,6 +753,7 @@ impl Builder {
                 let log = self.steps.log_path(key);
                 fs::rename(&running, &log).map_err(io_err("keep", &log))?;
                 self.steps.put(key, &made.id)?;
+                self.publish(key, &made.id, step);
                 self.misses.fetch_add(1, Ordering::Relaxed);
                 s.misses.set(s.misses.get() + 1);
                 s.emit(Event::Saved {
@@ -778,6 +785,17 @@ impl Builder {
         if replay_log {
             let log = self.steps.log_path(key);
             replay(&log, step.sink()).map_err(io_err("read", &log))?;
+            // A step built before the shared cache was in use goes there too.
+            if let Some(remote) = &step.session.opts.cache_to {
+                match remote.contains(key) {
+                    Ok(true) => {}
+                    Ok(false) => self.publish(key, &id, step),
+                    Err(e) => step.note(&format!(
+                        "cannot reach the shared cache {}: {e}",
+                        remote.describe()
+                    )),
+                }
+            }
         }
         self.count_hit(step.session);
         step.session.emit(Event::CacheHit {
@@ -790,6 +808,60 @@ impl Builder {
             },
         });
         Ok(id)
+    }
+
+    /// Takes a step from the shared cache: its snapshot is in the store once `fetch`
+    /// returns; its log is recorded like a local run's, then the key. A cache that cannot be
+    /// reached or holds a bad entry is noted, and the step runs here.
+    fn fetch_remote(
+        &self,
+        remote: &dyn RemoteCache,
+        key: &StepKey,
+        step: &Step<'_, '_>,
+    ) -> Result<Option<SnapshotId>> {
+        let found = match remote.fetch(&self.engine, key) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                step.note(&format!(
+                    "cannot use the shared cache {}: {e}; running the step here",
+                    remote.describe()
+                ));
+                return Ok(None);
+            }
+        };
+        let running = self.steps.running_log_path(key);
+        let _ = fs::remove_file(&running);
+        let mut file = crate::steps::create_private(&running)?;
+        file.write_all(&found.log)
+            .map_err(io_err("write", &running))?;
+        drop(file);
+        let log = self.steps.log_path(key);
+        fs::rename(&running, &log).map_err(io_err("keep", &log))?;
+        self.steps.put(key, &found.snapshot)?;
+        replay(&log, step.sink()).map_err(io_err("read", &log))?;
+        self.count_hit(step.session);
+        step.session.emit(Event::CacheHit {
+            step: step.index(),
+            snapshot: found.snapshot,
+            source: HitSource::Registry,
+        });
+        Ok(Some(found.snapshot))
+    }
+
+    /// Offers a step to the shared cache of `--cache-to`; a failure is noted, not fatal (the
+    /// step's result is safe in the store).
+    fn publish(&self, key: &StepKey, id: &SnapshotId, step: &Step<'_, '_>) {
+        let Some(remote) = &step.session.opts.cache_to else {
+            return;
+        };
+        let log = fs::read(self.steps.log_path(key)).unwrap_or_default();
+        if let Err(e) = remote.publish(&self.engine, key, id, &log) {
+            step.note(&format!(
+                "cannot publish the step to the shared cache {}: {e}",
+                remote.describe()
+            ));
+        }
     }
 
     fn count_hit(&self, s: &Session<'_>) {

@@ -105,6 +105,9 @@ pub enum HitSource {
     /// Another build running the same step at the same time, in this process or another one
     /// sharing the store: this build waited for it.
     Concurrent,
+    /// A shared cache (`--cache-from`, an OCI registry): the step ran on another builder,
+    /// its snapshot was pulled into this store.
+    Registry,
 }
 
 /// Where a build's events go. Called from the building thread; keep it quick (hand heavy
@@ -142,6 +145,11 @@ pub fn render_text(event: &Event) -> Vec<u8> {
         Event::Saved { snapshot, .. } => format!("---> saved as \"{snapshot}\"\n").into_bytes(),
         // Whether it was recorded before or by a concurrent build this one waited for, this
         // build did not save it.
+        Event::CacheHit {
+            snapshot,
+            source: HitSource::Registry,
+            ..
+        } => format!("---> using \"{snapshot}\" from the registry cache\n").into_bytes(),
         Event::CacheHit { snapshot, .. } => {
             format!("---> using \"{snapshot}\" from cache\n").into_bytes()
         }

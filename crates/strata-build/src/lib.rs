@@ -22,6 +22,7 @@ mod events;
 pub mod key;
 mod log;
 mod options;
+mod remote;
 mod roots;
 mod slot_roots;
 mod steps;
@@ -33,4 +34,5 @@ pub use events::{Event, HitSource, Reporter, Silent, StepInfo, Task, Transcript,
 pub use key::StepKey;
 pub use log::DEFAULT_LOG_LIMIT;
 pub use options::{BuildOptions, Secret};
+pub use remote::{RemoteCache, RemoteError, RemoteStep};
 pub use slot_roots::remove_slots;

@@ -980,6 +980,17 @@ pub(crate) struct BuildArgs {
     /// and a note says so)
     #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = parse_size)]
     pub(crate) log_limit: u64,
+    /// Publish each step (key, snapshot layers, log) to this registry repository, as a
+    /// cache other builders read with --cache-from
+    #[arg(long, value_name = "REGISTRY/REPO")]
+    pub(crate) cache_to: Option<String>,
+    /// Look each step the store lacks up in this registry repository, and take it from
+    /// there instead of running it
+    #[arg(long, value_name = "REGISTRY/REPO")]
+    pub(crate) cache_from: Option<String>,
+    /// Allow plain HTTP to a cache registry that is not on a loopback address
+    #[arg(long)]
+    pub(crate) insecure: bool,
 
     #[command(flatten)]
     pub(crate) sandbox: SandboxArgs,

@@ -2,6 +2,7 @@
 
 use std::io::{self, BufWriter, Write as _};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
@@ -194,6 +195,50 @@ pub(crate) fn pull(global: &GlobalArgs, args: &PullArgs) -> Result<()> {
         started,
         "pulled",
     )
+}
+
+/// The registry step cache of `--cache-to`/`--cache-from`, as the builder sees it.
+#[derive(Debug)]
+struct RegistryCache(registry::StepCache);
+
+pub(crate) fn step_cache(
+    repository: &str,
+    opts: registry::Options,
+) -> Result<Arc<dyn strata_build::RemoteCache>> {
+    let cache = registry::StepCache::new(repository, opts)
+        .with_context(|| format!("cannot use {repository} as a step cache"))?;
+    Ok(Arc::new(RegistryCache(cache)))
+}
+
+impl strata_build::RemoteCache for RegistryCache {
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+
+    fn fetch(
+        &self,
+        engine: &Engine,
+        key: &strata_build::StepKey,
+    ) -> Result<Option<strata_build::RemoteStep>, strata_build::RemoteError> {
+        Ok(self
+            .0
+            .fetch(engine, &key.to_hex())?
+            .map(|(snapshot, log)| strata_build::RemoteStep::new(snapshot, log)))
+    }
+
+    fn publish(
+        &self,
+        engine: &Engine,
+        key: &strata_build::StepKey,
+        snapshot: &SnapshotId,
+        log: &[u8],
+    ) -> Result<(), strata_build::RemoteError> {
+        Ok(self.0.publish(engine, &key.to_hex(), snapshot, log)?)
+    }
+
+    fn contains(&self, key: &strata_build::StepKey) -> Result<bool, strata_build::RemoteError> {
+        Ok(self.0.contains(&key.to_hex())?)
+    }
 }
 
 #[cfg(test)]

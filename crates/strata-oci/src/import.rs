@@ -227,22 +227,16 @@ pub(crate) fn import_layers(
     let mut parent: Option<Snapshot> = None;
     for (i, (source, diff_id)) in layers.iter().zip(diff_ids).enumerate() {
         let top = tag.filter(|_| i + 1 == layers.len());
-        let below = parent.as_ref().map(|p| &p.id);
-        let snapshot = match source {
-            Source::Stored(layer) => engine.add_snapshot(below, layer, top)?,
-            Source::File { path, blob } => {
-                if let Some((digest, size)) = blob {
-                    verify_file(path, *digest, *size)?;
-                }
-                let what = format!("layer {} ({})", i + 1, diff_id);
-                let raw = strata_cas::extract::open_layer_file(path)?;
-                let verified = VerifyReader::new(raw, *diff_id, None, what);
-                engine
-                    .import_layer(below, verified, top)
-                    .map_err(own_error)?
-            }
-        };
-        parent = Some(snapshot);
+        let below = parent.as_ref().map(|p| p.id);
+        parent = Some(store_layer(
+            engine,
+            below.as_ref(),
+            source,
+            diff_id,
+            None,
+            top,
+            i,
+        )?);
     }
     let run = &config.config;
     let env = run
@@ -267,10 +261,52 @@ pub(crate) fn import_layers(
     })
 }
 
+/// Stores layer `i` of an image on top of `below` (a snapshot recording `root`, if given,
+/// the root it was committed at in another store), checked against `diff_id`.
+pub(crate) fn store_layer(
+    engine: &Engine,
+    below: Option<&strata_snapshot::SnapshotId>,
+    source: &Source,
+    diff_id: &Digest,
+    root: Option<&strata_snapshot::RootRecord>,
+    top: Option<&str>,
+    i: usize,
+) -> Result<Snapshot> {
+    let layer = match source {
+        Source::Stored(layer) => *layer,
+        Source::File { path, blob } => {
+            if let Some((digest, size)) = blob {
+                verify_file(path, *digest, *size)?;
+            }
+            let what = format!("layer {} ({})", i + 1, diff_id);
+            let raw = strata_cas::extract::open_layer_file(path)?;
+            let verified = VerifyReader::new(raw, *diff_id, None, what);
+            if root.is_none() {
+                return engine
+                    .import_layer(below, verified, top)
+                    .map_err(|e| own_error(&e).unwrap_or(Error::Snapshot(e)));
+            }
+            engine
+                .cas()
+                .put_tar(
+                    verified,
+                    &strata_cas::CreateOptions::default(),
+                    &strata_cas::Limits::default(),
+                )
+                .map_err(|e| own_error(&e).unwrap_or(Error::Cas(e)))?
+                .id
+        }
+    };
+    Ok(match root {
+        Some(root) => engine.add_snapshot_at(below, &layer, top, root)?,
+        None => engine.add_snapshot(below, &layer, top)?,
+    })
+}
+
 /// A digest mismatch found while the store read a layer comes back as the store's stream
 /// error; it is ours, and says more.
-fn own_error(e: strata_snapshot::Error) -> Error {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+fn own_error(e: &(dyn std::error::Error + 'static)) -> Option<Error> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<io::Error>()
             && let Some(ours) = io.get_ref().and_then(|i| i.downcast_ref::<Error>())
@@ -280,15 +316,15 @@ fn own_error(e: strata_snapshot::Error) -> Error {
                 actual,
             } = ours
         {
-            return Error::DigestMismatch {
+            return Some(Error::DigestMismatch {
                 what: what.clone(),
                 expected: expected.clone(),
                 actual: actual.clone(),
-            };
+            });
         }
         source = s.source();
     }
-    Error::Snapshot(e)
+    None
 }
 
 /// Checks that the file at `path` is `size` bytes hashing to `digest`.

@@ -18,6 +18,8 @@ mod import;
 mod layers;
 mod model;
 pub mod registry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use digest::Digest;
 pub use error::{Error, Result};

@@ -14,8 +14,10 @@
 //!    `target/bench/mnt`; otherwise `target/bench/work` ([`scratch`]);
 //! 5. run the cases side by side, ours and baseline interleaved ([`cases`], [`runner`]),
 //!    then the snapshot cases: checkouts, commits and prune of a 10-layer snapshot of the
-//!    fixture ([`snapshots`]), then the builder cases: cache hits and a no-op runc step
-//!    against a bare `runc run` ([`build`]);
+//!    fixture ([`snapshots`]), then `checkout --copy` of a debootstrapped Debian rootfs
+//!    against `tar -x` ([`rootfs`]), then the builder cases: cache hits and a no-op runc step
+//!    against a bare `runc run` ([`build`]), then the registry cases: push and pull against
+//!    `skopeo copy`, a cold build with `--cache-from` ([`registry`]);
 //! 6. `cargo bench -p benches` and collect criterion's estimates ([`micro`]);
 //! 7. write `target/bench/report.json` and `target/bench/report.md`, print the markdown.
 
@@ -38,7 +40,9 @@ mod cases;
 mod fixture;
 mod machine;
 mod micro;
+mod registry;
 mod report;
+mod rootfs;
 mod runner;
 mod scratch;
 mod snapshots;
@@ -57,7 +61,8 @@ struct Options {
     no_micro: bool,
     /// `--no-compare`: skip the whole-process cases (micro-benchmarks only).
     no_compare: bool,
-    /// `--only GROUP`: run one group of whole-process cases (`layers`, `snapshots`, `builder`).
+    /// `--only GROUP`: run one group of whole-process cases (`layers`, `snapshots`, `rootfs`,
+    /// `builder`, `registry`).
     only: Option<String>,
 }
 
@@ -68,7 +73,8 @@ usage: cargo xtask bench [--quick] [--runs N] [--no-micro] [--no-compare] [--onl
   --runs N      runs per whole-process case (default: 3 quick, 10 full)
   --no-micro    skip the criterion micro-benchmarks
   --no-compare  skip the whole-process comparisons (and the fixture)
-  --only GROUP  only these whole-process cases: layers, snapshots or builder
+  --only GROUP  only these whole-process cases: layers, snapshots, rootfs, builder or
+                registry (registry needs no fixture)
 
 Writes target/bench/report.json and target/bench/report.md; see docs/benchmarks.md.";
 
@@ -89,8 +95,13 @@ impl Options {
                 "--no-compare" => opts.no_compare = true,
                 "--only" => {
                     let group = it.next().context("--only needs a group")?;
-                    if !["layers", "snapshots", "builder"].contains(&group.as_str()) {
-                        bail!("--only {group}: the groups are layers, snapshots and builder");
+                    if !["layers", "snapshots", "rootfs", "builder", "registry"]
+                        .contains(&group.as_str())
+                    {
+                        bail!(
+                            "--only {group}: the groups are layers, snapshots, rootfs, builder \
+                             and registry"
+                        );
                     }
                     opts.only = Some(group.clone());
                 }
@@ -171,7 +182,18 @@ fn run_cases(
     report: &mut report::Report,
     started_at: SystemTime,
 ) -> anyhow::Result<()> {
-    if !opts.no_compare {
+    let registry_only = opts.only.as_deref() == Some("registry");
+    if !opts.no_compare && registry_only {
+        let strata = build_strata(paths)?;
+        report.machine.strata_version = tool_line(&strata, &["--version"]);
+        let ctx = registry::RegistryContext {
+            paths,
+            strata: &strata,
+            work: scratch.work(),
+            runs: opts.runs(),
+        };
+        registry::run(&ctx, report)?;
+    } else if !opts.no_compare {
         let fixture = fixture::ensure(paths)?;
         report.fixture = Some(fixture.info.clone());
         let strata = build_strata(paths)?;
@@ -184,6 +206,15 @@ fn run_cases(
             runs: opts.runs(),
         };
         run_all(&ctx, report, opts.quick, opts.only.as_deref())?;
+        if opts.only.is_none() {
+            let ctx = registry::RegistryContext {
+                paths,
+                strata: &strata,
+                work: scratch.work(),
+                runs: opts.runs(),
+            };
+            registry::run(&ctx, report)?;
+        }
     }
     if !opts.no_micro {
         report.micro = micro::run(paths, scratch.work(), opts.quick, started_at)?;
@@ -218,6 +249,9 @@ fn run_all(
     }
     if wanted("snapshots") {
         snapshots::run(ctx, report, quick)?;
+    }
+    if wanted("rootfs") {
+        rootfs::run(ctx, report)?;
     }
     if wanted("builder") {
         build::run(ctx, report)?;

@@ -296,6 +296,19 @@ impl Client {
         Ok(Box::new(response.into_body().into_reader()))
     }
 
+    /// Whether the repository has a manifest under `object` (a tag or digest).
+    pub(crate) fn has_manifest(&self, object: &str) -> Result<bool> {
+        use crate::media::*;
+        let url = self.url(&format!("manifests/{object}"));
+        let accept = [MANIFEST, INDEX, DOCKER_MANIFEST, DOCKER_LIST].join(", ");
+        let response = self.send(Method::Head, &url, &[("Accept", &accept)], None)?;
+        match response.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            _ => Err(status_error("HEAD", &url, response)),
+        }
+    }
+
     /// Puts a manifest under `object` (a tag or digest).
     pub(crate) fn put_manifest(
         &self,

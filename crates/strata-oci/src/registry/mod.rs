@@ -17,8 +17,11 @@ use crate::import::{Imported, MAX_DOCUMENT, Source, import_layers, parse};
 use crate::model::{Descriptor, ImageConfig, Index, Manifest, host_arch, host_os};
 use crate::{Digest, Image, media};
 
+mod cache;
 mod client;
 mod reference;
+
+pub use cache::StepCache;
 
 pub(crate) use client::{Client, Upload};
 pub use reference::Reference;
@@ -169,18 +172,35 @@ pub fn push(
 ) -> Result<PushReport> {
     let client = Client::new(dest, opts, true)?;
     client.ping()?;
+    let report = upload(&client, engine, image, &[], opts.jobs)?;
+    client.put_manifest(&dest.object(), media::MANIFEST, &image.manifest)?;
+    Ok(report)
+}
+
+/// Uploads the blobs of `image` and `extra` ones the repository lacks, `jobs` at once.
+pub(crate) fn upload(
+    client: &Client,
+    engine: &Engine,
+    image: &Image,
+    extra: &[(Digest, &[u8])],
+    jobs: usize,
+) -> Result<PushReport> {
     let mut seen = std::collections::HashSet::new();
     let layers: Vec<_> = image
         .layers
         .iter()
         .filter(|l| seen.insert(l.digest))
         .collect();
+    let mut small = vec![(image.config_digest, &image.config[..])];
+    small.extend(extra.iter().copied());
     let report = Mutex::new(PushReport::default());
-    let tasks = layers.len() + 1;
-    run_parallel(tasks, opts.jobs, |i| {
+    run_parallel(layers.len() + small.len(), jobs, |i| {
         let (digest, size) = match layers.get(i) {
             Some(l) => (l.digest, l.size),
-            None => (image.config_digest, image.config.len() as u64),
+            None => {
+                let (d, bytes) = small[i - layers.len()];
+                (d, bytes.len() as u64)
+            }
         };
         if client.has_blob(&digest)? {
             report
@@ -191,7 +211,7 @@ pub fn push(
         }
         let mut reader: Box<dyn io::Read + Send> = match layers.get(i) {
             Some(l) => l.open(engine)?,
-            None => Box::new(io::Cursor::new(image.config.clone())),
+            None => Box::new(io::Cursor::new(small[i - layers.len()].1.to_vec())),
         };
         client.put_blob(
             &digest,
@@ -206,13 +226,16 @@ pub fn push(
         r.bytes_sent += size;
         Ok(())
     })?;
-    client.put_manifest(&dest.object(), media::MANIFEST, &image.manifest)?;
     Ok(report.into_inner().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// Runs `task(0..n)` on up to `jobs` threads; the first error wins and stops handing out
 /// further tasks.
-fn run_parallel(n: usize, jobs: usize, task: impl Fn(usize) -> Result<()> + Sync) -> Result<()> {
+pub(crate) fn run_parallel(
+    n: usize,
+    jobs: usize,
+    task: impl Fn(usize) -> Result<()> + Sync,
+) -> Result<()> {
     let next = AtomicUsize::new(0);
     let failed: Mutex<Option<Error>> = Mutex::new(None);
     std::thread::scope(|scope| {
@@ -308,7 +331,7 @@ pub fn pull(
 
 /// The layer the store holds already for `layer`, if Strata's annotation names one whose
 /// diff_id is what the config says.
-fn stored_layer(
+pub(crate) fn stored_layer(
     engine: &Engine,
     layer: &Descriptor,
     diff_id: &Digest,
@@ -329,7 +352,7 @@ fn stored_layer(
 
 /// Downloads a blob into `path`, checked against its digest and size as it streams; a blob
 /// that does not match leaves no file.
-fn download(client: &Client, blob: &Descriptor, path: &Path) -> Result<()> {
+pub(crate) fn download(client: &Client, blob: &Descriptor, path: &Path) -> Result<()> {
     let what = format!("blob {}", blob.digest);
     let body = client.get_blob(&blob.digest)?;
     let mut reader = VerifyReader::new(body, blob.digest, Some(blob.size), what.clone());
@@ -346,7 +369,7 @@ fn download(client: &Client, blob: &Descriptor, path: &Path) -> Result<()> {
 }
 
 /// A small blob (a config), verified.
-fn fetch_small(client: &Client, blob: &Descriptor) -> Result<Vec<u8>> {
+pub(crate) fn fetch_small(client: &Client, blob: &Descriptor) -> Result<Vec<u8>> {
     if blob.size > MAX_DOCUMENT {
         return Err(Error::TooLarge {
             what: format!("blob {}", blob.digest),

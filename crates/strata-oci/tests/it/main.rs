@@ -1,13 +1,8 @@
 //! Integration tests: images written and read by real tools (skopeo, umoci, Docker Engine)
 //! and a real registry (Debian's docker-registry, CNCF distribution) started on a loopback
-//! port. A test whose tool is missing skips, except under CI (`CI` set), where it fails
-//! (`strata_test_support::require`).
+//! port. A test whose tool is missing skips, except under CI (`CI` set), where it fails.
 
-#![allow(
-    clippy::print_stderr,
-    reason = "tests report what they found on stderr"
-)]
-
+mod cache;
 mod layout;
 mod registry;
 
@@ -21,7 +16,7 @@ use strata_snapshot::{Engine, Snapshot};
 
 pub(crate) use strata_test_support::require;
 
-/// Whether `program` runs (`program --version` or `version` succeeds); under CI it must.
+/// Whether `program` runs (`program ARG` succeeds); under CI it must.
 pub(crate) fn have(program: &str, arg: &str) -> bool {
     require(program, strata_test_support::runs(program, &[arg]))
 }

@@ -4,93 +4,28 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use strata_oci::registry::{self, Options, Reference};
+use strata_oci::testing::Registry;
 use strata_oci::{Compression, Image, ImageMeta};
 
 use crate::{Fixture, have, run};
 
-/// A registry on a free loopback port, storing under a temporary directory; killed on drop.
-pub(crate) struct Registry {
-    child: Child,
-    pub(crate) port: u16,
-    pub(crate) storage: PathBuf,
-    _dir: tempfile::TempDir,
+/// Starts a registry, or None (skip) when docker-registry is missing outside CI.
+pub(crate) fn start() -> Option<Registry> {
+    let started = Registry::start();
+    if !crate::require(
+        "docker-registry",
+        started.as_ref().err().map(|e| e.to_string()),
+    ) {
+        return None;
+    }
+    started.ok()
 }
 
-impl Registry {
-    /// Starts one, or None (skip) when docker-registry is missing outside CI.
-    pub(crate) fn start() -> Option<Registry> {
-        let bin = Path::new("/usr/bin/docker-registry");
-        if !crate::require(
-            "docker-registry",
-            (!bin.exists()).then(|| "/usr/bin/docker-registry is missing".to_owned()),
-        ) {
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let storage = dir.path().join("data");
-        let config = dir.path().join("config.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
-                storage.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let registry = Registry {
-            child,
-            port,
-            storage,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the registry did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(registry)
-    }
-
-    pub(crate) fn reference(&self, repo_tag: &str) -> Reference {
-        format!("127.0.0.1:{}/{repo_tag}", self.port)
-            .parse()
-            .unwrap()
-    }
-
-    /// The file holding a blob in the registry's storage.
-    fn blob_data(&self, digest: &strata_oci::Digest) -> PathBuf {
-        let hex = digest.hex();
-        self.storage
-            .join("docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(&hex)
-            .join("data")
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+pub(crate) fn reference(reg: &Registry, repo_tag: &str) -> Reference {
+    format!("{}/{repo_tag}", reg.host()).parse().unwrap()
 }
 
 fn image(f: &Fixture, compression: Compression) -> Image {
@@ -102,11 +37,11 @@ fn image(f: &Fixture, compression: Compression) -> Image {
 
 #[test]
 fn push_then_pull_gives_the_same_snapshot_and_skips_what_is_there() {
-    let Some(reg) = Registry::start() else {
+    let Some(reg) = start() else {
         return;
     };
     let f = Fixture::new();
-    let dest = reg.reference("team/app:1.0");
+    let dest = reference(&reg, "team/app:1.0");
     let img = image(&f, Compression::Zstd);
     let first = registry::push(&f.engine, &img, &dest, &Options::new()).unwrap();
     assert_eq!((first.blobs_sent, first.blobs_skipped), (3, 0));
@@ -119,14 +54,14 @@ fn push_then_pull_gives_the_same_snapshot_and_skips_what_is_there() {
     assert_eq!(store.resolve("app").unwrap(), f.top.id);
     assert_eq!(pulled.meta.workdir.as_deref(), Some("/srv"));
     // By digest too, and into a store that has the layers: nothing to download.
-    let by_digest: Reference = format!("127.0.0.1:{}/team/app@{}", reg.port, img.manifest_digest)
+    let by_digest: Reference = format!("127.0.0.1:{}/team/app@{}", reg.port(), img.manifest_digest)
         .parse()
         .unwrap();
     let again = registry::pull(&store, &by_digest, None, &Options::new()).unwrap();
     assert_eq!(again.snapshot.id, f.top.id);
 
     if have("skopeo", "--version") {
-        let source = format!("docker://127.0.0.1:{}/team/app:1.0", reg.port);
+        let source = format!("docker://127.0.0.1:{}/team/app:1.0", reg.port());
         let out = run(Command::new("skopeo").args(["inspect", "--tls-verify=false", &source]));
         assert!(out.contains(&img.manifest_digest.to_string()), "{out}");
         let copy = f.path("skopeo-copy");
@@ -144,7 +79,7 @@ fn push_then_pull_gives_the_same_snapshot_and_skips_what_is_there() {
 
 #[test]
 fn docker_pulls_a_pushed_image_and_runs_it() {
-    let Some(reg) = Registry::start() else {
+    let Some(reg) = start() else {
         return;
     };
     let engine_ok = Command::new("docker")
@@ -159,7 +94,7 @@ fn docker_pulls_a_pushed_image_and_runs_it() {
     }
     let f = Fixture::new();
     // Engine 20.10 reads gzip layers, not zstd.
-    let dest = reg.reference("team/runme:gzip");
+    let dest = reference(&reg, "team/runme:gzip");
     registry::push(
         &f.engine,
         &image(&f, Compression::Gzip),
@@ -184,11 +119,11 @@ fn docker_pulls_a_pushed_image_and_runs_it() {
 
 #[test]
 fn a_corrupted_blob_is_refused_and_leaves_the_store_as_it_was() {
-    let Some(reg) = Registry::start() else {
+    let Some(reg) = start() else {
         return;
     };
     let f = Fixture::new();
-    let dest = reg.reference("team/app:bad");
+    let dest = reference(&reg, "team/app:bad");
     let img = image(&f, Compression::Zstd);
     registry::push(&f.engine, &img, &dest, &Options::new()).unwrap();
     let data = reg.blob_data(&img.layers[1].digest);
@@ -206,7 +141,7 @@ fn a_corrupted_blob_is_refused_and_leaves_the_store_as_it_was() {
     assert!(store.snapshots().unwrap().is_empty(), "nothing lands");
     assert!(store.cas().ids().unwrap().is_empty(), "not even a blob");
     // The store and the registry's other images stay usable.
-    let good = reg.reference("team/other:1");
+    let good = reference(&reg, "team/other:1");
     let base_only = Image::new(
         &f.engine,
         &f.top.parent.unwrap(),
@@ -257,20 +192,19 @@ fn vanishing_proxy(port: u16, budget: usize) -> u16 {
 
 #[test]
 fn a_registry_vanishing_mid_push_fails_clearly_and_a_retry_completes() {
-    let Some(reg) = Registry::start() else {
+    let Some(reg) = start() else {
         return;
     };
     let f = Fixture::new();
     let img = image(&f, Compression::None);
     // Enough for the first requests, not for the base layer's upload.
-    let port = vanishing_proxy(reg.port, 64 << 10);
+    let port = vanishing_proxy(reg.port(), 64 << 10);
     let through: Reference = format!("127.0.0.1:{port}/team/app:1").parse().unwrap();
     let err = registry::push(&f.engine, &img, &through, &Options::new().jobs(1)).unwrap_err();
     let message = format!("{err}");
-    eprintln!("push through a vanishing registry: {message}");
     assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
     // Nothing was tagged, the store is intact, and pushing again completes.
-    let dest = reg.reference("team/app:1");
+    let dest = reference(&reg, "team/app:1");
     assert!(registry::pull(&f.other_store("early"), &dest, None, &Options::new()).is_err());
     f.engine.cas().verify().unwrap();
     registry::push(&f.engine, &img, &dest, &Options::new()).unwrap();

@@ -748,3 +748,57 @@ fn import_and_commit_count_their_progress_in_uncompressed_bytes() {
         );
     }
 }
+
+#[test]
+fn a_snapshot_keeps_its_root_and_relocation_records_in_another_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Engine::open(&tmp.path().join("a")).unwrap();
+    let tar = fs::read(rootfs_tar(tmp.path())).unwrap();
+    let base = a.import_layer(None, &tar[..], None).unwrap();
+    assert_eq!(a.root_record(&base.id).unwrap(), None, "imported: no root");
+    let root_a = tmp.path().join("ra/slot");
+    fs::create_dir_all(root_a.parent().unwrap()).unwrap();
+    a.checkout(&base.id, &root_a, Some(CheckoutMode::Portable))
+        .unwrap();
+    fs::write(root_a.join("at"), format!("{}\n", root_a.display())).unwrap();
+    let built = a.commit(&root_a, None).unwrap();
+    let record = a.root_record(&built.id).unwrap().unwrap();
+    assert_eq!(record.root, root_a.as_os_str().as_encoded_bytes());
+    assert!(!record.relocations.is_empty());
+
+    // Another store with the same blobs records the same snapshot, relocated alike.
+    let b = Engine::open(&tmp.path().join("b")).unwrap();
+    let b_base = b.import_layer(None, &tar[..], None).unwrap();
+    let mut blob = Vec::new();
+    std::io::Read::read_to_end(&mut a.cas().open_layer(&built.layer).unwrap(), &mut blob).unwrap();
+    let stored = b
+        .cas()
+        .put_tar(&blob[..], &Default::default(), &Default::default())
+        .unwrap();
+    // Records naming another root than the one given are refused.
+    let lying =
+        strata_snapshot::RootRecord::new(b"/elsewhere".to_vec(), record.relocations.clone());
+    assert!(
+        b.add_snapshot_at(Some(&b_base.id), &stored.id, None, &lying)
+            .is_err()
+    );
+    let garbage = strata_snapshot::RootRecord::new(record.root.clone(), b"{not records".to_vec());
+    assert!(
+        b.add_snapshot_at(Some(&b_base.id), &stored.id, None, &garbage)
+            .is_err()
+    );
+    let copied = b
+        .add_snapshot_at(Some(&b_base.id), &stored.id, None, &record)
+        .unwrap();
+    assert_eq!(copied.id, built.id);
+    assert_eq!(b.root_record(&copied.id).unwrap().unwrap(), record);
+    let root_b = tmp.path().join("rb/slot");
+    fs::create_dir_all(root_b.parent().unwrap()).unwrap();
+    b.checkout(&copied.id, &root_b, Some(CheckoutMode::Portable))
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(root_b.join("at")).unwrap(),
+        format!("{}\n", root_b.display())
+    );
+    b.release(&root_b).unwrap();
+}

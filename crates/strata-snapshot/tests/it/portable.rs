@@ -850,3 +850,84 @@ fn diff_of_a_large_tree_lists_only_the_change() {
         expect(&[("d057/f042", ChangeKind::Modified)])
     );
 }
+
+/// The manifest a tracked portable checkout at `dir` keeps in its state dir.
+fn manifest_of_checkout(engine: &strata_snapshot::Engine, dir: &Path) -> Manifest {
+    let state = engine.checkout_state_dir(dir).unwrap().unwrap();
+    Manifest::from_bytes(&fs::read(state.join("manifest")).unwrap()).unwrap()
+}
+
+/// The layers above, as a snapshot, plus a step committed at one root whose file names that
+/// root: a portable checkout streamed from the blobs (the cache cold, no reflinks) and one
+/// built from the unpacked-layer cache are the same tree, relocated the same way, and
+/// neither one's manifest sees a change.
+#[test]
+fn a_checkout_streamed_from_the_blobs_is_the_one_built_from_the_cache() {
+    use strata_snapshot::{CheckoutMode, Engine};
+    let tmp = TempDir::new().unwrap();
+    let top = fs::canonicalize(tmp.path()).unwrap();
+    let blobs = cas_layers(&top);
+    let engine = Engine::open(&top.join("store")).unwrap();
+    assert!(engine.assume_clones(false));
+    let mut parent = None;
+    for blob in &blobs {
+        let tar = open_layer_file(blob).unwrap();
+        parent = Some(engine.import_layer(parent.as_ref(), tar, None).unwrap().id);
+    }
+    let w1 = top.join("w1");
+    engine
+        .checkout(parent.as_ref().unwrap(), &w1, Some(CheckoutMode::Portable))
+        .unwrap();
+    assert_eq!(
+        pairs(&portable::diff(&w1, &manifest_of_checkout(&engine, &w1)).unwrap()),
+        vec![]
+    );
+    write(
+        &w1.join("etc/where"),
+        format!("{}\n", w1.display()).as_bytes(),
+        0o644,
+    );
+    fs::remove_file(w1.join("etc/conf")).unwrap();
+    let step = engine.commit(&w1, None).unwrap();
+
+    // Same length as w1: relocated in place.
+    let w2 = top.join("w2");
+    let copy = top.join("copy");
+    let mut trees = Vec::new();
+    for from_cache in [false, true] {
+        if from_cache {
+            engine.unpack_snapshot(&step.id).unwrap();
+        }
+        engine
+            .checkout(&step.id, &w2, Some(CheckoutMode::Portable))
+            .unwrap();
+        assert_eq!(
+            fs::read_to_string(w2.join("etc/where")).unwrap(),
+            format!("{}\n", w2.display())
+        );
+        assert!(!w2.join("etc/conf").exists() && w2.join("etc/hl_b").exists());
+        let manifest = manifest_of_checkout(&engine, &w2);
+        assert_eq!(pairs(&portable::diff(&w2, &manifest).unwrap()), vec![]);
+        trees.push(snapshot(&w2));
+        engine.release(&w2).unwrap();
+        engine.copy_out(&step.id, &copy).unwrap();
+        assert_eq!(
+            fs::read_to_string(copy.join("etc/where")).unwrap(),
+            format!("{}\n", copy.display())
+        );
+        trees.push(snapshot(&copy));
+        fs::remove_dir_all(&copy).unwrap();
+    }
+    // The copies are relocated to their own root, whose name differs from w2's.
+    let without_where = |t: &Tree| {
+        let mut t = t.clone();
+        t.remove(&b"etc/where"[..]);
+        t
+    };
+    // Streamed, then from the cache: checkout, copy, checkout, copy.
+    assert_same_trees(&trees[0], &trees[2]);
+    for copy in [&trees[1], &trees[3]] {
+        assert_same_trees(&without_where(&trees[0]), &without_where(copy));
+    }
+    assert_same_trees(&without_where(&trees[0]), &without_where(&trees[1]));
+}

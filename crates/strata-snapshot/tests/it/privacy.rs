@@ -125,11 +125,13 @@ fn nothing_under_a_store_is_reachable_by_another_user() {
     let base = engine
         .import(&rootfs_with_privileged_files(&top), None)
         .unwrap();
-    // A portable checkout leaves its manifest in the store; any checkout unpacks the layer.
+    // A portable checkout leaves its manifest in the store; overlay checkouts (and portable
+    // ones where the filesystem clones files) unpack the layer.
     let portable = top.join("portable");
     engine
         .checkout(&base.id, &portable, Some(CheckoutMode::Portable))
         .unwrap();
+    engine.unpack_snapshot(&base.id).unwrap();
     let view = engine
         .cache_acquire_with("c", (0, 0), Some(CheckoutMode::Portable))
         .unwrap();
@@ -185,6 +187,7 @@ fn an_older_store_open_to_others_is_made_private_on_open() {
         .unwrap();
     let copy = top.join("copy");
     engine.copy_out(&base.id, &copy).unwrap();
+    engine.unpack_snapshot(&base.id).unwrap();
     let view = engine
         .cache_acquire_with("c", (0, 0), Some(CheckoutMode::Portable))
         .unwrap();
