@@ -929,3 +929,34 @@ fn the_code_map_names_every_crate() {
         );
     }
 }
+
+#[test]
+fn the_module_graph_sees_imports_both_ways() {
+    let src = std::env::temp_dir().join(format!("strata-tidy-graph-{}", std::process::id()));
+    fs::create_dir_all(src.join("bench")).unwrap();
+    fs::write(
+        src.join("main.rs"),
+        "//! m\nmod ci;\nmod wine;\nmod bench;\n",
+    )
+    .unwrap();
+    fs::write(src.join("ci.rs"), "//! c\nfn f() { crate::wine::run(); }\n").unwrap();
+    fs::write(src.join("wine.rs"), "//! w\nuse crate::ci::{A, b::C};\n").unwrap();
+    fs::write(src.join("bench/mod.rs"), "//! b\nmod a;\n").unwrap();
+    fs::write(
+        src.join("bench/a.rs"),
+        "//! a\nuse super::Paths;\nuse super::super::ci;\n",
+    )
+    .unwrap();
+    let graph = module_graph(&src);
+    fs::remove_dir_all(&src).unwrap();
+    let m = |s: &str| -> Vec<String> {
+        s.split("::")
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(graph[&m("ci")].contains(&m("wine")), "{graph:?}");
+    assert!(graph[&m("wine")].contains(&m("ci")), "{graph:?}");
+    // A child naming its parent is not counted.
+    assert!(!graph[&m("bench::a")].contains(&m("bench")), "{graph:?}");
+}
