@@ -99,6 +99,13 @@ pub(crate) fn build(global: &GlobalArgs, args: &BuildArgs) -> Result<()> {
     if let Some(t) = args.step_timeout {
         opts = opts.step_timeout(Duration::from_secs(t));
     }
+    let registry = strata_oci::registry::Options::from_docker_config().insecure(args.insecure);
+    if let Some(repo) = &args.cache_from {
+        opts = opts.cache_from(crate::image::step_cache(repo, registry.clone())?);
+    }
+    if let Some(repo) = &args.cache_to {
+        opts = opts.cache_to(crate::image::step_cache(repo, registry)?);
+    }
     let id = builder.build(&spec, &opts)?;
     let stats = builder.stats();
     if global.json {

@@ -6,10 +6,10 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 use strata_snapshot::{CheckoutMode, Engine};
 
-use crate::cli::{CheckoutArgs, CommitArgs, GlobalArgs, ImportArgs, ReleaseArgs, SnapshotCommand};
+use crate::cli::{CheckoutArgs, CommitArgs, GlobalArgs, ReleaseArgs, SnapshotCommand};
 use crate::output;
 
-fn open(global: &GlobalArgs) -> Result<Engine> {
+pub(crate) fn open(global: &GlobalArgs) -> Result<Engine> {
     crate::store::open(&crate::cas::store_root(global.store.as_deref())?)
 }
 
@@ -22,7 +22,7 @@ struct SnapshotOut<'a> {
     seconds: f64,
 }
 
-fn print_snapshot(
+pub(crate) fn print_snapshot(
     json: bool,
     row: &strata_snapshot::Snapshot,
     tag: Option<&str>,
@@ -45,16 +45,6 @@ fn print_snapshot(
         out.id,
         output::duration(started.elapsed())
     ))
-}
-
-/// `strata import ROOTFS --tag NAME`.
-pub(crate) fn import(global: &GlobalArgs, args: &ImportArgs) -> Result<()> {
-    let started = Instant::now();
-    let engine = open(global)?;
-    let row = engine
-        .import(&args.rootfs, args.tag.as_deref())
-        .with_context(|| format!("cannot import {}", args.rootfs.display()))?;
-    print_snapshot(global.json, &row, args.tag.as_deref(), started, "imported")
 }
 
 #[derive(Serialize)]

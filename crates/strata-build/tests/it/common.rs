@@ -12,17 +12,7 @@ pub(crate) const SH: &str = "(shell /bin/sh -c)";
 
 /// Whether runc tests can run here; in CI they must.
 pub(crate) fn runc_ready() -> bool {
-    let ok = std::process::Command::new("runc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-        && rustix::process::geteuid().is_root()
-        && Path::new("/bin/busybox").exists();
-    assert!(
-        ok || std::env::var_os("CI").is_none(),
-        "CI must have runc, root and busybox-static"
-    );
-    ok
+    strata_test_support::require("builds under runc", strata_test_support::runc())
 }
 
 pub(crate) struct Fixture {

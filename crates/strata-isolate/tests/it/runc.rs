@@ -12,9 +12,10 @@ use strata_isolate::runc::{RuncDriver, RuncOptions};
 use strata_isolate::{
     BindMount, Cancel, Driver, Error, Job, Limits, NetworkMode, Outcome, SecretMount, User,
 };
+use strata_test_support::require;
 use tempfile::TempDir;
 
-use crate::{BrokenLog, eventually, process_exists, require};
+use crate::{BrokenLog, eventually, process_exists};
 
 static NEXT_JOB: AtomicU64 = AtomicU64::new(1);
 

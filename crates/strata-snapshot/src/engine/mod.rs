@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use std::io::Read;
 
-use strata_cas::{CreateOptions, LayerId, LayerInfo, Limits, OciDigests, Store};
+use strata_cas::{CreateOptions, LayerId, LayerInfo, Limits, OciDigests, Progress, Store};
 
 use crate::index::{Index, LayerRow, SnapshotRow};
 use crate::{CheckoutMode, Snapshot, SnapshotId, relocate};
@@ -197,6 +197,24 @@ impl Drop for Engine {
     }
 }
 
+/// Where a snapshot's top layer was committed and which of its files mention that root
+/// ([`Engine::root_record`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RootRecord {
+    /// The checkout root, as bytes of the path.
+    pub root: Vec<u8>,
+    /// The relocation records, in the store's own format; empty when no file mentions it.
+    pub relocations: Vec<u8>,
+}
+
+impl RootRecord {
+    /// A record of `root` with `relocations` as [`Engine::root_record`] gave them.
+    pub fn new(root: Vec<u8>, relocations: Vec<u8>) -> RootRecord {
+        RootRecord { root, relocations }
+    }
+}
+
 /// A name for something this process makes and may leave behind if it dies
 /// (`<prefix><pid>.<start time>-<n>`, see [`strata_process::owned_name`]): recovery tells a
 /// dead maker's leftovers by it.
@@ -275,8 +293,22 @@ impl Engine {
 
     /// Makes a base snapshot from a root filesystem tarball (`.tar`, `.tar.gz`, `.tar.zst`).
     pub fn import(&self, tarball: &Path, tag: Option<&str>) -> Result<Snapshot> {
+        self.import_with_progress(tarball, tag, &Progress::default())
+    }
+
+    /// [`import`](Engine::import), advancing `progress` by the uncompressed bytes stored.
+    pub fn import_with_progress(
+        &self,
+        tarball: &Path,
+        tag: Option<&str>,
+        progress: &Progress,
+    ) -> Result<Snapshot> {
         let _gc = self.gc_lock(false)?;
-        let info = self.cas.put_file(tarball)?;
+        let options = CreateOptions {
+            progress: progress.clone(),
+            ..CreateOptions::default()
+        };
+        let info = self.cas.put_file_with(tarball, &options)?;
         failpoint("import.stored");
         let row = self.record(None, &info, None, None, tag, true)?;
         failpoint("import.recorded");
@@ -333,6 +365,75 @@ impl Engine {
             entries: 0,
         };
         let row = self.record(parent.copied(), &info, None, None, tag, true)?;
+        self.with_tags(row)
+    }
+
+    /// The root `snapshot`'s top layer was committed at and the relocation records of its
+    /// files, as stored; none for a layer recorded without a root (imported). With
+    /// [`Engine::add_snapshot_at`], this copies a built snapshot to another store (through a
+    /// shared cache) so that it is relocated there as it is here.
+    pub fn root_record(&self, snapshot: &SnapshotId) -> Result<Option<RootRecord>> {
+        let Some(row) = self.snapshot(snapshot)? else {
+            return Err(crate::index::Error::MissingSnapshot { id: *snapshot }.into());
+        };
+        let Some(root) = row.root_path.as_deref().map(crate::index::path_to_bytes) else {
+            return Ok(None);
+        };
+        let relocations = self
+            .with_index(|ix| Ok(ix.relocations(&row.layer)?))?
+            .filter(|(recorded, _)| *recorded == root)
+            .map(|(_, records)| records)
+            .unwrap_or_default();
+        Ok(Some(RootRecord { root, relocations }))
+    }
+
+    /// [`Engine::add_snapshot`] for a layer committed at another store's root: the snapshot
+    /// records `record`'s root and relocation records (checked to be well-formed and to name
+    /// that root), so checkouts here relocate its files as the store that built it would.
+    pub fn add_snapshot_at(
+        &self,
+        parent: Option<&SnapshotId>,
+        layer: &LayerId,
+        tag: Option<&str>,
+        record: &RootRecord,
+    ) -> Result<Snapshot> {
+        if let Some(parent) = parent
+            && self.snapshot(parent)?.is_none()
+        {
+            return Err(crate::index::Error::MissingParent { id: *parent }.into());
+        }
+        let records = if record.relocations.is_empty() {
+            relocate::Records {
+                root: record.root.clone(),
+                files: Vec::new(),
+            }
+        } else {
+            relocate::Records::from_bytes(&record.relocations)?
+        };
+        if records.root != record.root {
+            return Err(relocate::Error::InvalidRecords {
+                path: crate::index::bytes_to_path(record.root.clone()),
+                problem: "the relocation records name another root".to_owned(),
+            }
+            .into());
+        }
+        let _gc = self.gc_lock(false)?;
+        let blob = self.cas.stat(layer)?;
+        let info = LayerInfo {
+            id: *layer,
+            uncompressed_size: blob.uncompressed_size,
+            compressed_size: blob.compressed_size,
+            frames: blob.frames,
+            entries: 0,
+        };
+        let row = self.record(
+            parent.copied(),
+            &info,
+            Some(record.root.clone()),
+            Some(&records),
+            tag,
+            true,
+        )?;
         self.with_tags(row)
     }
 

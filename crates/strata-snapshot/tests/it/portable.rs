@@ -18,6 +18,7 @@ use strata_cas::create::{CreateOptions, create_from_changes, create_from_dir};
 use strata_cas::extract::{apply_file, open_layer_file};
 use strata_cas::{Change, ChangeKind, DevicePolicy, ExtractOptions, SetuidPolicy, WhiteoutMode};
 use strata_snapshot::portable::{self, Manifest, Timestamp};
+use strata_test_support::{require, root, runs, tool};
 use tempfile::TempDir;
 
 /// A base for the fixed mtimes of hand-made trees: old enough never to be racy.
@@ -260,9 +261,10 @@ enum Encoding {
 impl Encoding {
     const ALL: [Encoding; 2] = [Encoding::Oci, Encoding::OverlayTrusted];
 
-    fn usable(self) -> bool {
+    /// `None` where layers in this encoding can be made, else why not.
+    fn problem(self) -> Option<String> {
         // Whiteout devices need CAP_MKNOD.
-        self == Encoding::Oci || is_root()
+        if self == Encoding::Oci { None } else { root() }
     }
 
     fn whiteout(self, layer: &Path, rel: &str) {
@@ -378,8 +380,7 @@ fn a_user_overlay_opaque_attribute_hides_nothing() {
 #[test]
 fn merge_semantics_in_every_whiteout_encoding() {
     for enc in Encoding::ALL {
-        if !enc.usable() {
-            eprintln!("skipping the {enc:?} encoding: whiteout devices need root");
+        if !require(&format!("the {enc:?} encoding"), enc.problem()) {
             continue;
         }
         let tmp = TempDir::new().unwrap();
@@ -555,19 +556,18 @@ fn extract_options(whiteouts: WhiteoutMode) -> ExtractOptions {
 }
 
 /// Unpacks a layer keeping its OCI whiteout files, as GNU tar does. `None` without GNU tar.
-fn untar_keeping_whiteouts(layer: &Path, dir: &Path) -> Option<()> {
+fn untar_keeping_whiteouts(layer: &Path, dir: &Path) {
     mkdir(dir, 0o755);
     let mut child = Command::new("tar")
         .args(["--xattrs", "--xattrs-include=user.*", "-xpf", "-", "-C"])
         .arg(dir)
         .stdin(Stdio::piped())
         .spawn()
-        .ok()?;
+        .expect("cannot run GNU tar");
     let mut input = open_layer_file(layer).unwrap();
     std::io::copy(&mut input, child.stdin.as_mut().unwrap()).unwrap();
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success(), "tar -x failed");
-    Some(())
 }
 
 /// Three layers made by strata-cas: a whole base tree, then two change lists.
@@ -670,21 +670,18 @@ fn matches_applying_the_layers_in_order() {
             })
             .collect();
         if overlay {
-            if !is_root() {
-                eprintln!("skipping overlay-format layers: they need root");
+            if !require("overlay-format layers", root()) {
                 continue;
             }
             for (blob, dir) in blobs.iter().zip(&unpacked) {
                 apply_file(blob, dir, &extract_options(WhiteoutMode::Overlay)).unwrap();
             }
         } else {
-            let mut all = true;
-            for (blob, dir) in blobs.iter().zip(&unpacked) {
-                all &= untar_keeping_whiteouts(blob, dir).is_some();
-            }
-            if !all {
-                eprintln!("skipping OCI-format layers: GNU tar is not available");
+            if !require("OCI-format layers (unpacked by GNU tar)", tool("tar")) {
                 continue;
+            }
+            for (blob, dir) in blobs.iter().zip(&unpacked) {
+                untar_keeping_whiteouts(blob, dir);
             }
             assert!(unpacked[1].join(".wh.var").exists(), "tar kept whiteouts");
         }
@@ -894,8 +891,10 @@ fn reflinks_where_the_filesystem_can() {
     }
 
     // XFS with reflink on a loop device, when we may mount and mkfs.xfs is installed.
-    if !is_root() {
-        eprintln!("skipping the XFS reflink check: mounting needs root");
+    if !require(
+        "the XFS reflink check",
+        root().or_else(|| runs("mkfs.xfs", &["-V"])),
+    ) {
         return;
     }
     let image = tmp.path().join("xfs.img");
@@ -903,23 +902,26 @@ fn reflinks_where_the_filesystem_can() {
         .unwrap()
         .set_len(320 << 20) // mkfs.xfs refuses filesystems under 300 MiB
         .unwrap();
-    if !run_quiet(
-        Command::new("mkfs.xfs")
-            .args(["-q", "-m", "reflink=1"])
-            .arg(&image),
-    ) {
-        eprintln!("skipping the XFS reflink check: mkfs.xfs is missing or failed");
-        return;
-    }
+    assert!(
+        run_quiet(
+            Command::new("mkfs.xfs")
+                .args(["-q", "-m", "reflink=1"])
+                .arg(&image),
+        ),
+        "mkfs.xfs failed"
+    );
     let mnt = tmp.path().join("mnt");
     mkdir(&mnt, 0o755);
-    if !run_quiet(
+    let mounted = run_quiet(
         Command::new("mount")
             .args(["-o", "loop"])
             .arg(&image)
             .arg(&mnt),
+    );
+    if !require(
+        "the XFS reflink check",
+        (!mounted).then(|| "loop mounts do not work here".to_owned()),
     ) {
-        eprintln!("skipping the XFS reflink check: cannot loop-mount here");
         return;
     }
     let mounted = Mounted(mnt.clone());
