@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use strata_isolate::{BindMount, Cancel, Driver, Job, NetworkMode, Outcome, SecretMount};
+use strata_isolate::{BindMount, Cancel, Driver, Job, Layout, NetworkMode, Outcome, SecretMount};
 use strata_snapshot::{Engine, SnapshotId};
 use strata_spec::{Copy, CopyFrom, Op, Run, Spec, User};
 
@@ -124,6 +124,17 @@ impl<'s, 'o> Step<'s, 'o> {
             text: text.to_owned(),
         });
     }
+}
+
+/// What a run step asks of the driver, besides its parent.
+#[derive(Clone, Copy)]
+struct JobRequest<'a> {
+    ctx: &'a Context,
+    run: &'a Run,
+    network: NetworkMode,
+    secrets: &'a [SecretMount],
+    step: &'a str,
+    opts: &'a BuildOptions,
 }
 
 /// A step's new snapshot, as the step made it.
@@ -373,64 +384,136 @@ impl Builder {
         log: &mut dyn Write,
         opts: &BuildOptions,
     ) -> Result<Made> {
+        let job = JobRequest {
+            ctx,
+            run,
+            network,
+            secrets,
+            step,
+            opts,
+        };
+        if self.driver.capabilities().layout == Layout::Layers {
+            return self.execute_on_layers(parent, &job, log);
+        }
         self.in_checkout(parent, step, &opts.cancel, |dir| {
-            let dir = dir.to_path_buf();
-            let mut views = Vec::new();
-            let mut mounts = Vec::new();
-            let mut acquired = Ok(());
-            for c in &run.cache {
-                match self.engine.cache_acquire(&c.id, ctx.owner()) {
-                    Ok(v) => {
-                        mounts.push(BindMount {
-                            source: v.dir.clone(),
-                            target: c.target.clone(),
-                            readonly: false,
-                        });
-                        views.push(v);
-                    }
-                    Err(e) => {
-                        acquired = Err(Error::from(e));
-                        break;
-                    }
-                }
-            }
-            let outcome = acquired.and_then(|()| {
-                let job = Job {
-                    network,
-                    mounts,
-                    secrets: secrets.to_vec(),
-                    ..self.job(ctx, &dir, &run.shell)
-                };
-                self.driver_ready()?;
-                let plan = self.driver.plan(&job).map_err(|source| Error::Sandbox {
-                    step: step.to_owned(),
-                    source,
-                })?;
-                let _slot = self.slots.acquire(&opts.cancel)?;
-                let cancel = match opts.step_timeout {
-                    Some(t) => opts.cancel.with_timeout(t),
-                    None => opts.cancel.clone(),
-                };
-                Ok(self.driver.run(&plan, log, &cancel)?)
-            });
-            // Caches are handed back whether the step worked or not (first release wins).
-            let mut released = Ok(());
-            for v in views {
-                if let Err(e) = self.engine.cache_release(v) {
-                    released = released.and(Err(Error::from(e)));
-                }
-            }
-            let outcome = outcome?;
-            released?;
-            match outcome {
-                Outcome::Exited(0) => Ok(()),
-                Outcome::Cancelled => Err(Error::Cancelled),
-                o => Err(Error::StepFailed {
-                    step: step.to_owned(),
-                    outcome: o,
-                }),
-            }
+            self.run_job(&job, dir, |plan, cancel| {
+                Ok(self.driver.run(plan, log, cancel)?)
+            })
         })
+    }
+
+    /// Runs a step with a driver that works on layers: no checkout; the driver hands back
+    /// the step's changes, recorded here as a snapshot on `parent`.
+    fn execute_on_layers(
+        &self,
+        parent: &SnapshotId,
+        job: &JobRequest<'_>,
+        log: &mut dyn Write,
+    ) -> Result<Made> {
+        let chain = crate::layers::EngineChain::new(&self.engine, parent)?;
+        let mut made = None;
+        self.run_job(job, Path::new(""), |plan, cancel| {
+            let mut sink = |changes: &mut dyn io::Read| {
+                let snapshot = self.engine.import_layer(Some(parent), changes, None)?;
+                made = Some(snapshot);
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            };
+            Ok(self
+                .driver
+                .run_on_layers(plan, &chain, log, cancel, &mut sink)?)
+        })?;
+        let Some(snapshot) = made else {
+            return Err(Error::Driver {
+                reason: format!(
+                    "sandbox `{}` ran step {} but gave back no changes",
+                    self.driver.name(),
+                    job.step
+                ),
+            });
+        };
+        // For the event only: a blob that cannot be looked at counts as empty.
+        let layer_bytes = self
+            .engine
+            .cas()
+            .stat(&snapshot.layer)
+            .map_or(0, |b| b.compressed_size);
+        Ok(Made {
+            id: snapshot.id,
+            layer_bytes,
+        })
+    }
+
+    /// Takes the step's caches, plans its job on `root` and runs it with `go`; fails
+    /// unless it exited with status 0.
+    fn run_job(
+        &self,
+        req: &JobRequest<'_>,
+        root: &Path,
+        go: impl FnOnce(&strata_isolate::Plan, &Cancel) -> Result<Outcome>,
+    ) -> Result<()> {
+        let JobRequest {
+            ctx,
+            run,
+            network,
+            secrets,
+            step,
+            opts,
+        } = *req;
+        let mut views = Vec::new();
+        let mut mounts = Vec::new();
+        let mut acquired = Ok(());
+        for c in &run.cache {
+            match self.engine.cache_acquire(&c.id, ctx.owner()) {
+                Ok(v) => {
+                    mounts.push(BindMount {
+                        source: v.dir.clone(),
+                        target: c.target.clone(),
+                        readonly: false,
+                    });
+                    views.push(v);
+                }
+                Err(e) => {
+                    acquired = Err(Error::from(e));
+                    break;
+                }
+            }
+        }
+        let outcome = acquired.and_then(|()| {
+            let job = Job {
+                network,
+                mounts,
+                secrets: secrets.to_vec(),
+                ..self.job(ctx, root, &run.shell)
+            };
+            self.driver_ready()?;
+            let plan = self.driver.plan(&job).map_err(|source| Error::Sandbox {
+                step: step.to_owned(),
+                source,
+            })?;
+            let _slot = self.slots.acquire(&opts.cancel)?;
+            let cancel = match opts.step_timeout {
+                Some(t) => opts.cancel.with_timeout(t),
+                None => opts.cancel.clone(),
+            };
+            go(&plan, &cancel)
+        });
+        // Caches are handed back whether the step worked or not (first release wins).
+        let mut released = Ok(());
+        for v in views {
+            if let Err(e) = self.engine.cache_release(v) {
+                released = released.and(Err(Error::from(e)));
+            }
+        }
+        let outcome = outcome?;
+        released?;
+        match outcome {
+            Outcome::Exited(0) => Ok(()),
+            Outcome::Cancelled => Err(Error::Cancelled),
+            o => Err(Error::StepFailed {
+                step: step.to_owned(),
+                outcome: o,
+            }),
+        }
     }
 
     /// Checks `parent` out, lets `work` change the checkout, and commits it as a child
@@ -758,19 +841,34 @@ impl Builder {
 
     /// Runs `echo healthcheck` in `base` without caching anything; fails unless it prints that.
     pub fn healthcheck(&self, base: &SnapshotId, cancel: &Cancel) -> Result<()> {
-        let root = self.checkout_root(cancel)?;
-        let dir = root.path();
-        self.engine.checkout(base, dir, root.mode())?;
         let ctx = Context::for_driver(self.driver.capabilities());
-        let job = self.job(&ctx, dir, "echo healthcheck");
-        self.driver_ready()?;
         let mut out = Vec::new();
-        let ran = self
-            .driver
-            .plan(&job)
-            .and_then(|plan| self.driver.run(&plan, &mut out, cancel));
-        let _ = self.engine.release(dir);
-        let outcome = ran?;
+        let outcome = if self.driver.capabilities().layout == Layout::Layers {
+            let chain = crate::layers::EngineChain::new(&self.engine, base)?;
+            let job = self.job(&ctx, Path::new(""), "echo healthcheck");
+            self.driver_ready()?;
+            // Nothing is recorded: the changes are read and dropped.
+            let mut discard = |changes: &mut dyn io::Read| {
+                io::copy(changes, &mut io::sink())?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            };
+            self.driver.plan(&job).and_then(|plan| {
+                self.driver
+                    .run_on_layers(&plan, &chain, &mut out, cancel, &mut discard)
+            })?
+        } else {
+            let root = self.checkout_root(cancel)?;
+            let dir = root.path();
+            self.engine.checkout(base, dir, root.mode())?;
+            let job = self.job(&ctx, dir, "echo healthcheck");
+            self.driver_ready()?;
+            let ran = self
+                .driver
+                .plan(&job)
+                .and_then(|plan| self.driver.run(&plan, &mut out, cancel));
+            let _ = self.engine.release(dir);
+            ran?
+        };
         if outcome == Outcome::Exited(0) && out.windows(11).any(|w| w == b"healthcheck") {
             Ok(())
         } else {

@@ -707,7 +707,8 @@ Examples:
   strata build . --sandbox host                  no isolation (development only)
 
 Sandboxes: runc (default on Linux; needs root and `runc` on PATH), host (Unix, no
-isolation), windows-user and windows-sandbox (Windows), macos-user (macOS). The last three
+isolation), docker (the Docker Engine API: steps run as containers on images loaded from
+Strata's layers), windows-user and windows-sandbox (Windows), macos-user (macOS). The last three
 run steps in equal-length slot directories (--slot-dir) as each slot's own user, and
 relocate snapshots between slots; `strata slots rm` removes their users and directories.";
 

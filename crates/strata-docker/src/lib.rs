@@ -1,0 +1,249 @@
+//! Strata's Docker driver (`--sandbox docker`): each step runs as a container through the
+//! Engine API (bollard), with Strata's store as the source of truth.
+//!
+//! Full-rootfs mode ([`Layout::Layers`], Linux engines): the parent snapshot becomes an
+//! engine image by loading Strata's own layers (`POST /images/load`, a docker-archive
+//! stream, see [`archive`]), cached per snapshot as `strata-snapshot:<id>` and labelled, so
+//! the engine shares layers with the store instead of receiving a flattened copy. The step
+//! runs in a container made from it (attached before it starts, so output streams live; a
+//! non-zero exit, which bollard reports as an error, is read as the status it is). Its
+//! changes come back through the engine's change list and the container's export, filtered
+//! into a layer with OCI whiteouts by Strata's strict tar reader ([`changes`]), and the
+//! builder records them as an ordinary snapshot.
+//!
+//! Every container is named after its job ([`strata_isolate::job_name`], which holds the
+//! owning process) and labelled `strata`; [`Driver::cleanup`] removes those of dead
+//! processes. A run removes its container however it ends (exit, failure, cancel, timeout).
+//!
+//! The runtime (tokio, one worker) and the connection are made on first use and owned by
+//! the driver: nothing async leaves this crate. Windows containers are planned as data
+//! ([`plan`]) and tested on every platform.
+
+use std::io::Write;
+use std::sync::OnceLock;
+
+use strata_isolate::{
+    Cancel, Capabilities, ChangesSink, Driver, Job, LayerChain, Layout, Limits, NetworkMode,
+    Outcome, Plan, TargetOs, User,
+};
+
+pub mod archive;
+pub mod changes;
+mod client;
+mod error;
+pub mod plan;
+
+pub use error::{Error, Result};
+pub use plan::{ContainerPlan, Isolation, Platform};
+
+use client::Client;
+
+/// The driver's name, as `--sandbox` takes it.
+pub const NAME: &str = "docker";
+
+/// How the Docker driver is set up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DockerOptions {
+    /// How many containers may run at once.
+    pub slots: usize,
+    /// Memory, CPU and process limits of each container.
+    pub limits: Limits,
+    /// The containers the engine runs.
+    pub platform: Platform,
+    /// The engine's address (`unix:///var/run/docker.sock`, `tcp://host:2375`); `None`:
+    /// `DOCKER_HOST`, else the local socket or named pipe.
+    pub host: Option<String>,
+}
+
+impl DockerOptions {
+    pub fn new(slots: usize) -> DockerOptions {
+        DockerOptions {
+            slots,
+            limits: Limits::default(),
+            platform: Platform::Linux,
+            host: None,
+        }
+    }
+}
+
+/// Runs jobs as Docker containers; see the crate docs.
+#[derive(Debug)]
+pub struct DockerDriver {
+    options: DockerOptions,
+    capabilities: Capabilities,
+    client: OnceLock<std::result::Result<Client, String>>,
+}
+
+impl DockerDriver {
+    pub fn new(options: DockerOptions) -> DockerDriver {
+        let capabilities = match options.platform {
+            Platform::Linux => Capabilities {
+                slots: options.slots,
+                layout: Layout::Layers,
+                networks: vec![NetworkMode::None, NetworkMode::Host],
+                unix_users: true,
+                named_users: true,
+                os: TargetOs::Linux,
+                // As runc's, so that a spec builds the same with either.
+                default_shell: ["/usr/bin/env", "bash", "-c"].map(str::to_owned).to_vec(),
+                default_workdir: "/".to_owned(),
+                default_user: User::Unix { uid: 0, gid: 0 },
+            },
+            // Windows containers cannot be exported or committed while running: only the
+            // state, bind-mounted, can be kept.
+            Platform::Windows(_) => Capabilities {
+                slots: options.slots,
+                layout: Layout::MountedState {
+                    targets: vec![r"C:\Users\ContainerAdministrator\AppData\Local\opam".to_owned()],
+                },
+                networks: vec![NetworkMode::None, NetworkMode::Host],
+                unix_users: false,
+                named_users: true,
+                os: TargetOs::Windows,
+                default_shell: plan::WINDOWS_SHELL.map(str::to_owned).to_vec(),
+                default_workdir: r"C:\".to_owned(),
+                default_user: User::Name("ContainerAdministrator".to_owned()),
+            },
+        };
+        DockerDriver {
+            options,
+            capabilities,
+            client: OnceLock::new(),
+        }
+    }
+
+    pub fn options(&self) -> &DockerOptions {
+        &self.options
+    }
+
+    /// The connection, made on first use.
+    fn client(&self) -> Result<&Client> {
+        self.client
+            .get_or_init(|| {
+                Client::connect(self.options.host.as_deref()).map_err(|e| error_chain(&e))
+            })
+            .as_ref()
+            .map_err(|reason| Error::Protocol {
+                what: reason.clone(),
+            })
+    }
+
+    /// The engine image of `chain`'s snapshot, loaded from its layers unless cached.
+    pub fn image_for(&self, chain: &dyn LayerChain) -> Result<String> {
+        self.client()?.ensure_image(chain)
+    }
+
+    /// Whether the engine has `image`.
+    pub fn has_image(&self, image: &str) -> Result<bool> {
+        self.client()?.has_image(image)
+    }
+
+    /// The engine's id of `image` (`sha256:<hex>`).
+    pub fn image_id(&self, image: &str) -> Result<String> {
+        self.client()?.image_id(image)
+    }
+
+    /// Removes the images made from snapshots that `keep` (given a snapshot id) refuses;
+    /// returns their tags. Images not made by Strata are never touched.
+    pub fn remove_images(&self, keep: &dyn Fn(&str) -> bool) -> Result<Vec<String>> {
+        self.client()?.remove_images(keep)
+    }
+
+    fn container_plan(plan: &Plan) -> strata_isolate::Result<ContainerPlan> {
+        if plan.driver != NAME {
+            return Err(strata_isolate::Error::Unsupported {
+                driver: NAME.to_owned(),
+                reason: format!("the plan was made by driver `{}`", plan.driver),
+            });
+        }
+        serde_json::from_value(plan.detail.clone()).map_err(|e| {
+            strata_isolate::Error::Unsupported {
+                driver: NAME.to_owned(),
+                reason: format!("the plan's container request is malformed: {e}"),
+            }
+        })
+    }
+}
+
+/// An error and its sources, one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        next = s.source();
+    }
+    text
+}
+
+impl Driver for DockerDriver {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    fn plan(&self, job: &Job) -> strata_isolate::Result<Plan> {
+        let container = plan::container_plan(job, self.options.platform, &self.options.limits)?;
+        Ok(Plan {
+            driver: NAME.to_owned(),
+            job: job.clone(),
+            files: Vec::new(),
+            argv: Vec::new(),
+            detail: serde_json::to_value(&container).expect("a plan serializes"),
+        })
+    }
+
+    /// Runs a plan whose image is known (mounted state); jobs on layers go through
+    /// [`Driver::run_on_layers`].
+    fn run(
+        &self,
+        plan: &Plan,
+        log: &mut dyn Write,
+        cancel: &Cancel,
+    ) -> strata_isolate::Result<Outcome> {
+        let container = Self::container_plan(plan)?;
+        let Some(image) = container.image.clone() else {
+            return Err(strata_isolate::Error::Unsupported {
+                driver: NAME.to_owned(),
+                reason: "a job on a snapshot runs on its layers (run_on_layers)".to_owned(),
+            });
+        };
+        Ok(self.client()?.run(&container, &image, log, cancel, None)?)
+    }
+
+    fn run_on_layers(
+        &self,
+        plan: &Plan,
+        parent: &dyn LayerChain,
+        log: &mut dyn Write,
+        cancel: &Cancel,
+        changes: &mut ChangesSink<'_>,
+    ) -> strata_isolate::Result<Outcome> {
+        let container = Self::container_plan(plan)?;
+        let client = self.client()?;
+        let image = client.ensure_image(parent)?;
+        Ok(client.run(&container, &image, log, cancel, Some(changes))?)
+    }
+
+    fn cleanup(&self) -> strata_isolate::Result<Vec<String>> {
+        let client = self.client()?;
+        let mut removed = Vec::new();
+        for name in client.strata_containers()? {
+            let dead =
+                strata_isolate::parse_job_name(&name).is_some_and(|(owner, _)| !owner.is_alive());
+            if dead {
+                client.remove_container(&name)?;
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    }
+
+    fn check(&self) -> strata_isolate::Result<()> {
+        Ok(self.client()?.ping()?)
+    }
+}

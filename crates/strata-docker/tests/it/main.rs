@@ -1,0 +1,1 @@
+//! Integration tests of the Docker driver against the real engine.
