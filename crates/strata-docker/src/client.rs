@@ -401,10 +401,12 @@ impl Client {
         }
     }
 
-    /// The names of the containers labelled as Strata's.
-    pub(crate) fn strata_containers(&self) -> Result<Vec<String>> {
+    /// The names of the containers labelled as Strata's (and with label `key=value`).
+    pub(crate) fn strata_containers(&self, label: Option<(&str, &str)>) -> Result<Vec<String>> {
         let mut filters = HashMap::new();
-        filters.insert("label".to_owned(), vec![LABEL.to_owned()]);
+        let mut labels = vec![LABEL.to_owned()];
+        labels.extend(label.map(|(k, v)| format!("{k}={v}")));
+        filters.insert("label".to_owned(), labels);
         let list = self
             .rt
             .block_on(self.docker.list_containers(Some(ListContainersOptions {

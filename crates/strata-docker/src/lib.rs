@@ -53,6 +53,9 @@ pub struct DockerOptions {
     /// The engine's address (`unix:///var/run/docker.sock`, `tcp://host:2375`); `None`:
     /// `DOCKER_HOST`, else the local socket or named pipe.
     pub host: Option<String>,
+    /// Labels added to every container, besides [`plan::LABEL`] and [`plan::JOB_LABEL`]:
+    /// the store a container works for, a test's own id.
+    pub labels: Vec<(String, String)>,
 }
 
 impl DockerOptions {
@@ -62,6 +65,7 @@ impl DockerOptions {
             limits: Limits::default(),
             platform: Platform::Linux,
             host: None,
+            labels: Vec::new(),
         }
     }
 }
@@ -133,6 +137,11 @@ impl DockerDriver {
         self.client()?.ensure_image(chain)
     }
 
+    /// The names of the containers (of any process) carrying label `key` set to `value`.
+    pub fn containers_labelled(&self, key: &str, value: &str) -> Result<Vec<String>> {
+        self.client()?.strata_containers(Some((key, value)))
+    }
+
     /// Whether the engine has `image`.
     pub fn has_image(&self, image: &str) -> Result<bool> {
         self.client()?.has_image(image)
@@ -187,7 +196,8 @@ impl Driver for DockerDriver {
     }
 
     fn plan(&self, job: &Job) -> strata_isolate::Result<Plan> {
-        let container = plan::container_plan(job, self.options.platform, &self.options.limits)?;
+        let mut container = plan::container_plan(job, self.options.platform, &self.options.limits)?;
+        container.labels.extend(self.options.labels.iter().cloned());
         Ok(Plan {
             driver: NAME.to_owned(),
             job: job.clone(),
@@ -232,7 +242,7 @@ impl Driver for DockerDriver {
     fn cleanup(&self) -> strata_isolate::Result<Vec<String>> {
         let client = self.client()?;
         let mut removed = Vec::new();
-        for name in client.strata_containers()? {
+        for name in client.strata_containers(None)? {
             let dead =
                 strata_isolate::parse_job_name(&name).is_some_and(|(owner, _)| !owner.is_alive());
             if dead {
