@@ -80,7 +80,7 @@ fn cleanup_removes_containers_of_dead_processes_only() {
     let left = driver
         .containers_labelled("strata.test", &store.display().to_string())
         .unwrap();
-    assert_eq!(left, [live_name.clone()]);
+    assert_eq!(left, std::slice::from_ref(&live_name));
     std::process::Command::new("docker")
         .args(["rm", "-f", &live_name])
         .output()

@@ -3,4 +3,5 @@
 
 mod common;
 mod driver;
+#[cfg(unix)]
 mod same_tree;
