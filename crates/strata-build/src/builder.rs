@@ -242,13 +242,21 @@ impl Builder {
             let id = self.build_stage(&inner.spec, Some(&inner.name), s, &stages)?;
             stages.insert(inner.name.clone(), id);
         }
-        let base = self.base(&spec.from)?;
+        let mut ctx = Context::for_driver(self.driver.capabilities());
+        let base = if let Layout::MountedState { .. } = self.driver.capabilities().layout {
+            // The image supplies the OS; the chain holds only the state, empty at first.
+            self.driver_ready()?;
+            let image = self.driver.resolve_image(&spec.from)?;
+            ctx.image = Some(image);
+            self.empty_state()?
+        } else {
+            self.base(&spec.from)?
+        };
         s.emit(Event::StageStarted {
             stage: stage.map(str::to_owned),
             from: spec.from.clone(),
             base,
         });
-        let mut ctx = Context::for_driver(self.driver.capabilities());
         let mut current = base;
         for op in &spec.ops {
             if s.cancelled() {
@@ -294,6 +302,13 @@ impl Builder {
             }
             found => found,
         }
+    }
+
+    /// The base of a state chain: an empty layer, the same snapshot for every image (the
+    /// image is in the steps' keys instead).
+    fn empty_state(&self) -> Result<SnapshotId> {
+        let empty = [0u8; 1024];
+        Ok(self.engine.import_layer(None, &empty[..], None)?.id)
     }
 
     /// The snapshot a `(from IMAGE)` names: a tag or id equal to IMAGE, else IMAGE without its
@@ -486,7 +501,11 @@ impl Builder {
                 ..self.job(ctx, root, &run.shell)
             };
             self.driver_ready()?;
-            let plan = self.driver.plan(&job).map_err(|source| Error::Sandbox {
+            let plan = match &ctx.image {
+                Some(image) => self.driver.plan_on_image(&job, image),
+                None => self.driver.plan(&job),
+            }
+            .map_err(|source| Error::Sandbox {
                 step: step.to_owned(),
                 source,
             })?;

@@ -764,6 +764,11 @@ pub(crate) struct SandboxArgs {
     /// macos-user: the Homebrew prefix steps may own in turn (/opt/homebrew, /usr/local)
     #[arg(long, value_name = "DIR")]
     pub(crate) brew_path: Option<PathBuf>,
+
+    /// docker: mounted-state mode, repeatable. (from IMAGE) names an engine image that
+    /// supplies the OS; snapshots hold only the state, bind-mounted at TARGET
+    #[arg(long = "state", value_name = "TARGET")]
+    pub(crate) state: Vec<String>,
 }
 
 /// `--slot-users`.
@@ -786,6 +791,7 @@ impl SandboxArgs {
             SlotUsersArg::Current => strata::SlotUsers::Current,
         };
         options.homebrew_prefix = self.brew_path.clone();
+        options.state_targets = self.state.clone();
         options
     }
 

@@ -56,6 +56,11 @@ pub struct DockerOptions {
     /// Labels added to every container, besides [`plan::LABEL`] and [`plan::JOB_LABEL`]:
     /// the store a container works for, a test's own id.
     pub labels: Vec<(String, String)>,
+    /// Mounted-state mode when not empty (always for Windows containers): `(from IMAGE)`
+    /// names an engine image that supplies the OS, and the snapshot, checked out on the
+    /// host, is bind-mounted at these paths: at the only one as a whole, else its
+    /// subdirectory `0`, `1`... at each.
+    pub state_targets: Vec<String>,
 }
 
 impl DockerOptions {
@@ -66,6 +71,7 @@ impl DockerOptions {
             platform: Platform::Linux,
             host: None,
             labels: Vec::new(),
+            state_targets: Vec::new(),
         }
     }
 }
@@ -81,6 +87,20 @@ pub struct DockerDriver {
 impl DockerDriver {
     pub fn new(options: DockerOptions) -> DockerDriver {
         let capabilities = match options.platform {
+            Platform::Linux if !options.state_targets.is_empty() => Capabilities {
+                slots: options.slots,
+                layout: Layout::MountedState {
+                    targets: options.state_targets.clone(),
+                },
+                networks: vec![NetworkMode::None, NetworkMode::Host],
+                unix_users: true,
+                named_users: true,
+                os: TargetOs::Linux,
+                // The image's own shell, as Docker's RUN.
+                default_shell: ["/bin/sh", "-c"].map(str::to_owned).to_vec(),
+                default_workdir: "/".to_owned(),
+                default_user: User::Unix { uid: 0, gid: 0 },
+            },
             Platform::Linux => Capabilities {
                 slots: options.slots,
                 layout: Layout::Layers,
@@ -98,7 +118,11 @@ impl DockerDriver {
             Platform::Windows(_) => Capabilities {
                 slots: options.slots,
                 layout: Layout::MountedState {
-                    targets: vec![r"C:\Users\ContainerAdministrator\AppData\Local\opam".to_owned()],
+                    targets: if options.state_targets.is_empty() {
+                        vec![r"C:\Users\ContainerAdministrator\AppData\Local\opam".to_owned()]
+                    } else {
+                        options.state_targets.clone()
+                    },
                 },
                 networks: vec![NetworkMode::None, NetworkMode::Host],
                 unix_users: false,
@@ -222,6 +246,17 @@ impl Driver for DockerDriver {
                 reason: "a job on a snapshot runs on its layers (run_on_layers)".to_owned(),
             });
         };
+        // The subdirectories of several state targets; the checkout may not have them yet.
+        for m in &container.mounts {
+            let source = std::path::Path::new(&m.source);
+            if source.starts_with(&plan.job.root) && source != plan.job.root {
+                std::fs::create_dir_all(source).map_err(|e| strata_isolate::Error::Io {
+                    what: "cannot create the state directory",
+                    path: source.to_path_buf(),
+                    source: e,
+                })?;
+            }
+        }
         Ok(self.client()?.run(&container, &image, log, cancel, None)?)
     }
 
@@ -237,6 +272,35 @@ impl Driver for DockerDriver {
         let client = self.client()?;
         let image = client.ensure_image(parent)?;
         Ok(client.run(&container, &image, log, cancel, Some(changes))?)
+    }
+
+    fn resolve_image(&self, image: &str) -> strata_isolate::Result<String> {
+        let client = self.client()?;
+        if !client.has_image(image)? {
+            return Err(Error::Unsupported {
+                job: format!("(from {image})"),
+                reason: format!(
+                    "the engine has no image `{image}` (pull, load or build it first; \
+                     Strata pulls nothing)"
+                ),
+            }
+            .into());
+        }
+        Ok(client.image_id(image)?)
+    }
+
+    fn plan_on_image(&self, job: &Job, image: &str) -> strata_isolate::Result<Plan> {
+        let Layout::MountedState { targets } = &self.capabilities.layout else {
+            return self.plan(job);
+        };
+        let mut plan = self.plan(job)?;
+        let mut container = Self::container_plan(&plan)?;
+        container.image = Some(image.to_owned());
+        container
+            .mounts
+            .extend(plan::state_mounts(job, targets, self.options.platform)?);
+        plan.detail = serde_json::to_value(&container).expect("a plan serializes");
+        Ok(plan)
     }
 
     fn cleanup(&self) -> strata_isolate::Result<Vec<String>> {

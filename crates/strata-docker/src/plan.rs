@@ -181,6 +181,30 @@ pub fn container_plan(job: &Job, platform: Platform, limits: &Limits) -> Result<
     })
 }
 
+/// The binds of a job's state (its checkout, `job.root`) at `targets`: the whole checkout at
+/// the only target, else its subdirectory `<i>` at target `i`.
+pub fn state_mounts(
+    job: &Job,
+    targets: &[String],
+    platform: Platform,
+) -> Result<Vec<PlannedMount>> {
+    let windows = matches!(platform, Platform::Windows(_));
+    let mut mounts = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        let source = if targets.len() == 1 {
+            job.root.clone()
+        } else {
+            job.root.join(i.to_string())
+        };
+        mounts.push(PlannedMount {
+            source: path_text(&source, job)?,
+            target: target(t, windows, job)?,
+            read_only: false,
+        });
+    }
+    Ok(mounts)
+}
+
 fn path_text(path: &std::path::Path, job: &Job) -> Result<String> {
     path.to_str()
         .map(str::to_owned)
@@ -273,6 +297,26 @@ mod tests {
         assert_eq!(p.mounts.len(), 2);
         assert!(p.mounts[1].read_only);
         assert_eq!(p.exclude, ["/run/secrets/token"]);
+    }
+
+    #[test]
+    fn state_is_mounted_whole_or_by_subdirectory() {
+        let mut j = job();
+        j.root = PathBuf::from("/store/roots/r1");
+        let one = state_mounts(&j, &["/home/opam/.opam".to_owned()], Platform::Linux).unwrap();
+        assert_eq!(one[0].source, "/store/roots/r1");
+        assert_eq!(one[0].target, "/home/opam/.opam");
+        let two = state_mounts(&j, &["/a".to_owned(), "/b".to_owned()], Platform::Linux).unwrap();
+        assert_eq!(two[1].source, "/store/roots/r1/1");
+        j.root = PathBuf::from(r"C:\strata\roots\r1");
+        let win = state_mounts(
+            &j,
+            &[r"C:\Users\ContainerUser\AppData\Local\opam".to_owned()],
+            Platform::Windows(Isolation::Process),
+        )
+        .unwrap();
+        assert_eq!(win[0].target, r"C:\Users\ContainerUser\AppData\Local\opam");
+        assert!(state_mounts(&j, &["relative".to_owned()], Platform::Linux).is_err());
     }
 
     #[test]

@@ -543,6 +543,24 @@ pub trait Driver: Send + Sync + fmt::Debug {
     /// Whether the driver can run here at all, and if not, why.
     fn check(&self) -> Result<()>;
 
+    /// The engine's id of `image` for a driver with [`Layout::MountedState`], whose `(from
+    /// IMAGE)` names an image that supplies the OS: the builder keys the chain's steps by it,
+    /// so a rebuilt image invalidates them. Other drivers refuse.
+    fn resolve_image(&self, image: &str) -> Result<String> {
+        Err(Error::Unsupported {
+            driver: self.name().to_owned(),
+            reason: format!("it takes no engine images (asked for `{image}`)"),
+        })
+    }
+
+    /// Plans `job` on the engine image `image` (an id from
+    /// [`resolve_image`](Driver::resolve_image)), its checkout mounted at the layout's
+    /// targets. The default ignores the image.
+    fn plan_on_image(&self, job: &Job, image: &str) -> Result<Plan> {
+        let _ = image;
+        self.plan(job)
+    }
+
     /// Runs a plan made by this driver on top of `parent` ([`Layout::Layers`]): like
     /// [`run`](Driver::run), and when the job exited with status 0, gives its changes to
     /// `changes` before the job's remains are removed. Drivers with another layout refuse.

@@ -121,6 +121,9 @@ pub struct SandboxOptions {
     pub slot_users: SlotUsers,
     /// `macos-user`: the Homebrew prefix jobs may own in turn.
     pub homebrew_prefix: Option<PathBuf>,
+    /// `docker`: mounted-state mode when not empty: `(from IMAGE)` names an engine image
+    /// and snapshots hold only the state, bind-mounted at these paths.
+    pub state_targets: Vec<String>,
 }
 
 /// A store opened for building. Cheap to share: clone the engine out with [`Strata::engine`].
@@ -173,6 +176,7 @@ impl Strata {
                 options.slots.unwrap_or_else(isolate::default_slots),
             );
             docker.limits = options.limits;
+            docker.state_targets = options.state_targets.clone();
             return Ok(Box::new(strata_docker::DockerDriver::new(docker)));
         }
         let mut driver_options = isolate::DriverOptions::new(self.driver_state_dir(name));
@@ -182,6 +186,15 @@ impl Strata {
         driver_options.slot_dir = options.slot_dir.clone();
         driver_options.slot_users = options.slot_users;
         driver_options.homebrew_prefix = options.homebrew_prefix.clone();
+        if !options.state_targets.is_empty() {
+            return Err(Error::Sandbox {
+                name: name.to_owned(),
+                source: isolate::Error::Unsupported {
+                    driver: name.to_owned(),
+                    reason: "only the docker sandbox mounts state (--state)".to_owned(),
+                },
+            });
+        }
         strata_isolate::driver(name, &driver_options).map_err(|source| Error::Sandbox {
             name: name.to_owned(),
             source: match source {

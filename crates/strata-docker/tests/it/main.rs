@@ -3,5 +3,6 @@
 
 mod common;
 mod driver;
+mod mounted_state;
 #[cfg(unix)]
 mod same_tree;
