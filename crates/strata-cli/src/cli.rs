@@ -88,7 +88,10 @@ pub(crate) enum Command {
     /// Make a base snapshot from a root filesystem tarball (.tar, .tar.gz, .tar.zst)
     ///
     /// Prints the snapshot id. With --tag, the snapshot can be named by that tag later.
-    #[command(after_help = "Example:\n  strata import busybox-rootfs.tar --tag busybox")]
+    #[command(
+        after_help = "Examples:\n  strata import busybox-rootfs.tar --tag busybox\n  \
+                      strata import --docker debian:12 --tag debian"
+    )]
     Import(ImportArgs),
 
     /// Check a snapshot out as a directory, tracked until commit or release
@@ -306,8 +309,11 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
 #[derive(Debug, Args)]
 pub(crate) struct ImportArgs {
     /// The root filesystem tarball
-    #[arg(value_name = "ROOTFS")]
-    pub(crate) rootfs: PathBuf,
+    #[arg(value_name = "ROOTFS", required_unless_present = "docker")]
+    pub(crate) rootfs: Option<PathBuf>,
+    /// Import this image of the local docker engine instead, layer by layer
+    #[arg(long, value_name = "IMAGE", conflicts_with = "rootfs")]
+    pub(crate) docker: Option<String>,
     /// Name the snapshot
     #[arg(long, value_name = "NAME")]
     pub(crate) tag: Option<String>,

@@ -15,6 +15,7 @@
 mod build;
 mod cas;
 mod cli;
+mod import_docker;
 mod layer;
 mod maintenance;
 mod output;

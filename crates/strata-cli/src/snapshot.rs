@@ -9,7 +9,7 @@ use strata_snapshot::{CheckoutMode, Engine};
 use crate::cli::{CheckoutArgs, CommitArgs, GlobalArgs, ImportArgs, ReleaseArgs, SnapshotCommand};
 use crate::output;
 
-fn open(global: &GlobalArgs) -> Result<Engine> {
+pub(crate) fn open(global: &GlobalArgs) -> Result<Engine> {
     let root = crate::cas::store_root(global.store.as_deref())?;
     Engine::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))
 }
@@ -23,7 +23,7 @@ struct SnapshotOut<'a> {
     seconds: f64,
 }
 
-fn print_snapshot(
+pub(crate) fn print_snapshot(
     json: bool,
     row: &strata_snapshot::Snapshot,
     tag: Option<&str>,
@@ -50,11 +50,18 @@ fn print_snapshot(
 
 /// `strata import ROOTFS --tag NAME`.
 pub(crate) fn import(global: &GlobalArgs, args: &ImportArgs) -> Result<()> {
+    if let Some(image) = &args.docker {
+        return crate::import_docker::import_docker(global, image, args.tag.as_deref());
+    }
     let started = Instant::now();
     let engine = open(global)?;
+    let rootfs = args
+        .rootfs
+        .as_ref()
+        .context("a ROOTFS tarball or --docker IMAGE")?;
     let row = engine
-        .import(&args.rootfs, args.tag.as_deref())
-        .with_context(|| format!("cannot import {}", args.rootfs.display()))?;
+        .import(rootfs, args.tag.as_deref())
+        .with_context(|| format!("cannot import {}", rootfs.display()))?;
     print_snapshot(global.json, &row, args.tag.as_deref(), started, "imported")
 }
 

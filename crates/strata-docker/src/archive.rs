@@ -1,6 +1,9 @@
 //! The docker-archive format (`docker save`/`docker load`) written from Strata's layers: the
 //! one place this driver writes it, so it can later be shared with other exporters.
 //!
+//! Reading one ([`read_archive`]) hands each `layer.tar` over as it streams past, and
+//! returns their order from `manifest.json`, which `docker save` writes last.
+//!
 //! Layout: `l<NNN>/layer.tar` per layer (uncompressed: engine 20.10 cannot read zstd), the
 //! image config as `config.json` and `manifest.json` last. A layer the engine already holds
 //! (its chain is loaded) is written as an empty file: the engine looks a layer up by chain
@@ -91,6 +94,97 @@ pub fn write_archive(
     Ok(())
 }
 
+/// Reads a docker-archive of one image: gives each layer file (by its path in the archive)
+/// to `on_layer` as it streams past, and returns the layer paths in the image's order, its
+/// base's first. `what` names the archive in errors.
+pub fn read_archive(
+    archive: impl Read,
+    what: &str,
+    on_layer: &mut dyn FnMut(&str, &mut dyn Read) -> Result<(), crate::error::SinkError>,
+) -> crate::Result<Vec<String>> {
+    use strata_cas::Limits;
+    use strata_cas::tar::TarReader;
+
+    let bad = |source| crate::Error::Archive {
+        what: what.to_owned(),
+        source,
+    };
+    let mut reader = TarReader::new(archive, &Limits::default());
+    let mut manifest = None;
+    let mut layers = std::collections::HashSet::new();
+    // `docker save` writes a layer that repeats as a symlink to its first copy.
+    let mut aliases = std::collections::HashMap::new();
+    while let Some(entry) = reader.next_entry().map_err(bad)? {
+        let path = String::from_utf8_lossy(&entry.path).into_owned();
+        if let EntryKind::Symlink(target) = &entry.kind {
+            let target = String::from_utf8_lossy(target);
+            let (dir, _) = path.rsplit_once('/').unwrap_or(("", ""));
+            let resolved = match target.strip_prefix("../") {
+                Some(rest) if !dir.contains('/') => rest.to_owned(),
+                _ if !target.contains('/') => format!("{dir}/{target}"),
+                _ => target.into_owned(),
+            };
+            aliases.insert(path, resolved);
+            continue;
+        }
+        if entry.kind != EntryKind::File {
+            continue;
+        }
+        if path == "manifest.json" {
+            let mut data = Vec::new();
+            reader.read_data_to_vec(&mut data).map_err(bad)?;
+            manifest = Some(data);
+        } else if path.ends_with("/layer.tar") || path.ends_with(".tar") {
+            let mut data = EntryData(&mut reader);
+            on_layer(&path, &mut data).map_err(|source| crate::Error::Sink {
+                container: what.to_owned(),
+                source,
+            })?;
+            // What the sink left unread.
+            io::copy(&mut data, &mut io::sink())
+                .map_err(crate::Error::io(format!("read {what}")))?;
+            layers.insert(path);
+        }
+    }
+    let manifest = manifest.ok_or_else(|| crate::Error::Protocol {
+        what: format!("{what} has no manifest.json"),
+    })?;
+    #[derive(serde::Deserialize)]
+    struct Image {
+        #[serde(rename = "Layers")]
+        layers: Vec<String>,
+    }
+    let images: Vec<Image> =
+        serde_json::from_slice(&manifest).map_err(|e| crate::Error::Protocol {
+            what: format!("the manifest.json of {what} is malformed: {e}"),
+        })?;
+    let [image] = images.as_slice() else {
+        return Err(crate::Error::Protocol {
+            what: format!("{what} holds {} images, not one", images.len()),
+        });
+    };
+    let order: Vec<String> = image
+        .layers
+        .iter()
+        .map(|l| aliases.get(l).unwrap_or(l).clone())
+        .collect();
+    if let Some(missing) = order.iter().find(|l| !layers.contains(*l)) {
+        return Err(crate::Error::Protocol {
+            what: format!("{what} names layer {missing}, which it does not hold"),
+        });
+    }
+    Ok(order)
+}
+
+/// The data of the current entry of a tar reader.
+struct EntryData<'a, R>(&'a mut strata_cas::tar::TarReader<R>);
+
+impl<R: Read> Read for EntryData<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read_data(buf).map_err(io::Error::other)
+    }
+}
+
 fn file<W: Write>(tar: &mut TarWriter<W>, path: &str, data: &[u8]) -> io::Result<()> {
     tar.append(&entry(path, EntryKind::File, data.len() as u64))?;
     tar.write_data(data)
@@ -156,6 +250,35 @@ mod tests {
         let config: serde_json::Value = serde_json::from_slice(&seen[4].1).unwrap();
         assert_eq!(config["rootfs"]["diff_ids"][1], "sha256:bb");
         assert_eq!(config["config"]["Labels"]["k"], "v");
+    }
+
+    #[test]
+    fn an_archive_reads_back_in_manifest_order() {
+        let layers = vec![
+            ArchiveLayer {
+                diff_id: "sha256:aa".to_owned(),
+                data: Some((2, Box::new(&b"l0"[..]))),
+            },
+            ArchiveLayer {
+                diff_id: "sha256:bb".to_owned(),
+                data: Some((2, Box::new(&b"l1"[..]))),
+            },
+        ];
+        let mut out = Vec::new();
+        write_archive(&mut out, layers, b"{}", "t").unwrap();
+        let mut seen = Vec::new();
+        let order = read_archive(&out[..], "the test archive", &mut |path, r| {
+            let mut data = Vec::new();
+            r.read_to_end(&mut data)?;
+            seen.push((path.to_owned(), data));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(order, ["l000/layer.tar", "l001/layer.tar"]);
+        assert_eq!(seen[1], ("l001/layer.tar".to_owned(), b"l1".to_vec()));
+        // No manifest: an error naming the archive.
+        let e = read_archive(&out[..1536], "the cut archive", &mut |_, _| Ok(())).unwrap_err();
+        assert!(e.to_string().contains("the cut archive"), "{e}");
     }
 
     #[test]

@@ -375,6 +375,42 @@ impl Client {
         result
     }
 
+    /// Streams `docker save` of `image` through [`crate::archive::read_archive`].
+    pub(crate) fn save_image(
+        &self,
+        image: &str,
+        on_layer: &mut dyn FnMut(
+            &str,
+            &mut dyn Read,
+        ) -> std::result::Result<(), crate::error::SinkError>,
+    ) -> Result<Vec<String>> {
+        if !self.has_image(image)? {
+            return Err(Error::Protocol {
+                what: format!("the engine has no image `{image}`"),
+            });
+        }
+        let (tx, rx) = mpsc::sync_channel::<io::Result<Bytes>>(16);
+        let docker = self.docker.clone();
+        let name = image.to_owned();
+        let saving = self.rt.spawn(async move {
+            let mut stream = docker.export_image(&name);
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(io::Error::other);
+                let failed = chunk.is_err();
+                if tx.send(chunk).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let result = crate::archive::read_archive(
+            ChannelReader::new(rx),
+            &format!("the saved image {image}"),
+            on_layer,
+        );
+        saving.abort();
+        result
+    }
+
     /// Removes container `name` (and its anonymous volumes), running or not; a container
     /// that does not exist is fine.
     pub(crate) fn remove_container(&self, name: &str) -> Result<()> {

@@ -60,10 +60,20 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// An image archive the engine sent is not a tar Strata accepts.
+    #[error("{what} is not a valid image archive")]
+    Archive {
+        what: String,
+        #[source]
+        source: strata_cas::Error,
+    },
     /// The job cannot be expressed for this engine.
     #[error("cannot run job {job} in docker: {reason}")]
     Unsupported { job: String, reason: String },
 }
+
+/// What a sink of layers or changes may fail with: its own error, kept as a source.
+pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -33,7 +33,7 @@ mod client;
 mod error;
 pub mod plan;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, SinkError};
 pub use plan::{ContainerPlan, Isolation, Platform};
 
 use client::Client;
@@ -164,6 +164,20 @@ impl DockerDriver {
     /// The names of the containers (of any process) carrying label `key` set to `value`.
     pub fn containers_labelled(&self, key: &str, value: &str) -> Result<Vec<String>> {
         self.client()?.strata_containers(Some((key, value)))
+    }
+
+    /// Reads `image` from the engine (`docker save`), giving each layer (an uncompressed tar,
+    /// named by its path in the archive) to `on_layer` as it streams; returns the layer
+    /// paths in order, the base's first. `strata import --docker` stores them as snapshots.
+    pub fn save_image(
+        &self,
+        image: &str,
+        on_layer: &mut dyn FnMut(
+            &str,
+            &mut dyn std::io::Read,
+        ) -> std::result::Result<(), error::SinkError>,
+    ) -> Result<Vec<String>> {
+        self.client()?.save_image(image, on_layer)
     }
 
     /// Whether the engine has `image`.

@@ -96,3 +96,48 @@ fn an_unreachable_engine_is_named() {
     let text = format!("{e}: {:?}", std::error::Error::source(&e));
     assert!(text.contains("/nonexistent/docker.sock"), "{text}");
 }
+
+#[test]
+fn an_engine_image_is_read_back_layer_by_layer() {
+    if !engine_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let b = docker_builder(&dir.path().join("store"));
+    let (r, log) = build(
+        &b,
+        r#"((from busybox) (shell /bin/sh -c) (run (shell "echo made > /made && rm /etc/passwd")))"#,
+    );
+    r.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    // The step's container ran on the base's image; the step's own image is made on demand.
+    let chain = b.engine().snapshots().unwrap();
+    let base = chain.iter().find(|s| s.parent.is_none()).unwrap();
+    let image = strata_docker::plan::snapshot_image(&base.id.to_hex());
+    let driver = DockerDriver::new(options(&dir.path().join("store")));
+    let other = strata_snapshot::Engine::open(&dir.path().join("other")).unwrap();
+    let mut layers = std::collections::HashMap::new();
+    let order = driver
+        .save_image(&image, &mut |path, layer| {
+            let s = other.import_layer(None, layer, None)?;
+            layers.insert(path.to_owned(), s.layer);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(order.len(), 1);
+    let mut parent = None;
+    for path in &order {
+        parent = Some(
+            other
+                .add_snapshot(parent.as_ref(), &layers[path], None)
+                .unwrap()
+                .id,
+        );
+    }
+    let out = dir.path().join("out");
+    other.copy_out(&parent.unwrap(), &out).unwrap();
+    assert!(out.join("bin/busybox").exists());
+    let e = driver
+        .save_image("strata-test-no-such-image:1", &mut |_, _| Ok(()))
+        .unwrap_err();
+    assert!(e.to_string().contains("strata-test-no-such-image:1"), "{e}");
+}
