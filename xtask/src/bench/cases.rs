@@ -80,6 +80,9 @@ pub(crate) fn run_all(
     if wanted("builder") {
         super::build::run(ctx, report)?;
     }
+    if wanted("docker") {
+        super::docker::run(ctx, report)?;
+    }
     if !quick && wanted("layers") {
         let (big, counts) = fixture::ensure_big(ctx.paths)?;
         memory(ctx, report, &big, "big tree", counts.bytes)?;

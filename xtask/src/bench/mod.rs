@@ -15,7 +15,8 @@
 //! 5. run the cases side by side, ours and baseline interleaved ([`cases`], [`runner`]),
 //!    then the snapshot cases: checkouts, commits and prune of a 10-layer snapshot of the
 //!    fixture ([`snapshots`]), then the builder cases: cache hits and a no-op runc step
-//!    against a bare `runc run` ([`build`]);
+//!    against a bare `runc run` ([`build`]), then the Docker driver's cases against
+//!    `docker run --rm` and runc ([`docker`]);
 //! 6. `cargo bench -p benches` and collect criterion's estimates ([`micro`]);
 //! 7. write `target/bench/report.json` and `target/bench/report.md`, print the markdown.
 
@@ -35,6 +36,7 @@ macro_rules! say {
 
 mod build;
 mod cases;
+mod docker;
 mod fixture;
 mod machine;
 mod micro;
@@ -54,7 +56,8 @@ struct Options {
     no_micro: bool,
     /// `--no-compare`: skip the whole-process cases (micro-benchmarks only).
     no_compare: bool,
-    /// `--only GROUP`: run one group of whole-process cases (`layers`, `snapshots`, `builder`).
+    /// `--only GROUP`: run one group of whole-process cases (`layers`, `snapshots`, `builder`,
+    /// `docker`).
     only: Option<String>,
 }
 
@@ -65,7 +68,7 @@ usage: cargo xtask bench [--quick] [--runs N] [--no-micro] [--no-compare] [--onl
   --runs N      runs per whole-process case (default: 3 quick, 10 full)
   --no-micro    skip the criterion micro-benchmarks
   --no-compare  skip the whole-process comparisons (and the fixture)
-  --only GROUP  only these whole-process cases: layers, snapshots or builder
+  --only GROUP  only these whole-process cases: layers, snapshots, builder or docker
 
 Writes target/bench/report.json and target/bench/report.md; see docs/benchmarks.md.";
 
@@ -86,8 +89,10 @@ impl Options {
                 "--no-compare" => opts.no_compare = true,
                 "--only" => {
                     let group = it.next().context("--only needs a group")?;
-                    if !["layers", "snapshots", "builder"].contains(&group.as_str()) {
-                        bail!("--only {group}: the groups are layers, snapshots and builder");
+                    if !["layers", "snapshots", "builder", "docker"].contains(&group.as_str()) {
+                        bail!(
+                            "--only {group}: the groups are layers, snapshots, builder and docker"
+                        );
                     }
                     opts.only = Some(group.clone());
                 }
