@@ -446,16 +446,17 @@ impl Builder {
                 ),
             });
         };
-        // For the event only: a blob that cannot be looked at counts as empty.
+        Ok(self.made(snapshot.id, &snapshot.layer))
+    }
+
+    /// What a step made, for its event: a blob that cannot be looked at counts as empty.
+    fn made(&self, id: SnapshotId, layer: &strata_cas::LayerId) -> Made {
         let layer_bytes = self
             .engine
             .cas()
-            .stat(&snapshot.layer)
+            .stat(layer)
             .map_or(0, |b| b.compressed_size);
-        Ok(Made {
-            id: snapshot.id,
-            layer_bytes,
-        })
+        Made { id, layer_bytes }
     }
 
     /// Takes the step's caches, plans its job on `root` and runs it with `go`; fails
@@ -556,16 +557,7 @@ impl Builder {
                     step: step.to_owned(),
                     source: Box::new(source),
                 })?;
-            // For the event only: a blob that cannot be looked at counts as empty.
-            let layer_bytes = self
-                .engine
-                .cas()
-                .stat(&row.layer)
-                .map_or(0, |b| b.compressed_size);
-            Ok(Made {
-                id: row.id,
-                layer_bytes,
-            })
+            Ok(self.made(row.id, &row.layer))
         });
         result.map_err(|e| {
             // Judged before the release frees what the step wrote.

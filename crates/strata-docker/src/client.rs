@@ -340,22 +340,13 @@ impl Client {
             }),
             &plan.exclude,
         );
-        let (tx, rx) = mpsc::sync_channel::<io::Result<Bytes>>(16);
         let docker = self.docker.clone();
         let container = name.to_owned();
-        let exporting = self.rt.spawn(async move {
-            let mut stream = docker.export_container(&container);
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(io::Error::other);
-                let failed = chunk.is_err();
-                if tx.send(chunk).is_err() || failed {
-                    break;
-                }
-            }
-        });
+        let (exporting, rx) =
+            self.stream(async move { docker.export_container(&container).boxed() });
         let (reader, writer) = io::pipe().map_err(Error::io("create a pipe"))?;
         let result = std::thread::scope(|s| {
-            let filtering = s.spawn(move || filter(ChannelReader::new(rx), &set, writer, name));
+            let filtering = s.spawn(move || filter(rx, &set, writer, name));
             let mut reader = reader;
             let taken = sink(&mut reader).map_err(|source| Error::Sink {
                 container: name.to_owned(),
@@ -389,11 +380,30 @@ impl Client {
                 what: format!("the engine has no image `{image}`"),
             });
         }
-        let (tx, rx) = mpsc::sync_channel::<io::Result<Bytes>>(16);
         let docker = self.docker.clone();
         let name = image.to_owned();
-        let saving = self.rt.spawn(async move {
-            let mut stream = docker.export_image(&name);
+        let (saving, rx) = self.stream(async move { docker.export_image(&name).boxed() });
+        let result =
+            crate::archive::read_archive(rx, &format!("the saved image {image}"), on_layer);
+        saving.abort();
+        result
+    }
+
+    /// Runs the response body `make` returns on the runtime, handing it over chunk by
+    /// chunk to the returned reader; abort the task once done with the reader.
+    fn stream<F>(&self, make: F) -> (tokio::task::JoinHandle<()>, ChannelReader)
+    where
+        F: std::future::Future<
+                Output = futures_util::stream::BoxStream<
+                    'static,
+                    std::result::Result<Bytes, BollardError>,
+                >,
+            > + Send
+            + 'static,
+    {
+        let (tx, rx) = mpsc::sync_channel::<io::Result<Bytes>>(16);
+        let task = self.rt.spawn(async move {
+            let mut stream = make.await;
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(io::Error::other);
                 let failed = chunk.is_err();
@@ -402,13 +412,7 @@ impl Client {
                 }
             }
         });
-        let result = crate::archive::read_archive(
-            ChannelReader::new(rx),
-            &format!("the saved image {image}"),
-            on_layer,
-        );
-        saving.abort();
-        result
+        (task, ChannelReader::new(rx))
     }
 
     /// Removes container `name` (and its anonymous volumes), running or not; a container
