@@ -18,6 +18,8 @@ pub(crate) const RUN: &[&str] = &["runc", "busybox-static"];
 /// - the mingw-w64 gcc and binutils link Windows test binaries that wine64 runs;
 /// - runc and busybox-static run the sandbox tests; python3-venv lets the relocation tests
 ///   build a real venv; util-linux's setpriv runs checks as an unprivileged user;
+/// - docker-registry (CNCF distribution), skopeo and umoci read and serve the images
+///   strata-oci writes and pushes;
 /// - g++ builds libFuzzer for the fuzz targets.
 pub(crate) const TEST: &[&str] = &[
     "gcc",
@@ -39,6 +41,11 @@ pub(crate) const TEST: &[&str] = &[
     "busybox-static",
     "python3",
     "python3-venv",
+    "docker-registry",
+    "skopeo",
+    "umoci",
+    // mkfs.xfs, for the reflink check of portable checkouts on XFS.
+    "xfsprogs",
 ];
 
 /// Installs those of `packages` that are missing, with apt-get as root. Elsewhere (not root,

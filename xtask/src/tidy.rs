@@ -333,6 +333,44 @@ fn process_liveness_is_one_crate() {
     }
 }
 
+/// Images and registries are one crate's business: the registry client (ureq) stays in
+/// strata-oci, and neither the builder nor the engine knows about it; the CLI wires them.
+#[test]
+fn registries_stay_in_strata_oci() {
+    for entry in fs::read_dir(project_root().join("crates")).unwrap() {
+        let dir = entry.unwrap().path();
+        let krate = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let deps = manifest_dependencies(&krate);
+        if krate != "strata-oci" {
+            assert!(
+                !deps.iter().any(|d| d == "ureq"),
+                "{krate} must not depend on ureq: registries are strata-oci's"
+            );
+        }
+        if [
+            "strata-cas",
+            "strata-snapshot",
+            "strata-build",
+            "strata-spec",
+            "strata-isolate",
+        ]
+        .contains(&krate.as_str())
+        {
+            assert!(
+                !deps.iter().any(|d| d == "strata-oci"),
+                "{krate} must not depend on strata-oci"
+            );
+        }
+    }
+    let oci = dependencies("strata-oci");
+    for forbidden in ["strata-build", "strata-isolate", "tokio", "clap", "anyhow"] {
+        assert!(
+            !oci.iter().any(|d| d == forbidden),
+            "strata-oci must not depend on {forbidden}"
+        );
+    }
+}
+
 /// OS bindings stay where the OS-specific code is: `windows-sys` in strata-process (process
 /// identity) and strata-snapshot (file identity and block cloning of portable checkouts),
 /// `libc` in strata-process (macOS process identity); drivers may add theirs in
@@ -358,4 +396,173 @@ fn os_bindings_stay_in_the_crates_that_need_them() {
             }
         }
     }
+}
+
+/// The Rust files of every crate's integration tests (`crates/*/tests`), but those of
+/// strata-test-support, which holds the shared helpers.
+fn integration_test_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(project_root().join("crates")).unwrap() {
+        let dir = entry.unwrap().path();
+        if dir.join("tests").is_dir() && dir.file_name().is_some_and(|n| n != "strata-test-support")
+        {
+            rust_files(&dir.join("tests"), &mut files);
+        }
+    }
+    assert!(files.len() > 10, "found only {} test files", files.len());
+    files
+}
+
+/// A test that cannot run here (no root, runc, overlayfs, a tool) skips only through
+/// `strata_test_support::require`, which fails it under CI instead: no test prints that it
+/// skipped, nor reads `CI`, itself.
+#[test]
+fn tests_skip_only_through_the_shared_helper_that_fails_under_ci() {
+    for file in integration_test_files() {
+        let text = fs::read_to_string(&file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let lower = line.to_ascii_lowercase();
+            let prints_skip = ["println!(\"skip", "eprintln!(\"skip"]
+                .iter()
+                .any(|p| lower.contains(p));
+            let reads_ci = ["var_os(\"CI\")", "var(\"CI\")"]
+                .iter()
+                .any(|p| line.contains(p));
+            assert!(
+                !prints_skip && !reads_ci,
+                "{}:{}: skip through `strata_test_support::require`, which fails under CI: {}",
+                file.display(),
+                n + 1,
+                line.trim()
+            );
+        }
+    }
+}
+
+/// Child processes of multi-process tests (this test binary run again on one test) are
+/// ignored tests named `child*`, started through `strata_test_support::child_test`, so they
+/// never count as passes on their own.
+#[test]
+fn child_process_tests_never_pass_on_their_own() {
+    let mut children = 0;
+    for file in integration_test_files() {
+        let text = fs::read_to_string(&file).unwrap();
+        for needle in ["current_exe", "/proc/self/exe", "\"--exact\""] {
+            assert!(
+                !text.contains(needle),
+                "{} has `{needle}`: start child tests with `strata_test_support::child_test`",
+                file.display()
+            );
+        }
+        // Each test's attributes, from `#[test]` to its `fn`.
+        for (at, _) in text.match_indices("#[test]") {
+            let rest = &text[at..];
+            let Some(fn_at) = rest.find("fn ") else {
+                continue;
+            };
+            let attributes = &rest[..fn_at];
+            let name: String = rest[fn_at + 3..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            let ignored_child = attributes.contains("#[ignore = \"child process of ");
+            assert_eq!(
+                name.starts_with("child"),
+                ignored_child,
+                "{}: test `{name}`: child processes are named `child*` and marked \
+                 `#[ignore = \"child process of <parent test>\"]`, and only they",
+                file.display()
+            );
+            children += usize::from(ignored_child);
+        }
+    }
+    assert!(children >= 5, "found only {children} child process tests");
+}
+
+/// strata-test-support serves tests only: never published, and no crate's normal
+/// dependency.
+#[test]
+fn test_support_is_a_dev_dependency_only() {
+    let manifest =
+        fs::read_to_string(project_root().join("crates/strata-test-support/Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains("\npublish = false\n"),
+        "strata-test-support must not be published"
+    );
+    for entry in fs::read_dir(project_root().join("crates")).unwrap() {
+        let krate = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            !manifest_dependencies(&krate)
+                .iter()
+                .any(|d| d == "strata-test-support"),
+            "{krate} may use strata-test-support as a dev-dependency only"
+        );
+    }
+}
+
+/// The error enums of library crates can grow without breaking embedders: every public enum
+/// deriving `thiserror::Error` is `#[non_exhaustive]`. And a crate's `Io` variant reads
+/// "cannot {op} {path}", so its `op` is a bare verb phrase, never "cannot …" again.
+#[test]
+fn library_error_enums_are_non_exhaustive_with_one_io_shape() {
+    let mut enums = 0;
+    for entry in fs::read_dir(project_root().join("crates")).unwrap() {
+        let dir = entry.unwrap().path();
+        if dir.join("src/main.rs").exists() {
+            continue;
+        }
+        let mut files = Vec::new();
+        rust_files(&dir.join("src"), &mut files);
+        for file in files {
+            let text = fs::read_to_string(&file).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            for (n, line) in lines.iter().enumerate() {
+                let Some(name) = line.trim_start().strip_prefix("pub enum ") else {
+                    continue;
+                };
+                // The attributes and docs right above the enum.
+                let above: Vec<&str> = lines[..n]
+                    .iter()
+                    .rev()
+                    .take_while(|l| {
+                        let l = l.trim_start();
+                        l.starts_with("#[")
+                            || l.starts_with("///")
+                            || l.starts_with(')')
+                            || l.starts_with('"')
+                            || l.starts_with("reason")
+                    })
+                    .copied()
+                    .collect();
+                if !above.iter().any(|l| l.contains("thiserror::Error")) {
+                    continue;
+                }
+                enums += 1;
+                assert!(
+                    above.iter().any(|l| l.trim() == "#[non_exhaustive]"),
+                    "{}:{}: error enum `{}` must be #[non_exhaustive]",
+                    file.display(),
+                    n + 1,
+                    name.trim_end_matches(" {")
+                );
+            }
+            for (n, line) in lines.iter().enumerate() {
+                for needle in [
+                    "op: \"cannot ",
+                    "io(\"cannot ",
+                    "os(\"cannot ",
+                    "err(\"cannot ",
+                ] {
+                    assert!(
+                        !line.contains(needle),
+                        "{}:{}: the Io message already says \"cannot\": {}",
+                        file.display(),
+                        n + 1,
+                        line.trim()
+                    );
+                }
+            }
+        }
+    }
+    assert!(enums >= 10, "found only {enums} error enums");
 }

@@ -39,7 +39,13 @@ fn make(engine: &Engine, tmp: &Path) -> Result<SnapshotId> {
     busybox_rootfs(&rootfs)?;
     let tarball = tmp.join("rootfs.tar.zst");
     let out = File::create(&tarball).map_err(io_err("create", &tarball))?;
-    strata_cas::create::create_from_dir(&rootfs, out, &strata_cas::CreateOptions::default())?;
+    // Times clamped to the epoch: every store on every builder with the same busybox makes
+    // the same base, so step keys (which start from it) agree across a build farm.
+    let opts = strata_cas::CreateOptions {
+        mtime_clamp: Some(0),
+        ..strata_cas::CreateOptions::default()
+    };
+    strata_cas::create::create_from_dir(&rootfs, out, &opts)?;
     Ok(engine.import(&tarball, Some(BUSYBOX))?.id)
 }
 

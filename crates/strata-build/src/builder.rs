@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use strata_cas::Progress;
 use strata_isolate::{BindMount, Cancel, Driver, Job, Layout, NetworkMode, Outcome, SecretMount};
 use strata_snapshot::{Engine, SnapshotId};
 use strata_spec::{Copy, CopyFrom, Op, Run, Spec, User};
@@ -16,10 +17,11 @@ use strata_spec::{Copy, CopyFrom, Op, Run, Spec, User};
 use crate::context::{self, Context};
 use crate::copy::Manifest;
 use crate::error::{Error, Result, io_err};
-use crate::events::{Event, HitSource, StepInfo};
+use crate::events::{Event, HitSource, StepInfo, Task};
 use crate::key::{KeyBuilder, StepKey};
 use crate::log::{Follower, LogSink, StepLog, replay};
 use crate::options::{BuildOptions, Secret};
+use crate::remote::RemoteCache;
 use crate::steps::Steps;
 
 /// Cache hits and misses since the builder was made.
@@ -118,6 +120,15 @@ impl<'s, 'o> Step<'s, 'o> {
         }
     }
 
+    fn progress(&self, task: Task, progress: &Progress) {
+        self.session.emit(Event::Progress {
+            step: self.index(),
+            task,
+            done: progress.done(),
+            total: progress.total(),
+        });
+    }
+
     fn note(&self, text: &str) {
         self.session.emit(Event::Note {
             step: self.index(),
@@ -135,6 +146,12 @@ struct JobRequest<'a> {
     secrets: &'a [SecretMount],
     step: &'a str,
     opts: &'a BuildOptions,
+}
+
+/// How a step shows the progress of its long work: how often, and to whom.
+struct ShowProgress<'a> {
+    every: Duration,
+    report: &'a dyn Fn(&Progress),
 }
 
 /// A step's new snapshot, as the step made it.
@@ -220,7 +237,8 @@ impl Builder {
             hits: Cell::new(0),
             misses: Cell::new(0),
         };
-        let id = self.build_stage(spec, None, &session, &HashMap::new())?;
+        let (id, ctx) = self.build_stage(spec, None, &session, &HashMap::new())?;
+        self.steps.put_image(&id, &ctx)?;
         session.emit(Event::Finished {
             snapshot: id,
             hits: session.hits.get(),
@@ -236,10 +254,10 @@ impl Builder {
         stage: Option<&str>,
         s: &Session<'_>,
         outer: &HashMap<String, SnapshotId>,
-    ) -> Result<SnapshotId> {
+    ) -> Result<(SnapshotId, Context)> {
         let mut stages = outer.clone();
         for inner in &spec.stages {
-            let id = self.build_stage(&inner.spec, Some(&inner.name), s, &stages)?;
+            let (id, _) = self.build_stage(&inner.spec, Some(&inner.name), s, &stages)?;
             stages.insert(inner.name.clone(), id);
         }
         let mut ctx = Context::for_driver(self.driver.capabilities());
@@ -290,7 +308,13 @@ impl Builder {
                 }
             }
         }
-        Ok(current)
+        Ok((current, ctx))
+    }
+
+    /// The context (workdir, user, environment, shell) the last build of `snapshot` ended
+    /// in, which an image of it runs with; none for a snapshot no build produced.
+    pub fn image_context(&self, snapshot: &SnapshotId) -> Result<Option<Context>> {
+        self.steps.get_image(snapshot)
     }
 
     /// The base a stage starts from. The busybox base of the embedded defaults is made from
@@ -383,7 +407,13 @@ impl Builder {
         });
         let key = k.finish();
         self.step(key, step, &|log| {
-            self.execute_run(parent, ctx, run, network, &secrets, &label, log, opts)
+            let progress = ShowProgress {
+                every: opts.progress_every,
+                report: &|p| step.progress(Task::Commit, p),
+            };
+            self.execute_run(
+                parent, ctx, run, network, &secrets, &label, log, opts, &progress,
+            )
         })
     }
 
@@ -398,6 +428,7 @@ impl Builder {
         step: &str,
         log: &mut dyn Write,
         opts: &BuildOptions,
+        progress: &ShowProgress<'_>,
     ) -> Result<Made> {
         let job = JobRequest {
             ctx,
@@ -410,7 +441,7 @@ impl Builder {
         if self.driver.capabilities().layout == Layout::Layers {
             return self.execute_on_layers(parent, &job, log);
         }
-        self.in_checkout(parent, step, &opts.cancel, |dir| {
+        self.in_checkout(parent, step, &opts.cancel, progress, |dir| {
             self.run_job(&job, dir, |plan, cancel| {
                 Ok(self.driver.run(plan, log, cancel)?)
             })
@@ -536,6 +567,33 @@ impl Builder {
         }
     }
 
+    /// Commits `dir` on another thread while this one, the build's, reports the commit's
+    /// progress as often as it asks (a large commit takes seconds; most take less than
+    /// one tick and report nothing).
+    fn commit_reporting(
+        &self,
+        dir: &Path,
+        show: &ShowProgress<'_>,
+    ) -> strata_snapshot::Result<strata_snapshot::Snapshot> {
+        let progress = &Progress::new();
+        std::thread::scope(|s| {
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let committing = s.spawn(move || {
+                let result = self.engine.commit_with_progress(dir, None, progress);
+                let _ = done_tx.send(());
+                result
+            });
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                done_rx.recv_timeout(show.every)
+            {
+                (show.report)(progress);
+            }
+            committing
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
     /// Checks `parent` out, lets `work` change the checkout, and commits it as a child
     /// snapshot. On any error, the commit's included, the checkout is discarded instead:
     /// nothing of a failed step stays in the store.
@@ -544,6 +602,7 @@ impl Builder {
         parent: &SnapshotId,
         step: &str,
         cancel: &Cancel,
+        progress: &ShowProgress<'_>,
         work: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<Made> {
         let root = self.checkout_root(cancel)?;
@@ -551,8 +610,7 @@ impl Builder {
         self.engine.checkout(parent, dir, root.mode())?;
         let result = work(dir).and_then(|()| {
             let row = self
-                .engine
-                .commit(dir, None)
+                .commit_reporting(dir, progress)
                 .map_err(|source| Error::Commit {
                     step: step.to_owned(),
                     source: Box::new(source),
@@ -609,7 +667,11 @@ impl Builder {
             let key = k.finish();
             let owner = ctx.owner();
             self.step(key, step, &|_log| {
-                self.execute_copy(parent, &manifest, owner, &label, &opts.cancel)
+                let progress = ShowProgress {
+                    every: opts.progress_every,
+                    report: &|p| step.progress(Task::Commit, p),
+                };
+                self.execute_copy(parent, &manifest, owner, &label, &opts.cancel, &progress)
             })
         })();
         if let Some(root) = stage_dir {
@@ -625,8 +687,9 @@ impl Builder {
         (uid, gid): (u32, u32),
         step: &str,
         cancel: &Cancel,
+        progress: &ShowProgress<'_>,
     ) -> Result<Made> {
-        self.in_checkout(parent, step, cancel, |dir| {
+        self.in_checkout(parent, step, cancel, progress, |dir| {
             std::thread::scope(|s| {
                 let (reader, writer) = io::pipe().map_err(io_err("create a pipe for", dir))?;
                 let writing = s.spawn(move || manifest.write_tar(writer, uid, gid));
@@ -761,6 +824,11 @@ impl Builder {
             // What we followed of the other process's run was the log: don't repeat it.
             return self.hit(key, id, !follower.attached(), step);
         }
+        if let Some(remote) = &s.opts.cache_from
+            && let Some(id) = self.fetch_remote(remote.as_ref(), key, step)?
+        {
+            return Ok(id);
+        }
         if follower.attached() {
             step.note("another build's attempt at this step failed; running it here");
         }
@@ -779,6 +847,7 @@ impl Builder {
                 let log = self.steps.log_path(key);
                 fs::rename(&running, &log).map_err(io_err("keep", &log))?;
                 self.steps.put(key, &made.id)?;
+                self.publish(key, &made.id, step);
                 self.misses.fetch_add(1, Ordering::Relaxed);
                 s.misses.set(s.misses.get() + 1);
                 s.emit(Event::Saved {
@@ -810,6 +879,17 @@ impl Builder {
         if replay_log {
             let log = self.steps.log_path(key);
             replay(&log, step.sink()).map_err(io_err("read", &log))?;
+            // A step built before the shared cache was in use goes there too.
+            if let Some(remote) = &step.session.opts.cache_to {
+                match remote.contains(key) {
+                    Ok(true) => {}
+                    Ok(false) => self.publish(key, &id, step),
+                    Err(e) => step.note(&format!(
+                        "cannot reach the shared cache {}: {e}",
+                        remote.describe()
+                    )),
+                }
+            }
         }
         self.count_hit(step.session);
         step.session.emit(Event::CacheHit {
@@ -822,6 +902,60 @@ impl Builder {
             },
         });
         Ok(id)
+    }
+
+    /// Takes a step from the shared cache: its snapshot is in the store once `fetch`
+    /// returns; its log is recorded like a local run's, then the key. A cache that cannot be
+    /// reached or holds a bad entry is noted, and the step runs here.
+    fn fetch_remote(
+        &self,
+        remote: &dyn RemoteCache,
+        key: &StepKey,
+        step: &Step<'_, '_>,
+    ) -> Result<Option<SnapshotId>> {
+        let found = match remote.fetch(&self.engine, key) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                step.note(&format!(
+                    "cannot use the shared cache {}: {e}; running the step here",
+                    remote.describe()
+                ));
+                return Ok(None);
+            }
+        };
+        let running = self.steps.running_log_path(key);
+        let _ = fs::remove_file(&running);
+        let mut file = crate::steps::create_private(&running)?;
+        file.write_all(&found.log)
+            .map_err(io_err("write", &running))?;
+        drop(file);
+        let log = self.steps.log_path(key);
+        fs::rename(&running, &log).map_err(io_err("keep", &log))?;
+        self.steps.put(key, &found.snapshot)?;
+        replay(&log, step.sink()).map_err(io_err("read", &log))?;
+        self.count_hit(step.session);
+        step.session.emit(Event::CacheHit {
+            step: step.index(),
+            snapshot: found.snapshot,
+            source: HitSource::Registry,
+        });
+        Ok(Some(found.snapshot))
+    }
+
+    /// Offers a step to the shared cache of `--cache-to`; a failure is noted, not fatal (the
+    /// step's result is safe in the store).
+    fn publish(&self, key: &StepKey, id: &SnapshotId, step: &Step<'_, '_>) {
+        let Some(remote) = &step.session.opts.cache_to else {
+            return;
+        };
+        let log = fs::read(self.steps.log_path(key)).unwrap_or_default();
+        if let Err(e) = remote.publish(&self.engine, key, id, &log) {
+            step.note(&format!(
+                "cannot publish the step to the shared cache {}: {e}",
+                remote.describe()
+            ));
+        }
     }
 
     fn count_hit(&self, s: &Session<'_>) {
@@ -1007,6 +1141,12 @@ pub fn delete(engine: &Engine, id: &SnapshotId) -> Result<Vec<SnapshotId>> {
     result.map(|()| removed)
 }
 
+/// The context (workdir, user, environment, shell) the last build of `snapshot` in the
+/// store of `engine` ended in, as [`Builder::image_context`], without a driver.
+pub fn image_context(engine: &Engine, snapshot: &SnapshotId) -> Result<Option<Context>> {
+    Steps::open(engine.root())?.get_image(snapshot)
+}
+
 /// Forgets the recorded steps whose snapshot is gone (pruned or removed), with their logs,
 /// and removes the live logs crashed runs left. Returns how many steps were forgotten.
 /// `strata prune` and `strata gc` call it; lookups also forget such steps lazily.
@@ -1020,6 +1160,7 @@ pub fn forget_missing(engine: &Engine) -> Result<u64> {
             forgotten += 1;
         }
     }
+    steps.forget_images(|s| !live.contains(s))?;
     let logs = steps.dir.join("logs");
     for entry in fs::read_dir(&logs)
         .map_err(io_err("list", &logs))?

@@ -6,8 +6,10 @@ use strata_spec::User;
 use crate::key::KeyBuilder;
 
 /// Where, as whom and how `run` steps execute. OBuilder's `Context`, minus the log and the
-/// source dir (which belong to the whole build).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// source dir (which belong to the whole build). The context a build ends in is recorded
+/// with its result ([`Builder::image_context`](crate::Builder::image_context)), and is what
+/// an image of that snapshot runs with.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Context {
     pub workdir: String,
     pub user: User,

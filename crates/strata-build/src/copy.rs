@@ -223,7 +223,7 @@ impl Manifest {
         let werr = |it: &Item| {
             let path = self.display(it);
             move |source| Error::Io {
-                what: "write copy of",
+                op: "write copy of",
                 path,
                 source,
             }
@@ -282,7 +282,7 @@ impl Manifest {
             }
         }
         w.finish().map_err(|source| Error::Io {
-            what: "write copy",
+            op: "write copy",
             path: PathBuf::new(),
             source,
         })?;

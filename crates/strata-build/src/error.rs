@@ -9,6 +9,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What stopped a build.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     #[error(transparent)]
     Snapshot(#[from] strata_snapshot::Error),
@@ -18,10 +19,13 @@ pub enum Error {
     Isolate(#[from] strata_isolate::Error),
     #[error(transparent)]
     Cas(#[from] strata_cas::Error),
-    #[error("{what} {path}: {source}")]
+    /// An operation on a file or directory failed.
+    #[error("cannot {op} {path}: {source}")]
     Io {
-        what: &'static str,
+        /// What was being done, as a verb phrase ("create", "write copy of").
+        op: &'static str,
         path: PathBuf,
+        #[source]
         source: io::Error,
     },
     #[error("step cache {path}: {source}")]
@@ -92,9 +96,9 @@ pub enum Error {
 }
 
 pub(crate) fn io_err(
-    what: &'static str,
+    op: &'static str,
     path: impl Into<PathBuf>,
 ) -> impl FnOnce(io::Error) -> Error {
     let path = path.into();
-    move |source| Error::Io { what, path, source }
+    move |source| Error::Io { op, path, source }
 }

@@ -32,6 +32,15 @@ pub enum Event {
         #[serde(serialize_with = "lossy_text")]
         data: Vec<u8>,
     },
+    /// Long work of a step goes on: sent every quarter second or so while it lasts.
+    Progress {
+        step: u32,
+        task: Task,
+        /// Bytes done so far.
+        done: u64,
+        /// Bytes in all, where known (an estimate that `done` may pass).
+        total: Option<u64>,
+    },
     /// A remark on a step (another build's attempt at it failed, say).
     Note { step: u32, text: String },
     /// The step's result was already there.
@@ -77,6 +86,15 @@ pub struct StepInfo {
     pub key: Option<StepKey>,
 }
 
+/// Long work a step reports [progress](Event::Progress) of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Task {
+    /// Storing the step's changes as a layer (uncompressed bytes).
+    Commit,
+}
+
 /// Where a cache hit came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -87,6 +105,9 @@ pub enum HitSource {
     /// Another build running the same step at the same time, in this process or another one
     /// sharing the store: this build waited for it.
     Concurrent,
+    /// A shared cache (`--cache-from`, an OCI registry): the step ran on another builder,
+    /// its snapshot was pulled into this store.
+    Registry,
 }
 
 /// Where a build's events go. Called from the building thread; keep it quick (hand heavy
@@ -124,10 +145,16 @@ pub fn render_text(event: &Event) -> Vec<u8> {
         Event::Saved { snapshot, .. } => format!("---> saved as \"{snapshot}\"\n").into_bytes(),
         // Whether it was recorded before or by a concurrent build this one waited for, this
         // build did not save it.
+        Event::CacheHit {
+            snapshot,
+            source: HitSource::Registry,
+            ..
+        } => format!("---> using \"{snapshot}\" from the registry cache\n").into_bytes(),
         Event::CacheHit { snapshot, .. } => {
             format!("---> using \"{snapshot}\" from cache\n").into_bytes()
         }
-        Event::Failed { .. } | Event::Finished { .. } => Vec::new(),
+        // Progress is for live displays; the transcript is what a build printed.
+        Event::Progress { .. } | Event::Failed { .. } | Event::Finished { .. } => Vec::new(),
     }
 }
 

@@ -8,6 +8,7 @@ use strata_isolate::Cancel;
 
 use crate::events::{Reporter, Silent};
 use crate::log::DEFAULT_LOG_LIMIT;
+use crate::remote::RemoteCache;
 
 /// A secret given to a build: `--secret ID:PATH`. Its value never enters a key, a layer or a
 /// log (the build's secrets are masked in every step's output).
@@ -59,6 +60,13 @@ pub struct BuildOptions {
     pub allow_network_host: bool,
     /// The most of a step's output its log keeps; the rest is counted and a note says so.
     pub log_limit: u64,
+    /// How often long work of a step (a large commit) sends an
+    /// [`Event::Progress`](crate::Event::Progress); a quarter second by default.
+    pub progress_every: Duration,
+    /// A shared cache asked for each step the local store lacks (`--cache-from`).
+    pub cache_from: Option<Arc<dyn RemoteCache>>,
+    /// A shared cache offered each step this build ran or found locally (`--cache-to`).
+    pub cache_to: Option<Arc<dyn RemoteCache>>,
 }
 
 impl Default for BuildOptions {
@@ -78,7 +86,22 @@ impl BuildOptions {
             step_timeout: None,
             allow_network_host: false,
             log_limit: DEFAULT_LOG_LIMIT,
+            progress_every: Duration::from_millis(250),
+            cache_from: None,
+            cache_to: None,
         }
+    }
+
+    /// Asks `cache` for steps the store lacks.
+    pub fn cache_from(mut self, cache: Arc<dyn RemoteCache>) -> BuildOptions {
+        self.cache_from = Some(cache);
+        self
+    }
+
+    /// Offers `cache` the steps of this build.
+    pub fn cache_to(mut self, cache: Arc<dyn RemoteCache>) -> BuildOptions {
+        self.cache_to = Some(cache);
+        self
     }
 
     /// Adds a secret.
@@ -113,6 +136,11 @@ impl BuildOptions {
         self.log_limit = bytes;
         self
     }
+
+    pub fn progress_every(mut self, every: Duration) -> BuildOptions {
+        self.progress_every = every;
+        self
+    }
 }
 
 impl std::fmt::Debug for BuildOptions {
@@ -123,6 +151,9 @@ impl std::fmt::Debug for BuildOptions {
             .field("step_timeout", &self.step_timeout)
             .field("allow_network_host", &self.allow_network_host)
             .field("log_limit", &self.log_limit)
+            .field("progress_every", &self.progress_every)
+            .field("cache_from", &self.cache_from)
+            .field("cache_to", &self.cache_to)
             .finish_non_exhaustive()
     }
 }

@@ -59,7 +59,7 @@ pub(crate) fn acquire(dir: &Path, engine: &Engine) -> Result<Root> {
         return Ok(Root { path, _lock: lock });
     }
     Err(Error::Io {
-        what: "find a free checkout root in",
+        op: "find a free checkout root in",
         path: dir.to_path_buf(),
         source: std::io::Error::other(format!("all {MAX_ROOTS} roots are in use")),
     })

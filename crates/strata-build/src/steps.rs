@@ -23,6 +23,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 use strata_snapshot::SnapshotId;
 
+use crate::context::Context;
 use crate::error::{Error, Result, io_err};
 use crate::key::StepKey;
 
@@ -39,6 +40,10 @@ CREATE TABLE IF NOT EXISTS steps (
     snapshot TEXT NOT NULL,
     created INTEGER NOT NULL,
     used INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS images (
+    snapshot TEXT PRIMARY KEY NOT NULL,
+    context TEXT NOT NULL
 ) STRICT;
 ";
 
@@ -108,6 +113,48 @@ impl Steps {
                 params![key.to_hex(), snapshot.to_hex(), now],
             )
         })?;
+        Ok(())
+    }
+
+    /// Records the context a build ended in with its result (the last build's wins: two
+    /// specs may end in the same snapshot with different environments).
+    pub(crate) fn put_image(&self, snapshot: &SnapshotId, context: &Context) -> Result<()> {
+        let json = serde_json::to_string(context).expect("a context serialises");
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO images (snapshot, context) VALUES (?1, ?2)
+                 ON CONFLICT (snapshot) DO UPDATE SET context = excluded.context",
+                params![snapshot.to_hex(), json],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// The context a build of `snapshot` ended in, if one was recorded (and readable).
+    pub(crate) fn get_image(&self, snapshot: &SnapshotId) -> Result<Option<Context>> {
+        let json: Option<String> = self.with(|c| {
+            c.query_row(
+                "SELECT context FROM images WHERE snapshot = ?1",
+                [snapshot.to_hex()],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
+    /// Forgets the recorded contexts of the snapshots `gone` says are gone.
+    pub(crate) fn forget_images(&self, gone: impl Fn(&SnapshotId) -> bool) -> Result<()> {
+        let rows: Vec<String> = self.with(|c| {
+            let mut st = c.prepare("SELECT snapshot FROM images")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })?;
+        for hex in rows {
+            if hex.parse().is_ok_and(|id| gone(&id)) {
+                self.with(|c| c.execute("DELETE FROM images WHERE snapshot = ?1", [&hex]))?;
+            }
+        }
         Ok(())
     }
 

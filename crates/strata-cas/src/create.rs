@@ -17,7 +17,7 @@ use crate::tar::{
     Limits, OPAQUE_MARKER, TarReader, TarWriter, WHITEOUT_PREFIX, normalize, path_order,
     split_parent,
 };
-use crate::{Error, LayerId, Result};
+use crate::{Error, LayerId, Progress, Result};
 
 /// How to write a layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +30,8 @@ pub struct CreateOptions {
     pub chunk_size: usize,
     /// Clamp every mtime to at most this (`SOURCE_DATE_EPOCH`).
     pub mtime_clamp: Option<i64>,
+    /// Advanced by the uncompressed bytes written, as each chunk is handed to compression.
+    pub progress: Progress,
 }
 
 impl Default for CreateOptions {
@@ -39,6 +41,7 @@ impl Default for CreateOptions {
             threads: 0,
             chunk_size: DEFAULT_CHUNK_SIZE,
             mtime_clamp: None,
+            progress: Progress::default(),
         }
     }
 }
@@ -92,10 +95,18 @@ impl Change {
     }
 }
 
+/// The compressor `opts` asks for, advancing its progress counter.
+fn encoder<W: Write>(out: W, opts: &CreateOptions) -> std::io::Result<FrameEncoder<W>> {
+    Ok(
+        FrameEncoder::new(out, opts.level, opts.chunk_size, opts.threads)?
+            .with_progress(opts.progress.clone()),
+    )
+}
+
 /// Writes the whole tree under `dir` as a framed zstd layer to `out`.
 pub fn create_from_dir<W: Write>(dir: &Path, out: W, opts: &CreateOptions) -> Result<LayerInfo> {
-    let encoder = FrameEncoder::new(out, opts.level, opts.chunk_size, opts.threads)
-        .map_err(|e| Error::io("start compressing a layer of", dir, e))?;
+    let encoder =
+        encoder(out, opts).map_err(|e| Error::io("start compressing a layer of", dir, e))?;
     let (_, info) = write_with(dir, encoder, opts, Source::Tree)?;
     Ok(info)
 }
@@ -108,8 +119,8 @@ pub fn create_from_changes<W: Write>(
     out: W,
     opts: &CreateOptions,
 ) -> Result<LayerInfo> {
-    let encoder = FrameEncoder::new(out, opts.level, opts.chunk_size, opts.threads)
-        .map_err(|e| Error::io("start compressing a layer of", dir, e))?;
+    let encoder =
+        encoder(out, opts).map_err(|e| Error::io("start compressing a layer of", dir, e))?;
     let (_, info) = write_with(dir, encoder, opts, Source::Changes(changes))?;
     Ok(info)
 }
@@ -140,13 +151,10 @@ pub fn compress_tar<R: Read, W: Write>(
     opts: &CreateOptions,
     limits: &Limits,
 ) -> Result<LayerInfo> {
-    let encoder =
-        FrameEncoder::new(out, opts.level, opts.chunk_size, opts.threads).map_err(|e| {
-            Error::Stream {
-                what: "being compressed".into(),
-                source: e,
-            }
-        })?;
+    let encoder = encoder(out, opts).map_err(|e| Error::Stream {
+        what: "being compressed".into(),
+        source: e,
+    })?;
     let mut tee = Tee {
         input,
         copy: encoder,

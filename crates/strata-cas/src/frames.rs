@@ -173,6 +173,7 @@ pub struct FrameEncoder<W: Write> {
     reorder: BTreeMap<u64, (Vec<u8>, usize)>,
     spare: Vec<Vec<u8>>,
     inline: Option<zstd::bulk::Compressor<'static>>,
+    progress: crate::Progress,
 }
 
 impl<W: Write> std::fmt::Debug for FrameEncoder<W> {
@@ -217,6 +218,7 @@ impl<W: Write> FrameEncoder<W> {
             reorder: BTreeMap::new(),
             spare: Vec::new(),
             inline: None,
+            progress: crate::Progress::default(),
         };
         if threads == 1 {
             enc.inline = Some(zstd::bulk::Compressor::new(level)?);
@@ -243,6 +245,12 @@ impl<W: Write> FrameEncoder<W> {
         enc.jobs = Some(job_tx);
         enc.done = Some(done_rx);
         Ok(enc)
+    }
+
+    /// Advances `progress` by the uncompressed bytes of each chunk as it goes to compression.
+    pub fn with_progress(mut self, progress: crate::Progress) -> Self {
+        self.progress = progress;
+        self
     }
 
     /// Uncompressed bytes accepted so far.
@@ -278,6 +286,7 @@ impl<W: Write> FrameEncoder<W> {
         self.filled = 0;
         self.hasher.update(&input);
         self.uncompressed += input.len() as u64;
+        self.progress.advance(input.len() as u64);
         let seq = self.next_seq;
         self.next_seq += 1;
         if let Some(compressor) = &mut self.inline {

@@ -41,6 +41,7 @@ mod error;
 pub mod extract;
 pub mod frames;
 mod id;
+mod progress;
 pub mod refs;
 #[cfg(unix)]
 pub mod root;
@@ -56,6 +57,7 @@ pub use extract::{
     DevicePolicy, ExtractOptions, ExtractReport, Ownership, SetuidPolicy, Skipped, WhiteoutMode,
 };
 pub use id::{LayerId, ParseLayerIdError};
+pub use progress::Progress;
 pub use refs::LayerRef;
 pub use store::{BlobInfo, CorruptBlob, LayerReader, OciDigests, Store, VerifyReport, private_dir};
 pub use tar::Limits;

@@ -166,8 +166,14 @@ impl Store {
 
     /// Stores a layer file (plain tar, zstd or gzip).
     pub fn put_file(&self, path: &Path) -> Result<LayerInfo> {
+        self.put_file_with(path, &CreateOptions::default())
+    }
+
+    /// [`put_file`](Store::put_file) with these options (a progress counter, say, which
+    /// counts the uncompressed tar).
+    pub fn put_file_with(&self, path: &Path, opts: &CreateOptions) -> Result<LayerInfo> {
         let input = extract::open_layer_file(path)?;
-        self.put_tar(input, &CreateOptions::default(), &Limits::default())
+        self.put_tar(input, opts, &Limits::default())
             .map_err(|e| match e {
                 Error::Stream { what, source } => Error::Stream {
                     what: format!("{} ({what})", path.display()),

@@ -7,7 +7,6 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use strata_build::{BuildOptions, Builder, Secret};
 use strata_isolate::Cancel;
-use strata_snapshot::Engine;
 
 use crate::cli::{BuildArgs, DeleteArgs, DockerfileArgs, GlobalArgs, HealthcheckArgs, SandboxArgs};
 use crate::{output, progress};
@@ -19,6 +18,7 @@ pub(crate) fn open_driver(
 ) -> Result<(strata::Strata, Box<dyn strata::Driver>)> {
     let root = crate::cas::store_root(global.store.as_deref())?;
     let strata = strata::Strata::open(&root)?;
+    crate::store::hand_off(strata.engine());
     let name = sandbox
         .sandbox
         .as_deref()
@@ -99,6 +99,13 @@ pub(crate) fn build(global: &GlobalArgs, args: &BuildArgs) -> Result<()> {
     if let Some(t) = args.step_timeout {
         opts = opts.step_timeout(Duration::from_secs(t));
     }
+    let registry = strata_oci::registry::Options::from_docker_config().insecure(args.insecure);
+    if let Some(repo) = &args.cache_from {
+        opts = opts.cache_from(crate::image::step_cache(repo, registry.clone())?);
+    }
+    if let Some(repo) = &args.cache_to {
+        opts = opts.cache_to(crate::image::step_cache(repo, registry)?);
+    }
     let id = builder.build(&spec, &opts)?;
     let stats = builder.stats();
     if global.json {
@@ -174,8 +181,7 @@ pub(crate) fn healthcheck(global: &GlobalArgs, args: &HealthcheckArgs) -> Result
 /// `strata delete ID`: a snapshot and everything built on it.
 pub(crate) fn delete(global: &GlobalArgs, args: &DeleteArgs) -> Result<()> {
     let root = crate::cas::store_root(global.store.as_deref())?;
-    let engine = Engine::open(&root)
-        .with_context(|| format!("cannot open the store at {}", root.display()))?;
+    let engine = crate::store::open(&root)?;
     let id = engine.resolve(&args.id)?;
     let removed =
         strata_build::delete(&engine, &id).with_context(|| format!("cannot delete {}", args.id))?;

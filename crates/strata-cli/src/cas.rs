@@ -7,8 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
-use strata_cas::{CorruptBlob, Error, LayerId, Limits, OciDigests, Store, VerifyReport};
-use strata_snapshot::Engine;
+use strata_cas::{CorruptBlob, Error, LayerId, OciDigests, Store, VerifyReport};
 use strata_snapshot::maintenance::{LayerUser, RemoveLayersOptions};
 
 use crate::cli::{CasApplyArgs, CasCommand, GlobalArgs, IdArg, PutArgs, RmArgs, VerifyArgs};
@@ -66,13 +65,13 @@ impl Cas {
         let path = &args.path;
         let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
         let start = Instant::now();
-        let opts = layer::compress_options(&args.compress);
+        let mut opts = layer::compress_options(&args.compress);
+        opts.progress = strata_cas::Progress::new();
+        let _shown = crate::progress::watch("storing", &opts.progress);
         let info = if meta.is_dir() {
             self.store.put_dir(path, &opts)
         } else {
-            // Not `Store::put_file`, which always compresses with the default options.
-            strata_cas::extract::open_layer_file(path)
-                .and_then(|tar| self.store.put_tar(tar, &opts, &Limits::default()))
+            self.store.put_file_with(path, &opts)
         }
         .with_context(|| {
             format!(
@@ -220,8 +219,7 @@ impl Cas {
 
         // The engine removes them: it knows which snapshots need them, and takes the store's
         // gc lock so that no commit starts needing one meanwhile.
-        let engine = Engine::open(&self.root)
-            .with_context(|| format!("cannot open the store at {}", self.root.display()))?;
+        let engine = crate::store::open(&self.root)?;
         let opts = RemoveLayersOptions {
             with_snapshots: args.force,
         };

@@ -85,14 +85,43 @@ pub(crate) enum Command {
     #[command(subcommand)]
     Cas(CasCommand),
 
-    /// Make a base snapshot from a root filesystem tarball (.tar, .tar.gz, .tar.zst)
+    /// Make snapshots from a root filesystem tarball (.tar, .tar.gz, .tar.zst) or an image
     ///
-    /// Prints the snapshot id. With --tag, the snapshot can be named by that tag later.
+    /// Prints the snapshot id. With --tag, the snapshot can be named by that tag later. An
+    /// image (--oci, --docker-archive) becomes one snapshot per layer, each layer checked
+    /// against the image's digests before it is stored.
     #[command(
         after_help = "Examples:\n  strata import busybox-rootfs.tar --tag busybox\n  \
-                      strata import --docker debian:12 --tag debian"
+        strata import --oci ./layout --tag app\n  \
+        strata import --docker-archive saved.tar --tag app\n  \
+        strata import --docker debian:12 --tag debian"
     )]
     Import(ImportArgs),
+
+    /// Write a snapshot as an OCI image layout or a docker-archive tar
+    ///
+    /// The image has one layer per snapshot of REF's stack and a config with the
+    /// environment, working directory and user the build of REF ended in. zstd layers are
+    /// the stored blobs as they are; Docker Engine before 23 reads only gzip or plain ones.
+    #[command(after_help = "Examples:\n  strata export app -o app-layout\n  \
+        strata export app -o app.tar --format docker-archive --tag app:1.0 && docker load -i app.tar")]
+    Export(ExportArgs),
+
+    /// Push a snapshot as an image to a registry (OCI distribution API)
+    ///
+    /// Blobs the registry has already are not sent again; several go up at once.
+    /// Credentials come from the Docker config file ($DOCKER_CONFIG/config.json, else
+    /// ~/.docker/config.json). Plain HTTP is used only for loopback registries or with
+    /// --insecure.
+    #[command(after_help = "Example:\n  strata push app localhost:5000/team/app:1.0")]
+    Push(PushArgs),
+
+    /// Pull an image from a registry into snapshots, one per layer
+    ///
+    /// Every blob is checked against its digest (and each layer against the config's
+    /// diff_ids) before it is stored.
+    #[command(after_help = "Example:\n  strata pull localhost:5000/team/app:1.0 --tag app")]
+    Pull(PullArgs),
 
     /// Check a snapshot out as a directory, tracked until commit or release
     ///
@@ -160,6 +189,10 @@ pub(crate) enum Command {
     /// processes that no longer run; missing or corrupt layers cannot be repaired (remove
     /// the snapshots that need them). Exits with status 1 if a problem remains.
     Fsck(FsckArgs),
+
+    /// Delete the trees in the store's trash (started in the background by other commands)
+    #[command(hide = true)]
+    EmptyTrash,
 }
 
 const PRUNE_AFTER_HELP: &str = "\
@@ -307,16 +340,103 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["rootfs", "oci", "docker_archive", "docker"])))]
 pub(crate) struct ImportArgs {
     /// The root filesystem tarball
-    #[arg(value_name = "ROOTFS", required_unless_present = "docker")]
+    #[arg(value_name = "ROOTFS")]
     pub(crate) rootfs: Option<PathBuf>,
-    /// Import this image of the local docker engine instead, layer by layer
-    #[arg(long, value_name = "IMAGE", conflicts_with = "rootfs")]
+    /// An OCI image layout: a directory, or a tar of one
+    #[arg(long, value_name = "PATH")]
+    pub(crate) oci: Option<PathBuf>,
+    /// A docker-archive tar, as `docker save` writes
+    #[arg(long, value_name = "TAR")]
+    pub(crate) docker_archive: Option<PathBuf>,
+    /// An image of the local docker engine, read through its API layer by layer
+    #[arg(long, value_name = "IMAGE")]
     pub(crate) docker: Option<String>,
-    /// Name the snapshot
+    /// The image to import when the layout or archive holds several (its tag or name)
+    #[arg(long = "ref", value_name = "NAME", conflicts_with = "rootfs")]
+    pub(crate) reference: Option<String>,
+    /// Name the (top) snapshot
     #[arg(long, value_name = "NAME")]
     pub(crate) tag: Option<String>,
+}
+
+/// How image layers are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum CompressionArg {
+    /// The stored blobs as they are (no work)
+    Zstd,
+    /// For Docker Engine before 23
+    Gzip,
+    /// Plain tar
+    None,
+}
+
+/// What `strata export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ExportFormat {
+    /// An OCI image layout: a directory, or a tar when OUT ends in .tar
+    Oci,
+    /// A tar that `docker load` reads
+    DockerArchive,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    /// Snapshot id, unique id prefix or tag
+    #[arg(value_name = "REF")]
+    pub(crate) reference: String,
+    /// Where to write the image (`-` for stdout, as a tar)
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    pub(crate) output: PathBuf,
+    /// The kind of image
+    #[arg(long, value_enum, default_value = "oci")]
+    pub(crate) format: ExportFormat,
+    /// The image's name, NAME:TAG (`docker load` tags it so)
+    #[arg(long, value_name = "NAME:TAG")]
+    pub(crate) tag: Option<String>,
+    /// How layers are compressed [default: zstd for oci, none for docker-archive]
+    #[arg(long, value_enum)]
+    pub(crate) compression: Option<CompressionArg>,
+}
+
+/// Options shared by the registry commands.
+#[derive(Debug, Args)]
+pub(crate) struct RegistryOpts {
+    /// Allow plain HTTP to a registry that is not on a loopback address
+    #[arg(long)]
+    pub(crate) insecure: bool,
+    /// How many blobs go up or down at once
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub(crate) jobs: usize,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PushArgs {
+    /// Snapshot id, unique id prefix or tag
+    #[arg(value_name = "REF")]
+    pub(crate) reference: String,
+    /// REGISTRY/REPO:TAG
+    #[arg(value_name = "DEST")]
+    pub(crate) destination: String,
+    /// How layers are compressed
+    #[arg(long, value_enum, default_value = "zstd")]
+    pub(crate) compression: CompressionArg,
+    #[command(flatten)]
+    pub(crate) registry: RegistryOpts,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PullArgs {
+    /// REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:DIGEST
+    #[arg(value_name = "SOURCE")]
+    pub(crate) source: String,
+    /// Name the top snapshot
+    #[arg(long, value_name = "NAME")]
+    pub(crate) tag: Option<String>,
+    #[command(flatten)]
+    pub(crate) registry: RegistryOpts,
 }
 
 #[derive(Debug, Args)]
@@ -871,6 +991,17 @@ pub(crate) struct BuildArgs {
     /// and a note says so)
     #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = parse_size)]
     pub(crate) log_limit: u64,
+    /// Publish each step (key, snapshot layers, log) to this registry repository, as a
+    /// cache other builders read with --cache-from
+    #[arg(long, value_name = "REGISTRY/REPO")]
+    pub(crate) cache_to: Option<String>,
+    /// Look each step the store lacks up in this registry repository, and take it from
+    /// there instead of running it
+    #[arg(long, value_name = "REGISTRY/REPO")]
+    pub(crate) cache_from: Option<String>,
+    /// Allow plain HTTP to a cache registry that is not on a loopback address
+    #[arg(long)]
+    pub(crate) insecure: bool,
 
     #[command(flatten)]
     pub(crate) sandbox: SandboxArgs,

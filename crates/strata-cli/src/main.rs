@@ -3,7 +3,8 @@
 //! `strata build|healthcheck|delete|dockerfile` run OBuilder specs (see `build.rs`);
 //! `strata layer` creates and applies layer files; `strata cas` puts layers into the store,
 //! lists, verifies, reads and removes them; `strata import|checkout|commit|release|snapshot`
-//! work with snapshots; `strata du|prune|gc|fsck` maintain the store; `strata slots rm`
+//! work with snapshots; `strata import --oci|--docker-archive`, `export`, `push` and `pull`
+//! move them to and from the container world (`import.rs`, `image.rs`); `strata du|prune|gc|fsck` maintain the store; `strata slots rm`
 //! removes what the slot sandboxes made on the host. See `strata --help`.
 
 #![allow(
@@ -15,12 +16,15 @@
 mod build;
 mod cas;
 mod cli;
+mod image;
+mod import;
 mod import_docker;
 mod layer;
 mod maintenance;
 mod output;
 mod progress;
 mod snapshot;
+mod store;
 
 use std::io::{self, Write as _};
 use std::process::ExitCode;
@@ -59,7 +63,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Delete(args) => build::delete(&cli.global, args),
         Command::Dockerfile(args) => build::dockerfile(&cli.global, args),
         Command::Cas(command) => cas::run(&cli.global, command),
-        Command::Import(args) => snapshot::import(&cli.global, args),
+        Command::Import(args) => import::import(&cli.global, args),
+        Command::Export(args) => image::export(&cli.global, args),
+        Command::Push(args) => image::push(&cli.global, args),
+        Command::Pull(args) => image::pull(&cli.global, args),
         Command::Checkout(args) => snapshot::checkout(&cli.global, args),
         Command::Commit(args) => snapshot::commit(&cli.global, args),
         Command::Release(args) => snapshot::release(&cli.global, args),
@@ -69,6 +76,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Gc => maintenance::gc(&cli.global),
         Command::Fsck(args) => maintenance::fsck(&cli.global, args),
         Command::Slots(cli::SlotsCommand::Rm(args)) => build::slots_rm(&cli.global, args),
+        Command::EmptyTrash => store::empty_trash(&cas::store_root(cli.global.store.as_deref())?),
     }
 }
 

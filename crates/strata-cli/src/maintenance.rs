@@ -11,8 +11,7 @@ use crate::cli::{FsckArgs, GlobalArgs, PruneArgs};
 use crate::output;
 
 fn open(global: &GlobalArgs) -> Result<Engine> {
-    let root = crate::cas::store_root(global.store.as_deref())?;
-    Engine::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))
+    crate::store::open(&crate::cas::store_root(global.store.as_deref())?)
 }
 
 #[derive(Serialize)]
@@ -70,6 +69,8 @@ struct GcOut {
     orphans: u64,
     /// Relocated variants of unpacked layers for roots no checkout uses any more.
     variants: u64,
+    /// Trees deleted from the trash that no background deletion had finished.
+    trash: u64,
     /// Recorded build steps whose snapshot is gone, forgotten with their logs.
     steps: u64,
 }
@@ -85,6 +86,7 @@ impl GcOut {
             bytes: report.bytes,
             orphans: report.orphans,
             variants: report.variants,
+            trash: report.trash,
             steps,
         })
     }

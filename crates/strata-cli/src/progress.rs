@@ -5,7 +5,8 @@ use std::io::{IsTerminal as _, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use strata_build::{Event, Reporter, render_text};
+use strata_build::{Event, Reporter, Task, render_text};
+use strata_cas::Progress;
 use strata_isolate::Cancel;
 
 /// `--progress`.
@@ -32,6 +33,8 @@ pub(crate) struct Display {
 struct State {
     /// The keyed step running now: its number, label and start.
     running: Option<(u32, String, Instant)>,
+    /// The running step's long work, as it last reported it.
+    work: Option<(Task, u64, Option<u64>)>,
     /// Whether the status line is on the screen.
     shown: bool,
 }
@@ -78,7 +81,17 @@ impl Display {
             } else {
                 label.clone()
             };
-            let _ = write!(err, "\x1b[2m[+] step {step} {secs:6.1}s  {label}\x1b[0m");
+            let work = state.work.map_or(String::new(), |(task, done, total)| {
+                let task = match task {
+                    Task::Commit => "committing",
+                    _ => "working",
+                };
+                format!("{task} {}  ", meter(done, total))
+            });
+            let _ = write!(
+                err,
+                "\x1b[2m[+] step {step} {secs:6.1}s  {work}{label}\x1b[0m"
+            );
             state.shown = true;
         }
         let _ = err.flush();
@@ -117,17 +130,29 @@ impl Reporter for Display {
             Mode::Plain | Mode::Auto => self.write(&render_text(event)),
             Mode::Tty => {
                 let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                self.status(&mut state, true);
-                self.write(&render_text(event));
+                let text = render_text(event);
+                if text.is_empty() {
+                    // Nothing to print above it: redraw the status line in place.
+                } else {
+                    self.status(&mut state, true);
+                    self.write(&text);
+                }
                 match event {
                     Event::StepStarted(info) if info.key.is_some() => {
                         let label = format!("{}: {}", info.workdir, info.op);
                         state.running = Some((info.step, label, Instant::now()));
+                        state.work = None;
                     }
+                    Event::Progress {
+                        task, done, total, ..
+                    } => state.work = Some((*task, *done, *total)),
                     Event::CacheHit { .. }
                     | Event::Saved { .. }
                     | Event::Failed { .. }
-                    | Event::Finished { .. } => state.running = None,
+                    | Event::Finished { .. } => {
+                        state.running = None;
+                        state.work = None;
+                    }
                     _ => {}
                 }
                 self.status(&mut state, false);
@@ -156,4 +181,72 @@ fn terminal_width() -> usize {
         .ok()
         .and_then(|c| c.parse().ok())
         .unwrap_or(80)
+}
+
+/// `12.0/40.0 MiB [###.......]`, or `12.0 MiB` where the total is unknown; a total that
+/// `done` passed (an estimate) shows as full.
+fn meter(done: u64, total: Option<u64>) -> String {
+    const WIDTH: u64 = 20;
+    let mib = |n: u64| n as f64 / f64::from(1u32 << 20);
+    match total {
+        Some(total) if total > 0 => {
+            let filled = (done.min(total) * WIDTH / total) as usize;
+            format!(
+                "{:.1}/{:.1} MiB [{}{}]",
+                mib(done),
+                mib(total),
+                "#".repeat(filled),
+                ".".repeat(WIDTH as usize - filled)
+            )
+        }
+        _ => format!("{:.1} MiB", mib(done)),
+    }
+}
+
+/// Shows `what` and the progress of long work on stderr while the guard lives, when stderr
+/// is a terminal: for commands outside a build (import, export, push, pull).
+pub(crate) fn watch(what: &str, progress: &Progress) -> Ticker {
+    let stop = Cancel::new();
+    let thread = std::io::stderr().is_terminal().then(|| {
+        let stop = stop.clone();
+        let progress = progress.clone();
+        let what = what.to_owned();
+        let started = Instant::now();
+        std::thread::spawn(move || {
+            let mut err = std::io::stderr();
+            while stop.wait(Duration::from_millis(200)).is_none() {
+                let secs = started.elapsed().as_secs_f64();
+                let rate = progress.done() as f64 / secs.max(1e-3) / f64::from(1u32 << 20);
+                let meter = meter(progress.done(), progress.total());
+                let _ = write!(
+                    err,
+                    "\r\x1b[2K\x1b[2m{what} {meter} {rate:.0} MiB/s {secs:.1}s\x1b[0m"
+                );
+                let _ = err.flush();
+            }
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+        })
+    });
+    Ticker { stop, thread }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meters_show_a_bar_only_with_a_total() {
+        assert_eq!(meter(3 << 20, None), "3.0 MiB");
+        assert_eq!(
+            meter(5 << 20, Some(20 << 20)),
+            "5.0/20.0 MiB [#####...............]"
+        );
+        // An estimate that was passed shows as full, not as more than full.
+        assert_eq!(
+            meter(30 << 20, Some(20 << 20)),
+            "30.0/20.0 MiB [####################]"
+        );
+        assert_eq!(meter(0, Some(0)), "0.0 MiB");
+    }
 }

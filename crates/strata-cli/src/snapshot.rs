@@ -6,12 +6,11 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 use strata_snapshot::{CheckoutMode, Engine};
 
-use crate::cli::{CheckoutArgs, CommitArgs, GlobalArgs, ImportArgs, ReleaseArgs, SnapshotCommand};
+use crate::cli::{CheckoutArgs, CommitArgs, GlobalArgs, ReleaseArgs, SnapshotCommand};
 use crate::output;
 
 pub(crate) fn open(global: &GlobalArgs) -> Result<Engine> {
-    let root = crate::cas::store_root(global.store.as_deref())?;
-    Engine::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))
+    crate::store::open(&crate::cas::store_root(global.store.as_deref())?)
 }
 
 #[derive(Serialize)]
@@ -46,23 +45,6 @@ pub(crate) fn print_snapshot(
         out.id,
         output::duration(started.elapsed())
     ))
-}
-
-/// `strata import ROOTFS --tag NAME`.
-pub(crate) fn import(global: &GlobalArgs, args: &ImportArgs) -> Result<()> {
-    if let Some(image) = &args.docker {
-        return crate::import_docker::import_docker(global, image, args.tag.as_deref());
-    }
-    let started = Instant::now();
-    let engine = open(global)?;
-    let rootfs = args
-        .rootfs
-        .as_ref()
-        .context("a ROOTFS tarball or --docker IMAGE")?;
-    let row = engine
-        .import(rootfs, args.tag.as_deref())
-        .with_context(|| format!("cannot import {}", rootfs.display()))?;
-    print_snapshot(global.json, &row, args.tag.as_deref(), started, "imported")
 }
 
 #[derive(Serialize)]

@@ -265,7 +265,7 @@ impl Driver for DockerDriver {
             let source = std::path::Path::new(&m.source);
             if source.starts_with(&plan.job.root) && source != plan.job.root {
                 std::fs::create_dir_all(source).map_err(|e| strata_isolate::Error::Io {
-                    what: "cannot create the state directory",
+                    op: "create the state directory",
                     path: source.to_path_buf(),
                     source: e,
                 })?;

@@ -43,18 +43,18 @@ pub fn busybox_rootfs(dir: &Path) -> Result<()> {
         ("run", 0o755),
     ] {
         let path = dir.join(sub);
-        fs::create_dir_all(&path).map_err(Error::io("cannot create", &path))?;
+        fs::create_dir_all(&path).map_err(Error::io("create", &path))?;
         // Explicitly: the umask would strip the sticky and world bits.
         fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-            .map_err(Error::io("cannot chmod", &path))?;
+            .map_err(Error::io("chmod", &path))?;
     }
     let target = dir.join("bin/busybox");
     // Not fs::copy over a possibly running binary: write a new file and rename it in place.
     let tmp = dir.join("bin/.busybox.tmp");
-    fs::copy(&busybox, &tmp).map_err(Error::io("cannot copy busybox to", &tmp))?;
+    fs::copy(&busybox, &tmp).map_err(Error::io("copy busybox to", &tmp))?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))
-        .map_err(Error::io("cannot chmod", &tmp))?;
-    fs::rename(&tmp, &target).map_err(Error::io("cannot create", &target))?;
+        .map_err(Error::io("chmod", &tmp))?;
+    fs::rename(&tmp, &target).map_err(Error::io("create", &target))?;
 
     for applet in applets(&busybox)? {
         link(dir, &applet)?;
@@ -71,11 +71,11 @@ pub fn busybox_rootfs(dir: &Path) -> Result<()> {
     ] {
         let path = dir.join(path);
         if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
-            fs::remove_file(&path).map_err(Error::io("cannot remove", &path))?;
+            fs::remove_file(&path).map_err(Error::io("remove", &path))?;
         }
-        fs::write(&path, contents).map_err(Error::io("cannot write", &path))?;
+        fs::write(&path, contents).map_err(Error::io("write", &path))?;
         fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-            .map_err(Error::io("cannot chmod", &path))?;
+            .map_err(Error::io("chmod", &path))?;
     }
     Ok(())
 }
@@ -88,7 +88,7 @@ pub fn static_busybox() -> Result<PathBuf> {
             reason: "not found".to_owned(),
         });
     };
-    let bytes = fs::read(&path).map_err(Error::io("cannot read", &path))?;
+    let bytes = fs::read(&path).map_err(Error::io("read", &path))?;
     match elf_has_interpreter(&bytes) {
         Ok(false) => Ok(path),
         Ok(true) => Err(Error::Busybox {
@@ -136,11 +136,11 @@ fn applets(busybox: &Path) -> Result<Vec<PathBuf>> {
 fn link(dir: &Path, rel: &Path) -> Result<()> {
     let path = dir.join(rel);
     if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(Error::io("cannot create", parent))?;
+        fs::create_dir_all(parent).map_err(Error::io("create", parent))?;
     }
     match symlink("/bin/busybox", &path) {
         Err(err) if err.kind() != io::ErrorKind::AlreadyExists => {
-            Err(Error::io("cannot link", &path)(err))
+            Err(Error::io("link", &path)(err))
         }
         _ => Ok(()),
     }

@@ -7,15 +7,19 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What went wrong planning or running a job.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     #[error("driver `{driver}` cannot run this job: {reason}")]
     Unsupported { driver: String, reason: String },
     #[error("unknown sandbox `{name}`; available: {available}")]
     UnknownDriver { name: String, available: String },
-    #[error("{what} {path}: {source}")]
+    /// An operation on a file or directory failed.
+    #[error("cannot {op} {path}: {source}")]
     Io {
-        what: &'static str,
+        /// What was being done, as a verb phrase ("create", "remove stale bundle").
+        op: &'static str,
         path: PathBuf,
+        #[source]
         source: io::Error,
     },
     #[error("`{program}` failed: {message}")]
@@ -25,9 +29,11 @@ pub enum Error {
     #[error("driver `{driver}` is not usable here: {reason}")]
     Unavailable { driver: String, reason: String },
     /// An OS operation that has no path to name: a pipe, a thread, writing the job log.
-    #[error("{what}: {source}")]
+    #[error("cannot {op}: {source}")]
     Os {
-        what: &'static str,
+        /// What was being done, as a verb phrase ("create a pipe").
+        op: &'static str,
+        #[source]
         source: io::Error,
     },
     /// The host has no static busybox to build a rootfs from.
@@ -50,18 +56,18 @@ impl Error {
         allow(dead_code, reason = "no driver runs on this platform")
     )]
     pub(crate) fn io(
-        what: &'static str,
+        op: &'static str,
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io { what, path, source }
+        move |source| Error::Io { op, path, source }
     }
 
     #[cfg_attr(
         not(any(unix, windows)),
         allow(dead_code, reason = "no driver runs on this platform")
     )]
-    pub(crate) fn os(what: &'static str) -> impl FnOnce(io::Error) -> Error {
-        move |source| Error::Os { what, source }
+    pub(crate) fn os(op: &'static str) -> impl FnOnce(io::Error) -> Error {
+        move |source| Error::Os { op, source }
     }
 }

@@ -138,20 +138,15 @@ impl Driver for HostDriver {
         let job = &plan.job;
         let dir = job_dir(job)?;
         // runc creates a missing working directory; do the same.
-        std::fs::create_dir_all(&dir)
-            .map_err(Error::io("cannot create working directory", &dir))?;
-        let (reader, writer) = io::pipe().map_err(Error::os("cannot create a pipe"))?;
+        std::fs::create_dir_all(&dir).map_err(Error::io("create working directory", &dir))?;
+        let (reader, writer) = io::pipe().map_err(Error::os("create a pipe"))?;
         let mut cmd = Command::new(&plan.argv[0]);
         cmd.args(&plan.argv[1..])
             .env_clear()
             .envs(job.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&dir)
             .stdin(Stdio::null())
-            .stdout(
-                writer
-                    .try_clone()
-                    .map_err(Error::os("cannot create a pipe"))?,
-            )
+            .stdout(writer.try_clone().map_err(Error::os("create a pipe"))?)
             .stderr(writer);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let spawned = cmd.spawn();
@@ -167,12 +162,12 @@ impl Driver for HostDriver {
                 ) =>
             {
                 writeln!(log, "strata: cannot run `{}`: {err}", plan.argv[0])
-                    .map_err(Error::os("cannot write the job log"))?;
+                    .map_err(Error::os("write the job log"))?;
                 return Ok(Outcome::Exited(127));
             }
             Err(err) => {
                 return Err(Error::Io {
-                    what: "cannot run",
+                    op: "run",
                     path: plan.argv[0].clone().into(),
                     source: err,
                 });

@@ -585,7 +585,7 @@ pub trait Driver: Send + Sync + fmt::Debug {
     /// is gone. The default only creates the directory.
     fn prepare_slot(&self, slot: &Slot) -> Result<()> {
         std::fs::create_dir_all(&slot.root).map_err(|source| Error::Io {
-            what: "cannot create the slot",
+            op: "create the slot",
             path: slot.root.clone(),
             source,
         })

@@ -488,18 +488,18 @@ impl RuncDriver {
             .recursive(true)
             .mode(0o700)
             .create(bundles)
-            .map_err(Error::io("cannot create bundle dir", bundles))?;
+            .map_err(Error::io("create bundle dir", bundles))?;
         // A leftover of a crashed run with a recycled pid; names are unique among live jobs.
         match fs::remove_dir_all(bundle) {
             Err(err) if err.kind() != io::ErrorKind::NotFound => {
-                return Err(Error::io("cannot remove stale bundle", bundle)(err));
+                return Err(Error::io("remove stale bundle", bundle)(err));
             }
             _ => {}
         }
         fs::DirBuilder::new()
             .mode(0o700)
             .create(bundle)
-            .map_err(Error::io("cannot create bundle dir", bundle))?;
+            .map_err(Error::io("create bundle dir", bundle))?;
         for file in files {
             if file
                 .path
@@ -517,12 +517,12 @@ impl RuncDriver {
                 .create_new(true)
                 .mode(file.mode)
                 .open(&path)
-                .map_err(Error::io("cannot create", &path))?;
+                .map_err(Error::io("create", &path))?;
             f.write_all(&file.contents)
-                .map_err(Error::io("cannot write", &path))?;
+                .map_err(Error::io("write", &path))?;
             // Exactly the planned mode, whatever the umask.
             f.set_permissions(fs::Permissions::from_mode(file.mode))
-                .map_err(Error::io("cannot chmod", &path))?;
+                .map_err(Error::io("chmod", &path))?;
         }
         Ok(())
     }
@@ -538,24 +538,20 @@ impl RuncDriver {
         // The container's init is adopted by this process once `runc run --detach` returns,
         // so that its exit status can be collected (see the module docs).
         set_child_subreaper(Some(getpid())).map_err(|e| Error::Os {
-            what: "cannot become a child subreaper",
+            op: "become a child subreaper",
             source: e.into(),
         })?;
-        let (reader, writer) = io::pipe().map_err(Error::os("cannot create a pipe"))?;
+        let (reader, writer) = io::pipe().map_err(Error::os("create a pipe"))?;
         let mut cmd = Command::new(&plan.argv[0]);
         cmd.args(&plan.argv[1..])
             .current_dir(bundle)
             .stdin(Stdio::null())
-            .stdout(
-                writer
-                    .try_clone()
-                    .map_err(Error::os("cannot create a pipe"))?,
-            )
+            .stdout(writer.try_clone().map_err(Error::os("create a pipe"))?)
             .stderr(writer);
         let spawned = cmd.spawn();
         // The command holds the pipe's write ends: drop them or the log never ends.
         drop(cmd);
-        let child = spawned.map_err(Error::io("cannot run", &plan.argv[0]))?;
+        let child = spawned.map_err(Error::io("run", &plan.argv[0]))?;
         let mut container = Container {
             runc: PathBuf::from(&plan.argv[0]),
             root: self.runc_root(),
@@ -645,13 +641,13 @@ fn delete_container(runc: &Path, root: &Path, name: &str) -> Result<()> {
         .args(["delete", "--force", name])
         .stdin(Stdio::null())
         .output()
-        .map_err(Error::io("cannot run", runc))?;
+        .map_err(Error::io("run", runc))?;
     if out.status.success() || !state.exists() {
         return Ok(());
     }
     // A container runc never finished creating has no state.json and cannot be deleted.
     if !state.join("state.json").exists() {
-        return fs::remove_dir_all(&state).map_err(Error::io("cannot remove", &state));
+        return fs::remove_dir_all(&state).map_err(Error::io("remove", &state));
     }
     Err(Error::Command {
         program: format!("runc delete {name}"),
@@ -794,11 +790,11 @@ fn list_dir(dir: &Path) -> Result<Vec<String>> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(err) => return Err(Error::io("cannot list", dir)(err)),
+        Err(err) => return Err(Error::io("list", dir)(err)),
     };
     let mut names = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(Error::io("cannot list", dir))?;
+        let entry = entry.map_err(Error::io("list", dir))?;
         if let Ok(name) = entry.file_name().into_string() {
             names.push(name);
         }
@@ -899,7 +895,7 @@ impl Driver for RuncDriver {
         deleted?;
         match removed {
             Err(err) if err.kind() != io::ErrorKind::NotFound => {
-                Err(Error::io("cannot remove bundle", bundle)(err))
+                Err(Error::io("remove bundle", bundle)(err))
             }
             _ => Ok(outcome),
         }
@@ -929,7 +925,7 @@ impl Driver for RuncDriver {
                         removed.insert(name);
                     }
                     Err(err) => {
-                        first_error.get_or_insert(Error::io("cannot remove", dir)(err));
+                        first_error.get_or_insert(Error::io("remove", dir)(err));
                     }
                 }
             }

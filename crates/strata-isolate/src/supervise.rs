@@ -63,7 +63,7 @@ pub(crate) fn supervise(
     let reader = thread::Builder::new()
         .name("strata-job-log".to_owned())
         .spawn(move || copy_pipe(pipe, &tx))
-        .map_err(Error::os("cannot start the log reader thread"));
+        .map_err(Error::os("start the log reader thread"));
     let reader = match reader {
         Ok(reader) => reader,
         Err(err) => {
@@ -99,7 +99,7 @@ pub(crate) fn supervise(
                 Err(err) => {
                     job.abandon();
                     return Err(Error::Os {
-                        what: "cannot wait for the job",
+                        op: "wait for the job",
                         source: err,
                     });
                 }
@@ -116,7 +116,7 @@ pub(crate) fn supervise(
             let _ = log.flush();
             if let Some(source) = log_error {
                 return Err(Error::Os {
-                    what: "cannot write the job log",
+                    op: "write the job log",
                     source,
                 });
             }

@@ -21,6 +21,7 @@ pub const FAILPOINTS: &[&str] = &[
     "discard.portable.abandoned",
     "discard.portable.removed",
     "discard.portable.state",
+    "trash.claimed",
     "checkout.overlay.state",
     "checkout.overlay.row",
     "checkout.overlay.unpacked",

@@ -56,6 +56,9 @@ pub struct GcReport {
     /// Relocated variants of unpacked layers (`<layer>@<root>`) for roots where no
     /// checkout is tracked any more.
     pub variants: u64,
+    /// Trees deleted from the trash (released checkouts, leftovers of dead processes)
+    /// that no background deletion had finished.
+    pub trash: u64,
 }
 
 /// Disk usage of a store.
@@ -217,6 +220,7 @@ impl Engine {
         }
         report.settled = self.settle_unsynced()?;
         report.variants = self.remove_unused_variants()?;
+        report.trash = self.empty_trash()?;
         Ok(report)
     }
 
@@ -470,7 +474,7 @@ impl Engine {
         }
         for tmp in self.partial_unpacks()? {
             if repair {
-                remove_tree(&tmp)?;
+                self.discard_tree(&tmp)?;
             }
             report(
                 format!(

@@ -73,6 +73,23 @@ impl Engine {
         self.record_view(name, dir, (0, 0), owner).map(|_| ())
     }
 
+    /// Unpacks every layer of `snapshot` into the unpacked-layer cache, as an overlay
+    /// checkout does (a portable one only fills it where the filesystem clones files);
+    /// returns their directories, base first.
+    pub fn unpack_snapshot(&self, snapshot: &SnapshotId) -> Result<Vec<PathBuf>> {
+        let chain = self.with_index(|ix| Ok(ix.chain(snapshot)?))?;
+        let ids: Vec<LayerId> = chain.iter().map(|row| row.layer).collect();
+        self.ensure_unpacked(&ids)
+    }
+
+    /// Decides, for this engine, whether the store's filesystem counts as one that clones
+    /// files, which steers portable checkouts of layers not unpacked yet: `true` fills the
+    /// cache and copies from it, `false` streams the layers' blobs into the checkout. Only
+    /// before the first such checkout; `false` if it came too late.
+    pub fn assume_clones(&self, clones: bool) -> bool {
+        self.clones.set(clones).is_ok()
+    }
+
     /// Forgets that layer `id` is unpacked, so that the next checkout unpacks it again from
     /// its blob (as after a reboot, or on another machine). Removing the directories is the
     /// caller's.

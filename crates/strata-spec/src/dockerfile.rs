@@ -35,6 +35,7 @@ impl DockerOs {
 
 /// A spec that has no Dockerfile equivalent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DockerfileError {
     #[error("buildkit {kind} mount `{id}` is not supported on windows")]
     WindowsMount { kind: &'static str, id: String },

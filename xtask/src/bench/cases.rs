@@ -77,11 +77,11 @@ pub(crate) fn run_all(
     if wanted("snapshots") {
         super::snapshots::run(ctx, report, quick)?;
     }
+    if wanted("rootfs") {
+        super::rootfs::run(ctx, report)?;
+    }
     if wanted("builder") {
         super::build::run(ctx, report)?;
-    }
-    if wanted("docker") {
-        super::docker::run(ctx, report)?;
     }
     if !quick && wanted("layers") {
         let (big, counts) = fixture::ensure_big(ctx.paths)?;
@@ -375,6 +375,18 @@ fn memory_case(
 pub(crate) fn time_case(
     ctx: &Context<'_>,
     name: &str,
+    ours: (&Contender<'_>, &Samples),
+    baseline: (&Contender<'_>, &Samples),
+    target: Target,
+    other_cpu_share: Option<f64>,
+) -> Case {
+    time_case_at(ctx.paths, name, ours, baseline, target, other_cpu_share)
+}
+
+/// [`time_case`] for cases that run without the fixture's [`Context`].
+pub(crate) fn time_case_at(
+    paths: &Paths,
+    name: &str,
     (ours, ours_samples): (&Contender<'_>, &Samples),
     (baseline, baseline_samples): (&Contender<'_>, &Samples),
     target: Target,
@@ -385,10 +397,10 @@ pub(crate) fn time_case(
     let ratio = baseline_seconds / ours_seconds;
     Case::Time(TimeCase {
         name: name.to_owned(),
-        ours_command: ctx.show(&ours.command_line()),
+        ours_command: paths.show_command(&ours.command_line()),
         ours_seconds,
         ours_samples: ours_samples.seconds.clone(),
-        baseline_command: ctx.show(&baseline.command_line()),
+        baseline_command: paths.show_command(&baseline.command_line()),
         baseline_seconds,
         baseline_samples: baseline_samples.seconds.clone(),
         ratio,

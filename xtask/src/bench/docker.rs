@@ -12,14 +12,16 @@
 
 use anyhow::Context as _;
 
-use super::cases::{Context, s, time_case};
+use super::cases::{s, time_case_at};
+use super::registry::RegistryContext;
 use super::report::{Report, Target};
 use super::runner::{self, Contender};
 
 /// Within 1.3× of the bare run: baseline / ours ≥ 1 / 1.3.
 const NOOP_RATIO_TARGET: f64 = 0.77;
 
-pub(crate) fn run(ctx: &Context<'_>, report: &mut Report) -> anyhow::Result<()> {
+/// Runs without the fixture, like the registry group, so it shares its context.
+pub(crate) fn run(ctx: &RegistryContext<'_>, report: &mut Report) -> anyhow::Result<()> {
     let engine = std::process::Command::new("docker")
         .args(["version", "--format", "{{.Server.Version}}"])
         .output()
@@ -30,10 +32,12 @@ pub(crate) fn run(ctx: &Context<'_>, report: &mut Report) -> anyhow::Result<()> 
             .push("docker cases skipped: they need a docker engine and its CLI".into());
         return Ok(());
     }
-    let dir = ctx.dir("docker")?;
+    let dir = ctx.work.join("docker");
+    runner::remove(&dir)?;
+    std::fs::create_dir_all(&dir)?;
     let store = dir.join("store");
     let strata = |args: &[&str]| -> Vec<String> {
-        let mut v = ctx.strata(&["--store", &s(&store)]);
+        let mut v = vec![s(ctx.strata), "--store".into(), s(&store)];
         v.extend(args.iter().map(|a| (*a).to_owned()));
         v
     };
@@ -112,8 +116,8 @@ pub(crate) fn run(ctx: &Context<'_>, report: &mut Report) -> anyhow::Result<()> 
     let name = "docker: no-op run step vs docker run --rm of the same image";
     let contenders = [ours, bare];
     let (samples, share) = runner::side_by_side(name, &contenders, ctx.runs)?;
-    report.cases.push(time_case(
-        ctx,
+    report.cases.push(time_case_at(
+        ctx.paths,
         name,
         (&contenders[0], &samples[0]),
         (&contenders[1], &samples[1]),
@@ -137,8 +141,8 @@ pub(crate) fn run(ctx: &Context<'_>, report: &mut Report) -> anyhow::Result<()> 
     ];
     let name = "docker: a step adding 2,000 small files, docker vs runc";
     let (samples, share) = runner::side_by_side(name, &contenders, ctx.runs)?;
-    report.cases.push(time_case(
-        ctx,
+    report.cases.push(time_case_at(
+        ctx.paths,
         name,
         (&contenders[0], &samples[0]),
         (&contenders[1], &samples[1]),
@@ -170,8 +174,8 @@ pub(crate) fn run(ctx: &Context<'_>, report: &mut Report) -> anyhow::Result<()> 
     ];
     let name = "docker: 10-layer snapshot to engine image, first time vs cached";
     let (samples, share) = runner::side_by_side(name, &contenders, ctx.runs)?;
-    report.cases.push(time_case(
-        ctx,
+    report.cases.push(time_case_at(
+        ctx.paths,
         name,
         (&contenders[0], &samples[0]),
         (&contenders[1], &samples[1]),

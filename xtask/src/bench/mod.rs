@@ -14,9 +14,11 @@
 //!    `target/bench/mnt`; otherwise `target/bench/work` ([`scratch`]);
 //! 5. run the cases side by side, ours and baseline interleaved ([`cases`], [`runner`]),
 //!    then the snapshot cases: checkouts, commits and prune of a 10-layer snapshot of the
-//!    fixture ([`snapshots`]), then the builder cases: cache hits and a no-op runc step
-//!    against a bare `runc run` ([`build`]), then the Docker driver's cases against
-//!    `docker run --rm` and runc ([`docker`]);
+//!    fixture ([`snapshots`]), then `checkout --copy` of a debootstrapped Debian rootfs
+//!    against `tar -x` ([`rootfs`]), then the builder cases: cache hits and a no-op runc step
+//!    against a bare `runc run` ([`build`]), then the registry cases: push and pull against
+//!    `skopeo copy`, a cold build with `--cache-from` ([`registry`]), then the Docker
+//!    driver's cases against `docker run --rm` and runc ([`docker`]);
 //! 6. `cargo bench -p benches` and collect criterion's estimates ([`micro`]);
 //! 7. write `target/bench/report.json` and `target/bench/report.md`, print the markdown.
 
@@ -40,7 +42,9 @@ mod docker;
 mod fixture;
 mod machine;
 mod micro;
+mod registry;
 mod report;
+mod rootfs;
 mod runner;
 mod scratch;
 mod snapshots;
@@ -56,8 +60,8 @@ struct Options {
     no_micro: bool,
     /// `--no-compare`: skip the whole-process cases (micro-benchmarks only).
     no_compare: bool,
-    /// `--only GROUP`: run one group of whole-process cases (`layers`, `snapshots`, `builder`,
-    /// `docker`).
+    /// `--only GROUP`: run one group of whole-process cases (`layers`, `snapshots`, `rootfs`,
+    /// `builder`, `registry`, `docker`).
     only: Option<String>,
 }
 
@@ -68,7 +72,8 @@ usage: cargo xtask bench [--quick] [--runs N] [--no-micro] [--no-compare] [--onl
   --runs N      runs per whole-process case (default: 3 quick, 10 full)
   --no-micro    skip the criterion micro-benchmarks
   --no-compare  skip the whole-process comparisons (and the fixture)
-  --only GROUP  only these whole-process cases: layers, snapshots, builder or docker
+  --only GROUP  only these whole-process cases: layers, snapshots, rootfs, builder,
+                registry or docker (registry and docker need no fixture)
 
 Writes target/bench/report.json and target/bench/report.md; see docs/benchmarks.md.";
 
@@ -89,9 +94,19 @@ impl Options {
                 "--no-compare" => opts.no_compare = true,
                 "--only" => {
                     let group = it.next().context("--only needs a group")?;
-                    if !["layers", "snapshots", "builder", "docker"].contains(&group.as_str()) {
+                    if ![
+                        "layers",
+                        "snapshots",
+                        "rootfs",
+                        "builder",
+                        "registry",
+                        "docker",
+                    ]
+                    .contains(&group.as_str())
+                    {
                         bail!(
-                            "--only {group}: the groups are layers, snapshots, builder and docker"
+                            "--only {group}: the groups are layers, snapshots, rootfs, builder, \
+                             registry and docker"
                         );
                     }
                     opts.only = Some(group.clone());
@@ -219,7 +234,23 @@ fn run_cases(
     report: &mut report::Report,
     started_at: SystemTime,
 ) -> anyhow::Result<()> {
-    if !opts.no_compare {
+    let registry_only = opts.only.as_deref() == Some("registry");
+    let docker_only = opts.only.as_deref() == Some("docker");
+    if !opts.no_compare && (registry_only || docker_only) {
+        let strata = build_strata(paths)?;
+        report.machine.strata_version = tool_line(&strata, &["--version"]);
+        let ctx = registry::RegistryContext {
+            paths,
+            strata: &strata,
+            work: scratch.work(),
+            runs: opts.runs(),
+        };
+        if docker_only {
+            docker::run(&ctx, report)?;
+        } else {
+            registry::run(&ctx, report)?;
+        }
+    } else if !opts.no_compare {
         let fixture = fixture::ensure(paths)?;
         report.fixture = Some(fixture.info.clone());
         let strata = build_strata(paths)?;
@@ -232,6 +263,15 @@ fn run_cases(
             runs: opts.runs(),
         };
         cases::run_all(&ctx, report, opts.quick, opts.only.as_deref())?;
+        if opts.only.is_none() {
+            let ctx = registry::RegistryContext {
+                paths,
+                strata: &strata,
+                work: scratch.work(),
+                runs: opts.runs(),
+            };
+            registry::run(&ctx, report)?;
+        }
     }
     if !opts.no_micro {
         report.micro = micro::run(paths, scratch.work(), opts.quick, started_at)?;

@@ -22,13 +22,13 @@ pub(super) struct Tree {
 impl Tree {
     pub(super) fn open(dir: &Path) -> Result<Tree> {
         let md = fs::metadata(dir).map_err(|source| Error::Io {
-            what: "open",
+            op: "open",
             path: dir.to_path_buf(),
             source,
         })?;
         if !md.is_dir() {
             return Err(Error::Io {
-                what: "open",
+                op: "open",
                 path: dir.to_path_buf(),
                 source: io::Error::other("not a directory"),
             });

@@ -27,22 +27,13 @@ pub(crate) fn runc_ready() -> bool {
     if sandbox() == "docker" {
         use strata_isolate::Driver;
         let driver = strata_docker::DockerDriver::new(strata_docker::DockerOptions::new(1));
-        if let Err(e) = driver.check() {
-            panic!("STRATA_TEST_SANDBOX=docker needs a docker engine: {e:?}");
-        }
-        return true;
+        let problem = driver
+            .check()
+            .err()
+            .map(|e| format!("no docker engine answers ({e})"));
+        return strata_test_support::require("builds under docker", problem);
     }
-    let ok = std::process::Command::new("runc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-        && rustix::process::geteuid().is_root()
-        && Path::new("/bin/busybox").exists();
-    assert!(
-        ok || std::env::var_os("CI").is_none(),
-        "CI must have runc, root and busybox-static"
-    );
-    ok
+    strata_test_support::require("builds under runc", strata_test_support::runc())
 }
 
 pub(crate) struct Fixture {

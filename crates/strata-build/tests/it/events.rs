@@ -1,6 +1,6 @@
 //! The structured events a build reports, as an embedder sees them.
 
-use strata_build::{Event, HitSource, StepInfo};
+use strata_build::{Event, HitSource, StepInfo, Task};
 
 use crate::common::{Fixture, SH, build_events, runc_ready};
 
@@ -145,4 +145,65 @@ fn a_failing_step_reports_its_failure_and_no_end() {
         let v = serde_json::to_value(e).unwrap();
         assert!(v["event"].is_string(), "{v}");
     }
+}
+
+#[test]
+fn a_large_commit_reports_its_progress() {
+    if !runc_ready() {
+        return;
+    }
+    let f = Fixture::new();
+    // Incompressible, so that the commit takes a while even on a fast machine, and larger
+    // than one 8 MiB chunk, so that the counter moves while it runs.
+    let data: Vec<u8> = (0..24u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let ctx = f.context(&[]);
+    std::fs::write(ctx.join("big.bin"), &data).unwrap();
+    let spec = strata_spec::parse(&format!(
+        r#"((from busybox) {SH} (copy (src big.bin) (dst /big.bin)))"#
+    ))
+    .unwrap();
+    let log = strata_build::Transcript::new();
+    let opts = strata_build::BuildOptions::new(&ctx)
+        .reporter(log.clone())
+        .progress_every(std::time::Duration::from_millis(1));
+    f.builder.build(&spec, &opts).unwrap();
+    let events = log.events();
+    let copy = started(&events)
+        .into_iter()
+        .find(|s| s.op.starts_with("(copy"))
+        .unwrap()
+        .step;
+    let progress: Vec<(u64, Option<u64>)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Progress {
+                step,
+                task: Task::Commit,
+                done,
+                total,
+            } => {
+                assert_eq!(*step, copy, "progress of another step: {e:?}");
+                Some((*done, *total))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(!progress.is_empty(), "no progress events: {events:?}");
+    assert!(
+        progress.windows(2).all(|w| w[0].0 <= w[1].0),
+        "progress went back: {progress:?}"
+    );
+    let (_, total) = progress.last().unwrap();
+    assert!(
+        total.is_some_and(|t| t >= data.len() as u64),
+        "the total covers the file: {progress:?}"
+    );
+    // Progress comes between the step's start and its result, and prints nothing.
+    let at = |pred: &dyn Fn(&Event) -> bool| events.iter().position(pred).unwrap();
+    let first = at(&|e| matches!(e, Event::Progress { .. }));
+    let saved = at(&|e| matches!(e, Event::Saved { step, .. } if *step == copy));
+    assert!(first < saved);
+    assert!(strata_build::render_text(&events[first]).is_empty());
 }

@@ -25,7 +25,9 @@
 //!
 //! On Windows (`windows.rs`) the same rules hold, resolved by path rather than by handle,
 //! and names Windows cannot hold (`\`, `:`, device names, paths differing only by case)
-//! are refused; its module docs list what each entry becomes there.
+//! are refused; its module docs list what each entry becomes there. The policies themselves
+//! (devices, setuid bits, overlayfs attributes, duplicate paths, the directory cache) are
+//! written once, in `core.rs`, and both engines call them.
 //!
 //! On error the target is left partly extracted; callers extract into a fresh directory and
 //! discard it on failure.
@@ -230,6 +232,9 @@ fn name_stream(e: Error, path: &Path) -> Error {
         other => other,
     }
 }
+
+#[cfg(any(unix, windows))]
+mod core;
 
 #[cfg(unix)]
 #[path = "unix.rs"]

@@ -1,6 +1,5 @@
 //! The Unix extraction engine behind [`apply_tar`](super::apply_tar).
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
@@ -12,9 +11,10 @@ use std::thread::JoinHandle;
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
-use super::{
-    DevicePolicy, ExtractOptions, ExtractReport, Ownership, SetuidPolicy, Skipped, WhiteoutMode,
+use super::core::{
+    self, DirCache, Host, Ledger, MAX_SYMLINK_HOPS, Made, Xattrs, entry_error, stream_problem,
 };
+use super::{ExtractOptions, ExtractReport, Ownership, WhiteoutMode};
 use crate::dirfd::{DIR_FLAGS, open_root};
 use crate::tar::{TarReader, Whiteout, split_parent, whiteout};
 use crate::{Entry, EntryKind, EntryName, EntryProblem, Error, Metadata, Result};
@@ -24,10 +24,6 @@ use crate::{Entry, EntryKind, EntryName, EntryProblem, Error, Metadata, Result};
 const POOLED_FILE_MAX: u64 = 4 << 20;
 /// Bytes of file data queued for the writers at most.
 const POOL_BUDGET: u64 = 64 << 20;
-/// Directory handles kept open at most (the resolution cache).
-const DIR_CACHE_MAX: usize = 512;
-/// Symlinks followed while resolving one path at most (Linux's own limit).
-const MAX_SYMLINK_HOPS: u32 = 40;
 
 type Fd = Arc<OwnedFd>;
 
@@ -63,21 +59,6 @@ fn current_umask() -> Option<u32> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("Umask:"))?;
     u32::from_str_radix(line.split_whitespace().nth(1)?, 8).ok()
-}
-
-/// What this layer put at a path, to refuse duplicates and conflicting children.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Made {
-    /// An explicit directory entry.
-    Dir,
-    /// A directory this layer created or walked through without an entry of its own.
-    ImplicitDir,
-    /// A regular file or a hard link, possibly still being written by the pool.
-    File,
-    /// A symlink.
-    Symlink,
-    /// A device or fifo.
-    Other,
 }
 
 pub(super) fn apply<R: Read>(input: R, dir: &Path, opts: &ExtractOptions) -> Result<ExtractReport> {
@@ -116,8 +97,8 @@ pub(super) fn apply<R: Read>(input: R, dir: &Path, opts: &ExtractOptions) -> Res
         restore_owner,
         setup,
         root: Arc::new(root),
-        cache: HashMap::new(),
-        made: HashMap::new(),
+        cache: DirCache::new(),
+        made: Ledger::default(),
         dirs: Vec::new(),
         kept_dir_fds: 0,
         max_kept_dir_fds: dir_fd_budget(),
@@ -149,9 +130,9 @@ struct Extractor<'a> {
     root: Fd,
     /// Directory handles by the [`key`] of their normalised path (possibly reached through
     /// symlinks).
-    cache: HashMap<u128, Fd>,
+    cache: DirCache<u128, Fd>,
     /// What this layer made, by path hash.
-    made: HashMap<u128, Made>,
+    made: Ledger,
     /// Directories whose mode and mtime are set last, after their contents.
     dirs: Vec<PendingDir>,
     kept_dir_fds: usize,
@@ -237,18 +218,7 @@ impl Extractor<'_> {
             self.pool.check()?;
             let raw_name = reader.current_raw_name().to_vec();
             self.apply_entry(entry, &raw_name, reader)
-                .map_err(|problem| match problem {
-                    // A failure to read the stream mid-entry is the stream's fault, not the entry's.
-                    EntryProblem::Io {
-                        op: STREAM_OP,
-                        source,
-                    } if source.get_ref().is_some_and(|i| i.is::<Error>()) => *source
-                        .into_inner()
-                        .expect("checked")
-                        .downcast::<Error>()
-                        .expect("checked"),
-                    problem => Error::entry(&raw_name, problem),
-                })?;
+                .map_err(|problem| entry_error(&raw_name, problem))?;
         }
         Ok(())
     }
@@ -261,11 +231,7 @@ impl Extractor<'_> {
     ) -> Result<(), EntryProblem> {
         let whiteout = whiteout(&entry.path)?;
         if whiteout.is_some() && self.opts.whiteouts != WhiteoutMode::Keep {
-            // A marker twice is a duplicate path like any other (and each opaque marker
-            // would list its directory again).
-            if self.made.insert(key(&entry.path), Made::Other).is_some() {
-                return Err(EntryProblem::Duplicate);
-            }
+            self.made.marker(key(&entry.path))?;
         }
         match (whiteout, self.opts.whiteouts) {
             (Some(Whiteout::Remove { parent, name }), WhiteoutMode::Apply) => {
@@ -285,18 +251,14 @@ impl Extractor<'_> {
                 return Err(EntryProblem::Duplicate);
             }
             // The root's attributes pass the same checks as every other entry's.
-            self.check_policies(&mut entry)?;
+            core::check_policies(self.opts, self.host(), &mut entry, &mut self.report)?;
             self.apply_xattrs_fd(&self.root.clone(), &entry.meta)?;
             self.root_meta = Some(entry.meta);
             return Ok(());
         }
         let k = key(&entry.path);
-        match self.made.get(&k) {
-            None => {}
-            Some(Made::ImplicitDir) if entry.kind == EntryKind::Dir => {}
-            Some(_) => return Err(EntryProblem::Duplicate),
-        }
-        if !self.check_policies(&mut entry)? {
+        self.made.check_new(k, &entry.kind)?;
+        if !core::check_policies(self.opts, self.host(), &mut entry, &mut self.report)? {
             return Ok(());
         }
         let (parent_path, name) = split_parent(&entry.path);
@@ -306,7 +268,7 @@ impl Extractor<'_> {
             .expect("created when missing");
         match &entry.kind {
             EntryKind::File => {
-                self.made.insert(k, Made::File);
+                self.made.record(k, Made::File);
                 if entry.size <= POOLED_FILE_MAX && self.pool.is_parallel() {
                     let mut data = Vec::new();
                     reader.read_data_to_vec(&mut data).map_err(stream_problem)?;
@@ -337,7 +299,7 @@ impl Extractor<'_> {
             }
             EntryKind::Dir => {
                 self.make_dir(&parent, &name, &entry)?;
-                self.made.insert(k, Made::Dir);
+                self.made.record(k, Made::Dir);
                 self.report.dirs += 1;
             }
             EntryKind::Symlink(target) => {
@@ -363,13 +325,13 @@ impl Extractor<'_> {
                     AtFlags::SYMLINK_NOFOLLOW,
                 )
                 .map_err(sys("set the mtime of the symlink"))?;
-                self.made.insert(k, Made::Symlink);
+                self.made.record(k, Made::Symlink);
                 self.report.symlinks += 1;
             }
             EntryKind::Hardlink(target) => {
                 let replaced = self.hardlink(&parent, &name, target)?;
                 self.invalidate(replaced);
-                self.made.insert(k, Made::File);
+                self.made.record(k, Made::File);
                 self.report.hardlinks += 1;
             }
             EntryKind::CharDevice { .. } | EntryKind::BlockDevice { .. } | EntryKind::Fifo => {
@@ -390,84 +352,22 @@ impl Extractor<'_> {
                         .map_err(sys("create the node"))?;
                 self.invalidate(replaced);
                 self.finish_node(&parent, &name, &entry.meta)?;
-                self.made.insert(k, Made::Other);
+                self.made.record(k, Made::Other);
             }
         }
         Ok(())
     }
 
-    /// Applies the device, setuid and xattr policies to an entry before it is created.
-    /// Returns whether to create it at all.
-    fn check_policies(&mut self, entry: &mut Entry) -> Result<bool, EntryProblem> {
-        if let Some((name, _)) = entry
-            .meta
-            .xattrs
-            .iter()
-            .find(|(n, _)| crate::tar::overlay_xattr(n))
-        {
-            return Err(EntryProblem::ForbiddenXattr(
-                String::from_utf8_lossy(name).into_owned(),
-            ));
+    /// What this host can hold: device nodes, and privileged xattrs only as root.
+    fn host(&self) -> Host {
+        Host {
+            no_nodes: None,
+            xattrs: if self.restore_owner {
+                Xattrs::All
+            } else {
+                Xattrs::Unprivileged
+            },
         }
-        let is_device = matches!(
-            entry.kind,
-            EntryKind::CharDevice { .. } | EntryKind::BlockDevice { .. }
-        );
-        if is_device {
-            match self.opts.devices {
-                DevicePolicy::Refuse => return Err(EntryProblem::DeviceRefused),
-                DevicePolicy::Skip => {
-                    self.skip(&entry.path, "device node skipped");
-                    return Ok(false);
-                }
-                DevicePolicy::Create => {}
-            }
-        }
-        let privileged_bits = entry.kind != EntryKind::Dir && entry.meta.mode & 0o6000 != 0;
-        let capability = entry
-            .meta
-            .xattrs
-            .iter()
-            .any(|(n, _)| n == b"security.capability");
-        if privileged_bits || capability {
-            match self.opts.setuid {
-                SetuidPolicy::Refuse => return Err(EntryProblem::SetuidRefused),
-                SetuidPolicy::Strip => {
-                    entry.meta.mode &= !0o6000;
-                    entry
-                        .meta
-                        .xattrs
-                        .retain(|(n, _)| n != b"security.capability");
-                    self.skip(
-                        &entry.path,
-                        "setuid/setgid bits or file capability stripped",
-                    );
-                }
-                SetuidPolicy::Keep => {}
-            }
-        }
-        if !self.restore_owner {
-            // Without privilege, security.* and trusted.* cannot be set; say so.
-            let before = entry.meta.xattrs.len();
-            entry
-                .meta
-                .xattrs
-                .retain(|(n, _)| !(n.starts_with(b"security.") || n.starts_with(b"trusted.")));
-            if entry.meta.xattrs.len() != before {
-                self.skip(
-                    &entry.path,
-                    "privileged xattrs not restored (not running as root)",
-                );
-            }
-        }
-        Ok(true)
-    }
-
-    fn skip(&mut self, path: &[u8], reason: &str) {
-        self.report.skipped.push(Skipped {
-            path: path.to_vec(),
-            reason: reason.to_owned(),
-        });
     }
 
     fn make_dir(&mut self, parent: &Fd, name: &[u8], entry: &Entry) -> Result<(), EntryProblem> {
@@ -509,7 +409,7 @@ impl Extractor<'_> {
             .map_err(sys("set the owner"))?;
         }
         self.apply_xattrs_fd(&fd, meta)?;
-        self.cache_insert(key(&entry.path), fd.clone());
+        self.cache.insert(key(&entry.path), fd.clone());
         let keep_fd = self.kept_dir_fds < self.max_kept_dir_fds;
         self.kept_dir_fds += usize::from(keep_fd);
         self.dirs.push(PendingDir {
@@ -552,7 +452,7 @@ impl Extractor<'_> {
     /// Links `name` to the layer path `target`; whether an existing entry was replaced.
     fn hardlink(&mut self, parent: &Fd, name: &[u8], target: &[u8]) -> Result<bool, EntryProblem> {
         let bad = || EntryProblem::BadHardlink(EntryName(target.to_vec()));
-        match self.made.get(&key(target)) {
+        match self.made.get(key(target)) {
             Some(Made::Dir | Made::ImplicitDir) => return Err(bad()),
             // The target may still be in the writers' queue.
             Some(Made::File) => self.pool.wait_idle()?,
@@ -578,9 +478,7 @@ impl Extractor<'_> {
             path.push(b'/');
         }
         path.extend_from_slice(name);
-        if self.made.contains_key(&key(&path)) {
-            return Err(EntryProblem::WhiteoutOfOwnEntry);
-        }
+        self.made.check_whiteout(key(&path))?;
         self.report.whiteouts += 1;
         let Some(dir) = self.dir_fd(parent, false)? else {
             return Ok(()); // nothing below to hide
@@ -601,9 +499,7 @@ impl Extractor<'_> {
         }
         path.extend_from_slice(name);
         let k = key(&path);
-        if self.made.contains_key(&k) {
-            return Err(EntryProblem::WhiteoutOfOwnEntry);
-        }
+        self.made.check_whiteout(k)?;
         let dir = self.dir_fd(parent, true)?.expect("created when missing");
         let replaced = retry_replacing(&dir, name, || {
             make_node(
@@ -616,7 +512,7 @@ impl Extractor<'_> {
         })
         .map_err(sys("create the overlay whiteout"))?;
         self.invalidate(replaced);
-        self.made.insert(k, Made::Other);
+        self.made.record(k, Made::Other);
         self.report.whiteouts += 1;
         Ok(())
     }
@@ -626,7 +522,7 @@ impl Extractor<'_> {
         let fd = self.dir_fd(dir, true)?.expect("created when missing");
         rustix::fs::fsetxattr(&*fd, "trusted.overlay.opaque", b"y", XattrFlags::empty())
             .map_err(sys("mark the directory opaque"))?;
-        self.made.entry(key(dir)).or_insert(Made::ImplicitDir);
+        self.made.walked(key(dir));
         self.report.whiteouts += 1;
         Ok(())
     }
@@ -634,7 +530,7 @@ impl Extractor<'_> {
     /// A `.wh..wh..opq` marker: hide every lower-layer child of `dir`.
     fn opaque(&mut self, dir: &[u8]) -> Result<(), EntryProblem> {
         self.report.whiteouts += 1;
-        self.made.entry(key(dir)).or_insert(Made::ImplicitDir);
+        self.made.walked(key(dir));
         let Some(fd) = self.dir_fd(dir, false)? else {
             return Ok(()); // nothing below to hide
         };
@@ -655,7 +551,7 @@ impl Extractor<'_> {
         for name in names {
             let mut child = prefix.clone();
             child.update(&name);
-            if self.made.contains_key(&key_of(&child.finalize())) {
+            if self.made.contains(key_of(&child.finalize())) {
                 continue;
             }
             match remove_entry(&fd, &name) {
@@ -675,13 +571,6 @@ impl Extractor<'_> {
         }
     }
 
-    fn cache_insert(&mut self, key: u128, fd: Fd) {
-        if self.cache.len() >= DIR_CACHE_MAX {
-            self.cache.clear();
-        }
-        self.cache.insert(key, fd);
-    }
-
     /// The directory at `path` (normalised), resolved inside the root. With `create`, missing
     /// directories are made (0755) as long as no symlink was followed; without, a missing
     /// directory gives `None`.
@@ -690,7 +579,7 @@ impl Extractor<'_> {
             return Ok(Some(self.root.clone()));
         }
         if let Some(fd) = self.cache.get(&key(path)) {
-            return Ok(Some(fd.clone()));
+            return Ok(Some(fd));
         }
         // Fast path: walk down from the deepest cached ancestor, component by component,
         // with O_NOFOLLOW. Anything unusual (a symlink) goes to the general resolver.
@@ -699,14 +588,13 @@ impl Extractor<'_> {
             .iter()
             .enumerate()
             .rev()
-            .find_map(|(i, p)| self.cache.get(&p.key).map(|fd| (fd.clone(), i + 1)))
+            .find_map(|(i, p)| self.cache.get(&p.key).map(|fd| (fd, i + 1)))
             .unwrap_or_else(|| (self.root.clone(), 0));
         for prefix in &prefixes[first..] {
             let component = &path[prefix.start..prefix.end];
-            match self.made.get(&prefix.key) {
-                Some(Made::File | Made::Other) => return Err(EntryProblem::ParentNotDirectory),
-                Some(Made::Symlink) => return self.resolve_slow(path, create),
-                _ => {}
+            self.made.check_parent(prefix.key)?;
+            if self.made.get(prefix.key) == Some(Made::Symlink) {
+                return self.resolve_slow(path, create);
             }
             let opened = match rustix::fs::openat(&*fd, component, DIR_FLAGS, Mode::empty()) {
                 Ok(child) => child,
@@ -722,9 +610,9 @@ impl Extractor<'_> {
                 Err(Errno::LOOP | Errno::NOTDIR) => return self.resolve_slow(path, create),
                 Err(e) => return Err(sys("open a parent directory")(e)),
             };
-            self.made.entry(prefix.key).or_insert(Made::ImplicitDir);
+            self.made.walked(prefix.key);
             fd = Arc::new(opened);
-            self.cache_insert(prefix.key, fd.clone());
+            self.cache.insert(prefix.key, fd.clone());
         }
         Ok(Some(fd))
     }
@@ -788,7 +676,7 @@ impl Extractor<'_> {
             }
         }
         let fd = stack.pop().expect("never empty");
-        self.cache_insert(key(path), fd.clone());
+        self.cache.insert(key(path), fd.clone());
         Ok(Some(fd))
     }
 
@@ -847,16 +735,6 @@ fn dir_fd_budget() -> usize {
         .current
         .map_or(4096, |n| usize::try_from(n / 4).unwrap_or(4096))
         .min(65_536)
-}
-
-/// The `op` of an [`EntryProblem::Io`] that wraps a stream error (see `stream_problem`).
-const STREAM_OP: &str = "read entry data";
-
-fn stream_problem(e: Error) -> EntryProblem {
-    EntryProblem::Io {
-        op: STREAM_OP,
-        source: io::Error::new(io::ErrorKind::InvalidData, e),
-    }
 }
 
 fn set_mode_and_time(fd: &OwnedFd, meta: &Metadata) -> Result<(), EntryProblem> {

@@ -45,24 +45,26 @@
 //! Files are written by the reading thread (no writer pool yet); with `sync` each file is
 //! flushed (`FlushFileBuffers`), since Windows has no `syncfs` and NTFS journals metadata.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::windows::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{
-    DevicePolicy, ExtractOptions, ExtractReport, Ownership, SetuidPolicy, Skipped, WhiteoutMode,
+use super::core::{
+    self, DirCache, Host, Ledger, MAX_SYMLINK_HOPS, Made, Xattrs, entry_error, stream_problem,
 };
+use super::{ExtractOptions, ExtractReport, Ownership, WhiteoutMode};
 use crate::tar::{TarReader, Whiteout, split_parent, whiteout};
 use crate::winname::{CaseIndex, check_component, fold, split_target};
 use crate::{Entry, EntryKind, EntryName, EntryProblem, Error, Metadata, Result};
 
-/// Resolved directory paths kept at most.
-const DIR_CACHE_MAX: usize = 512;
-/// Symlinks followed while resolving one path at most (Linux's limit).
-const MAX_SYMLINK_HOPS: u32 = 40;
+/// What Windows can hold: no device nodes or fifos, no extended attributes.
+const HOST: Host = Host {
+    no_nodes: Some("device nodes and fifos cannot be created on Windows"),
+    xattrs: Xattrs::Dropped("extended attributes not restored on Windows"),
+};
 /// `CreateFile` flags: open directories too, and a link itself rather than its target.
 const FILE_FLAG_BACKUP_SEMANTICS: u32 = 0x0200_0000;
 const FILE_FLAG_OPEN_REPARSE_POINT: u32 = 0x0020_0000;
@@ -74,19 +76,6 @@ const ERROR_PRIVILEGE_NOT_HELD: i32 = 1314;
 /// mtimes are clamped to what it holds.
 const MIN_MTIME: i64 = -11_644_473_599;
 const MAX_MTIME: i64 = 910_692_730_000;
-
-/// What this layer put at a path, to refuse duplicates and conflicting children.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Made {
-    /// An explicit directory entry.
-    Dir,
-    /// A directory this layer created or walked through without an entry of its own.
-    ImplicitDir,
-    /// A regular file or a hard link.
-    File,
-    /// A symlink.
-    Symlink,
-}
 
 pub(super) fn apply<R: Read>(input: R, dir: &Path, opts: &ExtractOptions) -> Result<ExtractReport> {
     if opts.ownership == Ownership::Restore {
@@ -120,8 +109,8 @@ pub(super) fn apply<R: Read>(input: R, dir: &Path, opts: &ExtractOptions) -> Res
     let mut ex = Extractor {
         opts,
         root,
-        cache: HashMap::new(),
-        made: HashMap::new(),
+        cache: DirCache::new(),
+        made: Ledger::default(),
         case: CaseIndex::default(),
         dirs: Vec::new(),
         links: Vec::new(),
@@ -142,9 +131,9 @@ struct Extractor<'a> {
     /// The target, canonical.
     root: PathBuf,
     /// Real directory paths by normalised layer path (possibly reached through symlinks).
-    cache: HashMap<Vec<u8>, PathBuf>,
+    cache: DirCache<Vec<u8>, PathBuf>,
     /// What this layer made, by hash of the case-folded path.
-    made: HashMap<u128, Made>,
+    made: Ledger,
     case: CaseIndex,
     /// Directories whose mtime is set last, after their contents.
     dirs: Vec<(Vec<u8>, Metadata)>,
@@ -200,34 +189,13 @@ fn is_under(path: &[u8], dir: &[u8]) -> bool {
     path.len() > dir.len() && path.starts_with(dir) && path[dir.len()] == b'/'
 }
 
-/// The `op` of an [`EntryProblem::Io`] that wraps a stream error (see `stream_problem`).
-const STREAM_OP: &str = "read entry data";
-
-fn stream_problem(e: Error) -> EntryProblem {
-    EntryProblem::Io {
-        op: STREAM_OP,
-        source: io::Error::new(io::ErrorKind::InvalidData, e),
-    }
-}
-
 impl Extractor<'_> {
     fn run<R: Read>(&mut self, reader: &mut TarReader<R>) -> Result<()> {
         while let Some(entry) = reader.next_entry()? {
             self.report.entries += 1;
             let raw_name = reader.current_raw_name().to_vec();
             self.apply_entry(entry, reader)
-                .map_err(|problem| match problem {
-                    // A failure to read the stream mid-entry is the stream's fault, not the entry's.
-                    EntryProblem::Io {
-                        op: STREAM_OP,
-                        source,
-                    } if source.get_ref().is_some_and(|i| i.is::<Error>()) => *source
-                        .into_inner()
-                        .expect("checked")
-                        .downcast::<Error>()
-                        .expect("checked"),
-                    problem => Error::entry(&raw_name, problem),
-                })?;
+                .map_err(|problem| entry_error(&raw_name, problem))?;
         }
         Ok(())
     }
@@ -245,11 +213,7 @@ impl Extractor<'_> {
             entry.meta.mode |= 0o200;
         }
         if class.is_some() && self.opts.whiteouts == WhiteoutMode::Apply {
-            // A marker twice is a duplicate path like any other (and each opaque marker
-            // would list its directory again).
-            if self.made.insert(key(&entry.path), Made::File).is_some() {
-                return Err(EntryProblem::Duplicate);
-            }
+            self.made.marker(key(&entry.path))?;
         }
         match (class, self.opts.whiteouts) {
             (Some(Whiteout::Remove { parent, name }), WhiteoutMode::Apply) => {
@@ -276,18 +240,14 @@ impl Extractor<'_> {
             if self.root_meta.is_some() {
                 return Err(EntryProblem::Duplicate);
             }
-            self.check_policies(&mut entry)?;
+            core::check_policies(self.opts, HOST, &mut entry, &mut self.report)?;
             self.root_meta = Some(entry.meta);
             return Ok(());
         }
         self.case.insert(&text)?;
         let k = key(&entry.path);
-        match self.made.get(&k) {
-            None => {}
-            Some(Made::ImplicitDir) if entry.kind == EntryKind::Dir => {}
-            Some(_) => return Err(EntryProblem::Duplicate),
-        }
-        if !self.check_policies(&mut entry)? {
+        self.made.check_new(k, &entry.kind)?;
+        if !core::check_policies(self.opts, HOST, &mut entry, &mut self.report)? {
             return Ok(());
         }
         let (parent_path, name) = split_parent(&entry.path);
@@ -298,14 +258,14 @@ impl Extractor<'_> {
         let path = parent.join(name);
         match &entry.kind {
             EntryKind::File => {
-                self.made.insert(k, Made::File);
+                self.made.record(k, Made::File);
                 self.write_file(&path, &entry, reader)?;
                 self.report.files += 1;
                 self.report.bytes += entry.size;
             }
             EntryKind::Dir => {
                 self.make_dir(&path, &entry)?;
-                self.made.insert(k, Made::Dir);
+                self.made.record(k, Made::Dir);
                 self.report.dirs += 1;
             }
             EntryKind::Symlink(target) => {
@@ -320,7 +280,7 @@ impl Extractor<'_> {
                 make_symlink(&path, &target, as_dir)?;
                 set_mtime(&path, &entry.meta, false)?;
                 self.invalidate(&entry.path);
-                self.made.insert(k, Made::Symlink);
+                self.made.record(k, Made::Symlink);
                 self.links.push(PendingLink {
                     path: entry.path.clone(),
                     target,
@@ -332,7 +292,7 @@ impl Extractor<'_> {
             EntryKind::Hardlink(target) => {
                 self.hardlink(&path, target)?;
                 self.invalidate(&entry.path);
-                self.made.insert(k, Made::File);
+                self.made.record(k, Made::File);
                 self.report.hardlinks += 1;
             }
             EntryKind::CharDevice { .. } | EntryKind::BlockDevice { .. } | EntryKind::Fifo => {
@@ -340,74 +300,6 @@ impl Extractor<'_> {
             }
         }
         Ok(())
-    }
-
-    /// Applies the device, setuid and xattr policies to an entry before it is created.
-    /// Returns whether to create it at all.
-    fn check_policies(&mut self, entry: &mut Entry) -> Result<bool, EntryProblem> {
-        if let Some((name, _)) = entry
-            .meta
-            .xattrs
-            .iter()
-            .find(|(n, _)| crate::tar::overlay_xattr(n))
-        {
-            return Err(EntryProblem::ForbiddenXattr(
-                String::from_utf8_lossy(name).into_owned(),
-            ));
-        }
-        let special = match entry.kind {
-            EntryKind::CharDevice { .. } | EntryKind::BlockDevice { .. } => Some("device node"),
-            EntryKind::Fifo => Some("fifo"),
-            _ => None,
-        };
-        if let Some(noun) = special {
-            return match self.opts.devices {
-                DevicePolicy::Refuse => Err(EntryProblem::DeviceRefused),
-                DevicePolicy::Skip => {
-                    self.skip(&entry.path, &format!("{noun} skipped"));
-                    Ok(false)
-                }
-                DevicePolicy::Create => Err(EntryProblem::NotSupportedHere(
-                    "device nodes and fifos cannot be created on Windows",
-                )),
-            };
-        }
-        let privileged_bits = entry.kind != EntryKind::Dir && entry.meta.mode & 0o6000 != 0;
-        let capability = entry
-            .meta
-            .xattrs
-            .iter()
-            .any(|(n, _)| n == b"security.capability");
-        if privileged_bits || capability {
-            match self.opts.setuid {
-                SetuidPolicy::Refuse => return Err(EntryProblem::SetuidRefused),
-                SetuidPolicy::Strip => {
-                    entry.meta.mode &= !0o6000;
-                    entry
-                        .meta
-                        .xattrs
-                        .retain(|(n, _)| n != b"security.capability");
-                    self.skip(
-                        &entry.path,
-                        "setuid/setgid bits or file capability stripped",
-                    );
-                }
-                // Nothing to keep: Windows has no such bits.
-                SetuidPolicy::Keep => {}
-            }
-        }
-        if !entry.meta.xattrs.is_empty() {
-            entry.meta.xattrs.clear();
-            self.skip(&entry.path, "extended attributes not restored on Windows");
-        }
-        Ok(true)
-    }
-
-    fn skip(&mut self, path: &[u8], reason: &str) {
-        self.report.skipped.push(Skipped {
-            path: path.to_vec(),
-            reason: reason.to_owned(),
-        });
     }
 
     fn write_file<R: Read>(
@@ -464,7 +356,7 @@ impl Extractor<'_> {
                 }
             }
         }
-        self.cache_insert(entry.path.clone(), path.to_path_buf());
+        self.cache.insert(entry.path.clone(), path.to_path_buf());
         self.dirs.push((entry.path.clone(), entry.meta.clone()));
         Ok(())
     }
@@ -472,7 +364,7 @@ impl Extractor<'_> {
     fn hardlink(&mut self, path: &Path, target: &[u8]) -> Result<(), EntryProblem> {
         let bad = || EntryProblem::BadHardlink(EntryName(target.to_vec()));
         if matches!(
-            self.made.get(&key(target)),
+            self.made.get(key(target)),
             Some(Made::Dir | Made::ImplicitDir)
         ) {
             return Err(bad());
@@ -500,9 +392,7 @@ impl Extractor<'_> {
     /// A `.wh.<name>` whiteout: remove `name` from lower layers.
     fn remove(&mut self, parent: &[u8], name: &[u8]) -> Result<(), EntryProblem> {
         let path = join_child(parent, name);
-        if self.made.contains_key(&key(&path)) {
-            return Err(EntryProblem::WhiteoutOfOwnEntry);
-        }
+        self.made.check_whiteout(key(&path))?;
         self.report.whiteouts += 1;
         let Some(dir) = self.dir_path(parent, false)? else {
             return Ok(()); // nothing below to hide
@@ -520,7 +410,7 @@ impl Extractor<'_> {
     /// A `.wh..wh..opq` marker: hide every lower-layer child of `dir`.
     fn opaque(&mut self, dir: &[u8]) -> Result<(), EntryProblem> {
         self.report.whiteouts += 1;
-        self.made.entry(key(dir)).or_insert(Made::ImplicitDir);
+        self.made.walked(key(dir));
         let Some(real) = self.dir_path(dir, false)? else {
             return Ok(()); // nothing below to hide
         };
@@ -535,7 +425,7 @@ impl Extractor<'_> {
             // A name that is not Unicode cannot be one this layer made.
             let ours = name
                 .to_str()
-                .is_some_and(|n| self.made.contains_key(&key(&join_child(dir, n.as_bytes()))));
+                .is_some_and(|n| self.made.contains(key(&join_child(dir, n.as_bytes()))));
             if ours {
                 continue;
             }
@@ -550,16 +440,9 @@ impl Extractor<'_> {
     }
 
     fn invalidate(&mut self, path: &[u8]) {
-        if self.cache.contains_key(path) || self.cache.keys().any(|k| is_under(k, path)) {
+        if self.cache.any_key(|k| k == path || is_under(k, path)) {
             self.cache.clear();
         }
-    }
-
-    fn cache_insert(&mut self, path: Vec<u8>, real: PathBuf) {
-        if self.cache.len() >= DIR_CACHE_MAX {
-            self.cache.clear();
-        }
-        self.cache.insert(path, real);
     }
 
     /// The real path of the directory at layer path `path` (normalised, checked), resolved
@@ -570,12 +453,12 @@ impl Extractor<'_> {
             return Ok(Some(self.root.clone()));
         }
         if let Some(real) = self.cache.get(path) {
-            return Ok(Some(real.clone()));
+            return Ok(Some(real));
         }
         let components = check_path(path)?.split('/').map(str::to_owned).collect();
         let found = self.resolve(components, create, true)?;
         if let Some(real) = &found {
-            self.cache_insert(path.to_vec(), real.clone());
+            self.cache.insert(path.to_vec(), real.clone());
         }
         Ok(found)
     }
@@ -610,9 +493,7 @@ impl Extractor<'_> {
                     lex.push('/');
                 }
                 lex.push_str(&component);
-                if self.made.get(&key(lex.as_bytes())) == Some(&Made::File) {
-                    return Err(EntryProblem::ParentNotDirectory);
-                }
+                self.made.check_parent(key(lex.as_bytes()))?;
             }
             let next = stack.last().expect("never empty").join(&component);
             let mut created = false;
@@ -644,9 +525,7 @@ impl Extractor<'_> {
                     }
                     Ok(m) if m.is_dir() => {
                         if let Some(lex) = lexical.as_ref().filter(|_| track) {
-                            self.made
-                                .entry(key(lex.as_bytes()))
-                                .or_insert(Made::ImplicitDir);
+                            self.made.walked(key(lex.as_bytes()));
                         }
                         stack.push(next);
                         break;

@@ -30,6 +30,7 @@ use strata_cas::extract::{apply_file, apply_tar};
 use strata_cas::{
     DevicePolicy, EntryName, EntryProblem, Error, ExtractOptions, ExtractReport, SetuidPolicy,
 };
+use strata_test_support::{child_test_args, child_var, test_binary};
 
 use crate::tarcraft::{
     Checksum, Header, Tar, gzip, gzip_zero_tar, pax_record, zstd_bomb, zstd_frame, zstd_zero_frame,
@@ -2450,16 +2451,15 @@ fn proc_status_kib(field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Only does something inside the child spawned by [`memory_bounded_cases`].
+/// The child spawned by [`memory_bounded_cases`].
 #[test]
+#[ignore = "child process of corpus::memory_bounded_cases"]
 #[expect(
     clippy::print_stdout,
     reason = "reports the peak RSS to the parent test"
 )]
-fn memory_child() {
-    if std::env::var_os(CHILD_ENV).is_none() {
-        return;
-    }
+fn child_memory() {
+    child_var(CHILD_ENV);
     let (ran, failures) = run_all(memory_cases());
     let peak = proc_status_kib("VmHWM:").expect("VmHWM in /proc/self/status");
     println!("corpus memory child: {ran} cases, peak RSS {peak} KiB");
@@ -2477,18 +2477,12 @@ fn memory_child() {
 
 #[test]
 fn memory_bounded_cases() {
-    let exe = std::env::current_exe().unwrap();
     let script = format!("ulimit -v {CHILD_VMEM_KIB} || exit 97; exec \"$0\" \"$@\"");
     let out = Command::new("sh")
         .arg("-c")
         .arg(script)
-        .arg(&exe)
-        .args([
-            "corpus::memory_child",
-            "--exact",
-            "--test-threads=1",
-            "--nocapture",
-        ])
+        .arg(test_binary())
+        .args(child_test_args("corpus::child_memory"))
         .env(CHILD_ENV, "1")
         .output()
         .unwrap();

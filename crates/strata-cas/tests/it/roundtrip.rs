@@ -10,8 +10,9 @@ use strata_cas::extract::{apply_file, apply_tar};
 use strata_cas::{
     Change, ChangeKind, CreateOptions, DevicePolicy, ExtractOptions, LayerId, SetuidPolicy,
 };
+use strata_test_support::{require, root, tool};
 
-use crate::common::{assert_same_tree, is_root, rich_tree, set_mtime, write};
+use crate::common::{assert_same_tree, rich_tree, set_mtime, write};
 
 fn permissive() -> ExtractOptions {
     ExtractOptions {
@@ -107,17 +108,12 @@ fn mtime_clamp_is_applied() {
     assert_eq!(e.meta.mtime, 1_000);
 }
 
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 #[test]
 fn gnu_tar_extracts_our_layers_and_we_extract_gnu_tars() {
-    if !have("tar") || !have("zstd") {
-        eprintln!("skipped: GNU tar or zstd is not installed");
+    if !require(
+        "round trips with GNU tar",
+        tool("tar").or_else(|| tool("zstd")),
+    ) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -233,8 +229,7 @@ fn a_change_list_layer_applied_on_the_base_gives_the_changed_tree() {
 
 #[test]
 fn ownership_is_restored_as_root() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !require("restoring ownership", root()) {
         return;
     }
     use std::os::unix::fs::MetadataExt;
@@ -262,8 +257,7 @@ fn ownership_is_restored_as_root() {
 
 #[test]
 fn overlay_whiteout_mode_records_whiteouts_for_overlayfs() {
-    if !is_root() {
-        eprintln!("skipped: needs root (mknod and trusted xattrs)");
+    if !require("overlay whiteouts (mknod and trusted xattrs)", root()) {
         return;
     }
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -384,8 +378,7 @@ fn the_writer_refuses_what_a_layer_would_read_as_a_whiteout() {
     }
     create(&dir).unwrap();
 
-    if !is_root() {
-        eprintln!("skipped the trusted attributes and the device: they need root");
+    if !require("the trusted attributes and the device", root()) {
         return;
     }
     // Overlayfs's bookkeeping is left out; what a process set through a mount (escaped by

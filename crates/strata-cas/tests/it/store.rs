@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use strata_cas::{CreateOptions, Error, ExtractOptions, LayerId, Store};
+use strata_test_support::{child_test, child_var, require, tool};
 
 use crate::common::{assert_same_tree, rich_tree, write};
 
@@ -129,16 +130,12 @@ fn concurrent_writers_of_one_layer_in_threads() {
     assert!(tmp_files(&store).is_empty());
 }
 
-/// Not a test on its own: the body of a child process spawned by
-/// `concurrent_writers_of_one_layer_in_processes`.
+/// The body of a child process spawned by `concurrent_writers_of_one_layer_in_processes`.
 #[test]
+#[ignore = "child process of store::concurrent_writers_of_one_layer_in_processes"]
 fn child_process_put() {
-    let (Ok(store), Ok(src)) = (
-        std::env::var("STRATA_TEST_STORE"),
-        std::env::var("STRATA_TEST_SRC"),
-    ) else {
-        return;
-    };
+    let store = child_var("STRATA_TEST_STORE");
+    let src = child_var("STRATA_TEST_SRC");
     let store = Store::open(Path::new(&store)).unwrap();
     for _ in 0..5 {
         let id = store
@@ -155,16 +152,9 @@ fn concurrent_writers_of_one_layer_in_processes() {
     let store_dir = tmp.path().join("store");
     let src = tmp.path().join("src");
     rich_tree(&src);
-    let exe = std::env::current_exe().unwrap();
     let children: Vec<_> = (0..4)
         .map(|_| {
-            Command::new(&exe)
-                .args([
-                    "--exact",
-                    "store::child_process_put",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
+            child_test("store::child_process_put")
                 .env("STRATA_TEST_STORE", &store_dir)
                 .env("STRATA_TEST_SRC", &src)
                 .stdout(std::process::Stdio::piped())
@@ -274,8 +264,7 @@ fn imports_keep_tar_bytes_and_refuse_bad_input_without_touching_the_store() {
 
 #[test]
 fn oci_digests_match_sha256sum() {
-    if Command::new("sha256sum").arg("--version").output().is_err() {
-        eprintln!("skipped: sha256sum is not installed");
+    if !require("comparing digests with sha256sum", tool("sha256sum")) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -3,16 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use crate::support::{Env, have};
+use crate::support::Env;
 
+/// Whether runc tests can run here; in CI they must.
 fn runc_ready() -> bool {
-    let ok =
-        have("runc") && rustix::process::geteuid().is_root() && Path::new("/bin/busybox").exists();
-    assert!(
-        ok || std::env::var_os("CI").is_none(),
-        "CI must have runc, root and busybox-static"
-    );
-    ok
+    strata_test_support::require("builds under runc", strata_test_support::runc())
 }
 
 fn example(name: &str) -> PathBuf {

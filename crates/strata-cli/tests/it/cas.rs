@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use strata_cas::LayerId;
+use strata_test_support::{require, tool};
 
 use crate::support::{
-    Env, assert_keys, assert_same_tree, have, id_field, os, sample_tree, tar_with_file, u64_field,
+    Env, assert_keys, assert_same_tree, id_field, os, sample_tree, tar_with_file, u64_field,
 };
 
 /// Puts `sample_tree` into the store; returns its id.
@@ -150,7 +151,7 @@ fn ids_resolve_from_full_oci_and_prefix_forms() {
     assert!(text.contains(want["diff_id"].as_str().unwrap()), "{text}");
 
     // diff_id is the sha256 of what `cas cat` prints.
-    if have("sha256sum") {
+    if require("comparing with sha256sum", tool("sha256sum")) {
         let tar = env.path("layer.tar");
         let cat = env.run(["cas", "cat", &id]);
         assert_eq!(cat.code, 0, "{cat:?}");
@@ -228,11 +229,7 @@ fn ambiguous_prefix_lists_the_candidates() {
 
 #[test]
 fn put_of_a_gnu_tar_applies_back() {
-    if !have("tar") {
-        #[expect(clippy::print_stderr, reason = "a skipped test says why")]
-        {
-            eprintln!("skipped: GNU tar is not installed");
-        }
+    if !require("storing a GNU tar", tool("tar")) {
         return;
     }
     let env = Env::new();
@@ -278,7 +275,7 @@ fn put_of_a_gnu_tar_applies_back() {
     env.run([os("layer"), os("apply"), os(&tar), os(&dest2)])
         .ok();
     assert_same_tree(&src, &dest2);
-    if have("gzip") {
+    if require("storing a gzipped tar", tool("gzip")) {
         let status = Command::new("gzip").arg("-k").arg(&tar).status().unwrap();
         assert!(status.success());
         let gz = env.path("gnu.tar.gz");

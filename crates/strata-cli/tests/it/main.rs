@@ -3,6 +3,7 @@
 mod build;
 mod cas;
 mod cli;
+mod image;
 mod layer;
 mod maintenance;
 mod snapshot;

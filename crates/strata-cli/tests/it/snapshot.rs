@@ -79,6 +79,17 @@ fn release_and_errors_name_what_is_wrong() {
         .ok();
     env.run([os("release"), os(&work)]).ok();
     assert!(!work.exists());
+    // The released tree went into the store's trash, and a detached `strata empty-trash`
+    // deletes it after `release` exits.
+    let trash = env.store().join("trash-v1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while fs::read_dir(&trash).unwrap().next().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the trash was not emptied in the background"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     env.run([os("commit"), os(&work)])
         .fails_with(&["cannot commit"]);
     env.run([os("checkout"), os("no-such-tag"), os(env.path("x"))])

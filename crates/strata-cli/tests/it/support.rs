@@ -284,16 +284,6 @@ pub(crate) fn id_field(value: &Value, key: &str) -> String {
     id
 }
 
-/// Whether a program is on PATH.
-pub(crate) fn have(program: &str) -> bool {
-    Command::new(program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// A minimal ustar archive holding one regular file (mode 0644, owner 0:0, mtime 0).
 pub(crate) fn tar_with_file(name: &str, content: &[u8]) -> Vec<u8> {
     fn octal(field: &mut [u8], value: u64) {

@@ -8,22 +8,15 @@ use strata_docker::{DockerDriver, DockerOptions};
 use strata_isolate::Driver;
 use strata_snapshot::{Engine, SnapshotId};
 
-/// Whether the engine answers. Under `CI=true` it must; elsewhere a test without one says
-/// so and passes.
-#[allow(clippy::print_stderr, reason = "a skipped test says why")]
+/// Whether the engine answers: under `CI=true` it must (the engine is expected there);
+/// elsewhere a test without one says so and passes.
 pub(crate) fn engine_ready() -> bool {
     let driver = DockerDriver::new(DockerOptions::new(1));
-    match driver.check() {
-        Ok(()) => true,
-        Err(e) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must have a docker engine: {e:?}"
-            );
-            eprintln!("skipped: these tests need a docker engine ({e})");
-            false
-        }
-    }
+    let problem = driver
+        .check()
+        .err()
+        .map(|e| format!("no docker engine answers ({e})"));
+    strata_test_support::require("the docker driver's tests", problem)
 }
 
 /// Options whose containers carry a label naming `store`, so a test finds its own.

@@ -76,26 +76,26 @@ pub(super) fn check(users: SlotUsers) -> Result<()> {
 /// Gives the directory `path` to `uid:gid` with group write, unless it has them already.
 fn own_for_group(path: &str, uid: u32, gid: u32) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let meta = fs::metadata(path).map_err(Error::io("cannot inspect", path))?;
+    let meta = fs::metadata(path).map_err(Error::io("inspect", path))?;
     if (meta.uid(), meta.gid()) != (uid, gid) {
-        chown(path, Some(uid), Some(gid)).map_err(Error::io("cannot change the owner of", path))?;
+        chown(path, Some(uid), Some(gid)).map_err(Error::io("change the owner of", path))?;
     }
     let mode = meta.mode() & 0o7777;
     if mode & 0o070 != 0o070 {
         fs::set_permissions(path, fs::Permissions::from_mode(mode | 0o070))
-            .map_err(Error::io("cannot change the mode of", path))?;
+            .map_err(Error::io("change the mode of", path))?;
     }
     Ok(())
 }
 
 /// Makes `path` a directory (if missing) with this owner and mode.
 fn dir_with(path: &str, owner: Option<(u32, u32)>, mode: u32) -> Result<()> {
-    fs::create_dir_all(path).map_err(Error::io("cannot create", path))?;
+    fs::create_dir_all(path).map_err(Error::io("create", path))?;
     if let Some((uid, gid)) = owner {
-        chown(path, Some(uid), Some(gid)).map_err(Error::io("cannot change the owner of", path))?;
+        chown(path, Some(uid), Some(gid)).map_err(Error::io("change the owner of", path))?;
     }
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(Error::io("cannot change the mode of", path))
+        .map_err(Error::io("change the mode of", path))
 }
 
 pub(super) fn prepare_slot(driver: &MacosUserDriver, slot: &SlotPaths) -> Result<()> {
@@ -123,7 +123,7 @@ pub(super) fn prepare_slot(driver: &MacosUserDriver, slot: &SlotPaths) -> Result
     match fs::create_dir(&slot.root) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(Error::io("cannot create the slot", &slot.root)(e)),
+        Err(e) => Err(Error::io("create the slot", &slot.root)(e)),
     }
 }
 
@@ -222,18 +222,14 @@ pub(super) fn run(detail: &RunDetail, log: &mut dyn Write, cancel: &Cancel) -> R
 }
 
 fn spawn_and_watch(detail: &RunDetail, log: &mut dyn Write, cancel: &Cancel) -> Result<Outcome> {
-    let (reader, writer) = io::pipe().map_err(Error::os("cannot create a pipe"))?;
+    let (reader, writer) = io::pipe().map_err(Error::os("create a pipe"))?;
     let mut cmd = Command::new(&detail.argv[0]);
     cmd.args(&detail.argv[1..])
         .env_clear()
         .env("PATH", SYSTEM_PATH)
         .current_dir("/")
         .stdin(Stdio::null())
-        .stdout(
-            writer
-                .try_clone()
-                .map_err(Error::os("cannot create a pipe"))?,
-        )
+        .stdout(writer.try_clone().map_err(Error::os("create a pipe"))?)
         .stderr(writer);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let spawned = cmd.spawn();
@@ -254,20 +250,20 @@ fn place_secrets(detail: &RunDetail, user: Option<(u32, u32)>) -> Result<()> {
     let _ = fs::remove_dir_all(dir);
     dir_with(dir, user, 0o700)?;
     for secret in &detail.secrets {
-        let data = fs::read(&secret.source).map_err(Error::io("cannot read", &secret.source))?;
+        let data = fs::read(&secret.source).map_err(Error::io("read", &secret.source))?;
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&secret.path)
-            .map_err(Error::io("cannot create", &secret.path))?;
+            .map_err(Error::io("create", &secret.path))?;
         file.write_all(&data)
-            .map_err(Error::io("cannot write", &secret.path))?;
+            .map_err(Error::io("write", &secret.path))?;
         if let Some((uid, gid)) = user {
             chown(&secret.path, Some(uid), Some(gid))
-                .map_err(Error::io("cannot change the owner of", &secret.path))?;
+                .map_err(Error::io("change the owner of", &secret.path))?;
         }
         fs::set_permissions(&secret.path, fs::Permissions::from_mode(0o400))
-            .map_err(Error::io("cannot change the mode of", &secret.path))?;
+            .map_err(Error::io("change the mode of", &secret.path))?;
     }
     Ok(())
 }
@@ -280,7 +276,7 @@ fn lend_homebrew(h: &Homebrew, slot: &SlotPaths, cancel: &Cancel) -> Result<Opti
         .truncate(false)
         .write(true)
         .open(&h.lock)
-        .map_err(Error::io("cannot open", &h.lock))?;
+        .map_err(Error::io("open", &h.lock))?;
     loop {
         match lock.try_lock() {
             Ok(()) => break,
@@ -289,7 +285,7 @@ fn lend_homebrew(h: &Homebrew, slot: &SlotPaths, cancel: &Cancel) -> Result<Opti
                     return Ok(None);
                 }
             }
-            Err(fs::TryLockError::Error(e)) => return Err(Error::io("cannot lock", &h.lock)(e)),
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &h.lock)(e)),
         }
     }
     recover_homebrew(h)?;
@@ -302,19 +298,16 @@ fn lend_homebrew(h: &Homebrew, slot: &SlotPaths, cancel: &Cancel) -> Result<Opti
             )
         })?;
     }
-    fs::write(&h.owner, &slot.root).map_err(Error::io("cannot write", &h.owner))?;
-    fs::rename(&h.stash, &h.prefix)
-        .map_err(Error::io("cannot move the Homebrew stash to", &h.prefix))?;
+    fs::write(&h.owner, &slot.root).map_err(Error::io("write", &h.owner))?;
+    fs::rename(&h.stash, &h.prefix).map_err(Error::io("move the Homebrew stash to", &h.prefix))?;
     Ok(Some(lock))
 }
 
 /// Moves the prefix back into the slot it was lent to.
 fn take_homebrew_back(h: &Homebrew) -> Result<()> {
-    fs::rename(&h.prefix, &h.stash).map_err(Error::io(
-        "cannot move the Homebrew prefix back to",
-        &h.stash,
-    ))?;
-    fs::remove_file(&h.owner).map_err(Error::io("cannot remove", &h.owner))
+    fs::rename(&h.prefix, &h.stash)
+        .map_err(Error::io("move the Homebrew prefix back to", &h.stash))?;
+    fs::remove_file(&h.owner).map_err(Error::io("remove", &h.owner))
 }
 
 /// Gives back a prefix a crashed job left lent (the caller holds the lock). Returns the slot
@@ -327,13 +320,13 @@ fn recover_homebrew(h: &Homebrew) -> Result<Option<String>> {
     if Path::new(&h.prefix).exists() {
         if Path::new(&root).is_dir() && !stash.exists() {
             fs::rename(&h.prefix, &stash)
-                .map_err(Error::io("cannot move the Homebrew prefix back to", &stash))?;
+                .map_err(Error::io("move the Homebrew prefix back to", &stash))?;
         } else {
             // That slot's checkout is gone: the prefix was a dead job's, and goes too.
-            fs::remove_dir_all(&h.prefix).map_err(Error::io("cannot remove", &h.prefix))?;
+            fs::remove_dir_all(&h.prefix).map_err(Error::io("remove", &h.prefix))?;
         }
     }
-    fs::remove_file(&h.owner).map_err(Error::io("cannot remove", &h.owner))?;
+    fs::remove_file(&h.owner).map_err(Error::io("remove", &h.owner))?;
     Ok(Some(root))
 }
 
@@ -346,15 +339,15 @@ fn give_back(root: &Path, from: u32, to: u32, gid: u32) -> Result<()> {
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io("cannot list", &dir)(e)),
+            Err(e) => return Err(Error::io("list", &dir)(e)),
         };
         for entry in entries {
-            let entry = entry.map_err(Error::io("cannot list", &dir))?;
+            let entry = entry.map_err(Error::io("list", &dir))?;
             let path = entry.path();
-            let meta = fs::symlink_metadata(&path).map_err(Error::io("cannot inspect", &path))?;
+            let meta = fs::symlink_metadata(&path).map_err(Error::io("inspect", &path))?;
             if meta.uid() == from {
                 lchown(&path, Some(to), Some(gid))
-                    .map_err(Error::io("cannot change the owner of", &path))?;
+                    .map_err(Error::io("change the owner of", &path))?;
             }
             if meta.is_dir() {
                 stack.push(path);
@@ -401,7 +394,7 @@ pub(super) fn remove_slots(driver: &MacosUserDriver) -> Result<Vec<String>> {
         match fs::remove_dir_all(&slot.dir) {
             Ok(()) => removed.push(format!("directory {}", slot.dir)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("cannot remove", &slot.dir)(e)),
+            Err(e) => return Err(Error::io("remove", &slot.dir)(e)),
         }
     }
     if driver.options.users == SlotUsers::Dedicated && dscl_has(&format!("/Groups/{GROUP}")) {

@@ -447,7 +447,7 @@ impl Driver for WindowsSandboxDriver {
             Ok(()) => Ok(vec![format!("directory {}", self.slot.root)]),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(source) => Err(Error::Io {
-                what: "cannot remove",
+                op: "remove",
                 path: PathBuf::from(&self.slot.root),
                 source,
             }),

@@ -28,14 +28,14 @@ fn command_error(program: &str, message: String) -> Error {
 /// Takes the machine-wide lock, waiting while another builder's sandbox runs.
 fn lock(path: &str, cancel: &Cancel) -> Result<Option<File>> {
     if let Some(dir) = Path::new(path).parent() {
-        fs::create_dir_all(dir).map_err(Error::io("cannot create", dir))?;
+        fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
     }
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
-        .map_err(Error::io("cannot open", path))?;
+        .map_err(Error::io("open", path))?;
     loop {
         match file.try_lock() {
             Ok(()) => return Ok(Some(file)),
@@ -44,7 +44,7 @@ fn lock(path: &str, cancel: &Cancel) -> Result<Option<File>> {
                     return Ok(None);
                 }
             }
-            Err(fs::TryLockError::Error(e)) => return Err(Error::io("cannot lock", path)(e)),
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", path)(e)),
         }
     }
 }
@@ -160,13 +160,11 @@ fn follow(file: &Path, offset: &mut u64, log: &mut dyn Write) -> Result<()> {
         return Ok(());
     };
     f.seek(SeekFrom::Start(*offset))
-        .map_err(Error::io("cannot read", file))?;
+        .map_err(Error::io("read", file))?;
     let mut buf = Vec::new();
-    f.read_to_end(&mut buf)
-        .map_err(Error::io("cannot read", file))?;
+    f.read_to_end(&mut buf).map_err(Error::io("read", file))?;
     *offset += buf.len() as u64;
-    log.write_all(&buf)
-        .map_err(Error::os("cannot write the job log"))
+    log.write_all(&buf).map_err(Error::os("write the job log"))
 }
 
 pub(super) fn run(
@@ -181,10 +179,10 @@ pub(super) fn run(
     };
     let control = PathBuf::from(&detail.control);
     let _ = fs::remove_dir_all(&control);
-    fs::create_dir_all(&control).map_err(Error::io("cannot create", &control))?;
+    fs::create_dir_all(&control).map_err(Error::io("create", &control))?;
     for file in &plan.files {
         let path = control.join(&file.path);
-        fs::write(&path, &file.contents).map_err(Error::io("cannot write", &path))?;
+        fs::write(&path, &file.contents).map_err(Error::io("write", &path))?;
     }
     let wsb = plan
         .files

@@ -27,7 +27,7 @@ pub(super) fn check(users: SlotUsers) -> Result<()> {
     if users == SlotUsers::Current {
         return Ok(());
     }
-    let elevated = win::is_elevated().map_err(Error::os("cannot query this process's token"))?;
+    let elevated = win::is_elevated().map_err(Error::os("query this process's token"))?;
     if !elevated {
         return Err(unavailable(
             "making slot users and setting their passwords needs an administrator: run the \
@@ -40,12 +40,12 @@ pub(super) fn check(users: SlotUsers) -> Result<()> {
 
 fn new_password() -> Result<String> {
     let mut random = [0u8; PASSWORD_LEN];
-    win::random_bytes(&mut random).map_err(Error::os("cannot make a password"))?;
+    win::random_bytes(&mut random).map_err(Error::os("make a password"))?;
     Ok(password_from(&random))
 }
 
-fn win_err(what: &'static str, path: &str) -> impl FnOnce(io::Error) -> Error {
-    Error::io(what, path)
+fn win_err(op: &'static str, path: &str) -> impl FnOnce(io::Error) -> Error {
+    Error::io(op, path)
 }
 
 pub(super) fn prepare_slot(driver: &WindowsUserDriver, slot: &SlotPaths) -> Result<()> {
@@ -55,10 +55,9 @@ pub(super) fn prepare_slot(driver: &WindowsUserDriver, slot: &SlotPaths) -> Resu
         let mut made = driver.made.lock().unwrap_or_else(|e| e.into_inner());
         // The empty name stands for the base directory.
         if !made.contains("") {
-            std::fs::create_dir_all(base).map_err(win_err("cannot create", base))?;
+            std::fs::create_dir_all(base).map_err(win_err("create", base))?;
             if users == SlotUsers::Dedicated {
-                win::acl::apply(&base_acl(base))
-                    .map_err(win_err("cannot restrict access to", base))?;
+                win::acl::apply(&base_acl(base)).map_err(win_err("restrict access to", base))?;
             }
             made.insert(String::new());
         }
@@ -75,13 +74,13 @@ pub(super) fn prepare_slot(driver: &WindowsUserDriver, slot: &SlotPaths) -> Resu
     match std::fs::create_dir(&slot.root) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(win_err("cannot create the slot", &slot.root)(e)),
+        Err(e) => return Err(win_err("create the slot", &slot.root)(e)),
     }
     if users == SlotUsers::Dedicated {
         // On the empty directory, so everything the checkout writes inherits it: setting it
         // later would rewrite every file's security, and the checkout's manifest with it.
         win::acl::apply(&slot_acl(slot, users))
-            .map_err(win_err("cannot restrict access to", &slot.root))?;
+            .map_err(win_err("restrict access to", &slot.root))?;
     }
     Ok(())
 }
@@ -91,7 +90,7 @@ pub(super) fn run(detail: &RunDetail, log: &mut dyn Write, cancel: &Cancel) -> R
         return Ok(outcome);
     }
     for dir in &detail.dirs {
-        std::fs::create_dir_all(dir).map_err(win_err("cannot create", dir))?;
+        std::fs::create_dir_all(dir).map_err(win_err("create", dir))?;
     }
     let password;
     let fresh_password = |user: &str| -> Result<String> {
@@ -120,7 +119,7 @@ pub(super) fn run(detail: &RunDetail, log: &mut dyn Write, cancel: &Cancel) -> R
         }
         Logon::CurrentUser => process::Logon::Current,
     };
-    let (reader, writer) = io::pipe().map_err(Error::os("cannot create a pipe"))?;
+    let (reader, writer) = io::pipe().map_err(Error::os("create a pipe"))?;
     let spawned = process::spawn(
         &process::Spawn {
             command_line: &detail.command_line,
@@ -137,7 +136,7 @@ pub(super) fn run(detail: &RunDetail, log: &mut dyn Write, cancel: &Cancel) -> R
         // A missing program is the job's failure, as in a shell.
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             writeln!(log, "strata: cannot run `{}`: {e}", detail.command_line)
-                .map_err(Error::os("cannot write the job log"))?;
+                .map_err(Error::os("write the job log"))?;
             return Ok(Outcome::Exited(NOT_FOUND));
         }
         Err(e) => {
@@ -165,7 +164,7 @@ pub(super) fn remove_slots(driver: &WindowsUserDriver) -> Result<Vec<String>> {
         match std::fs::remove_dir_all(&slot.root) {
             Ok(()) => removed.push(format!("directory {}", slot.root)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(win_err("cannot remove", &slot.root)(e)),
+            Err(e) => return Err(win_err("remove", &slot.root)(e)),
         }
     }
     driver

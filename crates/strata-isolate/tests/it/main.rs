@@ -1,7 +1,7 @@
 //! Integration tests: the drivers against real processes, real runc and a busybox rootfs.
 //!
 //! Tests that need runc, root or a static busybox skip themselves when those are missing,
-//! except under CI (`CI` set), where a missing tool fails them.
+//! except under CI (`CI` set), where a missing tool fails them (`strata_test_support::require`).
 
 #[cfg(unix)]
 mod host;
@@ -12,22 +12,6 @@ mod runc;
 use std::io;
 #[cfg(target_os = "linux")]
 use std::time::{Duration, Instant};
-
-/// Whether a test needing `what` can run: `problem` is why not. Fails under CI.
-#[cfg(target_os = "linux")]
-#[allow(clippy::print_stderr, reason = "a skipped test says why it skipped")]
-pub(crate) fn require(what: &str, problem: Option<String>) -> bool {
-    match problem {
-        None => true,
-        Some(problem) if std::env::var_os("CI").is_some() => {
-            panic!("{what} is required under CI: {problem}")
-        }
-        Some(problem) => {
-            eprintln!("skipping: {what} is unavailable: {problem}");
-            false
-        }
-    }
-}
 
 /// Whether a process whose argv is exactly `argv` is alive (zombies have no argv).
 #[cfg(target_os = "linux")]

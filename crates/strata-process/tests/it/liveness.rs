@@ -2,20 +2,20 @@
 //! alike on every OS (Windows under Wine included).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use strata_process::{Owner, name_owner, unique_name};
+use strata_test_support::{child_test, child_var};
 
 /// Set in the child's environment: the child test then prints a name it made and waits for
 /// its stdin to close.
 const CHILD: &str = "STRATA_PROCESS_TEST_CHILD";
 
 #[test]
+#[ignore = "child process of the liveness tests, through `spawn`"]
 fn child() {
-    if std::env::var_os(CHILD).is_none() {
-        return;
-    }
+    child_var(CHILD);
     // Straight to stdout: the parent reads it, whatever libtest captures.
     let mut out = std::io::stdout();
     writeln!(out, "NAME {}", unique_name("t-")).unwrap();
@@ -26,13 +26,7 @@ fn child() {
 
 /// A child process that has printed the name it made and runs until its stdin closes.
 fn spawn() -> (Child, String) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "liveness::child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let mut child = child_test("liveness::child")
         .env(CHILD, "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

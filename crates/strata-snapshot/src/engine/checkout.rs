@@ -5,7 +5,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use strata_cas::LayerId;
+use strata_cas::{DevicePolicy, ExtractOptions, LayerId, SetuidPolicy, WhiteoutMode};
 
 use super::files::bytes_path;
 #[cfg(target_os = "linux")]
@@ -85,15 +85,22 @@ impl Engine {
     ) -> Result<()> {
         let chain = self.with_index(|ix| Ok(ix.chain(snapshot)?))?;
         let ids: Vec<LayerId> = chain.iter().map(|row| row.layer).collect();
-        let layers = self.ensure_unpacked(&ids)?;
-        failpoint_for(
-            mode,
-            "checkout.overlay.unpacked",
-            "checkout.portable.unpacked",
-        );
-        match mode {
-            CheckoutMode::Overlay => self.mount_overlay(&chain, &layers, state, dir)?,
-            CheckoutMode::Portable => self.materialize(&chain, &layers, state, dir)?,
+        if mode == CheckoutMode::Portable && !self.portable_from_cache(&ids) {
+            failpoint("checkout.portable.unpacked");
+            self.stream_layers(&chain, dir)?;
+            let manifest = portable::manifest_of_written(dir)?;
+            write_manifest(state, &manifest)?;
+        } else {
+            let layers = self.ensure_unpacked(&ids)?;
+            failpoint_for(
+                mode,
+                "checkout.overlay.unpacked",
+                "checkout.portable.unpacked",
+            );
+            match mode {
+                CheckoutMode::Overlay => self.mount_overlay(&chain, &layers, state, dir)?,
+                CheckoutMode::Portable => self.materialize(&chain, &layers, state, dir)?,
+            }
         }
         failpoint_for(mode, "checkout.overlay.mounted", "checkout.portable.done");
         let ids: Vec<SnapshotId> = chain.iter().map(|r| r.id).collect();
@@ -219,12 +226,51 @@ impl Engine {
             // Rewritten files changed their ctime: the diff must not see them as changes.
             manifest = portable::manifest_of(dir)?;
         }
-        failpoint("checkout.portable.materialized");
-        // Written whole then renamed: a manifest that exists marks a complete checkout.
-        let path = state.join("manifest");
-        let tmp = state.join("manifest.tmp");
-        fs::write(&tmp, manifest.to_bytes()).map_err(io_err("write", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err("rename into place", &path))?;
+        write_manifest(state, &manifest)
+    }
+
+    /// Whether a portable checkout (or copy) of these layers is built from the
+    /// unpacked-layer cache: when every layer is unpacked already, or when the store's
+    /// filesystem clones files (filling the cache then costs about what streaming would,
+    /// and every later checkout of the stack is a clone). Otherwise the layers are streamed
+    /// from their blobs straight into the target, as `tar -x` of each would, which writes
+    /// the tree once instead of twice and leaves the cache as it was.
+    fn portable_from_cache(&self, ids: &[LayerId]) -> bool {
+        ids.iter().all(|id| self.is_unpacked(id))
+            || *self
+                .clones
+                .get_or_init(|| portable::can_clone(&self.unpacked))
+    }
+
+    /// Applies the layers of `chain` from their blobs onto `dir`, base first: whiteouts
+    /// delete what lower layers made, through the CAS's hardened extractor (every path
+    /// resolved inside `dir`). Each layer's recorded root is rewritten right after the
+    /// layer is applied, so that a file an upper layer replaces or deletes is the upper
+    /// layer's, as in the merged view.
+    fn stream_layers(&self, chain: &[SnapshotRow], dir: &Path) -> Result<()> {
+        let opts = ExtractOptions {
+            devices: if self.privileged {
+                DevicePolicy::Create
+            } else {
+                DevicePolicy::Skip
+            },
+            setuid: SetuidPolicy::Keep,
+            whiteouts: WhiteoutMode::Apply,
+            ..ExtractOptions::default()
+        };
+        let target = index::path_to_bytes(dir);
+        for row in chain {
+            self.cas.apply(&row.layer, dir, &opts)?;
+            let recorded = self.with_index(|ix| Ok(ix.relocations(&row.layer)?))?;
+            if let Some((root, raw)) = recorded
+                && root != target
+            {
+                let records = relocate::Records::from_bytes(&raw)?;
+                if !records.files.is_empty() {
+                    relocate::relocate(dir, &records, &target)?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -268,12 +314,25 @@ impl Engine {
     fn copy_leased(&self, snapshot: &SnapshotId, dir: &Path) -> Result<()> {
         let chain = self.with_index(|ix| Ok(ix.chain(snapshot)?))?;
         let ids: Vec<LayerId> = chain.iter().map(|row| row.layer).collect();
+        if !self.portable_from_cache(&ids) {
+            return self.stream_layers(&chain, dir);
+        }
         let layers = self.ensure_unpacked(&ids)?;
         let refs: Vec<&Path> = layers.iter().map(PathBuf::as_path).collect();
         portable::materialize(&refs, dir)?;
         self.relocate_copy(&chain, &layers, dir)?;
         Ok(())
     }
+}
+
+/// Writes a portable checkout's manifest into its state dir, whole then renamed: a
+/// manifest that exists marks a complete checkout.
+fn write_manifest(state: &Path, manifest: &portable::Manifest) -> Result<()> {
+    failpoint("checkout.portable.materialized");
+    let path = state.join("manifest");
+    let tmp = state.join("manifest.tmp");
+    fs::write(&tmp, manifest.to_bytes()).map_err(io_err("write", &tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err("rename into place", &path))
 }
 
 /// Whether layer directory `upper` has an entry (or a whiteout of one) at `path` or above it.

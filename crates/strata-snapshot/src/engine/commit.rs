@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::Path;
 
-use strata_cas::{Change, ChangeKind, CreateOptions};
+use strata_cas::{Change, ChangeKind, CreateOptions, Progress};
 
 use super::files::bytes_path;
 use super::unpacked::mark_unsynced;
@@ -21,6 +21,18 @@ impl Engine {
     /// for `gc`, like any blob no row names). The checkout stays tracked as it was, an
     /// overlay one mounted again, to be committed once the problem is fixed or released.
     pub fn commit(&self, dir: &Path, tag: Option<&str>) -> Result<Snapshot> {
+        self.commit_with_progress(dir, tag, &Progress::default())
+    }
+
+    /// [`commit`](Engine::commit), advancing `progress` by the uncompressed bytes of the new
+    /// layer as they are compressed; its total is set, once the changes are listed, to their
+    /// file data plus an allowance for tar headers.
+    pub fn commit_with_progress(
+        &self,
+        dir: &Path,
+        tag: Option<&str>,
+        progress: &Progress,
+    ) -> Result<Snapshot> {
         let row = self.tracked(dir)?;
         let mode = row.mode;
         let state = row.state_dir.clone().unwrap_or_default();
@@ -28,7 +40,7 @@ impl Engine {
             CheckoutMode::Overlay => self.unmount_to_commit(&row, &state)?,
             CheckoutMode::Portable => false,
         };
-        let snapshot = match self.commit_changes(&row, mode, &state, tag) {
+        let snapshot = match self.commit_changes(&row, mode, &state, tag, progress) {
             Ok(snapshot) => snapshot,
             Err(e) => {
                 // Put the checkout back as it was. Should that fail too, it stays unmounted,
@@ -76,6 +88,7 @@ impl Engine {
         mode: CheckoutMode,
         state: &Path,
         tag: Option<&str>,
+        progress: &Progress,
     ) -> Result<SnapshotRow> {
         let (source, changes) = match mode {
             CheckoutMode::Overlay => {
@@ -100,9 +113,10 @@ impl Engine {
         // Held until the upper dir is in place too: `gc` must not drop the new layer (pruned
         // at once by another process) between recording it and moving its directory in.
         let gc = self.gc_lock(false)?;
-        let info =
-            self.cas
-                .put_changes(&source, &changes, &create_options(bytes, changes.len()))?;
+        let mut options = create_options(bytes, changes.len());
+        progress.set_total(tar_estimate(bytes, changes.len()));
+        options.progress = progress.clone();
+        let info = self.cas.put_changes(&source, &changes, &options)?;
         failpoint_for(mode, "commit.overlay.stored", "commit.portable.stored");
         // The blob is on disk (the CAS flushed it). An overlay commit flushes the new rows
         // together with the upper dir below, in one go; a portable one flushes the index.
@@ -158,6 +172,12 @@ fn changed_files(tree: &Path, changes: &[Change]) -> (Vec<Vec<u8>>, u64) {
     (files, bytes)
 }
 
+/// An upper bound of the tar size of `entries` entries holding `bytes` of file data:
+/// headers, padding and PAX records at a generous 4 KiB per entry.
+fn tar_estimate(bytes: u64, entries: usize) -> u64 {
+    bytes.saturating_add(4096u64.saturating_mul(entries as u64 + 1))
+}
+
 /// How to compress a layer of `entries` entries and about `bytes` bytes of file data. Most
 /// commits of a build step are small: a layer that surely fits in one zstd frame is
 /// compressed on this thread, with a chunk buffer of its size rather than the default's
@@ -165,9 +185,10 @@ fn changed_files(tree: &Path, changes: &[Change]) -> (Vec<Vec<u8>>, u64) {
 /// few kilobytes). The blob is the same either way: one frame of the whole tar.
 fn create_options(bytes: u64, entries: usize) -> CreateOptions {
     let defaults = CreateOptions::default();
-    // Headers, padding and PAX records: a generous 4 KiB per entry, and twice that in all.
-    let tar = bytes.saturating_add(4096u64.saturating_mul(entries as u64 + 1));
-    let chunk = tar.saturating_mul(2).next_power_of_two();
+    // Twice the generous estimate in all.
+    let chunk = tar_estimate(bytes, entries)
+        .saturating_mul(2)
+        .next_power_of_two();
     if chunk < defaults.chunk_size as u64 {
         CreateOptions {
             threads: 1,

@@ -1,10 +1,11 @@
 //! Discarding checkouts: unmounted, their state moved aside (the point of no return), their
-//! trees deleted in the background, their rows removed.
+//! trees moved into the trash (deleted in the background), their rows removed.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::{
     CheckoutMode, Engine, Error, Result, canonical, failpoint, failpoint_for, io_err, remove_tree,
@@ -62,8 +63,8 @@ impl Engine {
             "discard.overlay.abandoned",
             "discard.portable.abandoned",
         );
-        // The tree joins the moved-aside state, to be deleted in the background; where it
-        // cannot be moved (another filesystem) it is deleted now.
+        // The tree joins the moved-aside state, to be deleted in the background with it; where
+        // it cannot be moved (another filesystem) it is deleted now.
         let moved = trash.as_ref().is_some_and(|trash| {
             row.dir.exists() && fs::rename(&row.dir, trash.join("released-tree")).is_ok()
         });
@@ -74,29 +75,33 @@ impl Engine {
         let dir = row.dir.clone();
         self.with_index(|ix| Ok(ix.remove_checkout(&dir).map(|_| ())?))?;
         failpoint_for(mode, "discard.overlay.state", "discard.portable.state");
+        // The state, the tree with it, joins the trash: one rename, and the deletion happens
+        // off the caller's path.
         if let Some(trash) = trash {
-            self.reaper.delete(trash);
+            self.discard_tree(&trash)?;
+            self.reaper.empty(self.trash.clone());
         }
         Ok(())
     }
 }
 
-/// Deletes released checkout trees on a background thread, so that `commit` and `release`
-/// return once the index no longer tracks the checkout, not once 20,000 files are unlinked.
-/// The trees wait in `checkouts-v1/x-<owner>-<n>` directories: if the process dies first, the
-/// next `Engine::open` sweeps them like any other state of a dead process. Dropping the
-/// engine waits for the deletions to finish.
+/// Empties the store's trash on a background thread, so that `commit` and `release` return
+/// once the index no longer tracks the checkout, not once 20,000 files are unlinked. What is
+/// left when the process dies stays in the trash for the next deleter (see `trash.rs`).
+/// Dropping it waits for the deletions to finish, unless [`Reaper::stop`] came first.
 #[derive(Debug, Default)]
 pub(super) struct Reaper {
     queue: Mutex<Option<std::sync::mpsc::Sender<Reap>>>,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set to make the worker stop between two entries.
+    stop: Arc<AtomicBool>,
 }
 
 /// Work for the reaper thread.
 enum Reap {
-    /// Delete this tree.
-    Tree(PathBuf),
-    /// Report when everything queued before is deleted.
+    /// Empty this trash directory.
+    Trash(PathBuf),
+    /// Report when everything queued before is done.
     Flush(std::sync::mpsc::SyncSender<()>),
 }
 
@@ -105,19 +110,12 @@ impl Reaper {
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         if queue.is_none() {
             let (tx, rx) = std::sync::mpsc::channel::<Reap>();
+            let stop = Arc::clone(&self.stop);
             let worker = std::thread::Builder::new()
                 .name("strata-reaper".into())
                 .spawn(move || {
                     for job in rx {
-                        match job {
-                            // Best effort: what is left is swept by the next open.
-                            Reap::Tree(path) => {
-                                let _ = remove_tree(&path);
-                            }
-                            Reap::Flush(done) => {
-                                let _ = done.send(());
-                            }
-                        }
+                        Self::run(job, &stop);
                     }
                 });
             match worker {
@@ -125,18 +123,21 @@ impl Reaper {
                     *self.worker.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
                     *queue = Some(tx);
                 }
-                Err(_) => return Self::run_inline(job),
+                Err(_) => return Self::run(job, &self.stop),
             }
         }
         if let Some(Err(std::sync::mpsc::SendError(job))) = queue.as_ref().map(|q| q.send(job)) {
-            Self::run_inline(job);
+            Self::run(job, &self.stop);
         }
     }
 
-    fn run_inline(job: Reap) {
+    fn run(job: Reap, stop: &AtomicBool) {
         match job {
-            Reap::Tree(path) => {
-                let _ = remove_tree(&path);
+            // Best effort: what is left stays in the trash for the next deleter.
+            Reap::Trash(dir) => {
+                if !stop.load(Ordering::Relaxed) {
+                    let _ = super::trash::empty(&dir, stop);
+                }
             }
             Reap::Flush(done) => {
                 let _ = done.send(());
@@ -144,8 +145,9 @@ impl Reaper {
         }
     }
 
-    pub(super) fn delete(&self, path: PathBuf) {
-        self.send(Reap::Tree(path));
+    /// Has the trash at `dir` emptied in the background.
+    pub(super) fn empty(&self, dir: PathBuf) {
+        self.send(Reap::Trash(dir));
     }
 
     pub(super) fn flush(&self) {
@@ -160,13 +162,24 @@ impl Reaper {
             let _ = wait.recv();
         }
     }
-}
 
-impl Drop for Reaper {
-    fn drop(&mut self) {
+    /// Stops the worker between two entries (the tree it was deleting goes back to the
+    /// trash) and waits for it, which takes no longer than unlinking one file.
+    pub(super) fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.join();
+    }
+
+    fn join(&self) {
         drop(self.queue.lock().unwrap_or_else(|p| p.into_inner()).take());
         if let Some(worker) = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = worker.join();
         }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.join();
     }
 }

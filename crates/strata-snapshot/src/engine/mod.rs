@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use std::io::Read;
 
-use strata_cas::{CreateOptions, LayerId, LayerInfo, Limits, OciDigests, Store};
+use strata_cas::{CreateOptions, LayerId, LayerInfo, Limits, OciDigests, Progress, Store};
 
 use crate::index::{Index, LayerRow, SnapshotRow};
 use crate::{CheckoutMode, Snapshot, SnapshotId, relocate};
@@ -20,6 +20,7 @@ mod error;
 mod files;
 mod recovery;
 mod snapshots;
+mod trash;
 mod unpacked;
 
 use discard::Reaper;
@@ -29,6 +30,8 @@ pub use error::{Error, Result};
 pub(crate) use files::{canonical, remove_tree};
 pub(crate) use recovery::{CheckoutHealth, overlay_mounts};
 pub use snapshots::Lease;
+pub(crate) use trash::TRASH_DIR;
+pub use trash::TrashHandoff;
 #[cfg(target_os = "linux")]
 pub(crate) use unpacked::sync_filesystems;
 pub(crate) use unpacked::variant_suffix;
@@ -69,10 +72,13 @@ fn failpoint_for(mode: CheckoutMode, overlay: &'static str, portable: &'static s
 /// │   ├── <layer>@dup-<n>       a hard-linked twin, for a layer that repeats in one stack
 /// │   └── tmp-<owner>-<n>       an unpack in progress; renamed into place when complete
 /// ├── caches-v1/views/<owner>-<n>/  private views of shared caches (tracked checkouts)
-/// └── checkouts-v1/
-///     ├── c-<owner>-<n>/        state of one tracked checkout, made by process <owner>:
-///     │                         upper/ + work/ (overlay) or manifest (portable)
-///     └── x-<owner>-<n>/        state of a checkout being discarded by process <owner>
+/// ├── checkouts-v1/
+/// │   ├── c-<owner>-<n>/        state of one tracked checkout, made by process <owner>:
+/// │   │                         upper/ + work/ (overlay) or manifest (portable)
+/// │   └── x-<owner>-<n>/        state of a checkout being discarded by process <owner>
+/// └── trash-v1/                 trees nobody uses, deleted off the user's path:
+///     ├── t-<…>                 waiting for a deleter
+///     └── d-<owner>-<n>         being deleted by process <owner>
 /// ```
 ///
 /// The root, `unpacked-v1/`, `checkouts-v1/` and `caches-v1/` are private to the store's
@@ -101,7 +107,7 @@ fn failpoint_for(mode: CheckoutMode, overlay: &'static str, portable: &'static s
 /// and one query):
 ///
 /// - `unpacked-v1/tmp-*` and row-less `checkouts-v1/*` of processes that no longer run are
-///   removed, after detaching overlay mounts that sit under them;
+///   moved into the trash, after detaching overlay mounts that sit under them;
 /// - a tracked checkout whose state dir is gone, or an overlay one without `upper/`, was
 ///   being discarded or committed: the discard is finished (mount detached, files, row);
 /// - a portable checkout without its manifest whose maker no longer runs was half made: it
@@ -140,7 +146,6 @@ fn failpoint_for(mode: CheckoutMode, overlay: &'static str, portable: &'static s
 /// failpoints (`FAILPOINTS`) sit between the effects, so tests can kill a process at each of
 /// them (`STRATA_FAILPOINT=<name>` aborts the process there). Without it they compile to
 /// nothing.
-#[derive(Debug)]
 pub struct Engine {
     root: PathBuf,
     cas: Store,
@@ -148,7 +153,66 @@ pub struct Engine {
     unpacked: PathBuf,
     states: PathBuf,
     privileged: bool,
+    /// `trash-v1/`: see `trash.rs`.
+    trash: PathBuf,
+    /// Whether the store's filesystem clones files, probed on first need.
+    pub(crate) clones: std::sync::OnceLock<bool>,
     reaper: Reaper,
+    handoff: Mutex<Option<TrashHandoff>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let handoff = self
+            .handoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        f.debug_struct("Engine")
+            .field("root", &self.root)
+            .field("cas", &self.cas)
+            .field("privileged", &self.privileged)
+            .field("trash_handoff", &handoff)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let handoff = self
+            .handoff
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match handoff {
+            // A short-lived process: stop deleting, and let something else finish.
+            Some(handoff) => {
+                self.reaper.stop();
+                if self.trash_pending() {
+                    let _ = handoff(&self.root);
+                }
+            }
+            None => self.reaper.flush(),
+        }
+    }
+}
+
+/// Where a snapshot's top layer was committed and which of its files mention that root
+/// ([`Engine::root_record`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RootRecord {
+    /// The checkout root, as bytes of the path.
+    pub root: Vec<u8>,
+    /// The relocation records, in the store's own format; empty when no file mentions it.
+    pub relocations: Vec<u8>,
+}
+
+impl RootRecord {
+    /// A record of `root` with `relocations` as [`Engine::root_record`] gave them.
+    pub fn new(root: Vec<u8>, relocations: Vec<u8>) -> RootRecord {
+        RootRecord { root, relocations }
+    }
 }
 
 /// A name for something this process makes and may leave behind if it dies
@@ -170,9 +234,10 @@ impl Engine {
         let root = canonical(root).map_err(io_err("resolve", root))?;
         let unpacked = root.join("unpacked-v1");
         let states = root.join("checkouts-v1");
+        let trash = root.join(TRASH_DIR);
         // The root is private already (the CAS made it so); these are too, in case the root
         // is ever opened up: they hold whole trees, setuid files and device nodes included.
-        for dir in [&unpacked, &states] {
+        for dir in [&unpacked, &states, &trash] {
             strata_cas::private_dir(dir)?;
         }
         let caches = root.join(crate::caches::CACHES_DIR);
@@ -187,16 +252,22 @@ impl Engine {
             unpacked,
             states,
             privileged: is_root(),
+            trash,
+            clones: std::sync::OnceLock::new(),
             reaper: Reaper::default(),
+            handoff: Mutex::new(None),
         };
         engine.recover()?;
         Ok(engine)
     }
 
     /// Waits until the trees of released checkouts, deleted in the background, are gone
-    /// (before measuring disk usage, say). Dropping the engine waits for them too.
+    /// (before measuring disk usage, say), and deletes what else the trash holds, but for
+    /// trees other live processes are deleting. Dropping the engine waits for the
+    /// background deletions too, unless a handoff is set ([`Engine::hand_off_trash`]).
     pub fn wait_for_deletions(&self) {
         self.reaper.flush();
+        let _ = self.empty_trash();
     }
 
     /// The store directory.
@@ -222,8 +293,22 @@ impl Engine {
 
     /// Makes a base snapshot from a root filesystem tarball (`.tar`, `.tar.gz`, `.tar.zst`).
     pub fn import(&self, tarball: &Path, tag: Option<&str>) -> Result<Snapshot> {
+        self.import_with_progress(tarball, tag, &Progress::default())
+    }
+
+    /// [`import`](Engine::import), advancing `progress` by the uncompressed bytes stored.
+    pub fn import_with_progress(
+        &self,
+        tarball: &Path,
+        tag: Option<&str>,
+        progress: &Progress,
+    ) -> Result<Snapshot> {
         let _gc = self.gc_lock(false)?;
-        let info = self.cas.put_file(tarball)?;
+        let options = CreateOptions {
+            progress: progress.clone(),
+            ..CreateOptions::default()
+        };
+        let info = self.cas.put_file_with(tarball, &options)?;
         failpoint("import.stored");
         let row = self.record(None, &info, None, None, tag, true)?;
         failpoint("import.recorded");
@@ -280,6 +365,75 @@ impl Engine {
             entries: 0,
         };
         let row = self.record(parent.copied(), &info, None, None, tag, true)?;
+        self.with_tags(row)
+    }
+
+    /// The root `snapshot`'s top layer was committed at and the relocation records of its
+    /// files, as stored; none for a layer recorded without a root (imported). With
+    /// [`Engine::add_snapshot_at`], this copies a built snapshot to another store (through a
+    /// shared cache) so that it is relocated there as it is here.
+    pub fn root_record(&self, snapshot: &SnapshotId) -> Result<Option<RootRecord>> {
+        let Some(row) = self.snapshot(snapshot)? else {
+            return Err(crate::index::Error::MissingSnapshot { id: *snapshot }.into());
+        };
+        let Some(root) = row.root_path.as_deref().map(crate::index::path_to_bytes) else {
+            return Ok(None);
+        };
+        let relocations = self
+            .with_index(|ix| Ok(ix.relocations(&row.layer)?))?
+            .filter(|(recorded, _)| *recorded == root)
+            .map(|(_, records)| records)
+            .unwrap_or_default();
+        Ok(Some(RootRecord { root, relocations }))
+    }
+
+    /// [`Engine::add_snapshot`] for a layer committed at another store's root: the snapshot
+    /// records `record`'s root and relocation records (checked to be well-formed and to name
+    /// that root), so checkouts here relocate its files as the store that built it would.
+    pub fn add_snapshot_at(
+        &self,
+        parent: Option<&SnapshotId>,
+        layer: &LayerId,
+        tag: Option<&str>,
+        record: &RootRecord,
+    ) -> Result<Snapshot> {
+        if let Some(parent) = parent
+            && self.snapshot(parent)?.is_none()
+        {
+            return Err(crate::index::Error::MissingParent { id: *parent }.into());
+        }
+        let records = if record.relocations.is_empty() {
+            relocate::Records {
+                root: record.root.clone(),
+                files: Vec::new(),
+            }
+        } else {
+            relocate::Records::from_bytes(&record.relocations)?
+        };
+        if records.root != record.root {
+            return Err(relocate::Error::InvalidRecords {
+                path: crate::index::bytes_to_path(record.root.clone()),
+                problem: "the relocation records name another root".to_owned(),
+            }
+            .into());
+        }
+        let _gc = self.gc_lock(false)?;
+        let blob = self.cas.stat(layer)?;
+        let info = LayerInfo {
+            id: *layer,
+            uncompressed_size: blob.uncompressed_size,
+            compressed_size: blob.compressed_size,
+            frames: blob.frames,
+            entries: 0,
+        };
+        let row = self.record(
+            parent.copied(),
+            &info,
+            Some(record.root.clone()),
+            Some(&records),
+            tag,
+            true,
+        )?;
         self.with_tags(row)
     }
 

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::{CheckoutMode, Engine, Result, io_err, remove_tree};
+use super::{CheckoutMode, Engine, Result, io_err};
 use crate::index::CheckoutRow;
 
 /// The shape a tracked checkout is in, as recovery and `fsck` judge it.
@@ -33,7 +33,7 @@ impl Engine {
     /// `fsck` to report, and must not stop the store from opening.
     pub(super) fn recover(&self) -> Result<()> {
         for tmp in self.partial_unpacks()? {
-            let _ = remove_tree(&tmp);
+            let _ = self.discard_tree(&tmp);
         }
         let rows = self.with_index(|ix| Ok(ix.checkouts()?))?;
         for row in &rows {
@@ -49,8 +49,11 @@ impl Engine {
         }
         // Cache views of dead processes would otherwise pin their snapshots forever.
         let _ = self.cache_sweep_dead_views();
-        // Recovery is rare: finish its deletions so the store is clean once open returns.
-        self.reaper.flush();
+        // What recovery moved into the trash, and what dead deleters left there, is deleted
+        // in the background (and handed off at the end, see `Engine::hand_off_trash`).
+        if self.trash_pending() {
+            self.reaper.empty(self.trash.clone());
+        }
         self.with_index(|ix| Ok(ix.expire_dead_leases().map(|_| ())?))
     }
 
@@ -87,13 +90,14 @@ impl Engine {
             .collect())
     }
 
-    /// Removes a stray state dir, detaching any overlay mount that sits under it first.
+    /// Moves a stray state dir into the trash, detaching any overlay mount that sits under
+    /// it first.
     pub(crate) fn remove_stray_state(&self, state: &Path) -> Result<()> {
         #[cfg(target_os = "linux")]
         for point in crate::overlay::mounts_under(state)? {
             detach(&point)?;
         }
-        remove_tree(state)
+        self.discard_tree(state)
     }
 
     /// What shape a tracked checkout is in. `mounts` (the overlay mount points of the host)

@@ -19,18 +19,9 @@ impl Engine {
     /// extracted into `tmp-<owner>-*` and renamed into place once flushed: on Linux with one
     /// `syncfs` for all of them (a cold checkout of ten layers paid ten), elsewhere by the
     /// extraction itself.
-    pub(super) fn ensure_unpacked(&self, layers: &[LayerId]) -> Result<Vec<PathBuf>> {
+    pub(crate) fn ensure_unpacked(&self, layers: &[LayerId]) -> Result<Vec<PathBuf>> {
         let overlay_format = self.privileged;
-        let targets: Vec<PathBuf> = layers
-            .iter()
-            .map(|layer| {
-                self.unpacked.join(if overlay_format {
-                    layer.to_hex()
-                } else {
-                    format!("{}.plain", layer.to_hex())
-                })
-            })
-            .collect();
+        let targets: Vec<PathBuf> = layers.iter().map(|l| self.unpacked_path(l)).collect();
         let opts = ExtractOptions {
             devices: if self.privileged {
                 DevicePolicy::Create
@@ -92,6 +83,22 @@ impl Engine {
             self.with_index(|ix| Ok(ix.set_layer_unpacked(&layer, true)?))?;
         }
         Ok(targets)
+    }
+
+    /// Where `layer` is unpacked: in overlayfs's format as root, with `.wh.` files
+    /// (`<layer>.plain`) otherwise.
+    fn unpacked_path(&self, layer: &LayerId) -> PathBuf {
+        self.unpacked.join(if self.privileged {
+            layer.to_hex()
+        } else {
+            format!("{}.plain", layer.to_hex())
+        })
+    }
+
+    /// Whether `layer` is unpacked and trusted (see [`Engine::ensure_unpacked`]).
+    pub(super) fn is_unpacked(&self, layer: &LayerId) -> bool {
+        let path = self.unpacked_path(layer);
+        path.is_dir() && !unsynced_in_earlier_boot(&path)
     }
 
     /// Removes the twins and relocated variants (`<name>@…`) derived from the unpacked layer

@@ -216,6 +216,21 @@ pub fn manifest_of(dir: &Path) -> Result<Manifest> {
     imp::manifest_of(dir)
 }
 
+/// The manifest of a tree this process has just written (a checkout streamed from layer
+/// blobs): like [`manifest_of`], but on Unix the root's times are set again, as
+/// [`materialize`] does, to read the filesystem's own clock rather than waiting out a
+/// margin on the system clock. The root must not change meanwhile.
+pub fn manifest_of_written(dir: &Path) -> Result<Manifest> {
+    imp::manifest_of_written(dir)
+}
+
+/// Whether the filesystem holding `dir` clones files (`FICLONE` on Linux, `clonefile` on
+/// APFS, block cloning on ReFS), so that copying a tree costs no data; probed with two
+/// small files in `dir`, removed again.
+pub fn can_clone(dir: &Path) -> bool {
+    imp::can_clone(dir)
+}
+
 // ---- shared by the platform implementations (and unit-tested on every platform) ----
 
 /// What a layer holds at one name of a directory being merged.
@@ -442,6 +457,14 @@ mod imp {
             what: "taking a manifest",
             path: dir.to_path_buf(),
         })
+    }
+
+    pub(super) fn manifest_of_written(dir: &Path) -> Result<Manifest> {
+        manifest_of(dir)
+    }
+
+    pub(super) fn can_clone(_dir: &Path) -> bool {
+        false
     }
 }
 

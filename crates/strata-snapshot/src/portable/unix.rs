@@ -314,22 +314,84 @@ pub(super) fn materialize(
             }
         }
     };
-    // Return only once the filesystem's clock has passed every recorded ctime, so any
-    // later change gives its entry a ctime the manifest cannot hold. The root's ctime,
-    // set by this futimens, reads that clock.
-    let newest = m.entries.iter().map(|e| e.stat.ctime).max();
-    let deadline = Instant::now() + CLOCK_WAIT_MAX;
-    let taken = loop {
-        rustix::fs::futimens(&out, &times).map_err(io_err("set the times of", target, b""))?;
-        let st = rustix::fs::fstat(&out).map_err(io_err("stat", target, b""))?;
-        let now = entry_stat(&st).ctime;
-        if newest.is_none_or(|c| now > c) || Instant::now() >= deadline {
-            break now;
-        }
-        std::thread::sleep(CLOCK_POLL);
-    };
+    let taken = settle_root(&out, &times, &m.entries, target)?;
     m.report.entries = m.entries.len() as u64;
     Ok((Manifest::new(taken, m.entries), m.report))
+}
+
+/// Sets the times of the root `out` of a tree just written (which moves its ctime to the
+/// filesystem's clock) until that clock has passed every ctime in `entries`, and returns
+/// it: the manifest's time. Any later change then gives its entry a ctime the manifest
+/// cannot hold.
+fn settle_root(
+    out: &OwnedFd,
+    times: &Timestamps,
+    entries: &[ManifestEntry],
+    target: &Path,
+) -> Result<Timestamp> {
+    let newest = entries.iter().map(|e| e.stat.ctime).max();
+    let deadline = Instant::now() + CLOCK_WAIT_MAX;
+    loop {
+        rustix::fs::futimens(out, times).map_err(io_err("set the times of", target, b""))?;
+        let st = rustix::fs::fstat(out).map_err(io_err("stat", target, b""))?;
+        let now = entry_stat(&st).ctime;
+        if newest.is_none_or(|c| now > c) || Instant::now() >= deadline {
+            return Ok(now);
+        }
+        std::thread::sleep(CLOCK_POLL);
+    }
+}
+
+pub(super) fn manifest_of_written(dir: &Path) -> Result<Manifest> {
+    let root = open_root(dir)?;
+    let mut entries = Vec::new();
+    let walk = FdDir(open_root(dir)?);
+    collect(dir, &walk, &mut Vec::new(), &mut entries)?;
+    let st = rustix::fs::fstat(&root).map_err(io_err("stat", dir, b""))?;
+    let taken = settle_root(&root, &times_of(&st), &entries, dir)?;
+    Ok(Manifest::new(taken, entries))
+}
+
+/// Whether files in `dir` can be cloned (`FICLONE`, `clonefile`): tried on two probe
+/// files, removed again.
+pub(super) fn can_clone(dir: &Path) -> bool {
+    let Ok(root) = open_root(dir) else {
+        return false;
+    };
+    let name = |n: u8| format!(".clone-probe-{}-{n}", std::process::id());
+    let (a, b) = (name(0), name(1));
+    let create = |name: &str| {
+        rustix::fs::openat(
+            &root,
+            name,
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            owner_only(0o600),
+        )
+    };
+    let cloned = (|| {
+        let src = create(&a).ok()?;
+        rustix::io::write(&src, b"probe").ok()?;
+        #[cfg(target_os = "linux")]
+        {
+            let dst = create(&b).ok()?;
+            Some(rustix::fs::ioctl_ficlone(&dst, &src).is_ok())
+        }
+        #[cfg(target_vendor = "apple")]
+        {
+            Some(
+                rustix::fs::fclonefileat(&src, &root, b.as_str(), rustix::fs::CloneFlags::NOFOLLOW)
+                    .is_ok(),
+            )
+        }
+        #[cfg(not(any(target_os = "linux", target_vendor = "apple")))]
+        {
+            Some(false)
+        }
+    })();
+    for name in [&a, &b] {
+        let _ = rustix::fs::unlinkat(&root, name.as_str(), AtFlags::empty());
+    }
+    cloned.unwrap_or(false)
 }
 
 /// Creates the target or checks that it is an empty directory, and makes it writable by

@@ -139,6 +139,25 @@ pub(super) fn manifest_of(dir: &Path) -> Result<Manifest> {
     Ok(Manifest::new(taken, entries))
 }
 
+/// Windows has no handle on which to read the filesystem's clock: the system clock's
+/// margin stands in, as in [`manifest_of`].
+pub(super) fn manifest_of_written(dir: &Path) -> Result<Manifest> {
+    manifest_of(dir)
+}
+
+/// Whether the volume of `dir` clones blocks (ReFS), asked on a probe file.
+pub(super) fn can_clone(dir: &Path) -> bool {
+    let probe = dir.join(format!(".clone-probe-{}", std::process::id()));
+    let clones = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .is_ok_and(|file| win32::volume_clones(&file));
+    let _ = fs::remove_file(&probe);
+    clones
+}
+
 pub(super) fn diff(dir: &Path, manifest: &Manifest) -> Result<Vec<Change>> {
     diff_walk(dir, &PathDir(dir.to_path_buf()), manifest)
 }
@@ -514,6 +533,16 @@ mod win32 {
             return Err(io::Error::last_os_error());
         }
         Ok(out)
+    }
+
+    /// Whether the volume holding `file` can clone blocks: only ReFS answers this.
+    pub(super) fn volume_clones(file: &File) -> bool {
+        ioctl::<_, FSCTL_GET_INTEGRITY_INFORMATION_BUFFER>(
+            file,
+            FSCTL_GET_INTEGRITY_INFORMATION,
+            &(),
+        )
+        .is_ok()
     }
 
     /// Makes `dst` (empty, open for writing) share the first `len` bytes of `src`'s blocks

@@ -9,12 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use strata_snapshot::caches::{self, CacheView, MAX_CACHE_DEPTH, ReleaseOutcome};
 use strata_snapshot::maintenance::PruneOptions;
 use strata_snapshot::{CheckoutMode, Engine};
+use strata_test_support::require;
 
+/// Both checkout modes, or portable only where overlay does not work (never under CI).
 fn modes() -> Vec<CheckoutMode> {
-    if strata_snapshot::overlay_available() {
+    if require("overlay cache views", crate::overlay_problem()) {
         vec![CheckoutMode::Overlay, CheckoutMode::Portable]
     } else {
-        eprintln!("overlay unavailable here: testing portable cache views only");
         vec![CheckoutMode::Portable]
     }
 }

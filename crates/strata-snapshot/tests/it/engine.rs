@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use strata_snapshot::{Checkout, CheckoutMode, Engine, Snapshot};
+use strata_test_support::{require, runs};
+
+use crate::overlay_problem;
 
 /// A small root filesystem tarball made with strata-cas itself.
 pub(crate) fn rootfs_tar(tmp: &Path) -> PathBuf {
@@ -75,11 +78,11 @@ fn names_in(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Both checkout modes, or portable only where overlay does not work (never under CI).
 fn modes() -> Vec<CheckoutMode> {
-    if strata_snapshot::overlay_available() {
+    if require("overlay checkouts", crate::overlay_problem()) {
         vec![CheckoutMode::Overlay, CheckoutMode::Portable]
     } else {
-        eprintln!("overlay unavailable here: testing portable checkouts only");
         vec![CheckoutMode::Portable]
     }
 }
@@ -169,21 +172,18 @@ fn bad_targets_and_untracked_dirs_are_refused() {
     assert!(err.to_string().contains("nonexistent-tag"), "{err}");
 }
 
-fn python_venv_works() -> bool {
+/// `None` where `python3 -m venv` works, else why not.
+fn python_venv_problem() -> Option<String> {
     let tmp = tempfile::tempdir().unwrap();
-    Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(tmp.path().join("v"))
-        .status()
-        .is_ok_and(|s| s.success())
+    let venv = tmp.path().join("v");
+    runs("python3", &["-m", "venv", venv.to_str().unwrap()])
 }
 
 /// The acceptance test: a venv with a package installed, made in slot A, committed,
 /// checked out in slot B with slot A deleted; B's pip and python work and report B's paths.
 #[test]
 fn a_python_venv_committed_in_one_slot_works_in_another() {
-    if !python_venv_works() {
-        eprintln!("skipped: python3 -m venv does not work here");
+    if !require("a Python venv moved between slots", python_venv_problem()) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -204,14 +204,8 @@ fn a_python_venv_committed_in_one_slot_works_in_another() {
         .unwrap();
     assert!(ok.success());
     // A package installed offline (from source, or from a hand-made wheel).
-    match crate::relocate::venv::install_demo(tmp.path(), &venv_a) {
-        Ok(how) => eprintln!("installed stratademo {how}"),
-        Err(why) => {
-            eprintln!("skipped: cannot install a package offline: {why}");
-            engine.release(&slot_a).unwrap();
-            return;
-        }
-    }
+    let how = crate::relocate::venv::install_demo(tmp.path(), &venv_a);
+    eprintln!("installed stratademo {how}");
     let committed = engine.commit(&slot_a, Some("venv")).unwrap();
     assert!(!slot_a.exists(), "slot A is gone");
 
@@ -478,8 +472,7 @@ fn leftovers_are_judged_by_their_makers_start_time_and_zombies_are_dead() {
 
 #[test]
 fn an_overlay_checkout_that_lost_its_mount_commits_and_releases() {
-    if !strata_snapshot::overlay_available() {
-        eprintln!("skipped: overlay unavailable here");
+    if !require("overlay checkouts that lost their mount", overlay_problem()) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -513,8 +506,7 @@ fn an_overlay_checkout_that_lost_its_mount_commits_and_releases() {
 /// A store with a base snapshot imported, where overlay checkouts work; `None` (skipped)
 /// elsewhere.
 fn overlay_store() -> Option<(tempfile::TempDir, PathBuf, Engine, Snapshot)> {
-    if !strata_snapshot::overlay_available() {
-        eprintln!("skipped: overlay unavailable here");
+    if !require("overlay checkouts", overlay_problem()) {
         return None;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -727,4 +719,86 @@ fn layers_made_elsewhere_become_snapshots_and_their_oci_digests_are_remembered()
     fs::remove_file(&blob).unwrap();
     assert_eq!(engine.oci_digests(&base.layer).unwrap(), digests);
     fs::write(&blob, saved).unwrap();
+}
+
+#[test]
+fn import_and_commit_count_their_progress_in_uncompressed_bytes() {
+    for mode in modes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&tmp.path().join("store")).unwrap();
+        let imported = strata_cas::Progress::new();
+        let base = engine
+            .import_with_progress(&rootfs_tar(tmp.path()), None, &imported)
+            .unwrap();
+        let size = |layer| engine.cas().stat(layer).unwrap().uncompressed_size;
+        assert_eq!(imported.done(), size(&base.layer));
+
+        let work = tmp.path().join("work");
+        engine.checkout(&base.id, &work, Some(mode)).unwrap();
+        fs::write(work.join("big"), vec![7u8; 3 << 20]).unwrap();
+        let committed = strata_cas::Progress::new();
+        let child = engine
+            .commit_with_progress(&work, None, &committed)
+            .unwrap();
+        assert_eq!(committed.done(), size(&child.layer), "{mode:?}");
+        let total = committed.total().unwrap();
+        assert!(
+            total >= 3 << 20,
+            "{mode:?}: the total {total} covers the file"
+        );
+    }
+}
+
+#[test]
+fn a_snapshot_keeps_its_root_and_relocation_records_in_another_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Engine::open(&tmp.path().join("a")).unwrap();
+    let tar = fs::read(rootfs_tar(tmp.path())).unwrap();
+    let base = a.import_layer(None, &tar[..], None).unwrap();
+    assert_eq!(a.root_record(&base.id).unwrap(), None, "imported: no root");
+    let root_a = tmp.path().join("ra/slot");
+    fs::create_dir_all(root_a.parent().unwrap()).unwrap();
+    a.checkout(&base.id, &root_a, Some(CheckoutMode::Portable))
+        .unwrap();
+    fs::write(root_a.join("at"), format!("{}\n", root_a.display())).unwrap();
+    let built = a.commit(&root_a, None).unwrap();
+    let record = a.root_record(&built.id).unwrap().unwrap();
+    assert_eq!(record.root, root_a.as_os_str().as_encoded_bytes());
+    assert!(!record.relocations.is_empty());
+
+    // Another store with the same blobs records the same snapshot, relocated alike.
+    let b = Engine::open(&tmp.path().join("b")).unwrap();
+    let b_base = b.import_layer(None, &tar[..], None).unwrap();
+    let mut blob = Vec::new();
+    std::io::Read::read_to_end(&mut a.cas().open_layer(&built.layer).unwrap(), &mut blob).unwrap();
+    let stored = b
+        .cas()
+        .put_tar(&blob[..], &Default::default(), &Default::default())
+        .unwrap();
+    // Records naming another root than the one given are refused.
+    let lying =
+        strata_snapshot::RootRecord::new(b"/elsewhere".to_vec(), record.relocations.clone());
+    assert!(
+        b.add_snapshot_at(Some(&b_base.id), &stored.id, None, &lying)
+            .is_err()
+    );
+    let garbage = strata_snapshot::RootRecord::new(record.root.clone(), b"{not records".to_vec());
+    assert!(
+        b.add_snapshot_at(Some(&b_base.id), &stored.id, None, &garbage)
+            .is_err()
+    );
+    let copied = b
+        .add_snapshot_at(Some(&b_base.id), &stored.id, None, &record)
+        .unwrap();
+    assert_eq!(copied.id, built.id);
+    assert_eq!(b.root_record(&copied.id).unwrap().unwrap(), record);
+    let root_b = tmp.path().join("rb/slot");
+    fs::create_dir_all(root_b.parent().unwrap()).unwrap();
+    b.checkout(&copied.id, &root_b, Some(CheckoutMode::Portable))
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(root_b.join("at")).unwrap(),
+        format!("{}\n", root_b.display())
+    );
+    b.release(&root_b).unwrap();
 }

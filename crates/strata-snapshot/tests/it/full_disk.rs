@@ -7,8 +7,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use strata_snapshot::{CheckoutMode, Engine, SnapshotId};
+use strata_test_support::{require, root};
 
 use crate::engine::rootfs_tar;
+use crate::overlay_problem;
 
 /// A size-limited tmpfs mounted at a directory; unmounted (with any overlay mounted under
 /// it) when dropped.
@@ -41,16 +43,9 @@ impl Drop for SmallFilesystem {
     }
 }
 
+/// Mounting a small filesystem needs root.
 fn requirements_met() -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "mounting a small filesystem needs root, and CI is set"
-    );
-    eprintln!("skipped: mounting a small filesystem needs root");
-    false
+    require("a full disk (mounting a small filesystem)", root())
 }
 
 /// `len` bytes that zstd cannot shrink.
@@ -137,14 +132,8 @@ fn a_commit_that_runs_out_of_space_stores_nothing_and_keeps_its_checkout() {
     let engine = Engine::open(&store).unwrap();
     let base = engine.import(&tarball, None).unwrap();
     let mut modes = vec![CheckoutMode::Portable];
-    if strata_snapshot::overlay_available() {
+    if require("a full disk under overlay checkouts", overlay_problem()) {
         modes.push(CheckoutMode::Overlay);
-    } else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "overlay checkouts need overlayfs, and CI is set"
-        );
-        eprintln!("overlay unavailable: only portable checkouts are tried");
     }
     for mode in modes {
         // Released after the failure: the store checks clean.

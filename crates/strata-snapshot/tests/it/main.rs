@@ -20,3 +20,10 @@ mod portable;
 #[cfg(target_os = "linux")]
 mod privacy;
 mod relocate;
+mod trash;
+
+/// `None` where overlay checkouts work, else why not: for `strata_test_support::require`.
+pub(crate) fn overlay_problem() -> Option<String> {
+    (!strata_snapshot::overlay_available())
+        .then(|| "overlay checkouts need root and overlayfs".to_owned())
+}

@@ -6,8 +6,10 @@ use std::fs;
 use strata_cas::LayerId;
 use strata_snapshot::maintenance::PruneOptions;
 use strata_snapshot::{CheckoutMode, Engine, SnapshotId};
+use strata_test_support::require;
 
 use crate::engine::{dead_pid, orphan_checkout, rootfs_tar};
+use crate::overlay_problem;
 
 /// Records `n` snapshots in a tree (each parent has up to 4 children), without blobs.
 fn tree(engine: &Engine, n: usize) -> Vec<SnapshotId> {
@@ -104,7 +106,7 @@ fn fsck_repairs_what_crashes_leave_and_then_finds_nothing() {
     fs::remove_dir_all(&lost).unwrap();
     expected.push("lost its directory");
     // An overlay checkout of a dead process whose mount is gone (a reboot).
-    if strata_snapshot::overlay_available() {
+    if require("overlay checkouts lost in a reboot", overlay_problem()) {
         let rebooted = tmp.path().join("rebooted");
         let row = engine
             .checkout(&base.id, &rebooted, Some(CheckoutMode::Overlay))
@@ -300,12 +302,7 @@ fn remove_layers_refuses_needed_layers_or_removes_their_snapshots_too() {
 /// `du` counts them.
 #[test]
 fn gc_removes_relocated_variants_of_roots_no_checkout_uses() {
-    if !strata_snapshot::overlay_available() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "overlay checkouts need root and overlayfs, and CI is set"
-        );
-        eprintln!("skipped: overlay unavailable here");
+    if !require("relocated variants of overlay checkouts", overlay_problem()) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -15,6 +15,9 @@ use rustix::fs::{CWD, FileType, Mode, XattrFlags};
 use strata_cas::{DevicePolicy, ExtractOptions, SetuidPolicy, WhiteoutMode};
 use strata_snapshot::Snapshot;
 use strata_snapshot::{CheckoutMode, Engine};
+use strata_test_support::{require, root};
+
+use crate::overlay_problem;
 
 /// What one entry of a tree is, as every view must agree on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,23 +295,12 @@ fn views(
 
 #[test]
 fn whatever_a_step_leaves_every_view_of_its_snapshot_shows_one_tree_or_it_is_refused() {
-    if !rustix::process::geteuid().is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "these tests need root, and CI is set"
-        );
-        eprintln!("skipped: these tests need root");
+    if !require("one tree in every view", root()) {
         return;
     }
     let mut modes = vec![CheckoutMode::Portable];
-    if strata_snapshot::overlay_available() {
+    if require("one tree in overlay checkouts", overlay_problem()) {
         modes.push(CheckoutMode::Overlay);
-    } else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "overlay checkouts need overlayfs, and CI is set"
-        );
-        eprintln!("overlay unavailable: only portable checkouts are tried");
     }
     let tmp = tempfile::tempdir().unwrap();
     let top = fs::canonicalize(tmp.path()).unwrap();

@@ -1,5 +1,5 @@
 //! Overlay mounts against the real kernel: merged views, deep stacks, odd paths, and upper
-//! dirs read back as layers. Every test needs root and overlayfs and skips without them.
+//! dirs read back as layers. Every test needs root and overlayfs: it fails under CI without them, and skips otherwise.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -15,11 +15,14 @@ use strata_cas::{
     Change, ChangeKind, DevicePolicy, EntryKind, ExtractOptions, Limits, SetuidPolicy, WhiteoutMode,
 };
 use strata_snapshot::overlay::{self, Error, OverlayMount};
+use strata_test_support::require;
 
 macro_rules! require_overlay {
     () => {
-        if !overlay::supported() {
-            eprintln!("skipped: overlay mounts need root and overlayfs");
+        if !require(
+            "overlay mounts",
+            (!overlay::supported()).then(|| "they need root and overlayfs".to_owned()),
+        ) {
             return;
         }
     };

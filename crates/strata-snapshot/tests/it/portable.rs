@@ -18,6 +18,7 @@ use strata_cas::create::{CreateOptions, create_from_changes, create_from_dir};
 use strata_cas::extract::{apply_file, open_layer_file};
 use strata_cas::{Change, ChangeKind, DevicePolicy, ExtractOptions, SetuidPolicy, WhiteoutMode};
 use strata_snapshot::portable::{self, Manifest, Timestamp};
+use strata_test_support::{require, root, runs, tool};
 use tempfile::TempDir;
 
 /// A base for the fixed mtimes of hand-made trees: old enough never to be racy.
@@ -260,9 +261,10 @@ enum Encoding {
 impl Encoding {
     const ALL: [Encoding; 2] = [Encoding::Oci, Encoding::OverlayTrusted];
 
-    fn usable(self) -> bool {
+    /// `None` where layers in this encoding can be made, else why not.
+    fn problem(self) -> Option<String> {
         // Whiteout devices need CAP_MKNOD.
-        self == Encoding::Oci || is_root()
+        if self == Encoding::Oci { None } else { root() }
     }
 
     fn whiteout(self, layer: &Path, rel: &str) {
@@ -378,8 +380,7 @@ fn a_user_overlay_opaque_attribute_hides_nothing() {
 #[test]
 fn merge_semantics_in_every_whiteout_encoding() {
     for enc in Encoding::ALL {
-        if !enc.usable() {
-            eprintln!("skipping the {enc:?} encoding: whiteout devices need root");
+        if !require(&format!("the {enc:?} encoding"), enc.problem()) {
             continue;
         }
         let tmp = TempDir::new().unwrap();
@@ -555,19 +556,18 @@ fn extract_options(whiteouts: WhiteoutMode) -> ExtractOptions {
 }
 
 /// Unpacks a layer keeping its OCI whiteout files, as GNU tar does. `None` without GNU tar.
-fn untar_keeping_whiteouts(layer: &Path, dir: &Path) -> Option<()> {
+fn untar_keeping_whiteouts(layer: &Path, dir: &Path) {
     mkdir(dir, 0o755);
     let mut child = Command::new("tar")
         .args(["--xattrs", "--xattrs-include=user.*", "-xpf", "-", "-C"])
         .arg(dir)
         .stdin(Stdio::piped())
         .spawn()
-        .ok()?;
+        .expect("cannot run GNU tar");
     let mut input = open_layer_file(layer).unwrap();
     std::io::copy(&mut input, child.stdin.as_mut().unwrap()).unwrap();
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success(), "tar -x failed");
-    Some(())
 }
 
 /// Three layers made by strata-cas: a whole base tree, then two change lists.
@@ -670,21 +670,18 @@ fn matches_applying_the_layers_in_order() {
             })
             .collect();
         if overlay {
-            if !is_root() {
-                eprintln!("skipping overlay-format layers: they need root");
+            if !require("overlay-format layers", root()) {
                 continue;
             }
             for (blob, dir) in blobs.iter().zip(&unpacked) {
                 apply_file(blob, dir, &extract_options(WhiteoutMode::Overlay)).unwrap();
             }
         } else {
-            let mut all = true;
-            for (blob, dir) in blobs.iter().zip(&unpacked) {
-                all &= untar_keeping_whiteouts(blob, dir).is_some();
-            }
-            if !all {
-                eprintln!("skipping OCI-format layers: GNU tar is not available");
+            if !require("OCI-format layers (unpacked by GNU tar)", tool("tar")) {
                 continue;
+            }
+            for (blob, dir) in blobs.iter().zip(&unpacked) {
+                untar_keeping_whiteouts(blob, dir);
             }
             assert!(unpacked[1].join(".wh.var").exists(), "tar kept whiteouts");
         }
@@ -894,8 +891,10 @@ fn reflinks_where_the_filesystem_can() {
     }
 
     // XFS with reflink on a loop device, when we may mount and mkfs.xfs is installed.
-    if !is_root() {
-        eprintln!("skipping the XFS reflink check: mounting needs root");
+    if !require(
+        "the XFS reflink check",
+        root().or_else(|| runs("mkfs.xfs", &["-V"])),
+    ) {
         return;
     }
     let image = tmp.path().join("xfs.img");
@@ -903,23 +902,26 @@ fn reflinks_where_the_filesystem_can() {
         .unwrap()
         .set_len(320 << 20) // mkfs.xfs refuses filesystems under 300 MiB
         .unwrap();
-    if !run_quiet(
-        Command::new("mkfs.xfs")
-            .args(["-q", "-m", "reflink=1"])
-            .arg(&image),
-    ) {
-        eprintln!("skipping the XFS reflink check: mkfs.xfs is missing or failed");
-        return;
-    }
+    assert!(
+        run_quiet(
+            Command::new("mkfs.xfs")
+                .args(["-q", "-m", "reflink=1"])
+                .arg(&image),
+        ),
+        "mkfs.xfs failed"
+    );
     let mnt = tmp.path().join("mnt");
     mkdir(&mnt, 0o755);
-    if !run_quiet(
+    let mounted = run_quiet(
         Command::new("mount")
             .args(["-o", "loop"])
             .arg(&image)
             .arg(&mnt),
+    );
+    if !require(
+        "the XFS reflink check",
+        (!mounted).then(|| "loop mounts do not work here".to_owned()),
     ) {
-        eprintln!("skipping the XFS reflink check: cannot loop-mount here");
         return;
     }
     let mounted = Mounted(mnt.clone());
@@ -967,4 +969,85 @@ fn diff_of_a_large_tree_lists_only_the_change() {
         pairs(&portable::diff(&dir, &manifest).unwrap()),
         expect(&[("d057/f042", ChangeKind::Modified)])
     );
+}
+
+/// The manifest a tracked portable checkout at `dir` keeps in its state dir.
+fn manifest_of_checkout(engine: &strata_snapshot::Engine, dir: &Path) -> Manifest {
+    let state = engine.checkout_state_dir(dir).unwrap().unwrap();
+    Manifest::from_bytes(&fs::read(state.join("manifest")).unwrap()).unwrap()
+}
+
+/// The layers above, as a snapshot, plus a step committed at one root whose file names that
+/// root: a portable checkout streamed from the blobs (the cache cold, no reflinks) and one
+/// built from the unpacked-layer cache are the same tree, relocated the same way, and
+/// neither one's manifest sees a change.
+#[test]
+fn a_checkout_streamed_from_the_blobs_is_the_one_built_from_the_cache() {
+    use strata_snapshot::{CheckoutMode, Engine};
+    let tmp = TempDir::new().unwrap();
+    let top = fs::canonicalize(tmp.path()).unwrap();
+    let blobs = cas_layers(&top);
+    let engine = Engine::open(&top.join("store")).unwrap();
+    assert!(engine.assume_clones(false));
+    let mut parent = None;
+    for blob in &blobs {
+        let tar = open_layer_file(blob).unwrap();
+        parent = Some(engine.import_layer(parent.as_ref(), tar, None).unwrap().id);
+    }
+    let w1 = top.join("w1");
+    engine
+        .checkout(parent.as_ref().unwrap(), &w1, Some(CheckoutMode::Portable))
+        .unwrap();
+    assert_eq!(
+        pairs(&portable::diff(&w1, &manifest_of_checkout(&engine, &w1)).unwrap()),
+        vec![]
+    );
+    write(
+        &w1.join("etc/where"),
+        format!("{}\n", w1.display()).as_bytes(),
+        0o644,
+    );
+    fs::remove_file(w1.join("etc/conf")).unwrap();
+    let step = engine.commit(&w1, None).unwrap();
+
+    // Same length as w1: relocated in place.
+    let w2 = top.join("w2");
+    let copy = top.join("copy");
+    let mut trees = Vec::new();
+    for from_cache in [false, true] {
+        if from_cache {
+            engine.unpack_snapshot(&step.id).unwrap();
+        }
+        engine
+            .checkout(&step.id, &w2, Some(CheckoutMode::Portable))
+            .unwrap();
+        assert_eq!(
+            fs::read_to_string(w2.join("etc/where")).unwrap(),
+            format!("{}\n", w2.display())
+        );
+        assert!(!w2.join("etc/conf").exists() && w2.join("etc/hl_b").exists());
+        let manifest = manifest_of_checkout(&engine, &w2);
+        assert_eq!(pairs(&portable::diff(&w2, &manifest).unwrap()), vec![]);
+        trees.push(snapshot(&w2));
+        engine.release(&w2).unwrap();
+        engine.copy_out(&step.id, &copy).unwrap();
+        assert_eq!(
+            fs::read_to_string(copy.join("etc/where")).unwrap(),
+            format!("{}\n", copy.display())
+        );
+        trees.push(snapshot(&copy));
+        fs::remove_dir_all(&copy).unwrap();
+    }
+    // The copies are relocated to their own root, whose name differs from w2's.
+    let without_where = |t: &BTreeMap<Vec<u8>, Node>| {
+        let mut t = t.clone();
+        t.remove(&b"etc/where"[..]);
+        t
+    };
+    // Streamed, then from the cache: checkout, copy, checkout, copy.
+    assert_same_tree(&trees[2], &trees[0]);
+    for copy in [&trees[1], &trees[3]] {
+        assert_same_tree(&without_where(copy), &without_where(&trees[0]));
+    }
+    assert_same_tree(&without_where(&trees[1]), &without_where(&trees[0]));
 }

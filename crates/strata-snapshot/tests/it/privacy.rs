@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 
 use rustix::fs::{CWD, FileType, Mode};
 use strata_snapshot::{CheckoutMode, Engine};
+use strata_test_support::{require, root, tool};
 
 /// The unprivileged user the tests act as.
 const NOBODY: u32 = 65534;
@@ -18,21 +19,7 @@ const NOBODY: u32 = 65534;
 /// Whether the tests can run: root (to make device nodes and act as another user) and
 /// `setpriv`. Under `CI` a missing requirement is a failure.
 fn requirements_met() -> bool {
-    let problem = if !rustix::process::geteuid().is_root() {
-        Some("these tests need root")
-    } else if Command::new("setpriv").arg("--version").output().is_err() {
-        Some("these tests need setpriv (util-linux)")
-    } else {
-        None
-    };
-    match problem {
-        Some(why) if std::env::var_os("CI").is_some() => panic!("{why}, and CI is set"),
-        Some(why) => {
-            eprintln!("skipped: {why}");
-            false
-        }
-        None => true,
-    }
+    require("a private store", root().or_else(|| tool("setpriv")))
 }
 
 /// Runs `argv` as uid/gid 65534 with no supplementary groups. The program is started by
@@ -138,11 +125,13 @@ fn nothing_under_a_store_is_reachable_by_another_user() {
     let base = engine
         .import(&rootfs_with_privileged_files(&top), None)
         .unwrap();
-    // A portable checkout leaves its manifest in the store; any checkout unpacks the layer.
+    // A portable checkout leaves its manifest in the store; overlay checkouts (and portable
+    // ones where the filesystem clones files) unpack the layer.
     let portable = top.join("portable");
     engine
         .checkout(&base.id, &portable, Some(CheckoutMode::Portable))
         .unwrap();
+    engine.unpack_snapshot(&base.id).unwrap();
     let view = engine
         .cache_acquire_with("c", (0, 0), Some(CheckoutMode::Portable))
         .unwrap();
@@ -168,7 +157,10 @@ fn nothing_under_a_store_is_reachable_by_another_user() {
 
     // Overlay checkouts are mounted by root and read through the mount: the private store
     // does not get in the way of a sandbox's users.
-    if strata_snapshot::overlay_available() {
+    if require(
+        "overlay checkouts of a private store",
+        crate::overlay_problem(),
+    ) {
         let mounted = top.join("mounted");
         engine
             .checkout(&base.id, &mounted, Some(CheckoutMode::Overlay))
@@ -195,6 +187,7 @@ fn an_older_store_open_to_others_is_made_private_on_open() {
         .unwrap();
     let copy = top.join("copy");
     engine.copy_out(&base.id, &copy).unwrap();
+    engine.unpack_snapshot(&base.id).unwrap();
     let view = engine
         .cache_acquire_with("c", (0, 0), Some(CheckoutMode::Portable))
         .unwrap();

@@ -676,6 +676,7 @@ pub(crate) mod venv {
     use std::process::{Command, Output};
 
     use strata_snapshot::relocate::{Records, relocate, scan};
+    use strata_test_support::require;
 
     /// Every regular file under `root`, relative, symlinks not followed.
     fn regular_files(root: &Path) -> Vec<Vec<u8>> {
@@ -744,8 +745,9 @@ with zipfile.ZipFile(out, "w") as z:
 "#;
 
     /// Installs `stratademo` into the venv at `venv` without network: from source with
-    /// setuptools if it can, else from a hand-made wheel. `Err` says why neither worked.
-    pub(crate) fn install_demo(tmp: &Path, venv: &Path) -> Result<&'static str, String> {
+    /// setuptools if it can, else from a hand-made wheel, which needs nothing but the venv's
+    /// own pip. Says how it was installed.
+    pub(crate) fn install_demo(tmp: &Path, venv: &Path) -> &'static str {
         let pkg = tmp.join("pkg");
         fs::create_dir_all(pkg.join("stratademo")).unwrap();
         fs::write(
@@ -771,7 +773,7 @@ with zipfile.ZipFile(out, "w") as z:
                 .output()
                 .unwrap();
             if out.status.success() {
-                return Ok("from source with setuptools");
+                return "from source with setuptools";
             }
             why = format!("pip install from source failed: {}", describe(&out));
         }
@@ -784,21 +786,22 @@ with zipfile.ZipFile(out, "w") as z:
             .arg(MODULE)
             .output()
             .unwrap();
-        if !out.status.success() {
-            return Err(format!("{why}; writing a wheel failed: {}", describe(&out)));
-        }
+        assert!(
+            out.status.success(),
+            "{why}; writing a wheel failed: {}",
+            describe(&out)
+        );
         let out = command(&pip)
             .args(["install", "--no-index"])
             .arg(&wheel)
             .output()
             .unwrap();
-        if !out.status.success() {
-            return Err(format!(
-                "{why}; installing a wheel failed: {}",
-                describe(&out)
-            ));
-        }
-        Ok("from a hand-made wheel")
+        assert!(
+            out.status.success(),
+            "{why}; installing a wheel failed: {}",
+            describe(&out)
+        );
+        "from a hand-made wheel"
     }
 
     fn run(program: &Path, args: &[&str]) -> Output {
@@ -816,24 +819,15 @@ with zipfile.ZipFile(out, "w") as z:
         let (s01, s02, s03) = (slots.join("s01"), slots.join("s02"), slots.join("s03"));
 
         let venv = command("python3").args(["-m", "venv"]).arg(&s01).output();
-        match venv {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => {
-                println!("skipping: `python3 -m venv` failed: {}", describe(&out));
-                return;
-            }
-            Err(e) => {
-                println!("skipping: cannot run python3: {e}");
-                return;
-            }
-        }
-        let how = match install_demo(tmp.path(), &s01) {
-            Ok(how) => how,
-            Err(why) => {
-                println!("skipping: cannot install a package offline: {why}");
-                return;
-            }
+        let problem = match venv {
+            Ok(out) if out.status.success() => None,
+            Ok(out) => Some(format!("`python3 -m venv` failed: {}", describe(&out))),
+            Err(e) => Some(format!("cannot run python3: {e}")),
         };
+        if !require("a Python venv moved between slots", problem) {
+            return;
+        }
+        let how = install_demo(tmp.path(), &s01);
         println!("installed stratademo {how}");
         assert!(run(&s01.join("bin/stratademo-hello"), &[]).status.success());
 

@@ -1,0 +1,469 @@
+//! A small blocking client of the OCI distribution API on one repository: blobs (exists,
+//! upload, download) and manifests, with Docker's token and basic authentication.
+
+use std::io::Read;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use ureq::http::{Response, StatusCode};
+use ureq::{Agent, Body, SendBody};
+
+use super::{Options, Reference};
+use crate::Digest;
+use crate::error::{Error, Result};
+
+/// The most an error body or a token answer may weigh.
+const MAX_SMALL: u64 = 64 << 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+        }
+    }
+}
+
+/// One repository of one registry, with the authorization it earned.
+#[derive(Debug)]
+pub(crate) struct Client {
+    agent: Agent,
+    base: String,
+    repository: String,
+    credentials: Option<(String, String)>,
+    /// The `Authorization` header value in use, once a challenge was answered.
+    authorization: Mutex<Option<String>>,
+    /// What a token is asked for: `pull` or `pull,push`.
+    actions: &'static str,
+}
+
+/// A request body: a reader with its length, or nothing.
+pub(crate) struct Upload<'r> {
+    pub(crate) reader: &'r mut (dyn Read + Send),
+    pub(crate) len: u64,
+    pub(crate) content_type: &'static str,
+}
+
+/// rustls with webpki's roots; on macOS the system's TLS and trust store (see Cargo.toml).
+fn tls_config() -> ureq::tls::TlsConfig {
+    let config = ureq::tls::TlsConfig::builder();
+    #[cfg(target_os = "macos")]
+    let config = config
+        .provider(ureq::tls::TlsProvider::NativeTls)
+        .root_certs(ureq::tls::RootCerts::PlatformVerifier);
+    config.build()
+}
+
+impl Client {
+    pub(crate) fn new(reference: &Reference, opts: &Options, push: bool) -> Result<Client> {
+        // Plain HTTP only where nobody can listen in, or when asked for.
+        let scheme = if reference.is_loopback() || opts.insecure {
+            "http"
+        } else {
+            "https"
+        };
+        let agent: Agent = Agent::config_builder()
+            .tls_config(tls_config())
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .timeout_per_read(Some(Duration::from_secs(300)))
+            .timeout_per_write(Some(Duration::from_secs(300)))
+            .max_redirects(5)
+            .user_agent("strata")
+            .build()
+            .into();
+        Ok(Client {
+            agent,
+            base: format!("{scheme}://{}", reference.registry),
+            repository: reference.repository.clone(),
+            credentials: opts.credentials_for(&reference.registry),
+            authorization: Mutex::new(None),
+            actions: if push { "pull,push" } else { "pull" },
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/v2/{}/{path}", self.base, self.repository)
+    }
+
+    /// Sends a request, answering one authentication challenge (and retrying) if the body
+    /// can be sent again, that is, when there is none.
+    fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        mut upload: Option<Upload<'_>>,
+    ) -> Result<Response<Body>> {
+        for attempt in 0..2 {
+            let auth = self
+                .authorization
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let response = self.send_once(method, url, headers, auth.as_deref(), upload.as_mut());
+            let response = response.map_err(|source| Error::Http {
+                method: method.name(),
+                url: without_query(url).to_owned(),
+                source: Box::new(source),
+            })?;
+            if response.status() == StatusCode::UNAUTHORIZED && attempt == 0 && upload.is_none() {
+                let challenge = response
+                    .headers()
+                    .get("www-authenticate")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                if self.authenticate(&challenge)? {
+                    continue;
+                }
+            }
+            return Ok(response);
+        }
+        unreachable!("the loop returns on its second pass")
+    }
+
+    fn send_once(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        auth: Option<&str>,
+        upload: Option<&mut Upload<'_>>,
+    ) -> Result<Response<Body>, ureq::Error> {
+        macro_rules! with_headers {
+            ($req:expr) => {{
+                let mut req = $req;
+                for (k, v) in headers {
+                    req = req.header(*k, *v);
+                }
+                if let Some(auth) = auth {
+                    req = req.header("Authorization", auth);
+                }
+                req
+            }};
+        }
+        match (method, upload) {
+            (Method::Get, _) => with_headers!(self.agent.get(url)).call(),
+            (Method::Head, _) => with_headers!(self.agent.head(url)).call(),
+            (Method::Post, None) => with_headers!(self.agent.post(url)).send_empty(),
+            (Method::Put, None) => with_headers!(self.agent.put(url)).send_empty(),
+            (Method::Post | Method::Put, Some(up)) => {
+                let req = if method == Method::Post {
+                    self.agent.post(url)
+                } else {
+                    self.agent.put(url)
+                };
+                with_headers!(req)
+                    .header("Content-Length", up.len.to_string())
+                    .header("Content-Type", up.content_type)
+                    .send(SendBody::from_reader(&mut up.reader))
+            }
+        }
+    }
+
+    /// Answers a `WWW-Authenticate` challenge: a bearer token from the realm (with the
+    /// credentials, if any), or basic authentication. Returns whether to retry.
+    fn authenticate(&self, challenge: &str) -> Result<bool> {
+        let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
+        let params = parse_params(params);
+        let header = if scheme.eq_ignore_ascii_case("bearer") {
+            let Some(realm) = params.iter().find(|(k, _)| k == "realm").map(|(_, v)| v) else {
+                return Ok(false);
+            };
+            let mut url = format!(
+                "{realm}?scope={}",
+                percent(&format!("repository:{}:{}", self.repository, self.actions))
+            );
+            if let Some((_, service)) = params.iter().find(|(k, _)| k == "service") {
+                url.push_str(&format!("&service={}", percent(service)));
+            }
+            let mut req = self.agent.get(&url);
+            if let Some((user, password)) = &self.credentials {
+                req = req.header("Authorization", basic(user, password));
+            }
+            let mut response = req.call().map_err(|source| Error::Http {
+                method: "GET",
+                url: url.clone(),
+                source: Box::new(source),
+            })?;
+            if !response.status().is_success() {
+                return Err(status_error("GET", &url, response));
+            }
+            let body = response
+                .body_mut()
+                .with_config()
+                .limit(MAX_SMALL)
+                .read_to_vec()
+                .map_err(|source| Error::Http {
+                    method: "GET",
+                    url: url.clone(),
+                    source: Box::new(source),
+                })?;
+            #[derive(serde::Deserialize)]
+            struct Token {
+                token: Option<String>,
+                access_token: Option<String>,
+            }
+            let token: Token = crate::import::parse(&body, "the registry's token answer")?;
+            match token.token.or(token.access_token) {
+                Some(t) => format!("Bearer {t}"),
+                None => return Ok(false),
+            }
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            match &self.credentials {
+                Some((user, password)) => basic(user, password),
+                None => return Ok(false),
+            }
+        } else {
+            return Ok(false);
+        };
+        *self.authorization.lock().unwrap_or_else(|e| e.into_inner()) = Some(header);
+        Ok(true)
+    }
+
+    /// Authenticates ahead of uploads, whose bodies cannot be sent twice.
+    pub(crate) fn ping(&self) -> Result<()> {
+        let url = self.url("tags/list");
+        let response = self.send(Method::Get, &url, &[], None)?;
+        match response.status().as_u16() {
+            200 | 404 => Ok(()),
+            _ => Err(status_error("GET", &url, response)),
+        }
+    }
+
+    /// Whether the repository has the blob.
+    pub(crate) fn has_blob(&self, digest: &Digest) -> Result<bool> {
+        let url = self.url(&format!("blobs/{digest}"));
+        let response = self.send(Method::Head, &url, &[], None)?;
+        match response.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            _ => Err(status_error("HEAD", &url, response)),
+        }
+    }
+
+    /// Uploads a blob in one request (a POST for the session, then one PUT).
+    pub(crate) fn put_blob(&self, digest: &Digest, upload: Upload<'_>) -> Result<()> {
+        let url = self.url("blobs/uploads/");
+        let response = self.send(Method::Post, &url, &[], None)?;
+        if response.status() != StatusCode::ACCEPTED {
+            return Err(status_error("POST", &url, response));
+        }
+        let location = response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| crate::error::invalid(format!("POST {url}"), "answered no Location"))?
+            .to_owned();
+        let mut put = if location.starts_with("http://") || location.starts_with("https://") {
+            location
+        } else if location.starts_with('/') {
+            format!("{}{location}", self.base)
+        } else {
+            return Err(crate::error::invalid(
+                format!("POST {url}"),
+                format!("answered a Location that is not a URL: {location:?}"),
+            ));
+        };
+        put.push(if put.contains('?') { '&' } else { '?' });
+        put.push_str(&format!("digest={}", percent(&digest.to_string())));
+        let response = self.send(Method::Put, &put, &[], Some(upload))?;
+        if response.status() != StatusCode::CREATED {
+            return Err(status_error("PUT", &put, response));
+        }
+        Ok(())
+    }
+
+    /// Streams a blob; the caller verifies what it reads.
+    pub(crate) fn get_blob(&self, digest: &Digest) -> Result<Box<dyn Read + Send>> {
+        let url = self.url(&format!("blobs/{digest}"));
+        let response = self.send(Method::Get, &url, &[], None)?;
+        if response.status() != StatusCode::OK {
+            return Err(status_error("GET", &url, response));
+        }
+        Ok(Box::new(response.into_body().into_reader()))
+    }
+
+    /// Whether the repository has a manifest under `object` (a tag or digest).
+    pub(crate) fn has_manifest(&self, object: &str) -> Result<bool> {
+        use crate::media::*;
+        let url = self.url(&format!("manifests/{object}"));
+        let accept = [MANIFEST, INDEX, DOCKER_MANIFEST, DOCKER_LIST].join(", ");
+        let response = self.send(Method::Head, &url, &[("Accept", &accept)], None)?;
+        match response.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            _ => Err(status_error("HEAD", &url, response)),
+        }
+    }
+
+    /// Puts a manifest under `object` (a tag or digest).
+    pub(crate) fn put_manifest(
+        &self,
+        object: &str,
+        media_type: &'static str,
+        bytes: &[u8],
+    ) -> Result<()> {
+        let url = self.url(&format!("manifests/{object}"));
+        let mut reader: &[u8] = bytes;
+        let upload = Upload {
+            reader: &mut reader,
+            len: bytes.len() as u64,
+            content_type: media_type,
+        };
+        let response = self.send(Method::Put, &url, &[], Some(upload))?;
+        if response.status() != StatusCode::CREATED {
+            return Err(status_error("PUT", &url, response));
+        }
+        Ok(())
+    }
+
+    /// Gets a manifest (or index) by tag or digest: its bytes, at most `limit`, and its media
+    /// type. None if the registry has no such manifest.
+    pub(crate) fn get_manifest(
+        &self,
+        object: &str,
+        limit: u64,
+    ) -> Result<Option<(Vec<u8>, String)>> {
+        use crate::media::*;
+        let url = self.url(&format!("manifests/{object}"));
+        let accept = [MANIFEST, INDEX, DOCKER_MANIFEST, DOCKER_LIST].join(", ");
+        let mut response = self.send(Method::Get, &url, &[("Accept", &accept)], None)?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if response.status() != StatusCode::OK {
+            return Err(status_error("GET", &url, response));
+        }
+        let media_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let mut bytes = Vec::new();
+        response
+            .body_mut()
+            .as_reader()
+            .take(limit + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| crate::error::unwrap_stream("read", &url, e))?;
+        if bytes.len() as u64 > limit {
+            return Err(Error::TooLarge { what: url, limit });
+        }
+        Ok(Some((bytes, media_type)))
+    }
+}
+
+/// A URL without its query, for messages: upload URLs carry long opaque state.
+fn without_query(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url)
+}
+
+fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// The registry's answer as an error, with the start of its body (distribution's JSON
+/// errors say what was wrong).
+fn status_error(method: &'static str, url: &str, mut response: Response<Body>) -> Error {
+    let status = response.status().as_u16();
+    let mut body = Vec::new();
+    let _ = response
+        .body_mut()
+        .as_reader()
+        .take(MAX_SMALL)
+        .read_to_end(&mut body);
+    let text = String::from_utf8_lossy(&body);
+    let message: String = text.trim().chars().take(500).collect();
+    Error::Status {
+        method,
+        url: without_query(url).to_owned(),
+        status,
+        message: if message.is_empty() {
+            "(no body)".to_owned()
+        } else {
+            message
+        },
+    }
+}
+
+/// `key="value", key=value` pairs of a challenge.
+fn parse_params(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = s.trim();
+    while !rest.is_empty() {
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let (value, after) = if let Some(quoted) = after.strip_prefix('"') {
+            match quoted.split_once('"') {
+                Some((v, a)) => (v.to_owned(), a),
+                None => (quoted.to_owned(), ""),
+            }
+        } else {
+            match after.split_once(',') {
+                Some((v, a)) => (v.trim().to_owned(), a),
+                None => (after.trim().to_owned(), ""),
+            }
+        };
+        out.push((key, value));
+        rest = after.trim_start_matches(',').trim();
+    }
+    out
+}
+
+/// Percent-encodes what is not unreserved in a query value.
+fn percent(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_challenges() {
+        let p = parse_params(
+            r#"realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:a/b:pull""#,
+        );
+        assert_eq!(
+            p[0],
+            ("realm".into(), "https://auth.docker.io/token".into())
+        );
+        assert_eq!(p[1], ("service".into(), "registry.docker.io".into()));
+        assert_eq!(p[2].1, "repository:a/b:pull");
+        assert_eq!(
+            percent("repository:a/b:pull,push"),
+            "repository%3Aa%2Fb%3Apull%2Cpush"
+        );
+    }
+}

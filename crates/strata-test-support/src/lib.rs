@@ -1,0 +1,14 @@
+//! Helpers shared by the integration tests of Strata's crates, so that every suite treats
+//! missing tools and child processes alike: requirements that fail under CI instead of
+//! skipping, and child test processes that never pass on their own.
+
+#![allow(
+    clippy::print_stderr,
+    reason = "a skipped test says on stderr what it skipped and why"
+)]
+
+mod child;
+mod require;
+
+pub use child::{child_test, child_test_args, child_var, test_binary};
+pub use require::{require, root, runc, runs, tool, under_ci};
