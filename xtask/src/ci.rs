@@ -2,7 +2,9 @@
 //!
 //! Formatting, clippy with warnings as errors, the whole test suite (the tidy checks in
 //! `tidy.rs` run as xtask's own tests), a short run of every fuzz target (`fuzz.rs`), a
-//! small run of OBuilder's stress test against real runc (`stress.rs`), a type-check of
+//! small run of OBuilder's stress test against real runc (`stress.rs`), the builder's
+//! end-to-end tests and a stress run on the Docker driver (where an engine answers, and
+//! always under `CI=true`), a type-check of
 //! every crate for Windows and macOS, then the Windows unit tests under Wine (`wine.rs`),
 //! in that order, stopping at the first failure.
 
@@ -61,9 +63,45 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     } else {
         eprintln!("==> stress: skipped (needs root, runc and busybox-static)");
     }
+    // The builder's end-to-end tests again on the Docker driver, and a small stress run
+    // on it (strata-docker's own tests ran with the workspace's above).
+    if docker_usable() || std::env::var_os("CI").is_some() {
+        step_env(
+            "docker",
+            &[("STRATA_TEST_SANDBOX", "docker")],
+            &["test", "--locked", "-p", "strata-build", "--test", "it"],
+        )?;
+        step(
+            "stress (docker)",
+            &[
+                "run",
+                "--locked",
+                "-p",
+                "xtask",
+                "--",
+                "stress",
+                "--jobs",
+                "12",
+                "--concurrency",
+                "4",
+                "--sandbox",
+                "docker",
+            ],
+        )?;
+    } else {
+        eprintln!("==> docker: skipped (no docker engine answers)");
+    }
     cross_check()?;
     crate::wine::run_tests()?;
     Ok(())
+}
+
+/// Whether a docker engine answers on the default socket (or `DOCKER_HOST`).
+fn docker_usable() -> bool {
+    use strata_isolate::Driver;
+    strata_docker::DockerDriver::new(strata_docker::DockerOptions::new(1))
+        .check()
+        .is_ok()
 }
 
 /// Seconds each fuzz target runs in CI.
@@ -138,9 +176,14 @@ fn runc_usable() -> bool {
 }
 
 fn step(name: &str, args: &[&str]) -> anyhow::Result<()> {
+    step_env(name, &[], args)
+}
+
+fn step_env(name: &str, env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<()> {
     eprintln!("==> {name}: cargo {}", args.join(" "));
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(project_root())
         .status()
         .with_context(|| format!("cannot run cargo for the {name} step"))?;

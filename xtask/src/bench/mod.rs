@@ -17,7 +17,8 @@
 //!    fixture ([`snapshots`]), then `checkout --copy` of a debootstrapped Debian rootfs
 //!    against `tar -x` ([`rootfs`]), then the builder cases: cache hits and a no-op runc step
 //!    against a bare `runc run` ([`build`]), then the registry cases: push and pull against
-//!    `skopeo copy`, a cold build with `--cache-from` ([`registry`]);
+//!    `skopeo copy`, a cold build with `--cache-from` ([`registry`]), then the Docker
+//!    driver's cases against `docker run --rm` and runc ([`docker`]);
 //! 6. `cargo bench -p benches` and collect criterion's estimates ([`micro`]);
 //! 7. write `target/bench/report.json` and `target/bench/report.md`, print the markdown.
 
@@ -37,6 +38,7 @@ macro_rules! say {
 
 mod build;
 mod cases;
+mod docker;
 mod fixture;
 mod machine;
 mod micro;
@@ -62,7 +64,7 @@ struct Options {
     /// `--no-compare`: skip the whole-process cases (micro-benchmarks only).
     no_compare: bool,
     /// `--only GROUP`: run one group of whole-process cases (`layers`, `snapshots`, `rootfs`,
-    /// `builder`, `registry`).
+    /// `builder`, `registry`, `docker`).
     only: Option<String>,
 }
 
@@ -73,8 +75,8 @@ usage: cargo xtask bench [--quick] [--runs N] [--no-micro] [--no-compare] [--onl
   --runs N      runs per whole-process case (default: 3 quick, 10 full)
   --no-micro    skip the criterion micro-benchmarks
   --no-compare  skip the whole-process comparisons (and the fixture)
-  --only GROUP  only these whole-process cases: layers, snapshots, rootfs, builder or
-                registry (registry needs no fixture)
+  --only GROUP  only these whole-process cases: layers, snapshots, rootfs, builder,
+                registry or docker (registry and docker need no fixture)
 
 Writes target/bench/report.json and target/bench/report.md; see docs/benchmarks.md.";
 
@@ -95,12 +97,19 @@ impl Options {
                 "--no-compare" => opts.no_compare = true,
                 "--only" => {
                     let group = it.next().context("--only needs a group")?;
-                    if !["layers", "snapshots", "rootfs", "builder", "registry"]
-                        .contains(&group.as_str())
+                    if ![
+                        "layers",
+                        "snapshots",
+                        "rootfs",
+                        "builder",
+                        "registry",
+                        "docker",
+                    ]
+                    .contains(&group.as_str())
                     {
                         bail!(
-                            "--only {group}: the groups are layers, snapshots, rootfs, builder \
-                             and registry"
+                            "--only {group}: the groups are layers, snapshots, rootfs, builder, \
+                             registry and docker"
                         );
                     }
                     opts.only = Some(group.clone());
@@ -184,7 +193,8 @@ fn run_cases(
     started_at: SystemTime,
 ) -> anyhow::Result<()> {
     let registry_only = opts.only.as_deref() == Some("registry");
-    if !opts.no_compare && registry_only {
+    let docker_only = opts.only.as_deref() == Some("docker");
+    if !opts.no_compare && (registry_only || docker_only) {
         let strata = build_strata(paths)?;
         report.machine.strata_version = tool_line(&strata, &["--version"]);
         let ctx = registry::RegistryContext {
@@ -193,7 +203,11 @@ fn run_cases(
             work: scratch.work(),
             runs: opts.runs(),
         };
-        registry::run(&ctx, report)?;
+        if docker_only {
+            docker::run(&ctx, report)?;
+        } else {
+            registry::run(&ctx, report)?;
+        }
     } else if !opts.no_compare {
         let fixture = fixture::ensure(paths)?;
         report.fixture = Some(fixture.info.clone());
