@@ -279,7 +279,12 @@ impl Store {
             let mut rest = decoder.finish();
             io::copy(&mut rest, &mut io::sink()).map_err(stream_err)?;
             let (tail, len) = (std::mem::take(&mut tee.tail), tee.len);
-            let table = SeekTable::read_from(&mut io::Cursor::new(&tail))
+            let mut view = TailView {
+                tail: &tail,
+                total: len,
+                pos: 0,
+            };
+            let table = SeekTable::read_from(&mut view)
                 .ok()
                 .flatten()
                 .ok_or_else(|| not_framed("ends without a seek table".into()))?;
@@ -759,6 +764,44 @@ impl<R: Read, W: Write> Read for TailTee<'_, R, W> {
             self.tail.drain(..self.tail.len() - TAIL);
         }
         Ok(n)
+    }
+}
+
+/// The last bytes of a stream of `total` bytes, seekable as that whole stream (reads before
+/// the tail fail): what a seek table reader needs to find a table at a stream's end.
+struct TailView<'t> {
+    tail: &'t [u8],
+    total: u64,
+    pos: u64,
+}
+
+impl Read for TailView<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let start = self.total - self.tail.len() as u64;
+        if self.pos < start {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "seek table larger than the kept end of the stream",
+            ));
+        }
+        let at = usize::try_from(self.pos - start).unwrap_or(usize::MAX);
+        let n = buf.len().min(self.tail.len().saturating_sub(at));
+        buf[..n].copy_from_slice(&self.tail[at..at + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl io::Seek for TailView<'_> {
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            io::SeekFrom::Start(n) => Some(n),
+            io::SeekFrom::End(d) => self.total.checked_add_signed(d),
+            io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = target
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek out of range"))?;
+        Ok(self.pos)
     }
 }
 

@@ -384,6 +384,16 @@ fn a_blob_of_another_store_is_stored_as_it_is_after_checking() {
     let b = Store::open(&tmp.path().join("b")).unwrap();
     let tree = tmp.path().join("tree");
     rich_tree(&tree);
+    // Incompressible and larger than what a stream's end is kept of (2 MiB at most).
+    let mut noise = Vec::with_capacity(3 << 20);
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    while noise.len() < 3 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        noise.extend_from_slice(&x.to_le_bytes());
+    }
+    fs::write(tree.join("noise.bin"), &noise).unwrap();
     let opts = CreateOptions {
         chunk_size: 64 << 10, // several frames
         ..CreateOptions::default()
