@@ -319,7 +319,7 @@ pub(crate) fn store_layer(
 
 /// A digest mismatch found while the store read a layer comes back as the store's stream
 /// error; it is ours, and says more.
-fn own_error(e: &(dyn std::error::Error + 'static)) -> Option<Error> {
+pub(crate) fn own_error(e: &(dyn std::error::Error + 'static)) -> Option<Error> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<io::Error>()

@@ -384,6 +384,16 @@ fn a_blob_of_another_store_is_stored_as_it_is_after_checking() {
     let b = Store::open(&tmp.path().join("b")).unwrap();
     let tree = tmp.path().join("tree");
     rich_tree(&tree);
+    // Incompressible and larger than what a stream's end is kept of (2 MiB at most).
+    let mut noise = Vec::with_capacity(3 << 20);
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    while noise.len() < 3 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        noise.extend_from_slice(&x.to_le_bytes());
+    }
+    fs::write(tree.join("noise.bin"), &noise).unwrap();
     let opts = CreateOptions {
         chunk_size: 64 << 10, // several frames
         ..CreateOptions::default()
@@ -409,6 +419,30 @@ fn a_blob_of_another_store_is_stored_as_it_is_after_checking() {
         fs::read(&blob).unwrap()
     );
     b.verify_blob(&info.id).unwrap();
+
+    // The same from a stream, checked as it goes by.
+    let c = Store::open(&tmp.path().join("c")).unwrap();
+    let bytes = fs::read(&blob).unwrap();
+    let streamed = c
+        .put_framed_stream(&bytes[..], "download", &limits, |r| Box::new(r))
+        .unwrap();
+    assert_eq!((streamed.id, streamed.frames), (info.id, info.frames));
+    assert_eq!(fs::read(c.blob_path(&info.id)).unwrap(), bytes);
+    let d = Store::open(&tmp.path().join("d")).unwrap();
+    let cut = &bytes[..bytes.len() - 3];
+    assert!(
+        d.put_framed_stream(cut, "cut", &limits, |r| Box::new(r))
+            .is_err()
+    );
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(&mut a.open_layer(&info.id).unwrap(), &mut tar).unwrap();
+    let unframed = zstd::encode_all(&tar[..], 3).unwrap();
+    let err = d
+        .put_framed_stream(&unframed[..], "plain zstd", &limits, |r| Box::new(r))
+        .unwrap_err();
+    assert!(err.to_string().contains("seek table"), "{err}");
+    assert!(d.ids().unwrap().is_empty());
+    assert!(tmp_files(&d).is_empty());
 
     // Not the blob format: said so, for the caller to recompress.
     let plain = tmp.path().join("plain.tar.zst");
