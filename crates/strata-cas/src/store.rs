@@ -164,6 +164,69 @@ impl Store {
         self.write_blob(|out| create::compress_tar(input, out, opts, limits))
     }
 
+    /// Stores a file already in the blob format (zstd frames and a seek table that describes
+    /// them, as a store writes blobs: one another Strata pushed to a registry, say) as it is,
+    /// without recompressing it. The frames are decompressed once, through `wrap` (which may
+    /// check the stream and fail its read), every tar header is validated and the content is
+    /// hashed; a failure stores nothing. `Ok(None)` when the file is not in that format (no
+    /// seek table, or one that does not account for the whole file): store it with
+    /// [`put_tar`](Self::put_tar) instead.
+    pub fn put_framed(
+        &self,
+        path: &Path,
+        limits: &Limits,
+        wrap: impl FnOnce(Box<dyn Read + Send>) -> Box<dyn Read + Send>,
+    ) -> Result<Option<LayerInfo>> {
+        let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("stat", path, e))?
+            .len();
+        let Ok(Some(table)) = SeekTable::read_from(&mut file) else {
+            return Ok(None);
+        };
+        if table.compressed_size().checked_add(table.encoded_len()) != Some(len) {
+            return Ok(None);
+        }
+        let decoded = wrap(extract::zstd_reader(file, path)?);
+        let mut counted = Counted {
+            inner: decoded,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+        };
+        let mut reader = crate::tar::TarReader::new(&mut counted, limits);
+        let mut entries = 0;
+        while let Some(entry) = reader.next_entry()? {
+            crate::tar::whiteout(&entry.path)
+                .map_err(|problem| Error::entry(reader.current_raw_name(), problem))?;
+            entries += 1;
+        }
+        reader.finish()?;
+        if counted.len != table.uncompressed_size() {
+            return Err(Error::Format {
+                path: path.to_path_buf(),
+                problem: format!(
+                    "the seek table says {} uncompressed bytes, the frames hold {}",
+                    table.uncompressed_size(),
+                    counted.len
+                ),
+            });
+        }
+        let id = LayerId::from(counted.hasher.finalize());
+        let info = self.write_blob(|out| {
+            let mut src = File::open(path).map_err(|e| Error::io("open", path, e))?;
+            io::copy(&mut src, out).map_err(|e| Error::io("copy", path, e))?;
+            Ok(LayerInfo {
+                id,
+                uncompressed_size: counted.len,
+                compressed_size: len,
+                frames: table.frames.len() as u32,
+                entries,
+            })
+        })?;
+        Ok(Some(info))
+    }
+
     /// Stores a layer file (plain tar, zstd or gzip).
     pub fn put_file(&self, path: &Path) -> Result<LayerInfo> {
         self.put_file_with(path, &CreateOptions::default())
@@ -598,6 +661,22 @@ fn sync_dir(dir: &Path) -> Result<()> {
     #[cfg(not(unix))]
     let _ = dir; // Windows cannot open directories as files; NTFS journals the rename.
     Ok(())
+}
+
+/// A reader that hashes and counts what it reads.
+struct Counted<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+    len: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
 }
 
 /// A layer's uncompressed tar, verified against its id as it is read.

@@ -21,7 +21,7 @@ use super::cases::{Context, s, time_case};
 use super::fixture::{self, TreeCounts};
 use super::report::{Check, Report, Target};
 use super::runner::{self, Contender};
-use super::sh_path;
+use super::util::sh_path;
 
 /// What debootstrap installs, besides the minimal base: a build machine's usual tools.
 const INCLUDE: &str = "build-essential,python3,git";
