@@ -74,8 +74,9 @@ fn cleanup_removes_containers_of_dead_processes_only() {
             .unwrap();
         assert!(status.status.success(), "{status:?}");
     }
+    // Another test's builder may sweep the dead one first (its first step cleans up too):
+    // what counts is that it is gone and the live one stays.
     let removed = driver.cleanup().unwrap();
-    assert!(removed.contains(&dead_name), "{removed:?}");
     assert!(!removed.contains(&live_name), "{removed:?}");
     let left = driver
         .containers_labelled("strata.test", &store.display().to_string())
