@@ -13,6 +13,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 use crate::project_root;
+use crate::toolchain::{DEBIAN_RUSTC, have_debian_rust};
 
 pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     if let Some(arg) = args.first() {
@@ -108,14 +109,6 @@ const FUZZ_SECONDS: u32 = 30;
 
 /// Targets whose code we cannot run here but must compile: `cfg(windows)` and macOS paths.
 const CROSS_TARGETS: &[&str] = &["x86_64-pc-windows-gnu", "aarch64-apple-darwin"];
-/// Debian's compiler, whose std sources (`rust-web-src`) let `-Zbuild-std` build any target.
-pub(crate) const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
-
-/// Whether Debian's compiler and its std sources are installed.
-pub(crate) fn have_debian_rust() -> bool {
-    std::path::Path::new(DEBIAN_RUSTC).exists()
-        && std::path::Path::new("/usr/lib/rustlib/src/rust/library").is_dir()
-}
 
 /// `cargo check` for other operating systems with `-Zbuild-std` (see
 /// `docs/architecture.md`). Needs Debian's `rustc-web rust-web-src libzstd-dev libsqlite3-dev

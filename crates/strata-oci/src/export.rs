@@ -18,17 +18,6 @@ use crate::model::{
 };
 use crate::{Compression, Digest, LayerBlob, media};
 
-/// Which kind of archive an export writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Format {
-    /// An OCI image layout.
-    #[default]
-    Oci,
-    /// A tar that `docker load` reads.
-    DockerArchive,
-}
-
 /// What the image config says beyond the layers: what the build's last stage set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]

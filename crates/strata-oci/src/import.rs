@@ -279,6 +279,20 @@ pub(crate) fn store_layer(
                 verify_file(path, *digest, *size)?;
             }
             let what = format!("layer {} ({})", i + 1, diff_id);
+            // A blob another store wrote (zstd frames with a seek table) is kept as it is:
+            // checked, not recompressed.
+            let framed = engine
+                .cas()
+                .put_framed(path, &strata_cas::Limits::default(), |r| {
+                    Box::new(VerifyReader::new(r, *diff_id, None, what.clone()))
+                })
+                .map_err(|e| own_error(&e).unwrap_or(Error::Cas(e)))?;
+            if let Some(info) = framed {
+                return Ok(match root {
+                    Some(root) => engine.add_snapshot_at(below, &info.id, top, root)?,
+                    None => engine.add_snapshot(below, &info.id, top)?,
+                });
+            }
             let raw = strata_cas::extract::open_layer_file(path)?;
             let verified = VerifyReader::new(raw, *diff_id, None, what);
             if root.is_none() {
@@ -305,7 +319,7 @@ pub(crate) fn store_layer(
 
 /// A digest mismatch found while the store read a layer comes back as the store's stream
 /// error; it is ours, and says more.
-fn own_error(e: &(dyn std::error::Error + 'static)) -> Option<Error> {
+pub(crate) fn own_error(e: &(dyn std::error::Error + 'static)) -> Option<Error> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<io::Error>()

@@ -23,7 +23,7 @@ pub mod testing;
 
 pub use digest::Digest;
 pub use error::{Error, Result};
-pub use export::{Format, Image, ImageMeta, write_docker_archive, write_oci_dir, write_oci_tar};
+pub use export::{Image, ImageMeta, write_docker_archive, write_oci_dir, write_oci_tar};
 pub use import::{Imported, import_docker_archive, import_oci};
 pub use layers::{Compression, LayerBlob};
 pub use model::media;

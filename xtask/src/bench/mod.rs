@@ -23,7 +23,7 @@
 //! 7. write `target/bench/report.json` and `target/bench/report.md`, print the markdown.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Instant, SystemTime};
 
@@ -32,7 +32,7 @@ use anyhow::{Context as _, bail};
 /// Progress line on stderr (the report itself goes to stdout at the end).
 macro_rules! say {
     ($($arg:tt)*) => {
-        $crate::bench::progress(format_args!($($arg)*))
+        $crate::bench::util::progress(format_args!($($arg)*))
     };
 }
 
@@ -48,6 +48,9 @@ mod rootfs;
 mod runner;
 mod scratch;
 mod snapshots;
+mod util;
+
+use util::{Paths, tool_line};
 
 /// Command-line options of `cargo xtask bench`.
 #[derive(Debug, Clone)]
@@ -136,52 +139,6 @@ impl Options {
     }
 }
 
-/// Where things live; every path is absolute.
-#[derive(Debug, Clone)]
-pub(crate) struct Paths {
-    /// The workspace root.
-    pub(crate) root: PathBuf,
-    /// Cargo's target directory (`$CARGO_TARGET_DIR` or `<root>/target`).
-    pub(crate) target: PathBuf,
-    /// `<target>/bench`: fixture, scratch filesystem, reports.
-    pub(crate) bench: PathBuf,
-}
-
-impl Paths {
-    fn new() -> Self {
-        let root = crate::project_root();
-        let target = match std::env::var_os("CARGO_TARGET_DIR") {
-            Some(dir) if !dir.is_empty() => root.join(dir),
-            _ => root.join("target"),
-        };
-        let bench = target.join("bench");
-        Paths {
-            root,
-            target,
-            bench,
-        }
-    }
-
-    /// `path` for humans: relative to the workspace root when under it.
-    pub(crate) fn show(&self, path: &Path) -> String {
-        path.strip_prefix(&self.root)
-            .unwrap_or(path)
-            .display()
-            .to_string()
-    }
-
-    /// A command line for humans: absolute paths under the workspace root made relative.
-    pub(crate) fn show_command(&self, command: &str) -> String {
-        let prefix = format!("{}/", self.root.display());
-        command.replace(&prefix, "")
-    }
-}
-
-pub(crate) fn progress(args: std::fmt::Arguments<'_>) {
-    // Progress is best effort: a closed stderr must not abort a long benchmark run.
-    let _ = writeln!(std::io::stderr().lock(), "[bench] {args}");
-}
-
 pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let Some(opts) = Options::parse(args)? else {
         return Ok(());
@@ -192,7 +149,8 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     std::fs::create_dir_all(&paths.bench)
         .with_context(|| format!("creating {}", paths.bench.display()))?;
 
-    machine::check_tools(!opts.no_compare)?;
+    // The registry cases check their own tools (docker-registry, skopeo).
+    machine::check_tools(!opts.no_compare && opts.only.as_deref() != Some("registry"))?;
     let machine = machine::collect();
     let mode = if opts.quick { "quick" } else { "full" };
     say!(
@@ -262,7 +220,7 @@ fn run_cases(
             work: scratch.work(),
             runs: opts.runs(),
         };
-        cases::run_all(&ctx, report, opts.quick, opts.only.as_deref())?;
+        run_all(&ctx, report, opts.quick, opts.only.as_deref())?;
         if opts.only.is_none() {
             let ctx = registry::RegistryContext {
                 paths,
@@ -275,6 +233,47 @@ fn run_cases(
     }
     if !opts.no_micro {
         report.micro = micro::run(paths, scratch.work(), opts.quick, started_at)?;
+    }
+    Ok(())
+}
+
+/// Runs every case, appending to `report`.
+fn run_all(
+    ctx: &cases::Context<'_>,
+    report: &mut report::Report,
+    quick: bool,
+    only: Option<&str>,
+) -> anyhow::Result<()> {
+    let wanted = |group: &str| only.is_none_or(|o| o == group);
+    if wanted("layers") {
+        let layer = cases::create(ctx, report)?;
+        cases::extract(ctx, report, &layer)?;
+        cases::size(ctx, report, &layer)?;
+        cases::memory(
+            ctx,
+            report,
+            ctx.fixture.root.as_path(),
+            "fixture",
+            ctx.fixture.info.counts.bytes,
+        )?;
+        // Free the scratch space (and inodes): the snapshot cases hold several copies of the
+        // fixture at once, and the big layer needs ~2 GiB to extract into.
+        for dir in ["create", "extract", "memory-fixture"] {
+            runner::remove(&ctx.work.join(dir))?;
+        }
+    }
+    if wanted("snapshots") {
+        snapshots::run(ctx, report, quick)?;
+    }
+    if wanted("rootfs") {
+        rootfs::run(ctx, report)?;
+    }
+    if wanted("builder") {
+        build::run(ctx, report)?;
+    }
+    if !quick && wanted("layers") {
+        let (big, counts) = fixture::ensure_big(ctx.paths)?;
+        cases::memory(ctx, report, &big, "big tree", counts.bytes)?;
     }
     Ok(())
 }
@@ -296,35 +295,4 @@ fn build_strata(paths: &Paths) -> anyhow::Result<PathBuf> {
         bail!("{} is missing after the build", strata.display());
     }
     Ok(strata)
-}
-
-/// The first line of `program args…` (stdout, else stderr), or `None` when it does not run.
-pub(crate) fn tool_line(program: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).output().ok()?;
-    let text = if out.stdout.is_empty() {
-        out.stderr
-    } else {
-        out.stdout
-    };
-    let text = String::from_utf8_lossy(&text);
-    text.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .map(str::to_owned)
-}
-
-/// Quotes `s` for `sh -c`.
-pub(crate) fn sh_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b))
-    {
-        return s.to_owned();
-    }
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// Quotes a path for `sh -c`.
-pub(crate) fn sh_path(p: &Path) -> String {
-    sh_quote(&p.to_string_lossy())
 }

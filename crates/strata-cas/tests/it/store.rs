@@ -376,3 +376,84 @@ fn the_store_root_is_private_to_its_owner_and_narrowed_never_widened() {
     let err = strata_cas::private_dir(&file).unwrap_err();
     assert!(err.to_string().contains(file.to_str().unwrap()), "{err}");
 }
+
+#[test]
+fn a_blob_of_another_store_is_stored_as_it_is_after_checking() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Store::open(&tmp.path().join("a")).unwrap();
+    let b = Store::open(&tmp.path().join("b")).unwrap();
+    let tree = tmp.path().join("tree");
+    rich_tree(&tree);
+    // Incompressible and larger than what a stream's end is kept of (2 MiB at most).
+    let mut noise = Vec::with_capacity(3 << 20);
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    while noise.len() < 3 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        noise.extend_from_slice(&x.to_le_bytes());
+    }
+    fs::write(tree.join("noise.bin"), &noise).unwrap();
+    let opts = CreateOptions {
+        chunk_size: 64 << 10, // several frames
+        ..CreateOptions::default()
+    };
+    let info = a.put_dir(&tree, &opts).unwrap();
+    let blob = a.blob_path(&info.id);
+    let limits = strata_cas::Limits::default();
+
+    // A check that fails its read stores nothing.
+    let refused = b.put_framed(&blob, &limits, |r| {
+        Box::new(std::io::Read::chain(r, &[1u8][..]))
+    });
+    assert!(refused.is_err());
+    assert!(b.ids().unwrap().is_empty());
+    assert!(tmp_files(&b).is_empty());
+
+    let stored = b.put_framed(&blob, &limits, |r| r).unwrap().unwrap();
+    assert_eq!(stored.id, info.id);
+    assert_eq!(stored.frames, info.frames);
+    assert!(stored.frames > 1);
+    assert_eq!(
+        fs::read(b.blob_path(&info.id)).unwrap(),
+        fs::read(&blob).unwrap()
+    );
+    b.verify_blob(&info.id).unwrap();
+
+    // The same from a stream, checked as it goes by.
+    let c = Store::open(&tmp.path().join("c")).unwrap();
+    let bytes = fs::read(&blob).unwrap();
+    let streamed = c
+        .put_framed_stream(&bytes[..], "download", &limits, |r| Box::new(r))
+        .unwrap();
+    assert_eq!((streamed.id, streamed.frames), (info.id, info.frames));
+    assert_eq!(fs::read(c.blob_path(&info.id)).unwrap(), bytes);
+    let d = Store::open(&tmp.path().join("d")).unwrap();
+    let cut = &bytes[..bytes.len() - 3];
+    assert!(
+        d.put_framed_stream(cut, "cut", &limits, |r| Box::new(r))
+            .is_err()
+    );
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(&mut a.open_layer(&info.id).unwrap(), &mut tar).unwrap();
+    let unframed = zstd::encode_all(&tar[..], 3).unwrap();
+    let err = d
+        .put_framed_stream(&unframed[..], "plain zstd", &limits, |r| Box::new(r))
+        .unwrap_err();
+    assert!(err.to_string().contains("seek table"), "{err}");
+    assert!(d.ids().unwrap().is_empty());
+    assert!(tmp_files(&d).is_empty());
+
+    // Not the blob format: said so, for the caller to recompress.
+    let plain = tmp.path().join("plain.tar.zst");
+    fs::write(&plain, zstd::encode_all(&b"not framed"[..], 3).unwrap()).unwrap();
+    assert!(b.put_framed(&plain, &limits, |r| r).unwrap().is_none());
+    // Frames whose content is not a valid tar are refused.
+    let bad = tmp.path().join("bad.zst");
+    fs::write(
+        &bad,
+        strata_cas::frames::compress_all(&[7u8; 5000], 3, 1024),
+    )
+    .unwrap();
+    assert!(b.put_framed(&bad, &limits, |r| r).is_err());
+}

@@ -20,11 +20,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use strata_snapshot::{Engine, RootRecord, SnapshotId};
 
-use super::{
-    Client, Options, Reference, download, fetch_small, run_parallel, stored_layer, upload,
-};
+use super::{Client, Options, Reference, fetch_layers, fetch_small, temp_dir, upload};
 use crate::error::{Error, Result, invalid};
-use crate::import::{MAX_DOCUMENT, Source, parse, store_layer};
+use crate::import::{MAX_DOCUMENT, parse, store_layer};
 use crate::model::{Descriptor, ImageConfig, Manifest};
 use crate::{Compression, Digest, Image, ImageMeta, media};
 
@@ -196,30 +194,15 @@ impl StepCache {
                 break;
             }
         }
-        let tmp = tempfile::Builder::new()
-            .prefix("strata-cache-")
-            .tempdir()
-            .map_err(|e| Error::Io {
-                action: "create a temporary directory",
-                path: std::env::temp_dir(),
-                source: e,
-            })?;
-        let mut sources = Vec::new();
-        let mut downloads: Vec<(Descriptor, std::path::PathBuf)> = Vec::new();
-        for (layer, diff_id) in layers[have..].iter().zip(&diff_ids[have..]) {
-            if let Some(stored) = stored_layer(engine, layer, diff_id)? {
-                sources.push(Source::Stored(stored));
-                continue;
-            }
-            let path = tmp.path().join(layer.digest.hex());
-            if !downloads.iter().any(|(d, _)| d.digest == layer.digest) {
-                downloads.push((layer.clone(), path.clone()));
-            }
-            sources.push(Source::File { path, blob: None });
-        }
-        run_parallel(downloads.len(), self.opts.jobs, |i| {
-            download(&client, &downloads[i].0, &downloads[i].1)
-        })?;
+        let tmp = temp_dir("strata-cache-")?;
+        let sources = fetch_layers(
+            engine,
+            &client,
+            &layers[have..],
+            &diff_ids[have..],
+            &self.opts,
+            tmp.path(),
+        )?;
         let mut below = have.checked_sub(1).map(|i| ids[i]);
         for (offset, source) in sources.iter().enumerate() {
             let i = have + offset;

@@ -286,14 +286,15 @@ impl Client {
         Ok(())
     }
 
-    /// Streams a blob; the caller verifies what it reads.
+    /// Streams a blob; the caller verifies what it reads. A thread reads ahead of the
+    /// caller, so the download goes on while the caller decompresses and hashes.
     pub(crate) fn get_blob(&self, digest: &Digest) -> Result<Box<dyn Read + Send>> {
         let url = self.url(&format!("blobs/{digest}"));
         let response = self.send(Method::Get, &url, &[], None)?;
         if response.status() != StatusCode::OK {
             return Err(status_error("GET", &url, response));
         }
-        Ok(Box::new(response.into_body().into_reader()))
+        Ok(Box::new(ReadAhead::new(response.into_body().into_reader())))
     }
 
     /// Whether the repository has a manifest under `object` (a tag or digest).
@@ -364,6 +365,90 @@ impl Client {
             return Err(Error::TooLarge { what: url, limit });
         }
         Ok(Some((bytes, media_type)))
+    }
+}
+
+/// Chunks a read-ahead thread may hold before the reader takes them (at most 32 MiB).
+const AHEAD_CHUNKS: usize = 32;
+const AHEAD_CHUNK: usize = 1 << 20;
+
+/// A reader fed by a thread that reads `inner` ahead, up to [`AHEAD_CHUNKS`] chunks; the
+/// thread stops at the end, at an error (handed on) or when the reader is dropped.
+struct ReadAhead {
+    chunks: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl ReadAhead {
+    fn new(mut inner: impl Read + Send + 'static) -> ReadAhead {
+        let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD_CHUNKS);
+        std::thread::spawn(move || {
+            loop {
+                let mut chunk = vec![0u8; AHEAD_CHUNK];
+                let mut filled = 0;
+                let result = loop {
+                    match inner.read(&mut chunk[filled..]) {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => {
+                            filled += n;
+                            if filled == chunk.len() {
+                                break Ok(());
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                chunk.truncate(filled);
+                let last = filled == 0 || result.is_err();
+                let sent = match result {
+                    Err(e) if filled == 0 => tx.send(Err(e)),
+                    Err(e) => tx.send(Ok(chunk)).and_then(|()| tx.send(Err(e))),
+                    Ok(()) => tx.send(Ok(chunk)),
+                };
+                if sent.is_err() || last {
+                    return;
+                }
+            }
+        });
+        ReadAhead {
+            chunks: rx,
+            current: Vec::new(),
+            pos: 0,
+            done: false,
+        }
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.current.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.chunks.recv() {
+                Ok(Ok(chunk)) if chunk.is_empty() => self.done = true,
+                Ok(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                // The thread ended without an empty chunk: it panicked.
+                Err(_) => {
+                    self.done = true;
+                    return Err(std::io::Error::other("the download thread stopped"));
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
@@ -449,6 +534,29 @@ fn percent(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_ahead_hands_on_every_byte_then_the_error() {
+        let data: Vec<u8> = (0..3 * AHEAD_CHUNK + 17).map(|i| (i % 251) as u8).collect();
+        let mut out = Vec::new();
+        ReadAhead::new(std::io::Cursor::new(data.clone()))
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, data);
+        let failing = std::io::Cursor::new(vec![1u8; 10]).chain(Failing);
+        let mut out = Vec::new();
+        let err = ReadAhead::new(failing).read_to_end(&mut out).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+        assert_eq!(out, vec![1u8; 10]);
+    }
+
+    struct Failing;
+
+    impl Read for Failing {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::ConnectionReset.into())
+        }
+    }
 
     #[test]
     fn parses_challenges() {

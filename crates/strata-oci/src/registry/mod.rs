@@ -13,7 +13,7 @@ use strata_snapshot::Engine;
 
 use crate::digest::VerifyReader;
 use crate::error::{Error, Result, invalid, io_err, unwrap_stream};
-use crate::import::{Imported, MAX_DOCUMENT, Source, import_layers, parse};
+use crate::import::{Imported, MAX_DOCUMENT, Source, import_layers, own_error, parse};
 use crate::model::{Descriptor, ImageConfig, Index, Manifest, host_arch, host_os};
 use crate::{Digest, Image, media};
 
@@ -291,42 +291,115 @@ pub fn pull(
             ),
         ));
     }
-    let tmp = tempfile::Builder::new()
-        .prefix("strata-pull-")
+    let tmp = temp_dir("strata-pull-")?;
+    let sources = fetch_layers(
+        engine,
+        &client,
+        &manifest.layers,
+        &config.rootfs.diff_ids,
+        opts,
+        tmp.path(),
+    )?;
+    import_layers(engine, &config, &sources, Some(source.to_string()), tag)
+}
+
+pub(crate) fn temp_dir(prefix: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(prefix)
         .tempdir()
         .map_err(|e| Error::Io {
             action: "create a temporary directory",
             path: std::env::temp_dir(),
             source: e,
-        })?;
-    let mut sources = Vec::with_capacity(manifest.layers.len());
-    let mut downloads = Vec::new();
-    for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+        })
+}
+
+/// Where each of `layers` comes from, for [`store_layer`](crate::import::store_layer): a
+/// layer the store holds already is reused; a blob Strata pushed (zstd frames with a seek
+/// table, named by its annotation) streams into the store as it downloads, checked against
+/// its digest, size and `diff_id` on the way; any other is downloaded into `tmp`, checked
+/// against its digest and size, and checked against its `diff_id` when it is stored. Up to
+/// `opts.jobs` blobs move at once; a blob listed twice moves once.
+pub(crate) fn fetch_layers(
+    engine: &Engine,
+    client: &Client,
+    layers: &[Descriptor],
+    diff_ids: &[Digest],
+    opts: &Options,
+    tmp: &Path,
+) -> Result<Vec<Source>> {
+    let mut sources: Vec<Option<Source>> = Vec::with_capacity(layers.len());
+    let mut wanted: Vec<(usize, &Descriptor)> = Vec::new();
+    for (i, (layer, diff_id)) in layers.iter().zip(diff_ids).enumerate() {
         if layer.size > opts.max_blob {
             return Err(Error::TooLarge {
                 what: format!("layer {}", layer.digest),
                 limit: opts.max_blob,
             });
         }
-        if let Some(stored) = stored_layer(engine, layer, diff_id)? {
-            sources.push(Source::Stored(stored));
-            continue;
+        let stored = stored_layer(engine, layer, diff_id)?;
+        if stored.is_none() && !wanted.iter().any(|(_, d)| d.digest == layer.digest) {
+            wanted.push((i, layer));
         }
-        let path = tmp.path().join(layer.digest.hex());
-        if !downloads
-            .iter()
-            .any(|(d, _): &(Descriptor, PathBuf)| d.digest == layer.digest)
-        {
-            downloads.push((layer.clone(), path.clone()));
-        }
-        // Verified as it downloads: no second pass over the file.
-        sources.push(Source::File { path, blob: None });
+        sources.push(stored.map(Source::Stored));
     }
-    run_parallel(downloads.len(), opts.jobs, |i| {
-        let (layer, path) = &downloads[i];
-        download(&client, layer, path)
+    let fetched: Mutex<BTreeMap<Digest, Source>> = Mutex::new(BTreeMap::new());
+    run_parallel(wanted.len(), opts.jobs, |n| {
+        let (i, layer) = wanted[n];
+        let source = if layer.media_type == media::LAYER_ZSTD
+            && layer.annotations.contains_key(media::STRATA_LAYER)
+        {
+            let body = client.get_blob(&layer.digest)?;
+            let blob = format!("blob {}", layer.digest);
+            let mut verified =
+                VerifyReader::new(body, layer.digest, Some(layer.size), blob.clone());
+            let what = format!("layer {} ({})", i + 1, diff_ids[i]);
+            let diff_id = diff_ids[i];
+            let stored = engine.cas().put_framed_stream(
+                &mut verified,
+                &blob,
+                &strata_cas::Limits::default(),
+                |r| Box::new(VerifyReader::new(r, diff_id, None, what)),
+            );
+            match stored {
+                Ok(info) => Source::Stored(info.id),
+                Err(e) => {
+                    // A corrupted blob usually fails decompression first; the digest, once
+                    // the rest has arrived, says what really went wrong.
+                    if let Err(drained) = io::copy(&mut verified, &mut io::sink())
+                        && let Some(mismatch) = own_error(&drained)
+                    {
+                        return Err(mismatch);
+                    }
+                    return Err(own_error(&e).unwrap_or(Error::Cas(e)));
+                }
+            }
+        } else {
+            let path = tmp.join(layer.digest.hex());
+            download(client, layer, &path)?;
+            Source::File { path, blob: None }
+        };
+        fetched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(layer.digest, source);
+        Ok(())
     })?;
-    import_layers(engine, &config, &sources, Some(source.to_string()), tag)
+    let fetched = fetched.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok(sources
+        .into_iter()
+        .zip(layers)
+        .map(|(source, layer)| match source {
+            Some(source) => source,
+            None => match &fetched[&layer.digest] {
+                Source::Stored(id) => Source::Stored(*id),
+                Source::File { path, blob } => Source::File {
+                    path: path.clone(),
+                    blob: *blob,
+                },
+            },
+        })
+        .collect())
 }
 
 /// The layer the store holds already for `layer`, if Strata's annotation names one whose

@@ -53,6 +53,20 @@ fn push_then_pull_gives_the_same_snapshot_and_skips_what_is_there() {
     assert_eq!(pulled.snapshot.id, f.top.id);
     assert_eq!(store.resolve("app").unwrap(), f.top.id);
     assert_eq!(pulled.meta.workdir.as_deref(), Some("/srv"));
+    // zstd blobs are kept as they were sent: no recompression on either side.
+    for layer in [
+        f.top.layer,
+        f.engine
+            .snapshot(&f.top.parent.unwrap())
+            .unwrap()
+            .unwrap()
+            .layer,
+    ] {
+        assert_eq!(
+            fs::read(store.cas().blob_path(&layer)).unwrap(),
+            fs::read(f.engine.cas().blob_path(&layer)).unwrap()
+        );
+    }
     // By digest too, and into a store that has the layers: nothing to download.
     let by_digest: Reference = format!("127.0.0.1:{}/team/app@{}", reg.port(), img.manifest_digest)
         .parse()
@@ -139,7 +153,16 @@ fn a_corrupted_blob_is_refused_and_leaves_the_store_as_it_was() {
         "{err}"
     );
     assert!(store.snapshots().unwrap().is_empty(), "nothing lands");
-    assert!(store.cas().ids().unwrap().is_empty(), "not even a blob");
+    // Not even the corrupted layer's blob (the good base's may be, verified, for gc).
+    assert!(!store.cas().contains(&f.top.layer));
+    assert!(
+        store
+            .cas()
+            .ids()
+            .unwrap()
+            .iter()
+            .all(|id| *id != f.top.layer)
+    );
     // The store and the registry's other images stay usable.
     let good = reference(&reg, "team/other:1");
     let base_only = Image::new(
