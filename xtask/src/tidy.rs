@@ -262,6 +262,46 @@ fn manifest_dependencies(krate: &str) -> Vec<String> {
     deps
 }
 
+/// The Engine API client and its async runtime stay in strata-docker: only it names bollard
+/// or tokio directly, and strata-isolate (whose runc path must stay synchronous) depends on
+/// neither it nor them. Only the facade makes the Docker driver for embedders, and the
+/// builder's sources never name it.
+#[test]
+fn the_engine_api_and_its_runtime_stay_in_the_docker_crate() {
+    for entry in fs::read_dir(project_root().join("crates")).unwrap() {
+        let krate = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if krate == "strata-docker" {
+            continue;
+        }
+        let deps = manifest_dependencies(&krate);
+        for async_dep in ["bollard", "tokio", "futures-util"] {
+            assert!(
+                !deps.iter().any(|d| d == async_dep),
+                "{krate} must not depend on {async_dep}: the Docker driver keeps it"
+            );
+        }
+    }
+    let isolate = dependencies("strata-isolate");
+    for forbidden in ["strata-docker", "bollard", "tokio"] {
+        assert!(
+            !isolate.iter().any(|d| d == forbidden),
+            "strata-isolate must not depend on {forbidden}"
+        );
+    }
+    let mut files = Vec::new();
+    rust_files(&project_root().join("crates/strata-build/src"), &mut files);
+    for file in files {
+        let text = fs::read_to_string(&file).unwrap();
+        for concrete in ["DockerDriver", "strata_docker"] {
+            assert!(
+                !text.contains(concrete),
+                "{} names the concrete driver `{concrete}`",
+                file.display()
+            );
+        }
+    }
+}
+
 /// The snapshot engine builds on the CAS and on process liveness only: no sandbox, spec,
 /// builder, command line or async runtime.
 #[test]

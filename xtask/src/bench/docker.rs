@@ -35,12 +35,16 @@ pub(crate) fn run(ctx: &RegistryContext<'_>, report: &mut Report) -> anyhow::Res
     let dir = ctx.work.join("docker");
     runner::remove(&dir)?;
     std::fs::create_dir_all(&dir)?;
+    // The 2,000-file step has a store of its own: its result differs on every run (file
+    // times), so the run before is found and deleted by listing the base's children.
     let store = dir.join("store");
-    let strata = |args: &[&str]| -> Vec<String> {
-        let mut v = vec![s(ctx.strata), "--store".into(), s(&store)];
+    let files_store = dir.join("store-files");
+    let strata_at = |store: &std::path::Path, args: &[&str]| -> Vec<String> {
+        let mut v = vec![s(ctx.strata), "--store".into(), s(store)];
         v.extend(args.iter().map(|a| (*a).to_owned()));
         v
     };
+    let strata = |args: &[&str]| strata_at(&store, args);
     let spec_dir = |name: &str, spec: String| -> anyhow::Result<String> {
         let d = dir.join(name);
         std::fs::create_dir_all(&d)?;
@@ -67,19 +71,26 @@ pub(crate) fn run(ctx: &RegistryContext<'_>, report: &mut Report) -> anyhow::Res
         ),
     )?;
     // Untimed: the base, its image, and every step once, for the snapshot ids.
-    let snapshot = |sandbox: &str, spec: &str| -> anyhow::Result<String> {
-        let out = runner::timed(&strata(&["--json", "build", "--sandbox", sandbox, spec]))?.1;
+    let snapshot_at = |store: &std::path::Path, sandbox: &str, spec: &str| {
+        let out = runner::timed(&strata_at(
+            store,
+            &["--json", "build", "--sandbox", sandbox, spec],
+        ))?
+        .1;
         let result: serde_json::Value =
             serde_json::from_str(out.trim()).context("parsing build --json")?;
-        Ok(result["snapshot"]
-            .as_str()
-            .context("no snapshot in build --json")?
-            .to_owned())
+        anyhow::Ok(
+            result["snapshot"]
+                .as_str()
+                .context("no snapshot in build --json")?
+                .to_owned(),
+        )
     };
-    let noop_step = snapshot("docker", &noop)?;
-    let files_docker = snapshot("docker", &files)?;
-    let files_runc = snapshot("runc", &files)?;
-    let ten = snapshot("docker", &layers)?;
+    let noop_step = snapshot_at(&store, "docker", &noop)?;
+    let files_step = snapshot_at(&files_store, "docker", &files)?;
+    let files_base =
+        snapshot_chain(&|a: &[&str]| strata_at(&files_store, a), &files_step)?[0].clone();
+    let ten = snapshot_at(&store, "docker", &layers)?;
     let base = snapshot_chain(&strata, &ten)?;
     let base_image = format!("strata-snapshot:{}", base[0]);
 
@@ -125,18 +136,22 @@ pub(crate) fn run(ctx: &RegistryContext<'_>, report: &mut Report) -> anyhow::Res
         share,
     ));
 
-    let delete_docker = delete(files_docker);
-    let delete_runc = delete(files_runc);
+    let delete_files_step = || -> anyhow::Result<()> {
+        for child in children(&|a: &[&str]| strata_at(&files_store, a), &files_base)? {
+            runner::timed(&strata_at(&files_store, &["delete", &child]))?;
+        }
+        Ok(())
+    };
     let contenders = [
         Contender {
             label: "strata build --sandbox docker (2,000 files)",
-            argv: strata(&["build", "--sandbox", "docker", &files]),
-            prepare: &delete_docker,
+            argv: strata_at(&files_store, &["build", "--sandbox", "docker", &files]),
+            prepare: &delete_files_step,
         },
         Contender {
             label: "strata build --sandbox runc (2,000 files)",
-            argv: strata(&["build", "--sandbox", "runc", &files]),
-            prepare: &delete_runc,
+            argv: strata_at(&files_store, &["build", "--sandbox", "runc", &files]),
+            prepare: &delete_files_step,
         },
     ];
     let name = "docker: a step adding 2,000 small files, docker vs runc";
@@ -187,18 +202,31 @@ pub(crate) fn run(ctx: &RegistryContext<'_>, report: &mut Report) -> anyhow::Res
     Ok(())
 }
 
-/// The ids of the chain of snapshot `id`, its base first (`strata --json snapshot ls`).
+/// Every snapshot of the store, as `strata --json snapshot ls` lists them.
+fn snapshots(strata: &dyn Fn(&[&str]) -> Vec<String>) -> anyhow::Result<Vec<serde_json::Value>> {
+    let out = runner::timed(&strata(&["--json", "snapshot", "ls"]))?.1;
+    let list: serde_json::Value =
+        serde_json::from_str(out.trim()).context("parsing snapshot ls")?;
+    list.as_array()
+        .cloned()
+        .context("snapshot ls lists no snapshots")
+}
+
+/// The ids of the snapshots made on `parent`.
+fn children(strata: &dyn Fn(&[&str]) -> Vec<String>, parent: &str) -> anyhow::Result<Vec<String>> {
+    Ok(snapshots(strata)?
+        .iter()
+        .filter(|r| r["parent"].as_str() == Some(parent))
+        .filter_map(|r| r["id"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// The ids of the chain of snapshot `id`, its base first.
 fn snapshot_chain(
     strata: &dyn Fn(&[&str]) -> Vec<String>,
     id: &str,
 ) -> anyhow::Result<Vec<String>> {
-    let out = runner::timed(&strata(&["--json", "snapshot", "ls"]))?.1;
-    let list: serde_json::Value =
-        serde_json::from_str(out.trim()).context("parsing snapshot ls")?;
-    let rows = list
-        .as_array()
-        .or_else(|| list["snapshots"].as_array())
-        .context("snapshot ls lists no snapshots")?;
+    let rows = snapshots(strata)?;
     let parent_of = |id: &str| {
         rows.iter()
             .find(|r| r["id"].as_str() == Some(id))

@@ -3,6 +3,7 @@
 mod build;
 mod cas;
 mod cli;
+mod docker;
 mod image;
 mod layer;
 mod maintenance;
