@@ -2,7 +2,9 @@
 //!
 //! Formatting, clippy with warnings as errors, the whole test suite (the tidy checks in
 //! `tidy.rs` run as xtask's own tests), a short run of every fuzz target (`fuzz.rs`), a
-//! small run of OBuilder's stress test against real runc (`stress.rs`), a type-check of
+//! small run of OBuilder's stress test against real runc (`stress.rs`), the builder's
+//! end-to-end tests and a stress run on the Docker driver (where an engine answers, and
+//! always under `CI=true`), a type-check of
 //! every crate for Windows and macOS, then the Windows unit tests under Wine (`wine.rs`),
 //! in that order, stopping at the first failure.
 
@@ -11,6 +13,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 use crate::project_root;
+use crate::toolchain::{DEBIAN_RUSTC, have_debian_rust};
 
 pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     if let Some(arg) = args.first() {
@@ -60,9 +63,45 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     } else {
         eprintln!("==> stress: skipped (needs root, runc and busybox-static)");
     }
+    // The builder's end-to-end tests again on the Docker driver, and a small stress run
+    // on it (strata-docker's own tests ran with the workspace's above).
+    if docker_usable() || std::env::var_os("CI").is_some() {
+        step_env(
+            "docker",
+            &[("STRATA_TEST_SANDBOX", "docker")],
+            &["test", "--locked", "-p", "strata-build", "--test", "it"],
+        )?;
+        step(
+            "stress (docker)",
+            &[
+                "run",
+                "--locked",
+                "-p",
+                "xtask",
+                "--",
+                "stress",
+                "--jobs",
+                "12",
+                "--concurrency",
+                "4",
+                "--sandbox",
+                "docker",
+            ],
+        )?;
+    } else {
+        eprintln!("==> docker: skipped (no docker engine answers)");
+    }
     cross_check()?;
     crate::wine::run_tests()?;
     Ok(())
+}
+
+/// Whether a docker engine answers on the default socket (or `DOCKER_HOST`).
+fn docker_usable() -> bool {
+    use strata_isolate::Driver;
+    strata_docker::DockerDriver::new(strata_docker::DockerOptions::new(1))
+        .check()
+        .is_ok()
 }
 
 /// Seconds each fuzz target runs in CI.
@@ -70,14 +109,6 @@ const FUZZ_SECONDS: u32 = 30;
 
 /// Targets whose code we cannot run here but must compile: `cfg(windows)` and macOS paths.
 const CROSS_TARGETS: &[&str] = &["x86_64-pc-windows-gnu", "aarch64-apple-darwin"];
-/// Debian's compiler, whose std sources (`rust-web-src`) let `-Zbuild-std` build any target.
-pub(crate) const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
-
-/// Whether Debian's compiler and its std sources are installed.
-pub(crate) fn have_debian_rust() -> bool {
-    std::path::Path::new(DEBIAN_RUSTC).exists()
-        && std::path::Path::new("/usr/lib/rustlib/src/rust/library").is_dir()
-}
 
 /// `cargo check` for other operating systems with `-Zbuild-std` (see
 /// `docs/architecture.md`). Needs Debian's `rustc-web rust-web-src libzstd-dev libsqlite3-dev
@@ -145,9 +176,14 @@ fn runc_usable() -> bool {
 }
 
 fn step(name: &str, args: &[&str]) -> anyhow::Result<()> {
+    step_env(name, &[], args)
+}
+
+fn step_env(name: &str, env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<()> {
     eprintln!("==> {name}: cargo {}", args.join(" "));
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(project_root())
         .status()
         .with_context(|| format!("cannot run cargo for the {name} step"))?;

@@ -25,6 +25,7 @@ mod deps;
 mod fuzz;
 mod stress;
 mod tidy;
+mod toolchain;
 mod wine;
 mod wine_cli;
 

@@ -1,4 +1,5 @@
-//! `cargo xtask stress`: OBuilder's stress test, reproduced against real runc.
+//! `cargo xtask stress`: OBuilder's stress test, reproduced against real runc (or, with
+//! `--sandbox docker`, the Docker driver on the local engine).
 //!
 //! N jobs, at most C at a time, in one builder. Job `j` runs 4 steps of `echo -n D >> output`
 //! where D is the j-th base-3 digit string (so jobs share long prefixes and identical steps
@@ -20,6 +21,7 @@ const STEPS: usize = 4;
 pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let mut jobs = 100;
     let mut concurrency = 10;
+    let mut sandbox = "runc".to_owned();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| -> anyhow::Result<usize> {
@@ -31,17 +33,25 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         match a.as_str() {
             "--jobs" => jobs = value("--jobs")?,
             "--concurrency" => concurrency = value("--concurrency")?,
+            "--sandbox" => {
+                sandbox = it.next().context("--sandbox needs runc or docker")?.clone();
+                ensure!(
+                    sandbox == "runc" || sandbox == "docker",
+                    "--sandbox takes runc or docker, not `{sandbox}`"
+                );
+            }
             other => bail!(
-                "unknown option `{other}`; usage: cargo xtask stress [--jobs N] [--concurrency C]"
+                "unknown option `{other}`; usage: cargo xtask stress [--jobs N] [--concurrency C] \
+                 [--sandbox runc|docker]"
             ),
         }
     }
     let dir = crate::project_root().join("target/stress");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("context"))?;
-    let report = stress(&dir, jobs, concurrency)?;
+    let report = stress(&dir, jobs, concurrency, &sandbox)?;
     println!(
-        "Ran {jobs} jobs ({concurrency} at a time, {} steps run, {} from cache). Took {:.2} s ({:.2} jobs/s)",
+        "Ran {jobs} jobs with {sandbox} ({concurrency} at a time, {} steps run, {} from cache). Took {:.2} s ({:.2} jobs/s)",
         report.misses,
         report.hits,
         report.seconds,
@@ -71,19 +81,25 @@ fn spec(job: usize) -> String {
     s
 }
 
-fn stress(dir: &Path, jobs: usize, concurrency: usize) -> anyhow::Result<Report> {
+fn stress(dir: &Path, jobs: usize, concurrency: usize, sandbox: &str) -> anyhow::Result<Report> {
     let store = dir.join("store");
     let engine = Engine::open(&store)?;
     strata_build::base::ensure_busybox(&engine)?;
-    let driver = strata_isolate::driver(
-        "runc",
-        &DriverOptions {
-            slots: Some(concurrency),
-            fast_sync: true,
-            limits: Limits::default(),
-            ..DriverOptions::new(store.join("isolate-v1/runc"))
-        },
-    )?;
+    let driver: Box<dyn strata_isolate::Driver> = if sandbox == "docker" {
+        Box::new(strata_docker::DockerDriver::new(
+            strata_docker::DockerOptions::new(concurrency),
+        ))
+    } else {
+        strata_isolate::driver(
+            "runc",
+            &DriverOptions {
+                slots: Some(concurrency),
+                fast_sync: true,
+                limits: Limits::default(),
+                ..DriverOptions::new(store.join("isolate-v1/runc"))
+            },
+        )?
+    };
     driver.check()?;
     let builder = Builder::new(Arc::new(engine), driver)?;
     let next = AtomicUsize::new(0);

@@ -3,6 +3,7 @@
 
 #![cfg(test)]
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -565,4 +566,397 @@ fn library_error_enums_are_non_exhaustive_with_one_io_shape() {
         }
     }
     assert!(enums >= 10, "found only {enums} error enums");
+}
+
+/// The module a Rust file under `src` is, as a path of names (`[]` for `lib.rs`/`main.rs`,
+/// `["extract"]` for `extract/mod.rs` or `extract.rs`).
+fn module_of(src: &Path, file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src).unwrap().with_extension("");
+    let mut parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if matches!(
+        parts.last().map(String::as_str),
+        Some("mod" | "lib" | "main")
+    ) {
+        parts.pop();
+    }
+    parts
+}
+
+/// The paths (`a::b::C`) a line names after `crate::` or `super::`, with braces expanded.
+fn named_paths(line: &str, prefix: &str) -> Vec<String> {
+    fn expand(base: &str, rest: &str, out: &mut Vec<String>) {
+        // `rest` starts right after `base::`.
+        if let Some(inner) = rest.strip_prefix('{') {
+            let mut depth = 0;
+            let mut item = String::new();
+            for c in inner.chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        expand_item(base, item.trim(), out);
+                        item.clear();
+                        continue;
+                    }
+                    _ => {}
+                }
+                item.push(c);
+            }
+            expand_item(base, item.trim(), out);
+        } else {
+            let path: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+                .collect();
+            let after = &rest[path.len()..];
+            if path.ends_with("::") && after.starts_with('{') {
+                expand(&format!("{base}{path}"), after, out);
+            } else {
+                out.push(format!("{base}{}", path.trim_end_matches(':')));
+            }
+        }
+    }
+    fn expand_item(base: &str, item: &str, out: &mut Vec<String>) {
+        if item.is_empty() {
+            return;
+        }
+        match item.find("::{") {
+            Some(at) => expand(&format!("{base}{}::", &item[..at]), &item[at + 2..], out),
+            None => out.push(format!("{base}{item}")),
+        }
+    }
+    let mut out = Vec::new();
+    let needle = format!("{prefix}::");
+    for (at, _) in line.match_indices(&needle) {
+        let before = line[..at].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$') {
+            continue;
+        }
+        expand("", &line[at + needle.len()..], &mut out);
+    }
+    out
+}
+
+/// Module dependencies of a crate's source: which modules each module names. A module
+/// naming its ancestors (the items they declare for their children) or its descendants is
+/// the usual shape and not counted; root re-exports (`pub use a::X` in `lib.rs`) count as
+/// the module they come from.
+fn module_graph(src: &Path) -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    let modules: BTreeSet<Vec<String>> = files.iter().map(|f| module_of(src, f)).collect();
+    // Root re-exports: name → module.
+    let mut reexports: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for root in ["lib.rs", "main.rs"] {
+        let Ok(text) = fs::read_to_string(src.join(root)) else {
+            continue;
+        };
+        for line in text.lines().filter(|l| l.starts_with("pub use ")) {
+            let path = line["pub use ".len()..].trim_end_matches(';');
+            for full in named_paths(&format!("crate::{path}"), "crate") {
+                let parts: Vec<&str> = full.split("::").collect();
+                if let Some((name, module)) = parts.split_last() {
+                    reexports.insert(
+                        name.to_string(),
+                        module.iter().map(|s| s.to_string()).collect(),
+                    );
+                }
+            }
+        }
+    }
+    let resolve = |path: Vec<String>| -> Vec<String> {
+        if path.len() == 1
+            && let Some(module) = reexports.get(&path[0])
+        {
+            return module.clone();
+        }
+        (0..=path.len())
+            .rev()
+            .map(|n| path[..n].to_vec())
+            .find(|p| modules.contains(p))
+            .unwrap_or_default()
+    };
+    let mut graph: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
+    for file in &files {
+        let module = module_of(src, file);
+        let text = fs::read_to_string(file).unwrap();
+        // Unit tests (a `#[cfg(test)] mod` at the end) may use any module.
+        let code = match text.find("#[cfg(test)]\nmod ") {
+            Some(at) => &text[..at],
+            None => &text[..],
+        };
+        let deps = graph.entry(module.clone()).or_default();
+        for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            let mut named: Vec<Vec<String>> = named_paths(line, "crate")
+                .into_iter()
+                .map(|p| p.split("::").map(str::to_owned).collect())
+                .collect();
+            for p in named_paths(line, "super") {
+                let mut full = module[..module.len().saturating_sub(1)].to_vec();
+                full.extend(p.split("::").map(str::to_owned));
+                named.push(full);
+            }
+            for path in named {
+                let target = resolve(path);
+                let related = target.starts_with(&module) || module.starts_with(&target);
+                if !related {
+                    deps.insert(target);
+                }
+            }
+        }
+    }
+    graph
+}
+
+/// Module pairs of a crate that still import each other: error types that hold another
+/// module's type which in turn returns the error, and `Engine` methods written in the
+/// caches module. New code must not add to this list.
+const KNOWN_CYCLES: &[(&str, &str, &str)] = &[
+    ("strata-spec", "error", "sexp"),
+    ("strata-snapshot", "caches", "engine"),
+    ("strata-cas", "error", "refs"),
+];
+
+/// Modules depend on each other one way: no import cycles between the modules of any crate
+/// or of xtask (`builder.rs`↔`log.rs`, the benchmark modules and `ci.rs`↔`wine.rs` had some).
+#[test]
+fn module_imports_go_one_way() {
+    let root = project_root();
+    let mut srcs = vec![root.join("xtask/src")];
+    for entry in fs::read_dir(root.join("crates")).unwrap() {
+        srcs.push(entry.unwrap().path().join("src"));
+    }
+    let mut cycles = Vec::new();
+    for src in srcs {
+        let mut graph = module_graph(&src);
+        // Known pairs that still name each other, each a debt to pay, not a pattern to copy.
+        for (krate, a, b) in KNOWN_CYCLES {
+            if src.parent().unwrap().ends_with(krate) {
+                let (a, b) = (vec![a.to_string()], vec![b.to_string()]);
+                graph.entry(a.clone()).or_default().remove(&b);
+                graph.entry(b).or_default().remove(&a);
+            }
+        }
+        // Depth-first search for a back edge.
+        fn visit(
+            node: &Vec<String>,
+            graph: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>,
+            stack: &mut Vec<Vec<String>>,
+            done: &mut BTreeSet<Vec<String>>,
+        ) -> Option<Vec<Vec<String>>> {
+            if let Some(at) = stack.iter().position(|n| n == node) {
+                let mut cycle = stack[at..].to_vec();
+                cycle.push(node.clone());
+                return Some(cycle);
+            }
+            if !done.insert(node.clone()) {
+                return None;
+            }
+            stack.push(node.clone());
+            for next in graph.get(node).into_iter().flatten() {
+                if let Some(cycle) = visit(next, graph, stack, done) {
+                    return Some(cycle);
+                }
+            }
+            stack.pop();
+            None
+        }
+        let mut done = BTreeSet::new();
+        for node in graph.keys() {
+            if let Some(cycle) = visit(node, &graph, &mut Vec::new(), &mut done) {
+                let names: Vec<String> = cycle.iter().map(|m| m.join("::")).collect();
+                cycles.push(format!("{}: {}", src.display(), names.join(" -> ")));
+            }
+        }
+    }
+    assert!(
+        cycles.is_empty(),
+        "modules import each other in cycles:\n{}",
+        cycles.join("\n")
+    );
+}
+
+#[test]
+fn named_paths_expand_braces() {
+    assert_eq!(
+        named_paths("use crate::a::{b::{C, D}, e};", "crate"),
+        ["a::b::C", "a::b::D", "a::e"]
+    );
+    assert_eq!(named_paths("x(super::y::z(1))", "super"), ["y::z"]);
+    assert!(named_paths("$crate::bench::util::x", "crate").is_empty());
+}
+
+/// Each crate's place in the stack: the Strata crates it may depend on (directly, as a
+/// normal dependency), and outside crates it must not. `docs/architecture.md` states these;
+/// a new crate gets a row here, or this test fails.
+const CRATE_RULES: &[(&str, &[&str], &[&str])] = &[
+    (
+        "strata-process",
+        &[],
+        &["rusqlite", "tokio", "bollard", "clap", "anyhow"],
+    ),
+    (
+        "strata-spec",
+        &[],
+        &[
+            "rusqlite",
+            "tokio",
+            "bollard",
+            "clap",
+            "anyhow",
+            "windows-sys",
+        ],
+    ),
+    (
+        "strata-cas",
+        &[],
+        &[
+            "rusqlite",
+            "tokio",
+            "bollard",
+            "clap",
+            "anyhow",
+            "oci-spec",
+            "windows-sys",
+            "ureq",
+        ],
+    ),
+    (
+        "strata-snapshot",
+        &["strata-cas", "strata-process"],
+        &["tokio", "bollard", "clap", "anyhow", "oci-spec", "ureq"],
+    ),
+    (
+        "strata-isolate",
+        &["strata-process"],
+        &["rusqlite", "tokio", "bollard", "clap", "anyhow", "ureq"],
+    ),
+    (
+        "strata-docker",
+        &["strata-cas", "strata-isolate", "strata-process"],
+        &["rusqlite", "clap", "anyhow"],
+    ),
+    (
+        "strata-oci",
+        &["strata-cas", "strata-snapshot"],
+        &["tokio", "bollard", "clap", "anyhow", "rusqlite", "oci-spec"],
+    ),
+    (
+        "strata-build",
+        &[
+            "strata-cas",
+            "strata-snapshot",
+            "strata-isolate",
+            "strata-spec",
+        ],
+        &[
+            "tokio",
+            "bollard",
+            "clap",
+            "anyhow",
+            "oci-spec",
+            "windows-sys",
+            "ureq",
+        ],
+    ),
+    (
+        "strata",
+        &[
+            "strata-build",
+            "strata-cas",
+            "strata-isolate",
+            "strata-snapshot",
+            "strata-spec",
+            "strata-docker",
+            "strata-oci",
+        ],
+        &["clap", "anyhow"],
+    ),
+    (
+        "strata-cli",
+        &[
+            "strata",
+            "strata-build",
+            "strata-cas",
+            "strata-isolate",
+            "strata-snapshot",
+            "strata-spec",
+            "strata-docker",
+            "strata-oci",
+            "strata-process",
+        ],
+        &[],
+    ),
+    ("strata-test-support", &[], &["anyhow"]),
+];
+
+/// Every crate has dependency rules, and keeps them.
+#[test]
+fn every_crate_keeps_its_place_in_the_stack() {
+    for entry in fs::read_dir(project_root().join("crates")).unwrap() {
+        let krate = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let Some((_, allowed, forbidden)) = CRATE_RULES.iter().find(|(k, _, _)| *k == krate) else {
+            panic!(
+                "{krate} has no dependency rules: add a row to CRATE_RULES in xtask/src/tidy.rs and say where it sits in docs/architecture.md"
+            );
+        };
+        for dep in manifest_dependencies(&krate) {
+            assert!(
+                !dep.starts_with("strata") || allowed.contains(&dep.as_str()),
+                "{krate} must not depend on {dep} (its Strata dependencies: {allowed:?})"
+            );
+            assert!(
+                !forbidden.contains(&dep.as_str()),
+                "{krate} must not depend on {dep}"
+            );
+        }
+    }
+}
+
+/// Every crate has a section in `docs/architecture.md`'s code map.
+#[test]
+fn the_code_map_names_every_crate() {
+    let doc = fs::read_to_string(project_root().join("docs/architecture.md")).unwrap();
+    for entry in fs::read_dir(project_root().join("crates")).unwrap() {
+        let krate = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            doc.contains(&format!("### `crates/{krate}`")),
+            "docs/architecture.md has no code map section for crates/{krate}"
+        );
+    }
+}
+
+#[test]
+fn the_module_graph_sees_imports_both_ways() {
+    let src = std::env::temp_dir().join(format!("strata-tidy-graph-{}", std::process::id()));
+    fs::create_dir_all(src.join("bench")).unwrap();
+    fs::write(
+        src.join("main.rs"),
+        "//! m\nmod ci;\nmod wine;\nmod bench;\n",
+    )
+    .unwrap();
+    fs::write(src.join("ci.rs"), "//! c\nfn f() { crate::wine::run(); }\n").unwrap();
+    fs::write(src.join("wine.rs"), "//! w\nuse crate::ci::{A, b::C};\n").unwrap();
+    fs::write(src.join("bench/mod.rs"), "//! b\nmod a;\n").unwrap();
+    fs::write(
+        src.join("bench/a.rs"),
+        "//! a\nuse super::Paths;\nuse super::super::ci;\n",
+    )
+    .unwrap();
+    let graph = module_graph(&src);
+    fs::remove_dir_all(&src).unwrap();
+    let m = |s: &str| -> Vec<String> {
+        s.split("::")
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(graph[&m("ci")].contains(&m("wine")), "{graph:?}");
+    assert!(graph[&m("wine")].contains(&m("ci")), "{graph:?}");
+    // A child naming its parent is not counted.
+    assert!(!graph[&m("bench::a")].contains(&m("bench")), "{graph:?}");
 }

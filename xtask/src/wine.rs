@@ -14,8 +14,10 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 
-use crate::ci::{DEBIAN_RUSTC, have_debian_rust};
 use crate::project_root;
+use crate::toolchain::{
+    DEBIAN_RUSTC, TARGET, TARGET_DIR, WINE, have_debian_rust, windows_path, wine_env,
+};
 
 /// Crates whose tests run under Wine: those with Windows code paths, and pure-Rust ones that
 /// must behave the same there. Add a crate once its tests build for Windows.
@@ -43,13 +45,10 @@ enum Tests {
 /// `cfg`-gating a test in its crate when it cannot work on real Windows either.
 const SKIPPED: &[(&str, &str)] = &[];
 
-pub(crate) const TARGET: &str = "x86_64-pc-windows-gnu";
 /// The `-gnu` target links with mingw (`-msvc` would need Microsoft's linker); the cc crate
 /// also picks this compiler for the C of zstd-sys, libsqlite3-sys and blake3.
 const MINGW_GCC: &str = "x86_64-w64-mingw32-gcc";
-pub(crate) const WINE: &str = "/usr/lib/wine/wine64";
 const WINESERVER: &str = "/usr/lib/wine/wineserver";
-pub(crate) const TARGET_DIR: &str = "target/cross";
 
 /// Rust's std imports `ProcessPrng` from `bcryptprimitives.dll`, which Wine 8 (Debian 12)
 /// lacks: every Rust program would exit with status 53 before `main`. This stand-in forwards
@@ -249,15 +248,4 @@ fn create_prefix(prefix: &Path) -> anyhow::Result<()> {
     }
     eprintln!("==> wine: prefix ready in {:.0?}", started.elapsed());
     Ok(())
-}
-
-/// The environment every Wine process here gets: this project's prefix, and no debug
-/// chatter (Wine's `fixme:` lines would bury the test output).
-pub(crate) fn wine_env<'c>(cmd: &'c mut Command, prefix: &Path) -> &'c mut Command {
-    cmd.env("WINEPREFIX", prefix).env("WINEDEBUG", "-all")
-}
-
-/// `/a/b` as Wine sees it: `Z:\a\b` (Wine maps `Z:` to `/`).
-pub(crate) fn windows_path(path: &Path) -> String {
-    format!("Z:{}", path.display()).replace('/', "\\")
 }

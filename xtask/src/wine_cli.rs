@@ -21,9 +21,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
 
-use crate::ci::DEBIAN_RUSTC;
 use crate::project_root;
-use crate::wine::{TARGET, TARGET_DIR, WINE, windows_path, wine_env};
+use crate::toolchain::{DEBIAN_RUSTC, TARGET, TARGET_DIR, WINE, windows_path, wine_env};
 
 /// A slot's text files, naming its root in every form; `@@` is the slot's name. What
 /// spells another path (a sibling slot, another drive) names `s01` literally.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use strata_cas::Progress;
-use strata_isolate::{BindMount, Cancel, Driver, Job, NetworkMode, Outcome, SecretMount};
+use strata_isolate::{BindMount, Cancel, Driver, Job, Layout, NetworkMode, Outcome, SecretMount};
 use strata_snapshot::{Engine, SnapshotId};
 use strata_spec::{Copy, CopyFrom, Op, Run, Spec, User};
 
@@ -137,6 +137,17 @@ impl<'s, 'o> Step<'s, 'o> {
     }
 }
 
+/// What a run step asks of the driver, besides its parent.
+#[derive(Clone, Copy)]
+struct JobRequest<'a> {
+    ctx: &'a Context,
+    run: &'a Run,
+    network: NetworkMode,
+    secrets: &'a [SecretMount],
+    step: &'a str,
+    opts: &'a BuildOptions,
+}
+
 /// How a step shows the progress of its long work: how often, and to whom.
 struct ShowProgress<'a> {
     every: Duration,
@@ -249,13 +260,21 @@ impl Builder {
             let (id, _) = self.build_stage(&inner.spec, Some(&inner.name), s, &stages)?;
             stages.insert(inner.name.clone(), id);
         }
-        let base = self.base(&spec.from)?;
+        let mut ctx = Context::for_driver(self.driver.capabilities());
+        let base = if let Layout::MountedState { .. } = self.driver.capabilities().layout {
+            // The image supplies the OS; the chain holds only the state, empty at first.
+            self.driver_ready()?;
+            let image = self.driver.resolve_image(&spec.from)?;
+            ctx.image = Some(image);
+            self.empty_state()?
+        } else {
+            self.base(&spec.from)?
+        };
         s.emit(Event::StageStarted {
             stage: stage.map(str::to_owned),
             from: spec.from.clone(),
             base,
         });
-        let mut ctx = Context::for_driver(self.driver.capabilities());
         let mut current = base;
         for op in &spec.ops {
             if s.cancelled() {
@@ -307,6 +326,13 @@ impl Builder {
             }
             found => found,
         }
+    }
+
+    /// The base of a state chain: an empty layer, the same snapshot for every image (the
+    /// image is in the steps' keys instead).
+    fn empty_state(&self) -> Result<SnapshotId> {
+        let empty = [0u8; 1024];
+        Ok(self.engine.import_layer(None, &empty[..], None)?.id)
     }
 
     /// The snapshot a `(from IMAGE)` names: a tag or id equal to IMAGE, else IMAGE without its
@@ -404,64 +430,141 @@ impl Builder {
         opts: &BuildOptions,
         progress: &ShowProgress<'_>,
     ) -> Result<Made> {
+        let job = JobRequest {
+            ctx,
+            run,
+            network,
+            secrets,
+            step,
+            opts,
+        };
+        if self.driver.capabilities().layout == Layout::Layers {
+            return self.execute_on_layers(parent, &job, log);
+        }
         self.in_checkout(parent, step, &opts.cancel, progress, |dir| {
-            let dir = dir.to_path_buf();
-            let mut views = Vec::new();
-            let mut mounts = Vec::new();
-            let mut acquired = Ok(());
-            for c in &run.cache {
-                match self.engine.cache_acquire(&c.id, ctx.owner()) {
-                    Ok(v) => {
-                        mounts.push(BindMount {
-                            source: v.dir.clone(),
-                            target: c.target.clone(),
-                            readonly: false,
-                        });
-                        views.push(v);
-                    }
-                    Err(e) => {
-                        acquired = Err(Error::from(e));
-                        break;
-                    }
-                }
-            }
-            let outcome = acquired.and_then(|()| {
-                let job = Job {
-                    network,
-                    mounts,
-                    secrets: secrets.to_vec(),
-                    ..self.job(ctx, &dir, &run.shell)
-                };
-                self.driver_ready()?;
-                let plan = self.driver.plan(&job).map_err(|source| Error::Sandbox {
-                    step: step.to_owned(),
-                    source,
-                })?;
-                let _slot = self.slots.acquire(&opts.cancel)?;
-                let cancel = match opts.step_timeout {
-                    Some(t) => opts.cancel.with_timeout(t),
-                    None => opts.cancel.clone(),
-                };
-                Ok(self.driver.run(&plan, log, &cancel)?)
-            });
-            // Caches are handed back whether the step worked or not (first release wins).
-            let mut released = Ok(());
-            for v in views {
-                if let Err(e) = self.engine.cache_release(v) {
-                    released = released.and(Err(Error::from(e)));
-                }
-            }
-            let outcome = outcome?;
-            released?;
-            match outcome {
-                Outcome::Exited(0) => Ok(()),
-                Outcome::Cancelled => Err(Error::Cancelled),
-                o => Err(Error::StepFailed {
-                    step: step.to_owned(),
-                    outcome: o,
-                }),
-            }
+            self.run_job(&job, dir, |plan, cancel| {
+                Ok(self.driver.run(plan, log, cancel)?)
+            })
         })
+    }
+
+    /// Runs a step with a driver that works on layers: no checkout; the driver hands back
+    /// the step's changes, recorded here as a snapshot on `parent`.
+    fn execute_on_layers(
+        &self,
+        parent: &SnapshotId,
+        job: &JobRequest<'_>,
+        log: &mut dyn Write,
+    ) -> Result<Made> {
+        let chain = crate::layers::EngineChain::new(&self.engine, parent)?;
+        let mut made = None;
+        self.run_job(job, Path::new(""), |plan, cancel| {
+            let mut sink = |changes: &mut dyn io::Read| {
+                let snapshot = self.engine.import_layer(Some(parent), changes, None)?;
+                made = Some(snapshot);
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            };
+            Ok(self
+                .driver
+                .run_on_layers(plan, &chain, log, cancel, &mut sink)?)
+        })?;
+        let Some(snapshot) = made else {
+            return Err(Error::Driver {
+                reason: format!(
+                    "sandbox `{}` ran step {} but gave back no changes",
+                    self.driver.name(),
+                    job.step
+                ),
+            });
+        };
+        Ok(self.made(snapshot.id, &snapshot.layer))
+    }
+
+    /// What a step made, for its event: a blob that cannot be looked at counts as empty.
+    fn made(&self, id: SnapshotId, layer: &strata_cas::LayerId) -> Made {
+        let layer_bytes = self
+            .engine
+            .cas()
+            .stat(layer)
+            .map_or(0, |b| b.compressed_size);
+        Made { id, layer_bytes }
+    }
+
+    /// Takes the step's caches, plans its job on `root` and runs it with `go`; fails
+    /// unless it exited with status 0.
+    fn run_job(
+        &self,
+        req: &JobRequest<'_>,
+        root: &Path,
+        go: impl FnOnce(&strata_isolate::Plan, &Cancel) -> Result<Outcome>,
+    ) -> Result<()> {
+        let JobRequest {
+            ctx,
+            run,
+            network,
+            secrets,
+            step,
+            opts,
+        } = *req;
+        let mut views = Vec::new();
+        let mut mounts = Vec::new();
+        let mut acquired = Ok(());
+        for c in &run.cache {
+            match self.engine.cache_acquire(&c.id, ctx.owner()) {
+                Ok(v) => {
+                    mounts.push(BindMount {
+                        source: v.dir.clone(),
+                        target: c.target.clone(),
+                        readonly: false,
+                    });
+                    views.push(v);
+                }
+                Err(e) => {
+                    acquired = Err(Error::from(e));
+                    break;
+                }
+            }
+        }
+        let outcome = acquired.and_then(|()| {
+            let job = Job {
+                network,
+                mounts,
+                secrets: secrets.to_vec(),
+                ..self.job(ctx, root, &run.shell)
+            };
+            self.driver_ready()?;
+            let plan = match &ctx.image {
+                Some(image) => self.driver.plan_on_image(&job, image),
+                None => self.driver.plan(&job),
+            }
+            .map_err(|source| Error::Sandbox {
+                step: step.to_owned(),
+                source,
+            })?;
+            let _slot = self.slots.acquire(&opts.cancel)?;
+            let cancel = match opts.step_timeout {
+                Some(t) => opts.cancel.with_timeout(t),
+                None => opts.cancel.clone(),
+            };
+            go(&plan, &cancel)
+        });
+        // Caches are handed back whether the step worked or not (first release wins).
+        let mut released = Ok(());
+        for v in views {
+            if let Err(e) = self.engine.cache_release(v) {
+                released = released.and(Err(Error::from(e)));
+            }
+        }
+        let outcome = outcome?;
+        released?;
+        match outcome {
+            Outcome::Exited(0) => Ok(()),
+            Outcome::Cancelled => Err(Error::Cancelled),
+            o => Err(Error::StepFailed {
+                step: step.to_owned(),
+                outcome: o,
+            }),
+        }
     }
 
     /// Commits `dir` on another thread while this one, the build's, reports the commit's
@@ -512,16 +615,7 @@ impl Builder {
                     step: step.to_owned(),
                     source: Box::new(source),
                 })?;
-            // For the event only: a blob that cannot be looked at counts as empty.
-            let layer_bytes = self
-                .engine
-                .cas()
-                .stat(&row.layer)
-                .map_or(0, |b| b.compressed_size);
-            Ok(Made {
-                id: row.id,
-                layer_bytes,
-            })
+            Ok(self.made(row.id, &row.layer))
         });
         result.map_err(|e| {
             // Judged before the release frees what the step wrote.
@@ -892,19 +986,34 @@ impl Builder {
 
     /// Runs `echo healthcheck` in `base` without caching anything; fails unless it prints that.
     pub fn healthcheck(&self, base: &SnapshotId, cancel: &Cancel) -> Result<()> {
-        let root = self.checkout_root(cancel)?;
-        let dir = root.path();
-        self.engine.checkout(base, dir, root.mode())?;
         let ctx = Context::for_driver(self.driver.capabilities());
-        let job = self.job(&ctx, dir, "echo healthcheck");
-        self.driver_ready()?;
         let mut out = Vec::new();
-        let ran = self
-            .driver
-            .plan(&job)
-            .and_then(|plan| self.driver.run(&plan, &mut out, cancel));
-        let _ = self.engine.release(dir);
-        let outcome = ran?;
+        let outcome = if self.driver.capabilities().layout == Layout::Layers {
+            let chain = crate::layers::EngineChain::new(&self.engine, base)?;
+            let job = self.job(&ctx, Path::new(""), "echo healthcheck");
+            self.driver_ready()?;
+            // Nothing is recorded: the changes are read and dropped.
+            let mut discard = |changes: &mut dyn io::Read| {
+                io::copy(changes, &mut io::sink())?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            };
+            self.driver.plan(&job).and_then(|plan| {
+                self.driver
+                    .run_on_layers(&plan, &chain, &mut out, cancel, &mut discard)
+            })?
+        } else {
+            let root = self.checkout_root(cancel)?;
+            let dir = root.path();
+            self.engine.checkout(base, dir, root.mode())?;
+            let job = self.job(&ctx, dir, "echo healthcheck");
+            self.driver_ready()?;
+            let ran = self
+                .driver
+                .plan(&job)
+                .and_then(|plan| self.driver.run(&plan, &mut out, cancel));
+            let _ = self.engine.release(dir);
+            ran?
+        };
         if outcome == Outcome::Exited(0) && out.windows(11).any(|w| w == b"healthcheck") {
             Ok(())
         } else {

@@ -16,6 +16,10 @@ pub struct Context {
     /// In order; `env` replaces an existing name in place.
     pub env: Vec<(String, String)>,
     pub shell: Vec<String>,
+    /// The engine image (its id) that supplies the OS, for drivers that mount the snapshot
+    /// as state ([`Layout::MountedState`](strata_isolate::Layout::MountedState)); part of
+    /// the key, so a rebuilt image invalidates the steps on it.
+    pub image: Option<String>,
 }
 
 /// The `PATH` a fresh base gets (the image carries no environment of its own).
@@ -41,6 +45,7 @@ impl Context {
             user,
             env,
             shell: caps.default_shell.clone(),
+            image: None,
         }
     }
 
@@ -80,6 +85,10 @@ impl Context {
         k.list("shell", &self.shell, |k, a| {
             k.str("arg", a);
         });
+        // Only when there is one: keys of other drivers stay as they were.
+        if let Some(image) = &self.image {
+            k.str("image", image);
+        }
     }
 }
 
@@ -132,6 +141,7 @@ mod tests {
             user: User::Unix { uid: 0, gid: 0 },
             env: vec![("A".into(), "1".into()), ("B".into(), "2".into())],
             shell: vec![],
+            image: None,
         };
         c.set_env("A", "3");
         c.set_env("C", "4");

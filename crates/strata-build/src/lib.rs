@@ -20,6 +20,7 @@ mod copy;
 mod error;
 mod events;
 pub mod key;
+mod layers;
 mod log;
 mod options;
 mod remote;

@@ -93,7 +93,8 @@ pub(crate) enum Command {
     #[command(
         after_help = "Examples:\n  strata import busybox-rootfs.tar --tag busybox\n  \
         strata import --oci ./layout --tag app\n  \
-        strata import --docker-archive saved.tar --tag app"
+        strata import --docker-archive saved.tar --tag app\n  \
+        strata import --docker debian:12 --tag debian"
     )]
     Import(ImportArgs),
 
@@ -339,7 +340,7 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["rootfs", "oci", "docker_archive"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["rootfs", "oci", "docker_archive", "docker"])))]
 pub(crate) struct ImportArgs {
     /// The root filesystem tarball
     #[arg(value_name = "ROOTFS")]
@@ -350,6 +351,9 @@ pub(crate) struct ImportArgs {
     /// A docker-archive tar, as `docker save` writes
     #[arg(long, value_name = "TAR")]
     pub(crate) docker_archive: Option<PathBuf>,
+    /// An image of the local docker engine, read through its API layer by layer
+    #[arg(long, value_name = "IMAGE")]
+    pub(crate) docker: Option<String>,
     /// The image to import when the layout or archive holds several (its tag or name)
     #[arg(long = "ref", value_name = "NAME", conflicts_with = "rootfs")]
     pub(crate) reference: Option<String>,
@@ -829,7 +833,8 @@ Examples:
   strata build . --sandbox host                  no isolation (development only)
 
 Sandboxes: runc (default on Linux; needs root and `runc` on PATH), host (Unix, no
-isolation), windows-user and windows-sandbox (Windows), macos-user (macOS). The last three
+isolation), docker (the Docker Engine API: steps run as containers on images loaded from
+Strata's layers), windows-user and windows-sandbox (Windows), macos-user (macOS). The last three
 run steps in equal-length slot directories (--slot-dir) as each slot's own user, and
 relocate snapshots between slots; `strata slots rm` removes their users and directories.";
 
@@ -885,6 +890,11 @@ pub(crate) struct SandboxArgs {
     /// macos-user: the Homebrew prefix steps may own in turn (/opt/homebrew, /usr/local)
     #[arg(long, value_name = "DIR")]
     pub(crate) brew_path: Option<PathBuf>,
+
+    /// docker: mounted-state mode, repeatable. (from IMAGE) names an engine image that
+    /// supplies the OS; snapshots hold only the state, bind-mounted at TARGET
+    #[arg(long = "state", value_name = "TARGET")]
+    pub(crate) state: Vec<String>,
 }
 
 /// `--slot-users`.
@@ -907,6 +917,7 @@ impl SandboxArgs {
             SlotUsersArg::Current => strata::SlotUsers::Current,
         };
         options.homebrew_prefix = self.brew_path.clone();
+        options.state_targets = self.state.clone();
         options
     }
 

@@ -8,8 +8,12 @@ use anyhow::{Context as _, Result};
 use crate::cli::{GlobalArgs, ImportArgs};
 use crate::snapshot::{open, print_snapshot};
 
-/// `strata import ROOTFS | --oci PATH | --docker-archive TAR [--ref NAME] [--tag NAME]`.
+/// `strata import ROOTFS | --oci PATH | --docker-archive TAR | --docker IMAGE [--ref NAME]
+/// [--tag NAME]`.
 pub(crate) fn import(global: &GlobalArgs, args: &ImportArgs) -> Result<()> {
+    if let Some(image) = &args.docker {
+        return crate::import_docker::import_docker(global, image, args.tag.as_deref());
+    }
     let started = Instant::now();
     let engine = open(global)?;
     let tag = args.tag.as_deref();

@@ -18,6 +18,7 @@ mod cas;
 mod cli;
 mod image;
 mod import;
+mod import_docker;
 mod layer;
 mod maintenance;
 mod output;

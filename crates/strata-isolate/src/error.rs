@@ -41,6 +41,13 @@ pub enum Error {
         "no usable static busybox at {path}: {reason} (install it with `apt-get install busybox-static`)"
     )]
     Busybox { path: PathBuf, reason: String },
+    /// A driver built outside this crate (Docker's) failed; its own error is the source.
+    #[error("sandbox `{driver}` failed")]
+    Driver {
+        driver: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Error {

@@ -313,7 +313,35 @@ pub enum Layout {
     /// from wherever the snapshot was committed) and runs the job with that root. As many
     /// jobs run at once as there are slots (and [`Capabilities::slots`] allows).
     Slots { slots: Vec<Slot> },
+    /// The driver makes the job's root itself from the parent snapshot's layers (an engine
+    /// image, for Docker on Linux), and hands the step's changes back as a layer with OCI
+    /// whiteouts: the builder checks nothing out, calls [`Driver::run_on_layers`] with the
+    /// parent's [`LayerChain`] and records the changes it is given as the step's snapshot.
+    Layers,
 }
+
+/// A snapshot's stack of layers, as a driver with [`Layout::Layers`] reads it. Implemented by
+/// the builder over its store, so drivers never depend on the store.
+pub trait LayerChain: Send + Sync {
+    /// The snapshot's id (hex): what a driver caches the image it makes from the chain by.
+    fn snapshot(&self) -> &str;
+    /// The layers, the base's first: each one's blake3 id (hex) and uncompressed size.
+    fn layers(&self) -> &[(String, u64)];
+    /// The sha256 `diff_id` (`sha256:<hex>`) of layer `index`, as an image config names it.
+    fn diff_id(&self, index: usize) -> std::io::Result<String>;
+    /// Layer `index` as an uncompressed tar with OCI whiteouts.
+    fn open(&self, index: usize) -> std::io::Result<Box<dyn std::io::Read + Send>>;
+    /// The snapshot under this one's chain of `depth` layers (`depth` < `layers().len()`),
+    /// as its id (hex): lets a driver reuse the image of an ancestor.
+    fn ancestor(&self, depth: usize) -> Option<String>;
+}
+
+/// Receives a step's changes as an uncompressed tar stream with OCI whiteouts (see
+/// [`Driver::run_on_layers`]); its error is kept as the source of the driver's.
+pub type ChangesSink<'a> = dyn FnMut(
+        &mut dyn std::io::Read,
+    ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>
+    + 'a;
 
 /// A directory a slot driver runs jobs in, one at a time.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -514,6 +542,42 @@ pub trait Driver: Send + Sync + fmt::Debug {
 
     /// Whether the driver can run here at all, and if not, why.
     fn check(&self) -> Result<()>;
+
+    /// The engine's id of `image` for a driver with [`Layout::MountedState`], whose `(from
+    /// IMAGE)` names an image that supplies the OS: the builder keys the chain's steps by it,
+    /// so a rebuilt image invalidates them. Other drivers refuse.
+    fn resolve_image(&self, image: &str) -> Result<String> {
+        Err(Error::Unsupported {
+            driver: self.name().to_owned(),
+            reason: format!("it takes no engine images (asked for `{image}`)"),
+        })
+    }
+
+    /// Plans `job` on the engine image `image` (an id from
+    /// [`resolve_image`](Driver::resolve_image)), its checkout mounted at the layout's
+    /// targets. The default ignores the image.
+    fn plan_on_image(&self, job: &Job, image: &str) -> Result<Plan> {
+        let _ = image;
+        self.plan(job)
+    }
+
+    /// Runs a plan made by this driver on top of `parent` ([`Layout::Layers`]): like
+    /// [`run`](Driver::run), and when the job exited with status 0, gives its changes to
+    /// `changes` before the job's remains are removed. Drivers with another layout refuse.
+    fn run_on_layers(
+        &self,
+        plan: &Plan,
+        parent: &dyn LayerChain,
+        log: &mut dyn Write,
+        cancel: &Cancel,
+        changes: &mut ChangesSink<'_>,
+    ) -> Result<Outcome> {
+        let _ = (plan, parent, log, cancel, changes);
+        Err(Error::Unsupported {
+            driver: self.name().to_owned(),
+            reason: "it runs jobs in checkouts, not on layers".to_owned(),
+        })
+    }
 
     /// Makes a slot's root (see [`Layout::Slots`]) an empty directory ready for a checkout,
     /// and what its jobs need around it (the slot's user, the directory's access rights).

@@ -10,10 +10,11 @@ use std::process::Command;
 /// A command running the ignored test `test` (its path in the binary, `module::name`) of this
 /// test binary, alone and with its output uncaptured.
 pub fn child_test(test: &str) -> Command {
-    // Through /proc where there is one: it still runs this binary after a concurrent
-    // `cargo test` has replaced the file that `current_exe` names.
+    // Through /proc on Linux: it still runs this binary after a concurrent `cargo test` has
+    // replaced the file that `current_exe` names. Only there: under Wine, `/proc/self/exe`
+    // names the host's Wine loader.
     let proc_exe = Path::new("/proc/self/exe");
-    let exe = if proc_exe.exists() {
+    let exe = if cfg!(target_os = "linux") && proc_exe.exists() {
         proc_exe.to_path_buf()
     } else {
         test_binary()

@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests of Strata's crates, so that every suite treats
-//! missing tools and child processes alike: requirements that fail under CI instead of
-//! skipping, and child test processes that never pass on their own.
+//! missing tools, child processes and trees alike: requirements that fail under CI instead
+//! of skipping, child test processes that never pass on their own, and tree comparison.
 
 #![allow(
     clippy::print_stderr,
@@ -9,6 +9,8 @@
 
 mod child;
 mod require;
+#[cfg(unix)]
+pub mod tree;
 
 pub use child::{child_test, child_test_args, child_var, test_binary};
 pub use require::{require, root, runc, runs, tool, under_ci};

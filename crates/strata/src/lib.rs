@@ -17,8 +17,8 @@
 //! ```
 //!
 //! The crates underneath are re-exported for what this page does not cover: [`cas`] (layers
-//! and blobs), [`snapshot`] (checkout, commit, prune), [`spec`], [`isolate`] (drivers) and
-//! [`build`] (the builder and its [`Event`]s).
+//! and blobs), [`snapshot`] (checkout, commit, prune), [`spec`], [`isolate`] (drivers),
+//! [`docker`] (the Docker driver) and [`build`] (the builder and its [`Event`]s).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,9 +28,18 @@ pub use strata_build::{
     Transcript,
 };
 pub use strata_cas as cas;
+pub use strata_docker as docker;
 pub use strata_isolate::{self as isolate, Cancel, Driver, Limits, SlotUsers};
 pub use strata_snapshot::{self as snapshot, Engine, SnapshotId};
 pub use strata_spec::{self as spec, Spec};
+
+/// Every sandbox driver this build can make by name: [`isolate::DRIVERS`], then `docker`
+/// (the Engine API driver, kept in its own crate with its async runtime).
+pub fn drivers() -> Vec<&'static str> {
+    let mut all = isolate::DRIVERS.to_vec();
+    all.push(strata_docker::NAME);
+    all
+}
 
 /// What can go wrong in this crate's own calls; the crates underneath keep their errors as
 /// sources.
@@ -112,6 +121,9 @@ pub struct SandboxOptions {
     pub slot_users: SlotUsers,
     /// `macos-user`: the Homebrew prefix jobs may own in turn.
     pub homebrew_prefix: Option<PathBuf>,
+    /// `docker`: mounted-state mode when not empty: `(from IMAGE)` names an engine image
+    /// and snapshots hold only the state, bind-mounted at these paths.
+    pub state_targets: Vec<String>,
 }
 
 /// A store opened for building. Cheap to share: clone the engine out with [`Strata::engine`].
@@ -153,8 +165,20 @@ impl Strata {
         self.root().join("isolate-v1").join(name)
     }
 
-    /// Makes the sandbox driver `name` (see [`isolate::DRIVERS`]), its state kept under the store.
+    /// Makes the sandbox driver `name` (see [`DRIVERS`]), its state kept under the store.
     pub fn driver(&self, name: &str, options: &SandboxOptions) -> Result<Box<dyn Driver>> {
+        if name == strata_docker::NAME {
+            options.limits.validate().map_err(|source| Error::Sandbox {
+                name: name.to_owned(),
+                source,
+            })?;
+            let mut docker = strata_docker::DockerOptions::new(
+                options.slots.unwrap_or_else(isolate::default_slots),
+            );
+            docker.limits = options.limits;
+            docker.state_targets = options.state_targets.clone();
+            return Ok(Box::new(strata_docker::DockerDriver::new(docker)));
+        }
         let mut driver_options = isolate::DriverOptions::new(self.driver_state_dir(name));
         driver_options.slots = options.slots;
         driver_options.fast_sync = options.fast_sync;
@@ -162,9 +186,24 @@ impl Strata {
         driver_options.slot_dir = options.slot_dir.clone();
         driver_options.slot_users = options.slot_users;
         driver_options.homebrew_prefix = options.homebrew_prefix.clone();
+        if !options.state_targets.is_empty() {
+            return Err(Error::Sandbox {
+                name: name.to_owned(),
+                source: isolate::Error::Unsupported {
+                    driver: name.to_owned(),
+                    reason: "only the docker sandbox mounts state (--state)".to_owned(),
+                },
+            });
+        }
         strata_isolate::driver(name, &driver_options).map_err(|source| Error::Sandbox {
             name: name.to_owned(),
-            source,
+            source: match source {
+                isolate::Error::UnknownDriver { name, .. } => isolate::Error::UnknownDriver {
+                    name,
+                    available: drivers().join(", "),
+                },
+                other => other,
+            },
         })
     }
 
@@ -227,5 +266,9 @@ mod tests {
             .driver("nope", &SandboxOptions::default())
             .unwrap_err();
         assert!(e.to_string().contains("`nope`"), "{e}");
+        // Made without reaching the engine: it connects on first use.
+        let docker = strata.driver("docker", &SandboxOptions::default()).unwrap();
+        assert_eq!(docker.name(), "docker");
+        assert!(drivers().contains(&"docker"));
     }
 }

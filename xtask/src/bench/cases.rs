@@ -1,5 +1,6 @@
-//! The whole-process cases: create, extract (cold), compressed size and peak memory; the
-//! snapshot cases live in [`super::snapshots`].
+//! The whole-process cases: create, extract (cold), compressed size and peak memory, and the
+//! context every case family runs in; the snapshot cases live in `snapshots.rs`, the
+//! builder's in `build.rs`, and `mod.rs` runs them all.
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +9,7 @@ use anyhow::Context as _;
 use super::fixture::{self, Fixture};
 use super::report::{Case, Check, MemoryCase, Report, SizeCase, Target, TimeCase};
 use super::runner::{self, Contender, Samples};
-use super::{Paths, sh_path};
+use super::util::{Paths, sh_path};
 
 /// Memory ceiling for `strata layer create` and `strata layer apply`.
 const MEMORY_LIMIT_MIB: f64 = 256.0;
@@ -49,50 +50,9 @@ pub(crate) fn sh(script: String) -> Vec<String> {
     vec!["sh".to_owned(), "-c".to_owned(), script]
 }
 
-/// Runs every case, appending to `report`.
-pub(crate) fn run_all(
-    ctx: &Context<'_>,
-    report: &mut Report,
-    quick: bool,
-    only: Option<&str>,
-) -> anyhow::Result<()> {
-    let wanted = |group: &str| only.is_none_or(|o| o == group);
-    if wanted("layers") {
-        let layer = create(ctx, report)?;
-        extract(ctx, report, &layer)?;
-        size(ctx, report, &layer)?;
-        memory(
-            ctx,
-            report,
-            ctx.fixture.root.as_path(),
-            "fixture",
-            ctx.fixture.info.counts.bytes,
-        )?;
-        // Free the scratch space (and inodes): the snapshot cases hold several copies of the
-        // fixture at once, and the big layer needs ~2 GiB to extract into.
-        for dir in ["create", "extract", "memory-fixture"] {
-            runner::remove(&ctx.work.join(dir))?;
-        }
-    }
-    if wanted("snapshots") {
-        super::snapshots::run(ctx, report, quick)?;
-    }
-    if wanted("rootfs") {
-        super::rootfs::run(ctx, report)?;
-    }
-    if wanted("builder") {
-        super::build::run(ctx, report)?;
-    }
-    if !quick && wanted("layers") {
-        let (big, counts) = fixture::ensure_big(ctx.paths)?;
-        memory(ctx, report, &big, "big tree", counts.bytes)?;
-    }
-    Ok(())
-}
-
 /// `create`: ours against `tar | zstd -T0 && b3sum`, plain and with reproducibility flags.
 /// Returns the layer ours wrote, for the following cases.
-fn create(ctx: &Context<'_>, report: &mut Report) -> anyhow::Result<PathBuf> {
+pub(super) fn create(ctx: &Context<'_>, report: &mut Report) -> anyhow::Result<PathBuf> {
     let dir = ctx.dir("create")?;
     let root = &ctx.fixture.root;
     let ours_out = dir.join("ours.tar.zst");
@@ -179,7 +139,7 @@ fn create(ctx: &Context<'_>, report: &mut Report) -> anyhow::Result<PathBuf> {
 }
 
 /// `extract (cold)`: ours against `zstd -dc | tar -x`, both into an empty directory.
-fn extract(ctx: &Context<'_>, report: &mut Report, layer: &Path) -> anyhow::Result<()> {
+pub(super) fn extract(ctx: &Context<'_>, report: &mut Report, layer: &Path) -> anyhow::Result<()> {
     let dir = ctx.dir("extract")?;
     let ours_dst = dir.join("ours");
     let tar_dst = dir.join("tar");
@@ -253,7 +213,7 @@ fn extract(ctx: &Context<'_>, report: &mut Report, layer: &Path) -> anyhow::Resu
 }
 
 /// `compressed size`: ours against `zstd -3` of the same uncompressed tar.
-fn size(ctx: &Context<'_>, report: &mut Report, layer: &Path) -> anyhow::Result<()> {
+pub(super) fn size(ctx: &Context<'_>, report: &mut Report, layer: &Path) -> anyhow::Result<()> {
     let ours_bytes = std::fs::metadata(layer)?.len();
     let baseline = sh(format!("zstd -dc {} | zstd -3 -c | wc -c", sh_path(layer)));
     say!("size: zstd -3 of the uncompressed layer");
@@ -283,7 +243,7 @@ fn size(ctx: &Context<'_>, report: &mut Report, layer: &Path) -> anyhow::Result<
 }
 
 /// `peak memory`: max RSS of `strata layer create` and `strata layer apply` on `tree`.
-fn memory(
+pub(super) fn memory(
     ctx: &Context<'_>,
     report: &mut Report,
     tree: &Path,

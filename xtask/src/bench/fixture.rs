@@ -16,7 +16,8 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
-use super::{Paths, runner};
+use super::runner;
+use super::util::Paths;
 
 /// The Debian 12 (bookworm) packages unpacked into the fixture.
 ///

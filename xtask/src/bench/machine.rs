@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use serde::Serialize;
 
-use super::tool_line;
+use super::util::tool_line;
 
 /// GNU time, not the shell keyword: only it prints the maximum RSS with `-f %M`.
 pub(crate) const GNU_TIME: &str = "/usr/bin/time";

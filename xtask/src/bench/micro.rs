@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
-use super::Paths;
+use super::util::Paths;
 
 /// Criterion options in quick mode: criterion 0.8's `--quick` stops sampling once the
 /// estimate is stable (at most `--measurement-time` seconds per benchmark) and skips warm-up.

@@ -17,12 +17,13 @@
 //!    fixture ([`snapshots`]), then `checkout --copy` of a debootstrapped Debian rootfs
 //!    against `tar -x` ([`rootfs`]), then the builder cases: cache hits and a no-op runc step
 //!    against a bare `runc run` ([`build`]), then the registry cases: push and pull against
-//!    `skopeo copy`, a cold build with `--cache-from` ([`registry`]);
+//!    `skopeo copy`, a cold build with `--cache-from` ([`registry`]), then the Docker
+//!    driver's cases against `docker run --rm` and runc ([`docker`]);
 //! 6. `cargo bench -p benches` and collect criterion's estimates ([`micro`]);
 //! 7. write `target/bench/report.json` and `target/bench/report.md`, print the markdown.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Instant, SystemTime};
 
@@ -31,12 +32,13 @@ use anyhow::{Context as _, bail};
 /// Progress line on stderr (the report itself goes to stdout at the end).
 macro_rules! say {
     ($($arg:tt)*) => {
-        $crate::bench::progress(format_args!($($arg)*))
+        $crate::bench::util::progress(format_args!($($arg)*))
     };
 }
 
 mod build;
 mod cases;
+mod docker;
 mod fixture;
 mod machine;
 mod micro;
@@ -46,6 +48,9 @@ mod rootfs;
 mod runner;
 mod scratch;
 mod snapshots;
+mod util;
+
+use util::{Paths, tool_line};
 
 /// Command-line options of `cargo xtask bench`.
 #[derive(Debug, Clone)]
@@ -59,7 +64,7 @@ struct Options {
     /// `--no-compare`: skip the whole-process cases (micro-benchmarks only).
     no_compare: bool,
     /// `--only GROUP`: run one group of whole-process cases (`layers`, `snapshots`, `rootfs`,
-    /// `builder`, `registry`).
+    /// `builder`, `registry`, `docker`).
     only: Option<String>,
 }
 
@@ -70,8 +75,8 @@ usage: cargo xtask bench [--quick] [--runs N] [--no-micro] [--no-compare] [--onl
   --runs N      runs per whole-process case (default: 3 quick, 10 full)
   --no-micro    skip the criterion micro-benchmarks
   --no-compare  skip the whole-process comparisons (and the fixture)
-  --only GROUP  only these whole-process cases: layers, snapshots, rootfs, builder or
-                registry (registry needs no fixture)
+  --only GROUP  only these whole-process cases: layers, snapshots, rootfs, builder,
+                registry or docker (registry and docker need no fixture)
 
 Writes target/bench/report.json and target/bench/report.md; see docs/benchmarks.md.";
 
@@ -92,12 +97,19 @@ impl Options {
                 "--no-compare" => opts.no_compare = true,
                 "--only" => {
                     let group = it.next().context("--only needs a group")?;
-                    if !["layers", "snapshots", "rootfs", "builder", "registry"]
-                        .contains(&group.as_str())
+                    if ![
+                        "layers",
+                        "snapshots",
+                        "rootfs",
+                        "builder",
+                        "registry",
+                        "docker",
+                    ]
+                    .contains(&group.as_str())
                     {
                         bail!(
-                            "--only {group}: the groups are layers, snapshots, rootfs, builder \
-                             and registry"
+                            "--only {group}: the groups are layers, snapshots, rootfs, builder, \
+                             registry and docker"
                         );
                     }
                     opts.only = Some(group.clone());
@@ -125,52 +137,6 @@ impl Options {
     fn runs(&self) -> usize {
         self.runs.unwrap_or(if self.quick { 3 } else { 10 })
     }
-}
-
-/// Where things live; every path is absolute.
-#[derive(Debug, Clone)]
-pub(crate) struct Paths {
-    /// The workspace root.
-    pub(crate) root: PathBuf,
-    /// Cargo's target directory (`$CARGO_TARGET_DIR` or `<root>/target`).
-    pub(crate) target: PathBuf,
-    /// `<target>/bench`: fixture, scratch filesystem, reports.
-    pub(crate) bench: PathBuf,
-}
-
-impl Paths {
-    fn new() -> Self {
-        let root = crate::project_root();
-        let target = match std::env::var_os("CARGO_TARGET_DIR") {
-            Some(dir) if !dir.is_empty() => root.join(dir),
-            _ => root.join("target"),
-        };
-        let bench = target.join("bench");
-        Paths {
-            root,
-            target,
-            bench,
-        }
-    }
-
-    /// `path` for humans: relative to the workspace root when under it.
-    pub(crate) fn show(&self, path: &Path) -> String {
-        path.strip_prefix(&self.root)
-            .unwrap_or(path)
-            .display()
-            .to_string()
-    }
-
-    /// A command line for humans: absolute paths under the workspace root made relative.
-    pub(crate) fn show_command(&self, command: &str) -> String {
-        let prefix = format!("{}/", self.root.display());
-        command.replace(&prefix, "")
-    }
-}
-
-pub(crate) fn progress(args: std::fmt::Arguments<'_>) {
-    // Progress is best effort: a closed stderr must not abort a long benchmark run.
-    let _ = writeln!(std::io::stderr().lock(), "[bench] {args}");
 }
 
 pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
@@ -227,7 +193,8 @@ fn run_cases(
     started_at: SystemTime,
 ) -> anyhow::Result<()> {
     let registry_only = opts.only.as_deref() == Some("registry");
-    if !opts.no_compare && registry_only {
+    let docker_only = opts.only.as_deref() == Some("docker");
+    if !opts.no_compare && (registry_only || docker_only) {
         let strata = build_strata(paths)?;
         report.machine.strata_version = tool_line(&strata, &["--version"]);
         let ctx = registry::RegistryContext {
@@ -236,7 +203,11 @@ fn run_cases(
             work: scratch.work(),
             runs: opts.runs(),
         };
-        registry::run(&ctx, report)?;
+        if docker_only {
+            docker::run(&ctx, report)?;
+        } else {
+            registry::run(&ctx, report)?;
+        }
     } else if !opts.no_compare {
         let fixture = fixture::ensure(paths)?;
         report.fixture = Some(fixture.info.clone());
@@ -249,7 +220,7 @@ fn run_cases(
             work: scratch.work(),
             runs: opts.runs(),
         };
-        cases::run_all(&ctx, report, opts.quick, opts.only.as_deref())?;
+        run_all(&ctx, report, opts.quick, opts.only.as_deref())?;
         if opts.only.is_none() {
             let ctx = registry::RegistryContext {
                 paths,
@@ -262,6 +233,47 @@ fn run_cases(
     }
     if !opts.no_micro {
         report.micro = micro::run(paths, scratch.work(), opts.quick, started_at)?;
+    }
+    Ok(())
+}
+
+/// Runs every case, appending to `report`.
+fn run_all(
+    ctx: &cases::Context<'_>,
+    report: &mut report::Report,
+    quick: bool,
+    only: Option<&str>,
+) -> anyhow::Result<()> {
+    let wanted = |group: &str| only.is_none_or(|o| o == group);
+    if wanted("layers") {
+        let layer = cases::create(ctx, report)?;
+        cases::extract(ctx, report, &layer)?;
+        cases::size(ctx, report, &layer)?;
+        cases::memory(
+            ctx,
+            report,
+            ctx.fixture.root.as_path(),
+            "fixture",
+            ctx.fixture.info.counts.bytes,
+        )?;
+        // Free the scratch space (and inodes): the snapshot cases hold several copies of the
+        // fixture at once, and the big layer needs ~2 GiB to extract into.
+        for dir in ["create", "extract", "memory-fixture"] {
+            runner::remove(&ctx.work.join(dir))?;
+        }
+    }
+    if wanted("snapshots") {
+        snapshots::run(ctx, report, quick)?;
+    }
+    if wanted("rootfs") {
+        rootfs::run(ctx, report)?;
+    }
+    if wanted("builder") {
+        build::run(ctx, report)?;
+    }
+    if !quick && wanted("layers") {
+        let (big, counts) = fixture::ensure_big(ctx.paths)?;
+        cases::memory(ctx, report, &big, "big tree", counts.bytes)?;
     }
     Ok(())
 }
@@ -283,35 +295,4 @@ fn build_strata(paths: &Paths) -> anyhow::Result<PathBuf> {
         bail!("{} is missing after the build", strata.display());
     }
     Ok(strata)
-}
-
-/// The first line of `program args…` (stdout, else stderr), or `None` when it does not run.
-pub(crate) fn tool_line(program: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).output().ok()?;
-    let text = if out.stdout.is_empty() {
-        out.stderr
-    } else {
-        out.stdout
-    };
-    let text = String::from_utf8_lossy(&text);
-    text.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .map(str::to_owned)
-}
-
-/// Quotes `s` for `sh -c`.
-pub(crate) fn sh_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b))
-    {
-        return s.to_owned();
-    }
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// Quotes a path for `sh -c`.
-pub(crate) fn sh_path(p: &Path) -> String {
-    sh_quote(&p.to_string_lossy())
 }

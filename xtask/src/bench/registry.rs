@@ -24,10 +24,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 
-use super::Paths;
 use super::cases::{s, time_case_at};
 use super::report::{Report, Target};
 use super::runner::{self, Contender};
+use super::util::Paths;
 
 /// Layers of the benchmark image, and MiB of files in each.
 const LAYERS: usize = 10;

@@ -6,11 +6,11 @@ use std::process::Command;
 
 use serde::Serialize;
 
-use super::Paths;
 use super::fixture::{FixtureInfo, mb};
 use super::machine::Machine;
 use super::micro::MicroResult;
 use super::scratch::FilesystemInfo;
+use super::util::Paths;
 
 /// A case's goal.
 #[derive(Debug, Clone, Copy)]

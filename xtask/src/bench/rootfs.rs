@@ -5,7 +5,8 @@
 //!
 //! The rootfs is made once, as root, under `target/bench/rootfs/root` by
 //! `debootstrap --variant=minbase --include=build-essential,python3,git bookworm` from
-//! Debian's mirror (a few minutes; `stamp.json` marks it complete, delete it to rebuild).
+//! Debian's mirror, less the downloaded packages (a few minutes; `stamp.json` marks it
+//! complete, delete it to rebuild).
 //! Each run tars it (`tar -cf rootfs.tar -C root .`, untimed) and imports that tarball;
 //! without root (debootstrap needs it) the cases are skipped with a note.
 
@@ -20,7 +21,7 @@ use super::cases::{Context, s, time_case};
 use super::fixture::{self, TreeCounts};
 use super::report::{Check, Report, Target};
 use super::runner::{self, Contender};
-use super::sh_path;
+use super::util::sh_path;
 
 /// What debootstrap installs, besides the minimal base: a build machine's usual tools.
 const INCLUDE: &str = "build-essential,python3,git";
@@ -64,6 +65,14 @@ fn ensure_rootfs(bench: &Path) -> anyhow::Result<(PathBuf, TreeCounts)> {
         .context("running debootstrap (apt-get install debootstrap)")?;
     if !status.success() {
         bail!("debootstrap failed ({status})");
+    }
+    // As in an image: without the downloaded packages (`apt-get clean`).
+    let archives = tmp.join("var/cache/apt/archives");
+    for entry in std::fs::read_dir(&archives)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "deb") {
+            std::fs::remove_file(&path)?;
+        }
     }
     std::fs::rename(&tmp, &root)?;
     let counts = fixture::count_tree(&root)?;

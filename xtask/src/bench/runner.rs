@@ -247,7 +247,7 @@ pub(crate) fn median(values: &[f64]) -> f64 {
 
 pub(crate) fn command_line(argv: &[String]) -> String {
     argv.iter()
-        .map(|a| super::sh_quote(a))
+        .map(|a| super::util::sh_quote(a))
         .collect::<Vec<_>>()
         .join(" ")
 }

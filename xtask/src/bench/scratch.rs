@@ -15,8 +15,8 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
-use super::Paths;
 use super::machine::is_root;
+use super::util::Paths;
 
 const IMAGE_BYTES: u64 = 4 << 30;
 

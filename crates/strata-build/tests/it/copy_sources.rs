@@ -104,14 +104,14 @@ fn a_stage_symlink_to_the_host_root_reads_only_the_stage() {
     let stage = format!(
         r#"(build stage
              ((from busybox) {SH}
-              (run (shell "echo stage-host > /etc/hostname && ln -s / /a && ln -s /etc /b && mkdir -p /c/d && ln -s ../../.. /c/d/up"))))"#
+              (run (shell "echo stage-host > /etc/stage && ln -s / /a && ln -s /etc /b && mkdir -p /c/d && ln -s ../../.. /c/d/up"))))"#
     );
     let spec = format!(
         r#"({stage}
             (from busybox) {SH}
-            (copy (from (build stage)) (src a/etc/hostname) (dst /one))
-            (copy (from (build stage)) (src /b/hostname) (dst /two))
-            (copy (from (build stage)) (src c/d/up/etc/hostname) (dst /three)))"#
+            (copy (from (build stage)) (src a/etc/stage) (dst /one))
+            (copy (from (build stage)) (src /b/stage) (dst /two))
+            (copy (from (build stage)) (src c/d/up/etc/stage) (dst /three)))"#
     );
     let (r, log) = f.build(&spec, &ctx);
     let id = r.unwrap_or_else(|e| panic!("{e}\n{log}"));

@@ -128,6 +128,10 @@ fn a_step_that_fills_the_disk_leaves_nothing_behind() {
     if !runc_ready() {
         return;
     }
+    if crate::common::sandbox() == "docker" {
+        // The job writes to the engine's storage, not the store's filesystem.
+        return;
+    }
     let top = tempfile::tempdir().unwrap();
     let small = Tmpfs::mount(&top.path().join("small"), "64m");
     let store = small.0.join("store");

@@ -1,26 +1,12 @@
 //! Helpers shared by the integration tests: building trees and comparing them exactly.
 
-use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
-/// Everything a layer records about one path, in a comparable form.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Node {
-    pub(crate) kind: &'static str,
-    pub(crate) mode: u32,
-    pub(crate) uid: u32,
-    pub(crate) gid: u32,
-    /// Not compared for directories whose mtime the test does not control.
-    pub(crate) mtime: i64,
-    pub(crate) content: Vec<u8>,
-    pub(crate) xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-    /// For hard links: the first path of the same inode in walk order.
-    pub(crate) link_group: Option<PathBuf>,
-}
+use strata_test_support::tree::{self, Fields, Mtimes};
 
 pub(crate) fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
@@ -33,115 +19,17 @@ pub(crate) fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Snapshot of a tree: relative path → node. Hard links are grouped by inode.
-pub(crate) fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
-    let mut out = BTreeMap::new();
-    let mut inodes: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
-    walk(root, root, &mut out, &mut inodes);
-    out
-}
+/// What the CAS's comparisons look at: everything a layer records, mtimes to the second.
+const FIELDS: Fields = Fields {
+    mtimes: Mtimes::Seconds,
+    ..Fields::ALL
+};
 
-fn walk(
-    root: &Path,
-    dir: &Path,
-    out: &mut BTreeMap<PathBuf, Node>,
-    inodes: &mut BTreeMap<(u64, u64), PathBuf>,
-) {
-    let mut entries: Vec<_> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    entries.sort();
-    for path in entries {
-        let meta = fs::symlink_metadata(&path).unwrap();
-        let rel = path.strip_prefix(root).unwrap().to_path_buf();
-        let ft = meta.file_type();
-        let (kind, content) = if ft.is_symlink() {
-            (
-                "symlink",
-                fs::read_link(&path)
-                    .unwrap()
-                    .as_os_str()
-                    .as_bytes()
-                    .to_vec(),
-            )
-        } else if ft.is_dir() {
-            ("dir", Vec::new())
-        } else if ft.is_file() {
-            ("file", fs::read(&path).unwrap())
-        } else {
-            use std::os::unix::fs::FileTypeExt;
-            let kind = if ft.is_fifo() {
-                "fifo"
-            } else if ft.is_char_device() {
-                "char"
-            } else {
-                "other"
-            };
-            (kind, meta.rdev().to_le_bytes().to_vec())
-        };
-        let link_group = if ft.is_file() && meta.nlink() > 1 {
-            Some(
-                inodes
-                    .entry((meta.dev(), meta.ino()))
-                    .or_insert_with(|| rel.clone())
-                    .clone(),
-            )
-        } else {
-            None
-        };
-        let xattrs = if ft.is_symlink() {
-            Vec::new()
-        } else {
-            user_xattrs(&path)
-        };
-        out.insert(
-            rel,
-            Node {
-                kind,
-                mode: meta.permissions().mode() & 0o7777,
-                uid: meta.uid(),
-                gid: meta.gid(),
-                mtime: meta.mtime(),
-                content,
-                xattrs,
-                link_group,
-            },
-        );
-        if ft.is_dir() {
-            walk(root, &path, out, inodes);
-        }
-    }
-}
-
-fn user_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut names = vec![0u8; 4096];
-    let Ok(n) = rustix::fs::listxattr(path, &mut names[..]) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for name in names[..n]
-        .split(|&b| b == 0)
-        .filter(|n| n.starts_with(b"user."))
-    {
-        let mut value = vec![0u8; 4096];
-        let len = rustix::fs::getxattr(path, name, &mut value[..]).unwrap();
-        value.truncate(len);
-        out.push((name.to_vec(), value));
-    }
-    out.sort();
-    out
-}
-
-/// Asserts two trees are identical, naming the first difference.
+/// Asserts two trees are identical in everything a layer records, naming the first
+/// difference.
+#[track_caller]
 pub(crate) fn assert_same_tree(a: &Path, b: &Path) {
-    let (sa, sb) = (snapshot(a), snapshot(b));
-    let keys_a: Vec<_> = sa.keys().collect();
-    let keys_b: Vec<_> = sb.keys().collect();
-    assert_eq!(keys_a, keys_b, "the trees hold different paths");
-    for (path, node) in &sa {
-        assert_eq!(node, &sb[path], "{} differs", path.display());
-    }
+    tree::assert_same_tree(a, b, FIELDS);
 }
 
 pub(crate) fn write(path: &Path, data: &[u8], mode: u32, mtime: i64) {

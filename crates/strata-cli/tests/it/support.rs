@@ -1,6 +1,5 @@
 //! Running the real `strata` binary, building sample trees and comparing trees.
 
-use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::Write as _;
@@ -10,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
+use strata_test_support::tree::{self, Fields};
 
 /// The outcome of one run of `strata`.
 #[derive(Debug)]
@@ -186,60 +186,10 @@ pub(crate) fn sample_tree(root: &Path) {
     fs::set_permissions(root.join("empty"), fs::Permissions::from_mode(0o700)).unwrap();
 }
 
-/// What the tree comparison looks at, for one path.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Node {
-    Dir { mode: u32 },
-    File { mode: u32, content: Vec<u8> },
-    Symlink { target: PathBuf },
-}
-
-/// Every path under `root` (not `root` itself), by its raw bytes relative to `root`.
-pub(crate) fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Node> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<Vec<u8>, Node>) {
-        for entry in fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            let meta = fs::symlink_metadata(&path).unwrap();
-            let rel = path
-                .strip_prefix(root)
-                .unwrap()
-                .as_os_str()
-                .as_bytes()
-                .to_vec();
-            let mode = meta.mode() & 0o7777;
-            let node = if meta.is_dir() {
-                walk(root, &path, out);
-                Node::Dir { mode }
-            } else if meta.file_type().is_symlink() {
-                Node::Symlink {
-                    target: fs::read_link(&path).unwrap(),
-                }
-            } else {
-                Node::File {
-                    mode,
-                    content: fs::read(&path).unwrap(),
-                }
-            };
-            out.insert(rel, node);
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
-
 /// Asserts that two trees have the same paths, kinds, modes, contents and link targets.
 #[track_caller]
 pub(crate) fn assert_same_tree(expected: &Path, actual: &Path) {
-    let want = snapshot(expected);
-    let got = snapshot(actual);
-    let show = |k: &Vec<u8>| String::from_utf8_lossy(k).into_owned();
-    let want_keys: Vec<String> = want.keys().map(show).collect();
-    let got_keys: Vec<String> = got.keys().map(show).collect();
-    assert_eq!(want_keys, got_keys, "the trees have different paths");
-    for (path, node) in &want {
-        assert_eq!(Some(node), got.get(path), "{} differs", show(path));
-    }
+    tree::assert_same_tree(expected, actual, Fields::CONTENT);
 }
 
 /// The inode of a path (not following symlinks).

@@ -4,8 +4,9 @@ use std::fs;
 use std::process::Command;
 
 use strata_oci::{Compression, Image, ImageMeta};
+use strata_test_support::tree::{self, Fields};
 
-use crate::{Fixture, have, run, tree};
+use crate::{Fixture, have, run};
 
 fn image(f: &Fixture, compression: Compression) -> Image {
     let meta = ImageMeta::new()
@@ -160,10 +161,10 @@ fn skopeo_reads_the_layout_and_umoci_unpacks_the_checkout_tree() {
         .arg(&bundle));
     let ours = f.path("ours");
     f.engine.copy_out(&f.top.id, &ours).unwrap();
-    let theirs = tree(&bundle.join("rootfs"));
-    let mine = tree(&ours);
-    assert!(mine.contains_key("hello.txt") && !mine.contains_key("etc/removed"));
-    assert_eq!(mine, theirs);
+    let theirs = tree::snapshot_of(&bundle.join("rootfs"), Fields::CONTENT);
+    let mine = tree::snapshot_of(&ours, Fields::CONTENT);
+    assert!(mine.contains_key(&b"hello.txt"[..]) && !mine.contains_key(&b"etc/removed"[..]));
+    tree::assert_same_trees(&theirs, &mine);
 }
 
 #[test]

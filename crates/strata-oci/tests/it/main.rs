@@ -6,9 +6,7 @@ mod cache;
 mod layout;
 mod registry;
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -114,36 +112,4 @@ fn write_top_layer(path: &Path) {
         .unwrap();
     tar.write_data(b"echo run\n\n").unwrap();
     tar.finish().unwrap();
-}
-
-/// A tree as comparable data: each path's kind, mode, size and content or link target.
-pub(crate) fn tree(root: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
-
-fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-    for entry in fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let rel = path.strip_prefix(root).unwrap().display().to_string();
-        let meta = fs::symlink_metadata(&path).unwrap();
-        let mode = meta.permissions().mode() & 0o7777;
-        let what = if meta.file_type().is_symlink() {
-            format!("link {}", fs::read_link(&path).unwrap().display())
-        } else if meta.is_dir() {
-            walk(root, &path, out);
-            format!("dir {mode:o}")
-        } else if meta.is_file() {
-            let data = fs::read(&path).unwrap();
-            format!("file {mode:o} {} {}", data.len(), blake3_hex(&data))
-        } else {
-            format!("other {mode:o} {}", meta.rdev())
-        };
-        out.insert(rel, what);
-    }
-}
-
-fn blake3_hex(data: &[u8]) -> String {
-    blake3::hash(data).to_hex().to_string()
 }

@@ -1,7 +1,6 @@
 //! Overlay mounts against the real kernel: merged views, deep stacks, odd paths, and upper
 //! dirs read back as layers. Every test needs root and overlayfs: it fails under CI without them, and skips otherwise.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -16,6 +15,7 @@ use strata_cas::{
 };
 use strata_snapshot::overlay::{self, Error, OverlayMount};
 use strata_test_support::require;
+use strata_test_support::tree::{self, Fields};
 
 macro_rules! require_overlay {
     () => {
@@ -91,62 +91,17 @@ fn cp_a(src: &Path, dst: &Path) {
     );
 }
 
-/// Everything a layer must reproduce about one entry.
-#[derive(Debug, PartialEq, Eq)]
-enum Node {
-    Dir,
-    File(Vec<u8>),
-    Symlink(PathBuf),
-    Other(u32),
-}
+/// What an overlay view must show the same as a layer applied: kinds, modes, contents,
+/// link targets, owners and hard links (mtimes and attributes are the mount's).
+const FIELDS: Fields = Fields {
+    owners: true,
+    links: true,
+    ..Fields::CONTENT
+};
 
-/// (node, mode bits, owner, first path of the same inode for hard-linked files).
-type Tree = BTreeMap<PathBuf, (Node, u32, (u32, u32), Option<PathBuf>)>;
-
-fn snapshot(root: &Path) -> Tree {
-    fn walk(root: &Path, rel: &Path, tree: &mut Tree, inodes: &mut BTreeMap<u64, PathBuf>) {
-        let mut names: Vec<_> = fs::read_dir(root.join(rel))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        names.sort();
-        for name in names {
-            let rel = rel.join(name);
-            let path = root.join(&rel);
-            let meta = fs::symlink_metadata(&path).unwrap();
-            let ft = meta.file_type();
-            let mut link = None;
-            let node = if ft.is_dir() {
-                Node::Dir
-            } else if ft.is_symlink() {
-                Node::Symlink(fs::read_link(&path).unwrap())
-            } else if ft.is_file() {
-                if meta.nlink() > 1 {
-                    link = Some(inodes.entry(meta.ino()).or_insert(rel.clone()).clone());
-                }
-                Node::File(fs::read(&path).unwrap())
-            } else {
-                Node::Other(meta.mode() & 0o170000)
-            };
-            let entry = (node, meta.mode() & 0o7777, (meta.uid(), meta.gid()), link);
-            tree.insert(rel.clone(), entry);
-            if ft.is_dir() {
-                walk(root, &rel, tree, inodes);
-            }
-        }
-    }
-    let mut tree = Tree::new();
-    walk(root, Path::new(""), &mut tree, &mut BTreeMap::new());
-    tree
-}
-
-fn assert_same_tree(a: &Path, b: &Path) {
-    let (ta, tb) = (snapshot(a), snapshot(b));
-    for (path, entry) in &ta {
-        assert_eq!(Some(entry), tb.get(path), "{} differs", path.display());
-    }
-    let extra: Vec<_> = tb.keys().filter(|p| !ta.contains_key(*p)).collect();
-    assert!(extra.is_empty(), "only in {}: {extra:?}", b.display());
+#[track_caller]
+fn assert_same_tree(expected: &Path, actual: &Path) {
+    tree::assert_same_tree(expected, actual, FIELDS);
 }
 
 fn changes(list: &[(&str, ChangeKind)]) -> Vec<Change> {
@@ -520,8 +475,8 @@ fn whiteouts_sharing_an_inode_are_each_a_deletion() {
     fs::create_dir(&flat).unwrap();
     cp_a(&lower, &flat);
     apply_file(&layer, &flat, &permissive()).unwrap();
-    let left: Vec<_> = snapshot(&flat).into_keys().collect();
-    assert_eq!(left, [PathBuf::from("d"), PathBuf::from("d/f")]);
+    let left: Vec<_> = tree::snapshot(&flat).into_keys().collect();
+    assert_eq!(left, [b"d".to_vec(), b"d/f".to_vec()]);
 }
 
 #[test]

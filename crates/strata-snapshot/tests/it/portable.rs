@@ -4,12 +4,11 @@
 //! creates on Linux only.
 #![cfg(target_os = "linux")]
 
-use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, symlink};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -18,6 +17,7 @@ use strata_cas::create::{CreateOptions, create_from_changes, create_from_dir};
 use strata_cas::extract::{apply_file, open_layer_file};
 use strata_cas::{Change, ChangeKind, DevicePolicy, ExtractOptions, SetuidPolicy, WhiteoutMode};
 use strata_snapshot::portable::{self, Manifest, Timestamp};
+use strata_test_support::tree::{Tree, assert_same_trees, snapshot, xattrs};
 use strata_test_support::{require, root, runs, tool};
 use tempfile::TempDir;
 
@@ -105,128 +105,8 @@ fn mknod(path: &Path, ft: FileType, major: u32, minor: u32) {
     .unwrap();
 }
 
-fn xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut names = vec![0u8; 4096];
-    let n = match rustix::fs::llistxattr(path, &mut names[..]) {
-        Ok(n) => n,
-        Err(rustix::io::Errno::NOTSUP) => return Vec::new(),
-        Err(e) => panic!("llistxattr {}: {e}", path.display()),
-    };
-    let mut out = Vec::new();
-    for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        // Only what layers carry; the host may add security labels of its own.
-        if !(name.starts_with(b"user.") || name.starts_with(b"trusted.")) {
-            continue;
-        }
-        let mut value = vec![0u8; 4096];
-        let len = rustix::fs::lgetxattr(path, name, &mut value[..]).unwrap();
-        value.truncate(len);
-        out.push((name.to_vec(), value));
-    }
-    out.sort();
-    out
-}
-
 fn set_xattr(path: &Path, name: &str, value: &[u8]) {
     rustix::fs::lsetxattr(path, name, value, XattrFlags::empty()).unwrap();
-}
-
-/// Everything compared about one path of a tree.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Node {
-    kind: &'static str,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: (i64, i64),
-    /// File content or symlink target.
-    data: Vec<u8>,
-    rdev: u64,
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-    /// The first path (in walk order) of the same inode, for multiply-linked files.
-    link_group: Option<Vec<u8>>,
-}
-
-/// Relative path bytes → node, for every entry below `root` (the root excluded).
-fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Node> {
-    let mut paths = Vec::new();
-    walk_paths(root, &mut paths);
-    let mut inodes: BTreeMap<(u64, u64), Vec<u8>> = BTreeMap::new();
-    let mut out = BTreeMap::new();
-    for path in paths {
-        let rel = path
-            .strip_prefix(root)
-            .unwrap()
-            .as_os_str()
-            .as_bytes()
-            .to_vec();
-        let meta = fs::symlink_metadata(&path).unwrap();
-        let ft = meta.file_type();
-        let (kind, data) = if ft.is_symlink() {
-            (
-                "symlink",
-                fs::read_link(&path)
-                    .unwrap()
-                    .as_os_str()
-                    .as_bytes()
-                    .to_vec(),
-            )
-        } else if ft.is_dir() {
-            ("dir", Vec::new())
-        } else if ft.is_file() {
-            ("file", fs::read(&path).unwrap())
-        } else if ft.is_fifo() {
-            ("fifo", Vec::new())
-        } else if ft.is_char_device() {
-            ("char", Vec::new())
-        } else if ft.is_block_device() {
-            ("block", Vec::new())
-        } else {
-            ("other", Vec::new())
-        };
-        let link_group = (ft.is_file() && meta.nlink() > 1).then(|| {
-            inodes
-                .entry((meta.dev(), meta.ino()))
-                .or_insert_with(|| rel.clone())
-                .clone()
-        });
-        out.insert(
-            rel,
-            Node {
-                kind,
-                mode: meta.mode() & 0o7777,
-                uid: meta.uid(),
-                gid: meta.gid(),
-                mtime: (meta.mtime(), meta.mtime_nsec()),
-                data,
-                rdev: meta.rdev(),
-                xattrs: if ft.is_symlink() {
-                    Vec::new()
-                } else {
-                    xattrs(&path)
-                },
-                link_group,
-            },
-        );
-    }
-    out
-}
-
-fn assert_same_tree(actual: &BTreeMap<Vec<u8>, Node>, expected: &BTreeMap<Vec<u8>, Node>) {
-    let names = |t: &BTreeMap<Vec<u8>, Node>| -> Vec<String> {
-        t.keys()
-            .map(|k| String::from_utf8_lossy(k).into_owned())
-            .collect()
-    };
-    assert_eq!(names(actual), names(expected), "paths differ");
-    for (path, node) in expected {
-        assert_eq!(
-            &actual[path],
-            node,
-            "{} differs (left: actual)",
-            String::from_utf8_lossy(path)
-        );
-    }
 }
 
 fn path_str(p: &[u8]) -> &str {
@@ -687,7 +567,7 @@ fn matches_applying_the_layers_in_order() {
         }
         let target = tmp.path().join(format!("out-{overlay}"));
         let (manifest, report) = portable::materialize(&paths(&unpacked), &target).unwrap();
-        assert_same_tree(&snapshot(&target), &expected);
+        assert_same_trees(&expected, &snapshot(&target));
         assert_eq!(report.entries, expected.len() as u64);
         assert_eq!(manifest.len(), expected.len());
         assert_eq!(pairs(&portable::diff(&target, &manifest).unwrap()), vec![]);
@@ -761,7 +641,7 @@ fn diff_lists_exactly_what_a_step_changed_and_commits_back() {
     portable::materialize(&[&base], &fresh).unwrap();
     apply_file(&blob, &fresh, &extract_options(WhiteoutMode::Apply)).unwrap();
     // Layers keep whole seconds.
-    let coarse = |t: BTreeMap<Vec<u8>, Node>| -> BTreeMap<Vec<u8>, Node> {
+    let coarse = |t: Tree| -> Tree {
         t.into_iter()
             .map(|(p, mut n)| {
                 n.mtime.1 = 0;
@@ -769,7 +649,7 @@ fn diff_lists_exactly_what_a_step_changed_and_commits_back() {
             })
             .collect()
     };
-    assert_same_tree(&coarse(snapshot(&fresh)), &coarse(snapshot(&dir)));
+    assert_same_trees(&coarse(snapshot(&dir)), &coarse(snapshot(&fresh)));
 }
 
 #[test]
@@ -880,7 +760,7 @@ fn reflinks_where_the_filesystem_can() {
     let (_, report) = portable::materialize(&[&tmp.path().join("layer")], &target).unwrap();
     assert_eq!(report.reflinked + report.copied, files as u64);
     assert_eq!(report.bytes, (1 << 20) + 200_000 + 5);
-    assert_same_tree(&snapshot(&target), &snapshot(&tmp.path().join("layer")));
+    assert_same_trees(&snapshot(&tmp.path().join("layer")), &snapshot(&target));
     const EXT4_SUPER_MAGIC: i64 = 0xEF53;
     let fs_type = fs_type(tmp.path());
     if fs_type == EXT4_SUPER_MAGIC {
@@ -932,7 +812,7 @@ fn reflinks_where_the_filesystem_can() {
     eprintln!("checkout on XFS: {report:?}");
     assert_eq!(report.reflinked, 3, "{report:?}");
     assert_eq!(report.copied, 1, "the empty file: {report:?}");
-    assert_same_tree(&snapshot(&out), &snapshot(&layer));
+    assert_same_trees(&snapshot(&layer), &snapshot(&out));
     assert_eq!(pairs(&portable::diff(&out, &manifest).unwrap()), vec![]);
     drop(mounted);
 }
@@ -1039,15 +919,15 @@ fn a_checkout_streamed_from_the_blobs_is_the_one_built_from_the_cache() {
         fs::remove_dir_all(&copy).unwrap();
     }
     // The copies are relocated to their own root, whose name differs from w2's.
-    let without_where = |t: &BTreeMap<Vec<u8>, Node>| {
+    let without_where = |t: &Tree| {
         let mut t = t.clone();
         t.remove(&b"etc/where"[..]);
         t
     };
     // Streamed, then from the cache: checkout, copy, checkout, copy.
-    assert_same_tree(&trees[2], &trees[0]);
+    assert_same_trees(&trees[0], &trees[2]);
     for copy in [&trees[1], &trees[3]] {
-        assert_same_tree(&without_where(copy), &without_where(&trees[0]));
+        assert_same_trees(&without_where(&trees[0]), &without_where(copy));
     }
-    assert_same_tree(&without_where(&trees[1]), &without_where(&trees[0]));
+    assert_same_trees(&without_where(&trees[0]), &without_where(&trees[1]));
 }
