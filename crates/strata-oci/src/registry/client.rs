@@ -56,6 +56,10 @@ pub(crate) struct Upload<'r> {
 }
 
 /// rustls with webpki's roots; on macOS the system's TLS and trust store (see Cargo.toml).
+/// How often a request without a body is sent when the registry answers 429 or 5xx (the
+/// pauses add up to 1.5 s).
+const RETRIES: u32 = 5;
+
 fn tls_config() -> ureq::tls::TlsConfig {
     let config = ureq::tls::TlsConfig::builder();
     #[cfg(target_os = "macos")]
@@ -98,8 +102,33 @@ impl Client {
     }
 
     /// Sends a request, answering one authentication challenge (and retrying) if the body
-    /// can be sent again, that is, when there is none.
+    /// can be sent again, that is, when there is none. A request without a body is also
+    /// sent again, after a pause, when the registry answers that it is busy or failed
+    /// (429 or 5xx): registries do, under concurrent uploads of one blob for one.
     fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        upload: Option<Upload<'_>>,
+    ) -> Result<Response<Body>> {
+        if upload.is_some() {
+            return self.send_authenticated(method, url, headers, upload);
+        }
+        let mut pause = Duration::from_millis(100);
+        for _ in 1..RETRIES {
+            let response = self.send_authenticated(method, url, headers, None)?;
+            let status = response.status().as_u16();
+            if status != 429 && !(500..600).contains(&status) {
+                return Ok(response);
+            }
+            std::thread::sleep(pause);
+            pause *= 2;
+        }
+        self.send_authenticated(method, url, headers, None)
+    }
+
+    fn send_authenticated(
         &self,
         method: Method,
         url: &str,
@@ -534,6 +563,57 @@ fn percent(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A registry on a loopback port that answers each request with the next of `statuses`
+    /// (then 200 forever), counting the requests.
+    fn answering(
+        statuses: &'static [u16],
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicU32>) {
+        use std::io::{BufRead as _, BufReader, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    // The request's headers, to the blank line.
+                    while line != "\r\n" {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                    }
+                    let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) as usize;
+                    let status = statuses.get(n).copied().unwrap_or(200);
+                    let _ = write!(stream, "HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+                }
+            }
+        });
+        (format!("127.0.0.1:{port}/team/app:1"), count)
+    }
+
+    #[test]
+    fn requests_without_a_body_are_sent_again_while_the_registry_is_busy() {
+        let digest = crate::digest::Digest::of(b"abc");
+        let (reference, count) = answering(&[500, 503, 429]);
+        let client = Client::new(&reference.parse().unwrap(), &Options::new(), false).unwrap();
+        assert!(client.has_blob(&digest).unwrap());
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 4);
+
+        // A registry that keeps failing is reported, after a bounded number of tries.
+        let (reference, count) = answering(&[500; 16]);
+        let client = Client::new(&reference.parse().unwrap(), &Options::new(), false).unwrap();
+        let err = client.has_blob(&digest).unwrap_err().to_string();
+        assert!(err.contains("500"), "{err}");
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), RETRIES);
+    }
 
     #[test]
     fn read_ahead_hands_on_every_byte_then_the_error() {
