@@ -1,11 +1,19 @@
 //! The driver on its own: exit statuses, live output, cleanup of dead processes'
 //! containers, cached images, and the builder's cache with it.
 
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::net::Shutdown;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use strata_docker::plan::{JOB_LABEL, LABEL};
 use strata_docker::{DockerDriver, DockerOptions};
 use strata_isolate::Driver;
 
-use crate::common::{build, docker_builder, engine_ready, options};
+use crate::common::{build, builder, docker_builder, engine_ready, options};
 
 #[test]
 fn exit_statuses_fail_the_step_and_nothing_is_cached_or_left() {
@@ -141,4 +149,116 @@ fn an_engine_image_is_read_back_layer_by_layer() {
         .save_image("strata-test-no-such-image:1", &mut |_, _| Ok(()))
         .unwrap_err();
     assert!(e.to_string().contains("strata-test-no-such-image:1"), "{e}");
+}
+
+/// A stand-in for the engine's socket that can be cut: connections through it are relayed
+/// to the real socket until [`Relay::cut`] closes them all, as an engine that stops does.
+struct Relay {
+    path: PathBuf,
+    streams: Arc<Mutex<Vec<UnixStream>>>,
+}
+
+impl Relay {
+    fn start(path: &Path) -> Relay {
+        let listener = UnixListener::bind(path).unwrap();
+        let streams: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
+        let kept = streams.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(engine) = UnixStream::connect("/var/run/docker.sock") else {
+                    return;
+                };
+                for (from, to) in [(&client, &engine), (&engine, &client)] {
+                    let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0; 64 << 10];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        // Half-close, as the end that finished did.
+                        let _ = to.shutdown(Shutdown::Write);
+                    });
+                }
+                kept.lock().unwrap().extend([client, engine]);
+            }
+        });
+        Relay {
+            path: path.to_path_buf(),
+            streams,
+        }
+    }
+
+    /// Closes every relayed connection, and the socket itself (nothing connects to a
+    /// removed socket file).
+    fn cut(&self) {
+        let _ = fs::remove_file(&self.path);
+        for s in self.streams.lock().unwrap().iter() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn an_engine_that_goes_away_mid_step_is_named_and_nothing_is_recorded() {
+    if !engine_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let relay = Relay::start(&dir.path().join("engine.sock"));
+    let mut opts = options(&store);
+    opts.host = Some(format!("unix://{}", relay.path.display()));
+    let b = builder(&store, Box::new(DockerDriver::new(opts)));
+    let before = b.engine().snapshot_ids().unwrap();
+
+    let spec = strata_spec::parse(
+        r#"((from busybox) (shell /bin/sh -c) (run (shell "echo ready-$((6 * 7)); sleep 60")))"#,
+    )
+    .unwrap();
+    let ctx = tempfile::tempdir().unwrap();
+    let log = strata_build::Transcript::new();
+    let build_opts = strata_build::BuildOptions::new(ctx.path()).reporter(log.clone());
+    let started = Instant::now();
+    let err = std::thread::scope(|s| {
+        let building = s.spawn(|| b.build(&spec, &build_opts));
+        // What the step prints, not its command line, which the transcript shows too.
+        while !log.text().contains("ready-42") {
+            assert!(!building.is_finished(), "the build ended: {}", log.text());
+            assert!(started.elapsed().as_secs() < 120, "the step never started");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        relay.cut();
+        building.join().unwrap().unwrap_err()
+    });
+    assert!(
+        started.elapsed().as_secs() < 60,
+        "the build waited for the step instead of noticing"
+    );
+    let mut chain = vec![err.to_string()];
+    let mut source = std::error::Error::source(&err);
+    while let Some(e) = source {
+        chain.push(e.to_string());
+        source = e.source();
+    }
+    let chain = chain.join(": ");
+    assert!(chain.contains("docker engine stopped"), "{chain}");
+
+    // Nothing of the step was recorded: no snapshot, and the store is sound.
+    assert_eq!(b.engine().snapshot_ids().unwrap(), before);
+    b.engine().cas().verify().unwrap();
+
+    // The container the engine still runs is this (live) process's: removed by hand.
+    let direct = DockerDriver::new(options(&store));
+    for name in direct
+        .containers_labelled("strata.test", &store.display().to_string())
+        .unwrap()
+    {
+        std::process::Command::new("docker")
+            .args(["rm", "-f", &name])
+            .output()
+            .unwrap();
+    }
 }
