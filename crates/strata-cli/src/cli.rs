@@ -175,7 +175,7 @@ pub(crate) enum Command {
     /// and unpacked directories that no index row mentions are only removed once they are
     /// an hour old: a commit running in another process may not have recorded them yet.
     /// Safe to run while other strata processes use the store.
-    Gc,
+    Gc(GcArgs),
 
     /// Remove what the slot sandboxes made on this host: slot users and directories
     #[command(subcommand)]
@@ -263,6 +263,15 @@ impl PruneArgs {
     pub(crate) fn has_limit(&self) -> bool {
         self.all || self.older_than.is_some() || self.keep.is_some() || self.keep_bytes.is_some()
     }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GcArgs {
+    /// Also remove the Docker engine's images of snapshots this store no longer holds
+    /// (only images the docker sandbox made, labelled strata.snapshot; an image of a
+    /// snapshot another store still uses is loaded again when that store needs it)
+    #[arg(long)]
+    pub(crate) docker_images: bool,
 }
 
 #[derive(Debug, Args)]

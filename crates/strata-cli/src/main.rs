@@ -73,7 +73,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Snapshot(command) => snapshot::snapshot(&cli.global, command),
         Command::Du => maintenance::du(&cli.global),
         Command::Prune(args) => maintenance::prune(&cli.global, args),
-        Command::Gc => maintenance::gc(&cli.global),
+        Command::Gc(args) => maintenance::gc(&cli.global, args),
         Command::Fsck(args) => maintenance::fsck(&cli.global, args),
         Command::Slots(cli::SlotsCommand::Rm(args)) => build::slots_rm(&cli.global, args),
         Command::EmptyTrash => store::empty_trash(&cas::store_root(cli.global.store.as_deref())?),

@@ -7,7 +7,7 @@ use serde::Serialize;
 use strata_snapshot::Engine;
 use strata_snapshot::maintenance::{GcReport, PruneOptions};
 
-use crate::cli::{FsckArgs, GlobalArgs, PruneArgs};
+use crate::cli::{FsckArgs, GcArgs, GlobalArgs, PruneArgs};
 use crate::output;
 
 fn open(global: &GlobalArgs) -> Result<Engine> {
@@ -156,25 +156,48 @@ pub(crate) fn prune(global: &GlobalArgs, args: &PruneArgs) -> Result<()> {
 struct GcRunOut {
     #[serde(flatten)]
     gc: GcOut,
+    /// With `--docker-images`: the engine images removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    docker_images: Option<Vec<String>>,
     seconds: f64,
 }
 
-/// `strata gc`.
-pub(crate) fn gc(global: &GlobalArgs) -> Result<()> {
+/// `strata gc [--docker-images]`.
+pub(crate) fn gc(global: &GlobalArgs, args: &GcArgs) -> Result<()> {
     let started = Instant::now();
     let engine = open(global)?;
     let report = engine
         .gc()
         .with_context(|| format!("cannot collect garbage in {}", engine.root().display()))?;
+    let docker_images = if args.docker_images {
+        let kept: std::collections::HashSet<String> = engine
+            .snapshot_ids()?
+            .iter()
+            .map(|id| id.to_hex())
+            .collect();
+        let driver = strata::docker::DockerDriver::new(strata::docker::DockerOptions::new(1));
+        Some(
+            driver
+                .remove_images(&|snapshot| kept.contains(snapshot))
+                .context("cannot remove the docker engine's images of gone snapshots")?,
+        )
+    } else {
+        None
+    };
     let out = GcRunOut {
         gc: GcOut::new(&report, &engine)?,
+        docker_images,
         seconds: output::seconds(started.elapsed()),
     };
     if global.json {
         return output::print_json(&out);
     }
+    let images = out
+        .docker_images
+        .as_ref()
+        .map_or(String::new(), |i| format!(", {} docker images", i.len()));
     output::print_text(&format!(
-        "{} in {}",
+        "{}{images} in {}",
         describe_gc(&out.gc),
         output::duration(started.elapsed())
     ))
