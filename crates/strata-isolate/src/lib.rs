@@ -612,6 +612,24 @@ pub(crate) fn check_env(driver: &str, env: &[(String, String)]) -> Result<()> {
     Ok(())
 }
 
+/// A driver's own part of its plan (`Plan::detail`), as JSON.
+pub(crate) fn encode_detail(driver: &str, detail: &impl Serialize) -> Result<serde_json::Value> {
+    serde_json::to_value(detail).map_err(|e| Error::Unsupported {
+        driver: driver.to_owned(),
+        reason: format!("cannot describe the plan: {e}"),
+    })
+}
+
+/// The driver's own part of a plan it made: the plan checked with [`check_plan`], then its
+/// detail read back.
+pub(crate) fn plan_detail<T: serde::de::DeserializeOwned>(driver: &str, plan: &Plan) -> Result<T> {
+    check_plan(driver, plan)?;
+    serde_json::from_value(plan.detail.clone()).map_err(|e| Error::Unsupported {
+        driver: driver.to_owned(),
+        reason: format!("the plan's detail is not this driver's: {e}"),
+    })
+}
+
 /// Refuses a plan another driver made, or one with nothing to run.
 #[cfg_attr(
     not(any(unix, windows)),

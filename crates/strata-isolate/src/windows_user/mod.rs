@@ -486,17 +486,12 @@ impl Driver for WindowsUserDriver {
             job: job.clone(),
             files: Vec::new(),
             argv: job.argv.clone(),
-            detail: serde_json::to_value(&detail).map_err(|e| {
-                WindowsUserDriver::unsupported(format!("cannot describe the plan: {e}"))
-            })?,
+            detail: crate::encode_detail(NAME, &detail)?,
         })
     }
 
     fn run(&self, plan: &Plan, log: &mut dyn std::io::Write, cancel: &Cancel) -> Result<Outcome> {
-        crate::check_plan(NAME, plan)?;
-        let detail: RunDetail = serde_json::from_value(plan.detail.clone()).map_err(|e| {
-            WindowsUserDriver::unsupported(format!("the plan's detail is not this driver's: {e}"))
-        })?;
+        let detail: RunDetail = crate::plan_detail(NAME, plan)?;
         #[cfg(windows)]
         return run::run(&detail, log, cancel);
         #[cfg(not(windows))]
