@@ -343,6 +343,28 @@ pub(crate) fn time_case(
     time_case_at(ctx.paths, name, ours, baseline, target, other_cpu_share)
 }
 
+/// Runs two contenders side by side, ours first, and reports them as one case against
+/// `target`: the whole of most cases that run without the fixture's [`Context`].
+pub(crate) fn pair_case(
+    paths: &Paths,
+    report: &mut Report,
+    name: &str,
+    contenders: &[Contender<'_>; 2],
+    runs: usize,
+    target: Target,
+) -> anyhow::Result<()> {
+    let (samples, share) = runner::side_by_side(name, contenders, runs)?;
+    report.cases.push(time_case_at(
+        paths,
+        name,
+        (&contenders[0], &samples[0]),
+        (&contenders[1], &samples[1]),
+        target,
+        share,
+    ));
+    Ok(())
+}
+
 /// [`time_case`] for cases that run without the fixture's [`Context`].
 pub(crate) fn time_case_at(
     paths: &Paths,

@@ -12,7 +12,7 @@
 
 use anyhow::Context as _;
 
-use super::cases::{s, time_case_at};
+use super::cases::{pair_case, s};
 use super::registry::RegistryContext;
 use super::report::{Report, Target};
 use super::runner::{self, Contender};
@@ -125,16 +125,14 @@ pub(crate) fn run(ctx: &RegistryContext<'_>, report: &mut Report) -> anyhow::Res
         prepare: &nothing,
     };
     let name = "docker: no-op run step vs docker run --rm of the same image";
-    let contenders = [ours, bare];
-    let (samples, share) = runner::side_by_side(name, &contenders, ctx.runs)?;
-    report.cases.push(time_case_at(
+    pair_case(
         ctx.paths,
+        report,
         name,
-        (&contenders[0], &samples[0]),
-        (&contenders[1], &samples[1]),
+        &[ours, bare],
+        ctx.runs,
         Target::AtLeast(NOOP_RATIO_TARGET),
-        share,
-    ));
+    )?;
 
     let delete_files_step = || -> anyhow::Result<()> {
         for child in children(&|a: &[&str]| strata_at(&files_store, a), &files_base)? {
@@ -142,28 +140,26 @@ pub(crate) fn run(ctx: &RegistryContext<'_>, report: &mut Report) -> anyhow::Res
         }
         Ok(())
     };
-    let contenders = [
-        Contender {
-            label: "strata build --sandbox docker (2,000 files)",
-            argv: strata_at(&files_store, &["build", "--sandbox", "docker", &files]),
-            prepare: &delete_files_step,
-        },
-        Contender {
-            label: "strata build --sandbox runc (2,000 files)",
-            argv: strata_at(&files_store, &["build", "--sandbox", "runc", &files]),
-            prepare: &delete_files_step,
-        },
-    ];
     let name = "docker: a step adding 2,000 small files, docker vs runc";
-    let (samples, share) = runner::side_by_side(name, &contenders, ctx.runs)?;
-    report.cases.push(time_case_at(
+    pair_case(
         ctx.paths,
+        report,
         name,
-        (&contenders[0], &samples[0]),
-        (&contenders[1], &samples[1]),
+        &[
+            Contender {
+                label: "strata build --sandbox docker (2,000 files)",
+                argv: strata_at(&files_store, &["build", "--sandbox", "docker", &files]),
+                prepare: &delete_files_step,
+            },
+            Contender {
+                label: "strata build --sandbox runc (2,000 files)",
+                argv: strata_at(&files_store, &["build", "--sandbox", "runc", &files]),
+                prepare: &delete_files_step,
+            },
+        ],
+        ctx.runs,
         Target::None,
-        share,
-    ));
+    )?;
 
     // The 10-layer snapshot's image: loaded (every image of the chain removed first) and
     // cached, each with one container run.
@@ -175,28 +171,26 @@ pub(crate) fn run(ctx: &RegistryContext<'_>, report: &mut Report) -> anyhow::Res
         }
         Ok(())
     };
-    let contenders = [
-        Contender {
-            label: "healthcheck, 10-layer image loaded first",
-            argv: strata(&["healthcheck", "--sandbox", "docker", "--base", &ten]),
-            prepare: &remove_images,
-        },
-        Contender {
-            label: "healthcheck, 10-layer image cached",
-            argv: strata(&["healthcheck", "--sandbox", "docker", "--base", &ten]),
-            prepare: &nothing,
-        },
-    ];
     let name = "docker: 10-layer snapshot to engine image, first time vs cached";
-    let (samples, share) = runner::side_by_side(name, &contenders, ctx.runs)?;
-    report.cases.push(time_case_at(
+    pair_case(
         ctx.paths,
+        report,
         name,
-        (&contenders[0], &samples[0]),
-        (&contenders[1], &samples[1]),
+        &[
+            Contender {
+                label: "healthcheck, 10-layer image loaded first",
+                argv: strata(&["healthcheck", "--sandbox", "docker", "--base", &ten]),
+                prepare: &remove_images,
+            },
+            Contender {
+                label: "healthcheck, 10-layer image cached",
+                argv: strata(&["healthcheck", "--sandbox", "docker", "--base", &ten]),
+                prepare: &nothing,
+            },
+        ],
+        ctx.runs,
         Target::None,
-        share,
-    ));
+    )?;
     remove_images()?;
     runner::remove(&dir)?;
     Ok(())

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 
-use super::cases::{s, time_case_at};
+use super::cases::{pair_case, s, time_case_at};
 use super::report::{Report, Target};
 use super::runner::{self, Contender};
 use super::util::Paths;
@@ -104,16 +104,14 @@ pub(crate) fn run(ctx: &RegistryContext<'_>, report: &mut Report) -> anyhow::Res
         "push: {LAYERS}-layer image ({} MiB) to a registry, zstd as stored",
         LAYERS * LAYER_MIB
     );
-    let contenders = [ours, skopeo];
-    let (samples, share) = runner::side_by_side(&name, &contenders, ctx.runs)?;
-    report.cases.push(time_case_at(
+    pair_case(
         ctx.paths,
+        report,
         &name,
-        (&contenders[0], &samples[0]),
-        (&contenders[1], &samples[1]),
+        &[ours, skopeo],
+        ctx.runs,
         Target::AtLeast(1.0),
-        share,
-    ));
+    )?;
 
     // Pull: the image pushed once more, then fetched into empty places.
     let image = format!("{host}/bench/strata:1");
@@ -143,16 +141,14 @@ pub(crate) fn run(ctx: &RegistryContext<'_>, report: &mut Report) -> anyhow::Res
         "pull: {LAYERS}-layer image ({} MiB) from a registry into an empty store",
         LAYERS * LAYER_MIB
     );
-    let contenders = [ours, skopeo];
-    let (samples, share) = runner::side_by_side(&name, &contenders, ctx.runs)?;
-    report.cases.push(time_case_at(
+    pair_case(
         ctx.paths,
+        report,
         &name,
-        (&contenders[0], &samples[0]),
-        (&contenders[1], &samples[1]),
+        &[ours, skopeo],
+        ctx.runs,
         Target::AtLeast(1.0),
-        share,
-    ));
+    )?;
     runner::remove(&pulled_store)?;
     runner::remove(&pulled_layout)?;
 
