@@ -159,15 +159,10 @@ pub(super) fn extract(ctx: &Context<'_>, report: &mut Report, layer: &Path) -> a
         sh_path(layer),
         sh_path(&tar_dst)
     ));
-    let prep = |dst: &Path| {
-        let dst = dst.to_path_buf();
-        move || {
-            runner::remove(&dst)?;
-            std::fs::create_dir_all(&dst)?;
-            runner::sync()
-        }
-    };
-    let (p_ours, p_tar) = (prep(&ours_dst), prep(&tar_dst));
+    let (p_ours, p_tar) = (
+        runner::empty_before(&ours_dst),
+        runner::empty_before(&tar_dst),
+    );
     let contenders = [
         Contender {
             label: "strata",

@@ -132,11 +132,7 @@ pub(crate) fn run(ctx: &Context<'_>, report: &mut Report) -> anyhow::Result<()> 
         s(&tar_dst),
     ];
     let p_ours = runner::clear_before(&ours_dst);
-    let p_tar = || {
-        runner::remove(&tar_dst)?;
-        std::fs::create_dir_all(&tar_dst)?;
-        runner::sync()
-    };
+    let p_tar = runner::empty_before(&tar_dst);
     let contenders = [
         Contender {
             label: "strata",

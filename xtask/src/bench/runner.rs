@@ -220,6 +220,17 @@ pub(crate) fn clear_before(path: &Path) -> impl Fn() -> anyhow::Result<()> + use
     }
 }
 
+/// A contender's prepare step for tools that extract into an existing directory (`tar -C`):
+/// `path` removed, made again empty, and synced.
+pub(crate) fn empty_before(path: &Path) -> impl Fn() -> anyhow::Result<()> + use<> {
+    let path = path.to_path_buf();
+    move || {
+        remove(&path)?;
+        std::fs::create_dir_all(&path)?;
+        sync()
+    }
+}
+
 /// Removes `path` (file or tree) if it exists.
 pub(crate) fn remove(path: &Path) -> anyhow::Result<()> {
     let result = match std::fs::symlink_metadata(path) {

@@ -794,11 +794,7 @@ fn cold_checkout(
         }
         runner::sync()
     };
-    let p_tar = || {
-        runner::remove(&tar_dst)?;
-        std::fs::create_dir_all(&tar_dst)?;
-        runner::sync()
-    };
+    let p_tar = runner::empty_before(&tar_dst);
     let contenders = [
         Contender {
             label: "strata",
