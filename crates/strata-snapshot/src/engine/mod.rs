@@ -327,11 +327,7 @@ impl Engine {
         tar: impl Read,
         tag: Option<&str>,
     ) -> Result<Snapshot> {
-        if let Some(parent) = parent
-            && self.snapshot(parent)?.is_none()
-        {
-            return Err(crate::index::Error::MissingParent { id: *parent }.into());
-        }
+        self.check_parent(parent)?;
         let _gc = self.gc_lock(false)?;
         let info = self
             .cas
@@ -350,20 +346,9 @@ impl Engine {
         layer: &LayerId,
         tag: Option<&str>,
     ) -> Result<Snapshot> {
-        if let Some(parent) = parent
-            && self.snapshot(parent)?.is_none()
-        {
-            return Err(crate::index::Error::MissingParent { id: *parent }.into());
-        }
+        self.check_parent(parent)?;
         let _gc = self.gc_lock(false)?;
-        let blob = self.cas.stat(layer)?;
-        let info = LayerInfo {
-            id: *layer,
-            uncompressed_size: blob.uncompressed_size,
-            compressed_size: blob.compressed_size,
-            frames: blob.frames,
-            entries: 0,
-        };
+        let info = self.stored_layer(layer)?;
         let row = self.record(parent.copied(), &info, None, None, tag, true)?;
         self.with_tags(row)
     }
@@ -397,11 +382,7 @@ impl Engine {
         tag: Option<&str>,
         record: &RootRecord,
     ) -> Result<Snapshot> {
-        if let Some(parent) = parent
-            && self.snapshot(parent)?.is_none()
-        {
-            return Err(crate::index::Error::MissingParent { id: *parent }.into());
-        }
+        self.check_parent(parent)?;
         let records = if record.relocations.is_empty() {
             relocate::Records {
                 root: record.root.clone(),
@@ -418,14 +399,7 @@ impl Engine {
             .into());
         }
         let _gc = self.gc_lock(false)?;
-        let blob = self.cas.stat(layer)?;
-        let info = LayerInfo {
-            id: *layer,
-            uncompressed_size: blob.uncompressed_size,
-            compressed_size: blob.compressed_size,
-            frames: blob.frames,
-            entries: 0,
-        };
+        let info = self.stored_layer(layer)?;
         let row = self.record(
             parent.copied(),
             &info,
@@ -435,6 +409,28 @@ impl Engine {
             true,
         )?;
         self.with_tags(row)
+    }
+
+    /// Fails with `MissingParent` unless `parent` (where given) is a snapshot here.
+    fn check_parent(&self, parent: Option<&SnapshotId>) -> Result<()> {
+        if let Some(parent) = parent
+            && self.snapshot(parent)?.is_none()
+        {
+            return Err(crate::index::Error::MissingParent { id: *parent }.into());
+        }
+        Ok(())
+    }
+
+    /// What a snapshot records of a layer the store already holds, read from its blob.
+    fn stored_layer(&self, layer: &LayerId) -> Result<LayerInfo> {
+        let blob = self.cas.stat(layer)?;
+        Ok(LayerInfo {
+            id: *layer,
+            uncompressed_size: blob.uncompressed_size,
+            compressed_size: blob.compressed_size,
+            frames: blob.frames,
+            entries: 0,
+        })
     }
 
     /// The OCI identities of `layer` (sha256 diff_id, blob digest and size), as an engine or

@@ -26,14 +26,7 @@ impl Engine {
     pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
         self.with_index(|ix| {
             let rows = ix.snapshots()?;
-            let mut tags = tags_by_snapshot(ix.tags()?);
-            Ok(rows
-                .into_iter()
-                .map(|row| {
-                    let mine = tags.remove(&row.id).unwrap_or_default();
-                    Snapshot::from_row(row, mine)
-                })
-                .collect())
+            Ok(with_their_tags(rows, ix.tags()?))
         })
     }
 
@@ -54,14 +47,7 @@ impl Engine {
     pub fn chain(&self, id: &SnapshotId) -> Result<Vec<Snapshot>> {
         self.with_index(|ix| {
             let rows = ix.chain(id)?;
-            let mut tags = tags_by_snapshot(ix.tags()?);
-            Ok(rows
-                .into_iter()
-                .map(|row| {
-                    let mine = tags.remove(&row.id).unwrap_or_default();
-                    Snapshot::from_row(row, mine)
-                })
-                .collect())
+            Ok(with_their_tags(rows, ix.tags()?))
         })
     }
 
@@ -142,12 +128,18 @@ impl Engine {
 }
 
 /// The names of the tags of each tagged snapshot, by name.
-fn tags_by_snapshot(tags: Vec<(String, SnapshotId)>) -> HashMap<SnapshotId, Vec<String>> {
-    let mut map: HashMap<SnapshotId, Vec<String>> = HashMap::new();
+/// `rows` as snapshots, each with the names `tags` give it.
+fn with_their_tags(rows: Vec<SnapshotRow>, tags: Vec<(String, SnapshotId)>) -> Vec<Snapshot> {
+    let mut by_snapshot: HashMap<SnapshotId, Vec<String>> = HashMap::new();
     for (name, id) in tags {
-        map.entry(id).or_default().push(name);
+        by_snapshot.entry(id).or_default().push(name);
     }
-    map
+    rows.into_iter()
+        .map(|row| {
+            let mine = by_snapshot.remove(&row.id).unwrap_or_default();
+            Snapshot::from_row(row, mine)
+        })
+        .collect()
 }
 
 /// A snapshot pinned by [`Engine::lease`]. Dropping it releases it; [`Lease::release`] does
