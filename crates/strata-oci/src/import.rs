@@ -13,7 +13,7 @@ use strata_snapshot::{Engine, Snapshot};
 
 use crate::digest::{Hasher, VerifyReader};
 use crate::error::{Error, Result, invalid, io_err, unwrap_stream};
-use crate::model::{DockerEntry, ImageConfig, Index, Manifest, host_arch, host_os};
+use crate::model::{DockerEntry, ImageConfig, Index, Manifest};
 use crate::{Digest, ImageMeta, media};
 
 /// The most a JSON document of an image (index, manifest, config) may weigh.
@@ -116,20 +116,7 @@ fn import_layout(
         media::INDEX | media::DOCKER_LIST
     ) {
         let nested: Index = parse(&read_blob(dir, &descriptor)?, "a nested index")?;
-        descriptor = nested
-            .manifests
-            .into_iter()
-            .find(|m| {
-                m.platform
-                    .as_ref()
-                    .is_some_and(|p| p.os == host_os() && p.architecture == host_arch())
-            })
-            .ok_or_else(|| {
-                invalid(
-                    dir.display().to_string(),
-                    format!("has no image for {}/{}", host_os(), host_arch()),
-                )
-            })?;
+        descriptor = nested.for_host(&dir.display().to_string())?;
     }
     let manifest: Manifest = parse(&read_blob(dir, &descriptor)?, "the image manifest")?;
     let config: ImageConfig = parse(&read_blob(dir, &manifest.config)?, "the image config")?;

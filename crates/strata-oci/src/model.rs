@@ -70,6 +70,26 @@ pub(crate) struct Index {
     pub(crate) manifests: Vec<Descriptor>,
 }
 
+impl Index {
+    /// The manifest for this machine's OS and architecture; `source` names the index in the
+    /// error when there is none.
+    pub(crate) fn for_host(self, source: &str) -> crate::error::Result<Descriptor> {
+        self.manifests
+            .into_iter()
+            .find(|m| {
+                m.platform
+                    .as_ref()
+                    .is_some_and(|p| p.os == host_os() && p.architecture == host_arch())
+            })
+            .ok_or_else(|| {
+                crate::error::invalid(
+                    source,
+                    format!("has no image for {}/{}", host_os(), host_arch()),
+                )
+            })
+    }
+}
+
 /// The image config (OCI image spec's `config.json`, which Docker reads too).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct ImageConfig {

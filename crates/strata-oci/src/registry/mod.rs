@@ -14,7 +14,7 @@ use strata_snapshot::Engine;
 use crate::digest::VerifyReader;
 use crate::error::{Error, Result, invalid, io_err, unwrap_stream};
 use crate::import::{Imported, MAX_DOCUMENT, Source, import_layers, own_error, parse};
-use crate::model::{Descriptor, ImageConfig, Index, Manifest, host_arch, host_os};
+use crate::model::{Descriptor, ImageConfig, Index, Manifest};
 use crate::{Digest, Image, media};
 
 mod cache;
@@ -478,20 +478,7 @@ fn fetch_manifest(client: &Client, source: &Reference) -> Result<Manifest> {
         return parse(&bytes, "the image manifest");
     }
     let index: Index = parse(&bytes, "the image index")?;
-    let chosen = index
-        .manifests
-        .into_iter()
-        .find(|m| {
-            m.platform
-                .as_ref()
-                .is_some_and(|p| p.os == host_os() && p.architecture == host_arch())
-        })
-        .ok_or_else(|| {
-            invalid(
-                source.to_string(),
-                format!("has no image for {}/{}", host_os(), host_arch()),
-            )
-        })?;
+    let chosen = index.for_host(&source.to_string())?;
     let (bytes, _) = client
         .get_manifest(&chosen.digest.to_string(), MAX_DOCUMENT)?
         .ok_or_else(|| invalid(source.to_string(), "the index names a missing manifest"))?;
