@@ -159,14 +159,7 @@ pub fn compress_tar<R: Read, W: Write>(
         input,
         copy: encoder,
     };
-    let mut reader = TarReader::new(&mut tee, limits);
-    let mut entries = 0;
-    while let Some(entry) = reader.next_entry()? {
-        crate::tar::whiteout(&entry.path)
-            .map_err(|problem| Error::entry(reader.current_raw_name(), problem))?;
-        entries += 1;
-    }
-    reader.finish()?;
+    let entries = TarReader::new(&mut tee, limits).validate_layer()?;
     let (_, stats) = tee.copy.finish().map_err(|e| Error::Stream {
         what: "being compressed".into(),
         source: e,

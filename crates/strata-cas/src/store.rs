@@ -194,14 +194,7 @@ impl Store {
             hasher: blake3::Hasher::new(),
             len: 0,
         };
-        let mut reader = crate::tar::TarReader::new(&mut counted, limits);
-        let mut entries = 0;
-        while let Some(entry) = reader.next_entry()? {
-            crate::tar::whiteout(&entry.path)
-                .map_err(|problem| Error::entry(reader.current_raw_name(), problem))?;
-            entries += 1;
-        }
-        reader.finish()?;
+        let entries = crate::tar::TarReader::new(&mut counted, limits).validate_layer()?;
         if counted.len != table.uncompressed_size() {
             return Err(Error::Format {
                 path: path.to_path_buf(),
@@ -265,14 +258,7 @@ impl Store {
                 hasher: blake3::Hasher::new(),
                 len: 0,
             };
-            let mut reader = crate::tar::TarReader::new(&mut counted, limits);
-            let mut entries = 0;
-            while let Some(entry) = reader.next_entry()? {
-                crate::tar::whiteout(&entry.path)
-                    .map_err(|problem| Error::entry(reader.current_raw_name(), problem))?;
-                entries += 1;
-            }
-            reader.finish()?;
+            let entries = crate::tar::TarReader::new(&mut counted, limits).validate_layer()?;
             let (hash, uncompressed) = (counted.hasher.finalize(), counted.len);
             drop(checked);
             // Whatever follows the last frame (the seek table) goes to the blob too.

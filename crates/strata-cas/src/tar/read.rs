@@ -348,6 +348,20 @@ impl<R: Read> TarReader<R> {
         &self.current
     }
 
+    /// Reads the whole archive as a layer to be stored as it is: every header validated,
+    /// whiteout names checked, the stream read to its end ([`finish`](Self::finish)).
+    /// Returns the number of entries.
+    pub(crate) fn validate_layer(mut self) -> Result<u64> {
+        let mut entries = 0;
+        while let Some(entry) = self.next_entry()? {
+            super::whiteout(&entry.path)
+                .map_err(|problem| crate::Error::entry(self.current_raw_name(), problem))?;
+            entries += 1;
+        }
+        self.finish()?;
+        Ok(entries)
+    }
+
     /// Consumes the rest of the stream, which after the end-of-archive marker must be zeros,
     /// and returns the inner reader. Call after [`next_entry`](Self::next_entry) returned
     /// `None`; reading to the end lets a verifying inner reader check its hash.
