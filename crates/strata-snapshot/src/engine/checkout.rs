@@ -5,7 +5,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use strata_cas::{DevicePolicy, ExtractOptions, LayerId, SetuidPolicy, WhiteoutMode};
+use strata_cas::{LayerId, WhiteoutMode};
 
 use super::files::bytes_path;
 #[cfg(target_os = "linux")]
@@ -248,16 +248,7 @@ impl Engine {
     /// layer is applied, so that a file an upper layer replaces or deletes is the upper
     /// layer's, as in the merged view.
     fn stream_layers(&self, chain: &[SnapshotRow], dir: &Path) -> Result<()> {
-        let opts = ExtractOptions {
-            devices: if self.privileged {
-                DevicePolicy::Create
-            } else {
-                DevicePolicy::Skip
-            },
-            setuid: SetuidPolicy::Keep,
-            whiteouts: WhiteoutMode::Apply,
-            ..ExtractOptions::default()
-        };
+        let opts = self.layer_extract_options(WhiteoutMode::Apply);
         let target = index::path_to_bytes(dir);
         for row in chain {
             self.cas.apply(&row.layer, dir, &opts)?;

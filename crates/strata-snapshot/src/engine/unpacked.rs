@@ -15,6 +15,21 @@ use super::{Engine, Result, failpoint, io_err, remove_tree, unique_name};
 use crate::relocate;
 
 impl Engine {
+    /// How the store extracts one of its layers: devices made only where the store may
+    /// (root), setuid bits kept, whiteouts as `whiteouts` says.
+    pub(crate) fn layer_extract_options(&self, whiteouts: WhiteoutMode) -> ExtractOptions {
+        ExtractOptions {
+            devices: if self.privileged {
+                DevicePolicy::Create
+            } else {
+                DevicePolicy::Skip
+            },
+            setuid: SetuidPolicy::Keep,
+            whiteouts,
+            ..ExtractOptions::default()
+        }
+    }
+
     /// The directories holding `layers` unpacked, unpacking the missing ones first. Each is
     /// extracted into `tmp-<owner>-*` and renamed into place once flushed: on Linux with one
     /// `syncfs` for all of them (a cold checkout of ten layers paid ten), elsewhere by the
@@ -23,19 +38,12 @@ impl Engine {
         let overlay_format = self.privileged;
         let targets: Vec<PathBuf> = layers.iter().map(|l| self.unpacked_path(l)).collect();
         let opts = ExtractOptions {
-            devices: if self.privileged {
-                DevicePolicy::Create
-            } else {
-                DevicePolicy::Skip
-            },
-            setuid: SetuidPolicy::Keep,
-            whiteouts: if overlay_format {
+            sync: !cfg!(target_os = "linux"),
+            ..self.layer_extract_options(if overlay_format {
                 WhiteoutMode::Overlay
             } else {
                 WhiteoutMode::Keep
-            },
-            sync: !cfg!(target_os = "linux"),
-            ..ExtractOptions::default()
+            })
         };
         // (layer, its temporary directory, its place), for each one not unpacked yet.
         let mut made: Vec<(LayerId, PathBuf, &PathBuf)> = Vec::new();
