@@ -18,8 +18,10 @@
 //! (on Unix; std offers no handle-relative calls on Windows, where paths are resolved, so
 //! layers and targets must not change under a checkout).
 //!
-//! [`diff`] walks the directory in depth-first byte order next to the manifest (which is kept
-//! in that order), so it costs one `lstat` per entry plus the changes, and never reads data.
+//! [`diff`] stats the whole tree again, a few directories at a time on parallel threads
+//! (`walk.rs`), and compares the result with the manifest in one pass, both being in
+//! depth-first byte order: it costs one `lstat` per entry plus one listing per directory,
+//! and never reads data.
 //! Two rules keep a stat walk from missing a change made in the same timestamp tick as the
 //! manifest: a manifest is only returned once the filesystem's clock has passed every ctime
 //! it records (so any later change, even one that restores size and mtime, moves the ctime),
@@ -36,12 +38,13 @@ mod diff;
 mod manifest;
 #[cfg(unix)]
 mod unix;
+mod walk;
 #[cfg(windows)]
 mod windows;
 
 use diff::diff_walk;
 pub use manifest::Manifest;
-use manifest::{ManifestEntry, collect};
+use manifest::ManifestEntry;
 #[cfg(unix)]
 use unix as imp;
 #[cfg(windows)]
@@ -82,12 +85,20 @@ pub enum Error {
         /// The entry, inside its layer.
         path: PathBuf,
     },
-    /// The manifest bytes are not a manifest this version reads.
+    /// A manifest in the JSON form of the first version that does not parse.
     #[error("malformed manifest: {source}")]
     Manifest {
         /// What is wrong, naming the entry when one is at fault.
         #[source]
         source: serde_json::Error,
+    },
+    /// A manifest in the binary form that is damaged or not one this version reads.
+    #[error("malformed manifest at byte {offset}: {what}")]
+    BadManifest {
+        /// Where reading stopped.
+        offset: usize,
+        /// What is wrong, naming the entry when one is at fault.
+        what: String,
     },
     /// A name that is not valid Unicode, which a manifest cannot record (Windows).
     #[error("{} is not valid Unicode: a portable checkout cannot record its name", path.display())]
@@ -329,7 +340,7 @@ impl Picker {
 
 /// One directory of a tree walked by [`diff`] and [`manifest_of`]: Unix reaches children
 /// through handles, Windows through paths.
-trait WalkDir: Sized {
+trait WalkDir: Sized + Send + Sync {
     /// The names of its entries (not `.` and `..`), in any order.
     fn names(&self) -> io::Result<Vec<Vec<u8>>>;
     /// The stat of child `name`, not following a symlink; `None` if it is gone.
@@ -472,7 +483,7 @@ mod imp {
 mod tests {
     use std::collections::BTreeMap;
     use std::fs;
-    use std::rc::Rc;
+    use std::sync::Arc;
     use std::time::{Duration, SystemTime};
 
     use strata_cas::ChangeKind;
@@ -552,7 +563,7 @@ mod tests {
     /// An in-memory tree for the walkers: path → stat.
     #[derive(Clone)]
     struct FakeDir {
-        tree: Rc<BTreeMap<Vec<u8>, EntryStat>>,
+        tree: Arc<BTreeMap<Vec<u8>, EntryStat>>,
         path: Vec<u8>,
     }
 
@@ -600,7 +611,7 @@ mod tests {
 
     fn fake(entries: &[(&str, EntryStat)]) -> FakeDir {
         FakeDir {
-            tree: Rc::new(
+            tree: Arc::new(
                 entries
                     .iter()
                     .map(|(p, s)| (p.as_bytes().to_vec(), *s))
@@ -614,6 +625,107 @@ mod tests {
         list.iter()
             .map(|c| (String::from_utf8_lossy(&c.path).into_owned(), c.kind))
             .collect()
+    }
+
+    #[test]
+    fn a_parallel_walk_lists_a_wide_deep_tree_in_depth_first_byte_order() {
+        // Names chosen so that byte order and depth-first order differ (`a/b` < `a.b`
+        // in depth-first order, not in plain byte order).
+        let mut entries = Vec::new();
+        for i in 0..40 {
+            let top = format!("d{i:02}");
+            entries.push((top.clone(), stat(true, 1, 0, 1)));
+            entries.push((format!("{top}.x"), stat(false, 2, 1, 1)));
+            let mut deep = top.clone();
+            for depth in 0..6 {
+                deep = format!("{deep}/n{depth}");
+                entries.push((deep.clone(), stat(true, 3, 0, 1)));
+                entries.push((format!("{deep}-f"), stat(false, 4, 1, 1)));
+            }
+        }
+        let refs: Vec<(&str, EntryStat)> = entries.iter().map(|(p, s)| (p.as_str(), *s)).collect();
+        let got = walk::entries(Path::new("/t"), fake(&refs)).unwrap();
+        let mut want: Vec<Vec<u8>> = entries.iter().map(|(p, _)| p.as_bytes().to_vec()).collect();
+        want.sort_by(|a, b| strata_cas::tar::path_order(a, b));
+        let got: Vec<Vec<u8>> = got.into_iter().map(|e| e.path).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_walk_error_names_the_entry_and_stops_the_walk() {
+        /// A tree whose `sub/bad` cannot be statted.
+        #[derive(Clone)]
+        struct Failing(FakeDir);
+        impl WalkDir for Failing {
+            fn names(&self) -> io::Result<Vec<Vec<u8>>> {
+                self.0.names()
+            }
+            fn stat(&self, name: &[u8]) -> io::Result<Option<EntryStat>> {
+                if self.0.path == b"sub" && name == b"bad" {
+                    return Err(io::Error::from(io::ErrorKind::PermissionDenied));
+                }
+                self.0.stat(name)
+            }
+            fn open(&self, name: &[u8]) -> io::Result<Option<Self>> {
+                Ok(self.0.open(name)?.map(Failing))
+            }
+        }
+        let tree = fake(&[
+            ("a", stat(true, 1, 0, 1)),
+            ("a/x", stat(false, 2, 0, 1)),
+            ("sub", stat(true, 3, 0, 1)),
+            ("sub/bad", stat(false, 4, 0, 1)),
+        ]);
+        let err = walk::entries(Path::new("/t"), Failing(tree)).unwrap_err();
+        assert_eq!(err.to_string(), "cannot stat /t/sub/bad: permission denied");
+    }
+
+    #[test]
+    fn a_comparison_reports_type_changes_and_changes_at_either_end() {
+        let e = |p: &str, s: EntryStat| ManifestEntry {
+            path: p.as_bytes().to_vec(),
+            stat: s,
+        };
+        let taken = Timestamp { sec: 500, nsec: 0 };
+        let old = [
+            e("a", stat(false, 1, 1, 100)),
+            e("b", stat(true, 2, 0, 100)),
+            e("b/x", stat(false, 3, 1, 100)),
+            e("c", stat(false, 4, 1, 100)),
+            e("z", stat(true, 5, 0, 100)),
+            e("z/y", stat(false, 6, 1, 100)),
+        ];
+        let now = [
+            // `a`, a file, became a directory with an entry.
+            e("a", stat(true, 7, 0, 600)),
+            e("a/new", stat(false, 8, 1, 600)),
+            // `b`, a directory, became a file: `b/x` goes with it unreported.
+            e("b", stat(false, 9, 1, 600)),
+            e("c", stat(false, 4, 1, 100)),
+            // `z` and its entry are gone; `zz` is new, after everything recorded.
+            e("zz", stat(false, 10, 1, 600)),
+        ];
+        assert_eq!(
+            changes(&diff::compare(&old, &now, taken)),
+            [
+                ("a".to_owned(), ChangeKind::Modified),
+                ("a/new".to_owned(), ChangeKind::Added),
+                ("b".to_owned(), ChangeKind::Modified),
+                ("z".to_owned(), ChangeKind::Deleted),
+                ("zz".to_owned(), ChangeKind::Added),
+            ]
+        );
+        assert!(changes(&diff::compare(&old, &old, taken)).is_empty());
+        assert_eq!(diff::compare(&[], &now, taken).len(), now.len());
+        assert_eq!(
+            changes(&diff::compare(&old, &[], taken)),
+            [
+                ("a".to_owned(), ChangeKind::Deleted),
+                ("b".to_owned(), ChangeKind::Deleted),
+                ("c".to_owned(), ChangeKind::Deleted),
+                ("z".to_owned(), ChangeKind::Deleted),
+            ]
+        );
     }
 
     #[test]
@@ -632,8 +744,7 @@ mod tests {
             ("racy", stat(false, 12, 1, 500)),
         ]);
         let taken = Timestamp { sec: 500, nsec: 0 };
-        let mut entries = Vec::new();
-        collect(Path::new("/t"), &before, &mut Vec::new(), &mut entries).unwrap();
+        let entries = walk::entries(Path::new("/t"), before).unwrap();
         let manifest = Manifest::new(taken, entries);
         assert_eq!(manifest.len(), 11);
 
@@ -648,7 +759,7 @@ mod tests {
             ("lib", stat(false, 15, 3, 600)),
             ("racy", stat(false, 12, 1, 500)),
         ]);
-        let got = diff_walk(Path::new("/t"), &after, &manifest).unwrap();
+        let got = diff_walk(Path::new("/t"), after, &manifest).unwrap();
         assert_eq!(
             changes(&got),
             [

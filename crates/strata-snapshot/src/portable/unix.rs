@@ -16,7 +16,7 @@ use strata_cas::tar::{WHITEOUT_PREFIX, split_parent};
 
 use super::{
     EntryStat, Error, Kind, Manifest, ManifestEntry, MaterializeReport, Pick, Picker, Result,
-    Timestamp, WalkDir, child_path, collect, diff_walk, join,
+    Timestamp, WalkDir, child_path, diff_walk, join, walk,
 };
 
 /// Directories below a handle: never through a symlink.
@@ -344,9 +344,7 @@ fn settle_root(
 
 pub(super) fn manifest_of_written(dir: &Path) -> Result<Manifest> {
     let root = open_root(dir)?;
-    let mut entries = Vec::new();
-    let walk = FdDir(open_root(dir)?);
-    collect(dir, &walk, &mut Vec::new(), &mut entries)?;
+    let entries = walk::entries(dir, FdDir(open_root(dir)?))?;
     let st = rustix::fs::fstat(&root).map_err(io_err("stat", dir, b""))?;
     let taken = settle_root(&root, &times_of(&st), &entries, dir)?;
     Ok(Manifest::new(taken, entries))
@@ -913,9 +911,7 @@ pub(super) fn manifest_of(dir: &Path) -> Result<Manifest> {
     let root = open_root(dir)?;
     let root_stat = rustix::fs::fstat(&root).map_err(io_err("stat", dir, b""))?;
     let taken = racy_bound(&entry_stat(&root_stat));
-    let root = FdDir(root);
-    let mut entries = Vec::new();
-    collect(dir, &root, &mut Vec::new(), &mut entries)?;
+    let entries = walk::entries(dir, FdDir(root))?;
     // As in a checkout, return once the filesystem's clock has surely passed every
     // recorded ctime; nothing may be written here, so the system clock stands in for it.
     if let Some(newest) = entries.iter().map(|e| e.stat.ctime).max() {
@@ -945,13 +941,32 @@ fn racy_bound(root: &EntryStat) -> Timestamp {
 }
 
 pub(super) fn diff(dir: &Path, manifest: &Manifest) -> Result<Vec<Change>> {
-    diff_walk(dir, &FdDir(open_root(dir)?), manifest)
+    diff_walk(dir, FdDir(open_root(dir)?), manifest)
 }
 
 /// A directory reached through a handle.
 struct FdDir(OwnedFd);
 
 impl WalkDir for FdDir {
+    /// Reads the handle's own position: a walk lists each directory once, from a handle it
+    /// just opened, so the duplicate handle `Dir` would open (and close) is not needed.
+    #[cfg(target_os = "linux")]
+    fn names(&self) -> std::io::Result<Vec<Vec<u8>>> {
+        use std::mem::MaybeUninit;
+        let mut buf = [MaybeUninit::<u8>::uninit(); 32 * 1024];
+        let mut names = Vec::new();
+        let mut entries = rustix::fs::RawDir::new(&self.0, &mut buf);
+        while let Some(entry) = entries.next() {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(name.to_vec());
+            }
+        }
+        Ok(names)
+    }
+
+    #[cfg(not(target_os = "linux"))]
     fn names(&self) -> std::io::Result<Vec<Vec<u8>>> {
         Ok(list(&self.0)?.into_iter().map(|(n, _)| n).collect())
     }

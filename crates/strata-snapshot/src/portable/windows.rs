@@ -18,7 +18,7 @@ use strata_cas::Change;
 
 use super::{
     EntryStat, Error, Kind, Manifest, ManifestEntry, MaterializeReport, Pick, Picker, Result,
-    Timestamp, WalkDir, collect, diff_walk, join, mode_from_attributes, timestamp_from_filetime,
+    Timestamp, WalkDir, diff_walk, join, mode_from_attributes, timestamp_from_filetime, walk,
 };
 
 /// How far behind the system clock a file timestamp can be (NTFS stamps from a clock that
@@ -128,13 +128,7 @@ fn settle(entries: &[ManifestEntry]) -> Timestamp {
 
 pub(super) fn manifest_of(dir: &Path) -> Result<Manifest> {
     let taken = racy_bound();
-    let mut entries = Vec::new();
-    collect(
-        dir,
-        &PathDir(dir.to_path_buf()),
-        &mut Vec::new(),
-        &mut entries,
-    )?;
+    let entries = walk::entries(dir, PathDir(dir.to_path_buf()))?;
     settle(&entries);
     Ok(Manifest::new(taken, entries))
 }
@@ -159,7 +153,7 @@ pub(super) fn can_clone(dir: &Path) -> bool {
 }
 
 pub(super) fn diff(dir: &Path, manifest: &Manifest) -> Result<Vec<Change>> {
-    diff_walk(dir, &PathDir(dir.to_path_buf()), manifest)
+    diff_walk(dir, PathDir(dir.to_path_buf()), manifest)
 }
 
 /// A directory reached by its path.

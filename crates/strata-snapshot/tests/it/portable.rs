@@ -418,12 +418,48 @@ fn manifest_round_trips_any_name_and_refuses_garbage() {
     assert!(back.get(b"d/A").is_none());
     assert_eq!(back.len(), 4);
 
+    // Damage anywhere is caught by the checksum, and named by its offset.
+    for at in [20, bytes.len() / 2, bytes.len() - 1] {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x20;
+        let err = Manifest::from_bytes(&bad).unwrap_err().to_string();
+        assert!(err.contains("malformed manifest at byte"), "{err}");
+    }
+    for cut in [0, 10, bytes.len() - 40, bytes.len() - 1] {
+        let err = Manifest::from_bytes(&bytes[..cut]).unwrap_err().to_string();
+        assert!(err.contains("malformed manifest"), "{err}");
+    }
+    assert!(Manifest::from_bytes(b"not a manifest").is_err());
+
+    // The JSON form of the first version (checkouts made before) is still read, and its
+    // order is checked too.
+    let json = serde_json::to_string(&m).unwrap();
+    assert_eq!(Manifest::from_bytes(json.as_bytes()).unwrap(), m);
     assert!(Manifest::from_bytes(b"{}").is_err());
-    assert!(Manifest::from_bytes(b"not json").is_err());
-    let text = String::from_utf8(bytes).unwrap();
-    let swapped = text.replacen("\"100%25\"", "\"zzz\"", 1);
+    let swapped = json.replacen("\"100%25\"", "\"zzz\"", 1);
     let err = Manifest::from_bytes(swapped.as_bytes()).unwrap_err();
     assert!(err.to_string().contains("zzz"), "{err}");
+}
+
+/// A well-formed binary manifest (checksum right) whose entries break the rules: the
+/// reader refuses it, naming the entry.
+#[test]
+fn a_binary_manifest_out_of_order_is_refused_naming_the_entry() {
+    let tmp = TempDir::new().unwrap();
+    write(&tmp.path().join("aaa"), b"1", 0o644);
+    write(&tmp.path().join("bbb"), b"2", 0o644);
+    let bytes = portable::manifest_of(tmp.path()).unwrap().to_bytes();
+    // The second path shares nothing with the first and is stored whole: make it sort first.
+    let at = bytes
+        .windows(3)
+        .rposition(|w| w == b"bbb")
+        .expect("the second path");
+    let mut bad = bytes[..bytes.len() - 32].to_vec();
+    bad[at..at + 3].copy_from_slice(b"a00");
+    let checksum = blake3::hash(&bad);
+    bad.extend_from_slice(checksum.as_bytes());
+    let err = Manifest::from_bytes(&bad).unwrap_err().to_string();
+    assert!(err.contains("`a00` does not come after `aaa`"), "{err}");
 }
 
 fn extract_options(whiteouts: WhiteoutMode) -> ExtractOptions {
