@@ -264,6 +264,22 @@ fn manifest_dependencies(krate: &str) -> Vec<String> {
     deps
 }
 
+/// Strata has its own tar codec and worker pools (`docs/architecture.md`, "The design card's
+/// crates" says why): the `tar` crate and `rayon` are dependencies of the `benches` crate
+/// only, which compares them with ours, and reach no published crate, even transitively.
+#[test]
+fn the_tar_crate_and_rayon_stay_in_the_benches() {
+    for krate in ["strata", "strata-cli"] {
+        let deps = dependencies(krate);
+        for replaced in ["tar", "tokio-tar", "rayon", "rayon-core"] {
+            assert!(
+                !deps.iter().any(|d| d == replaced),
+                "{krate} must not depend on {replaced}: strata-cas does that job itself"
+            );
+        }
+    }
+}
+
 /// The Engine API client and its async runtime stay in strata-docker: only it names bollard
 /// or tokio directly, and strata-isolate (whose runc path must stay synchronous) depends on
 /// neither it nor them. Only the facade makes the Docker driver for embedders; that the
