@@ -240,12 +240,7 @@ impl Store {
             problem,
         };
         self.write_blob(|out| {
-            let mut tee = TailTee {
-                input,
-                out,
-                tail: Vec::new(),
-                len: 0,
-            };
+            let mut tee = Tee { input, out, len: 0 };
             let mut decoder = zstd::stream::read::Decoder::with_buffer(
                 io::BufReader::with_capacity(1 << 20, &mut tee),
             )
@@ -264,13 +259,15 @@ impl Store {
             // Whatever follows the last frame (the seek table) goes to the blob too.
             let mut rest = decoder.finish();
             io::copy(&mut rest, &mut io::sink()).map_err(stream_err)?;
-            let (tail, len) = (std::mem::take(&mut tee.tail), tee.len);
-            let mut view = TailView {
-                tail: &tail,
-                total: len,
-                pos: 0,
-            };
-            let table = SeekTable::read_from(&mut view)
+            drop(rest);
+            let len = tee.len;
+            // The seek table is read back from the blob's file, which holds the stream and
+            // nothing else, instead of keeping a copy of the stream's end on the way.
+            out.flush().map_err(stream_err)?;
+            let mut file: &File = out.inner.get_ref();
+            let table = SeekTable::read_from(&mut file);
+            io::Seek::seek(&mut file, io::SeekFrom::End(0)).map_err(stream_err)?;
+            let table = table
                 .ok()
                 .flatten()
                 .ok_or_else(|| not_framed("ends without a seek table".into()))?;
@@ -368,7 +365,9 @@ impl Store {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         let path = self.tmp.join(name);
+        // Readable too: a streamed blob's seek table is read back from it.
         let file = File::options()
+            .read(true)
             .write(true)
             .create_new(true)
             .open(&path)
@@ -728,66 +727,19 @@ fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The most of a stream's end kept to find its seek table (8 bytes a frame: a 1 MiB table
-/// covers half a terabyte of 4 MiB frames).
-const TAIL: usize = 1 << 20;
-
-/// A reader that writes what it reads to `out` and keeps the last [`TAIL`] bytes or more.
-struct TailTee<'o, R, W> {
+/// A reader that writes what it reads to `out`, counting it.
+struct Tee<'o, R, W> {
     input: R,
     out: &'o mut W,
-    tail: Vec<u8>,
     len: u64,
 }
 
-impl<R: Read, W: Write> Read for TailTee<'_, R, W> {
+impl<R: Read, W: Write> Read for Tee<'_, R, W> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.input.read(buf)?;
         self.out.write_all(&buf[..n])?;
         self.len += n as u64;
-        self.tail.extend_from_slice(&buf[..n]);
-        if self.tail.len() > 2 * TAIL {
-            self.tail.drain(..self.tail.len() - TAIL);
-        }
         Ok(n)
-    }
-}
-
-/// The last bytes of a stream of `total` bytes, seekable as that whole stream (reads before
-/// the tail fail): what a seek table reader needs to find a table at a stream's end.
-struct TailView<'t> {
-    tail: &'t [u8],
-    total: u64,
-    pos: u64,
-}
-
-impl Read for TailView<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let start = self.total - self.tail.len() as u64;
-        if self.pos < start {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "seek table larger than the kept end of the stream",
-            ));
-        }
-        let at = usize::try_from(self.pos - start).unwrap_or(usize::MAX);
-        let n = buf.len().min(self.tail.len().saturating_sub(at));
-        buf[..n].copy_from_slice(&self.tail[at..at + n]);
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl io::Seek for TailView<'_> {
-    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
-        let target = match to {
-            io::SeekFrom::Start(n) => Some(n),
-            io::SeekFrom::End(d) => self.total.checked_add_signed(d),
-            io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        self.pos = target
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek out of range"))?;
-        Ok(self.pos)
     }
 }
 

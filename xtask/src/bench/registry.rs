@@ -11,8 +11,8 @@
 //!   emptied before every run so both upload every blob; both send the zstd blobs as they
 //!   are (target: at least as fast);
 //! - pull: `strata pull` into an empty store against `skopeo copy docker://… oci:DIR` of the
-//!   same image (target: at least as fast; ours also checks every diff_id and stores the
-//!   layers);
+//!   same image (target: at least as fast; ours also decompresses every layer to validate
+//!   its tar and hash it with blake3, and stores the layers);
 //! - cold build: a spec of [`STEPS`] steps that each write text, on an empty store, with
 //!   `--cache-from` (another store built it with `--cache-to`) against running it; needs
 //!   root, runc and busybox-static, else skipped with a note.

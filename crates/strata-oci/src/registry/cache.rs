@@ -9,8 +9,8 @@
 //! up before the manifest, so a tag never names a partial entry; builders pushing one key at
 //! once write blobs with the same content and whole manifests, the last one winning.
 //!
-//! Fetching pulls only the layers the store lacks, checks every blob's digest and each
-//! layer's diff_id, and records the chain with the roots the entry gives, so checkouts here
+//! Fetching pulls only the layers the store lacks, checks every blob's digest (and the
+//! diff_id of each layer that is not a Strata blob), and records the chain with the roots the entry gives, so checkouts here
 //! relocate its files as on the builder that made it: the same snapshot ids result. Whoever
 //! can push to the repository decides what a key builds to, as with any shared build cache:
 //! give builders that only read it pull access alone.

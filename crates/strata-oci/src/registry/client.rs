@@ -397,14 +397,19 @@ impl Client {
     }
 }
 
-/// Chunks a read-ahead thread may hold before the reader takes them (at most 32 MiB).
-const AHEAD_CHUNKS: usize = 32;
+/// Chunks a read-ahead thread may hold before the reader takes them (at most 8 MiB): enough
+/// to keep the connection busy while the reader hashes and decompresses, few enough that
+/// the chunks handed back are soon filled again instead of fresh ones being allocated.
+const AHEAD_CHUNKS: usize = 8;
 const AHEAD_CHUNK: usize = 1 << 20;
 
 /// A reader fed by a thread that reads `inner` ahead, up to [`AHEAD_CHUNKS`] chunks; the
 /// thread stops at the end, at an error (handed on) or when the reader is dropped.
 struct ReadAhead {
     chunks: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    /// Chunks read out, handed back for the thread to fill again: a fresh zeroed megabyte
+    /// per chunk cost page faults and a memset of every byte downloaded.
+    spent: std::sync::mpsc::Sender<Vec<u8>>,
     current: Vec<u8>,
     pos: usize,
     done: bool,
@@ -413,9 +418,11 @@ struct ReadAhead {
 impl ReadAhead {
     fn new(mut inner: impl Read + Send + 'static) -> ReadAhead {
         let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD_CHUNKS);
+        let (spent, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
         std::thread::spawn(move || {
             loop {
-                let mut chunk = vec![0u8; AHEAD_CHUNK];
+                let mut chunk = recycled.try_recv().unwrap_or_default();
+                chunk.resize(AHEAD_CHUNK, 0);
                 let mut filled = 0;
                 let result = loop {
                     match inner.read(&mut chunk[filled..]) {
@@ -444,6 +451,7 @@ impl ReadAhead {
         });
         ReadAhead {
             chunks: rx,
+            spent,
             current: Vec::new(),
             pos: 0,
             done: false,
@@ -460,7 +468,9 @@ impl Read for ReadAhead {
             match self.chunks.recv() {
                 Ok(Ok(chunk)) if chunk.is_empty() => self.done = true,
                 Ok(Ok(chunk)) => {
-                    self.current = chunk;
+                    let spent = std::mem::replace(&mut self.current, chunk);
+                    // The thread may have finished: then the chunk is simply dropped.
+                    let _ = self.spent.send(spent);
                     self.pos = 0;
                 }
                 Ok(Err(e)) => {

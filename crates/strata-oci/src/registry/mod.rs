@@ -268,9 +268,8 @@ pub(crate) fn run_parallel(
 
 /// Pulls `source` into snapshots, one per layer, the top one tagged `tag`. Layers the store
 /// holds already (named by Strata's annotation, with the diff_id the config gives) are not
-/// downloaded; the others are downloaded `opts.jobs` at once into a temporary directory,
-/// each checked against its digest and size as it arrives, then stored in order, each
-/// checked against its diff_id.
+/// downloaded; the others are downloaded `opts.jobs` at once, each checked against its
+/// digest and size as it arrives, and stored as [`fetch_layers`] says.
 pub fn pull(
     engine: &Engine,
     source: &Reference,
@@ -317,9 +316,11 @@ pub(crate) fn temp_dir(prefix: &str) -> Result<tempfile::TempDir> {
 /// Where each of `layers` comes from, for [`store_layer`](crate::import::store_layer): a
 /// layer the store holds already is reused; a blob Strata pushed (zstd frames with a seek
 /// table, named by its annotation) streams into the store as it downloads, checked against
-/// its digest, size and `diff_id` on the way; any other is downloaded into `tmp`, checked
-/// against its digest and size, and checked against its `diff_id` when it is stored. Up to
-/// `opts.jobs` blobs move at once; a blob listed twice moves once.
+/// its digest and size on the way (the config's `diff_id` is neither hashed again nor
+/// recorded: the digest pins the bytes, and an export computes the diff_id from them); any
+/// other is downloaded into `tmp`, checked against its digest and size, and checked against
+/// its `diff_id` when it is stored. Up to `opts.jobs` blobs move at once; a blob listed twice
+/// moves once.
 pub(crate) fn fetch_layers(
     engine: &Engine,
     client: &Client,
@@ -329,8 +330,8 @@ pub(crate) fn fetch_layers(
     tmp: &Path,
 ) -> Result<Vec<Source>> {
     let mut sources: Vec<Option<Source>> = Vec::with_capacity(layers.len());
-    let mut wanted: Vec<(usize, &Descriptor)> = Vec::new();
-    for (i, (layer, diff_id)) in layers.iter().zip(diff_ids).enumerate() {
+    let mut wanted: Vec<&Descriptor> = Vec::new();
+    for (layer, diff_id) in layers.iter().zip(diff_ids) {
         if layer.size > opts.max_blob {
             return Err(Error::TooLarge {
                 what: format!("layer {}", layer.digest),
@@ -338,14 +339,14 @@ pub(crate) fn fetch_layers(
             });
         }
         let stored = stored_layer(engine, layer, diff_id)?;
-        if stored.is_none() && !wanted.iter().any(|(_, d)| d.digest == layer.digest) {
-            wanted.push((i, layer));
+        if stored.is_none() && !wanted.iter().any(|d| d.digest == layer.digest) {
+            wanted.push(layer);
         }
         sources.push(stored.map(Source::Stored));
     }
     let fetched: Mutex<BTreeMap<Digest, Source>> = Mutex::new(BTreeMap::new());
     run_parallel(wanted.len(), opts.jobs, |n| {
-        let (i, layer) = wanted[n];
+        let layer = wanted[n];
         let source = if layer.media_type == media::LAYER_ZSTD
             && layer.annotations.contains_key(media::STRATA_LAYER)
         {
@@ -353,13 +354,15 @@ pub(crate) fn fetch_layers(
             let blob = format!("blob {}", layer.digest);
             let mut verified =
                 VerifyReader::new(body, layer.digest, Some(layer.size), blob.clone());
-            let what = format!("layer {} ({})", i + 1, diff_ids[i]);
-            let diff_id = diff_ids[i];
+            // The digest pins every byte stored and the store names the layer by the blake3
+            // of its tar; the config's diff_id is not hashed again here (a second sha256
+            // over the uncompressed layer, the largest cost of a pull) nor recorded: an
+            // export or push computes it from the stored layer when it needs it.
             let stored = engine.cas().put_framed_stream(
                 &mut verified,
                 &blob,
                 &strata_cas::Limits::default(),
-                |r| Box::new(VerifyReader::new(r, diff_id, None, what)),
+                |r| Box::new(r),
             );
             match stored {
                 Ok(info) => Source::Stored(info.id),

@@ -177,6 +177,42 @@ fn a_corrupted_blob_is_refused_and_leaves_the_store_as_it_was() {
     assert_eq!(pulled.snapshot.id, f.top.parent.unwrap());
 }
 
+/// A Strata-framed layer is pinned by its blob digest and named by the blake3 of its tar;
+/// the config's diff_id for it is not taken on trust: a config that lies about it changes
+/// nothing that is stored, and the store answers the layer's real diff_id.
+#[test]
+fn a_config_lying_about_a_diff_id_is_never_believed() {
+    let Some(reg) = start() else {
+        return;
+    };
+    let f = Fixture::new();
+    let mut img = image(&f, Compression::Zstd);
+    let truth = img.layers[1].diff_id.to_string();
+    let lie = strata_oci::Digest::of(b"not the layer").to_string();
+    let config = String::from_utf8(img.config.clone()).unwrap();
+    assert!(config.contains(&truth));
+    img.config = config.replace(&truth, &lie).into_bytes();
+    let old_config = img.config_digest.to_string();
+    img.config_digest = strata_oci::Digest::of(&img.config);
+    let manifest = String::from_utf8(img.manifest.clone()).unwrap();
+    img.manifest = manifest
+        .replace(&old_config, &img.config_digest.to_string())
+        .into_bytes();
+    img.manifest_digest = strata_oci::Digest::of(&img.manifest);
+    let dest = reference(&reg, "team/liar:1");
+    registry::push(&f.engine, &img, &dest, &Options::new()).unwrap();
+
+    let store = f.other_store("puller");
+    let pulled = registry::pull(&store, &dest, None, &Options::new()).unwrap();
+    assert_eq!(
+        pulled.snapshot.id, f.top.id,
+        "the same bytes, the same snapshot"
+    );
+    let digests = store.oci_digests(&f.top.layer).unwrap();
+    assert_eq!(digests.diff_id, truth);
+    assert_eq!(digests, f.engine.oci_digests(&f.top.layer).unwrap());
+}
+
 /// A proxy to `port` that forwards `budget` bytes of requests, then drops every connection
 /// and stops listening: a registry that disappears in the middle of an upload.
 fn vanishing_proxy(port: u16, budget: usize) -> u16 {
