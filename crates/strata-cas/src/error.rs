@@ -121,7 +121,7 @@ pub enum Error {
     #[error(
         "`{given}` is not a layer id: expected hex digits (64 for a full id, at least \
          {min} for a prefix), optionally preceded by `blake3:`",
-        min = crate::refs::MIN_PREFIX
+        min = crate::id::MIN_PREFIX
     )]
     BadLayerRef {
         /// What was given.
@@ -138,7 +138,7 @@ pub enum Error {
         store: PathBuf,
     },
     /// A prefix that more than one stored layer starts with.
-    #[error("{}", crate::refs::ambiguous(given, matches))]
+    #[error("{}", ambiguous(given, matches))]
     AmbiguousLayerRef {
         /// What was given.
         given: String,
@@ -327,4 +327,23 @@ pub enum EntryProblem {
         /// The OS error.
         source: io::Error,
     },
+}
+
+/// How many candidates an "ambiguous prefix" error lists before summarising the rest.
+const MAX_LISTED: usize = 10;
+
+/// The message of [`Error::AmbiguousLayerRef`].
+fn ambiguous(given: &str, matches: &[LayerId]) -> String {
+    let mut message = format!(
+        "id prefix `{given}` is ambiguous: it matches {} layers; give more digits",
+        matches.len()
+    );
+    for id in matches.iter().take(MAX_LISTED) {
+        message.push_str("\n  ");
+        message.push_str(&id.to_hex());
+    }
+    if matches.len() > MAX_LISTED {
+        message.push_str(&format!("\n  … and {} more", matches.len() - MAX_LISTED));
+    }
+    message
 }

@@ -3,6 +3,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// The shortest id prefix a layer reference may give, in hex digits.
+pub const MIN_PREFIX: usize = 4;
+
 /// The identity of a layer: blake3 of its uncompressed tar bytes.
 ///
 /// Displayed and parsed as 64 lowercase hex digits. The OCI form is `blake3:<hex>`.

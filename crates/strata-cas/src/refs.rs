@@ -1,13 +1,8 @@
 //! Turning what a user typed (a full id, `blake3:<hex>`, or a unique prefix of at least four
 //! hex digits) into a stored layer's id.
 
+pub use crate::id::MIN_PREFIX;
 use crate::{Error, LayerId, Result, Store};
-
-/// The shortest prefix accepted, in hex digits.
-pub const MIN_PREFIX: usize = 4;
-
-/// How many candidates an "ambiguous prefix" error lists before summarising the rest.
-const MAX_LISTED: usize = 10;
 
 /// What a layer reference asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,22 +68,6 @@ impl Store {
             store: self.root().to_path_buf(),
         })
     }
-}
-
-/// The message of [`Error::AmbiguousLayerRef`].
-pub(crate) fn ambiguous(given: &str, matches: &[LayerId]) -> String {
-    let mut message = format!(
-        "id prefix `{given}` is ambiguous: it matches {} layers; give more digits",
-        matches.len()
-    );
-    for id in matches.iter().take(MAX_LISTED) {
-        message.push_str("\n  ");
-        message.push_str(&id.to_hex());
-    }
-    if matches.len() > MAX_LISTED {
-        message.push_str(&format!("\n  … and {} more", matches.len() - MAX_LISTED));
-    }
-    message
 }
 
 #[cfg(test)]

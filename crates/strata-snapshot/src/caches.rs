@@ -35,7 +35,7 @@ use serde::Serialize;
 use strata_cas::{CreateOptions, LayerId, LayerInfo, Limits};
 
 use crate::SnapshotId;
-use crate::engine::{io_error, remove_tree};
+use crate::engine::{CACHES_DIR, io_error, remove_tree};
 use crate::index::{
     self, AddedCacheView, CacheRow, CacheVersion, LayerRow, NewCacheView, Owner, Publish,
     RemoveCache,
@@ -45,8 +45,6 @@ use crate::{CheckoutMode, Engine};
 /// The deepest a cache version may be (snapshots below it); a deeper one is flattened.
 pub const MAX_CACHE_DEPTH: u32 = 64;
 
-/// Where caches live, under the store: private to the store's owner, like the store.
-pub(crate) const CACHES_DIR: &str = "caches-v1";
 /// Where views are checked out, under [`CACHES_DIR`].
 const VIEWS_DIR: &str = "views";
 

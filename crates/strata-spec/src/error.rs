@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::sexp::{Span, line_col};
+use crate::span::{Span, line_col};
 
 /// A spec that could not be read: where, and why.
 ///

@@ -27,6 +27,7 @@ pub mod model;
 mod parse;
 mod print;
 pub mod sexp;
+mod span;
 
 use std::str::FromStr;
 

@@ -9,19 +9,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use crate::ParseError;
-
-/// A byte range in the source text.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct Span {
-    pub start: usize,
-    pub end: usize,
-}
-
-impl Span {
-    pub fn new(start: usize, end: usize) -> Span {
-        Span { start, end }
-    }
-}
+pub use crate::span::{Span, line_col};
 
 /// An S-expression node and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,14 +150,6 @@ pub fn parse_all(source: &str) -> Result<Vec<Sexp>, ParseError> {
         return Err(reader.stray_or(""));
     }
     Ok(out)
-}
-
-/// 1-based line and column (in characters) of a byte offset.
-pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
-    let before = &source[..source.floor_char_boundary(offset)];
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
-    (line, before[line_start..].chars().count() + 1)
 }
 
 /// How deep lists (and `#;` chains) may nest: the reader recurses, and a hostile spec must

@@ -186,6 +186,27 @@ pub fn xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     out
 }
 
+/// The first difference between two trees, in path order: a path only one of them holds,
+/// or a path whose nodes differ (with both nodes). `None` when they are the same. For
+/// suites that collect failures rather than stop at the first.
+pub fn difference(expected: &Tree, actual: &Tree) -> Option<String> {
+    let name = |path: &[u8]| String::from_utf8_lossy(path).into_owned();
+    let mut paths: Vec<&Vec<u8>> = expected.keys().chain(actual.keys()).collect();
+    paths.sort();
+    paths.dedup();
+    paths
+        .into_iter()
+        .find_map(|path| match (expected.get(path), actual.get(path)) {
+            (Some(_), None) => Some(format!("{} is missing", name(path))),
+            (None, Some(_)) => Some(format!("{} is not expected", name(path))),
+            (Some(e), Some(a)) if e != a => Some(format!(
+                "{} differs: expected {e:?}, actual {a:?}",
+                name(path)
+            )),
+            _ => None,
+        })
+}
+
 /// Asserts that two trees hold the same paths and nodes, naming the first difference.
 #[track_caller]
 pub fn assert_same_trees(expected: &Tree, actual: &Tree) {
@@ -213,4 +234,36 @@ pub fn assert_same_trees(expected: &Tree, actual: &Tree) {
 #[track_caller]
 pub fn assert_same_tree(expected: &Path, actual: &Path, fields: Fields) {
     assert_same_trees(&snapshot_of(expected, fields), &snapshot_of(actual, fields));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(data: &[u8]) -> Node {
+        Node {
+            kind: "file",
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: (0, 0),
+            data: data.to_vec(),
+            rdev: 0,
+            xattrs: Vec::new(),
+            link_group: None,
+        }
+    }
+
+    #[test]
+    fn difference_names_the_first_path_that_differs() {
+        let a = Tree::from([(b"a".to_vec(), file(b"1")), (b"b".to_vec(), file(b"2"))]);
+        assert_eq!(difference(&a, &a.clone()), None);
+        let mut changed = a.clone();
+        changed.insert(b"b".to_vec(), file(b"3"));
+        assert!(difference(&a, &changed).unwrap().starts_with("b differs"));
+        let mut fewer = a.clone();
+        fewer.remove(b"a".as_slice());
+        assert_eq!(difference(&a, &fewer).unwrap(), "a is missing");
+        assert_eq!(difference(&fewer, &a).unwrap(), "a is not expected");
+    }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use strata_build::{BuildOptions, Builder, Secret, Transcript};
 use strata_isolate::{Cancel, DriverOptions, Limits};
 use strata_snapshot::{Engine, SnapshotId};
+use strata_test_support::tree::{self, Fields, Tree};
 
 /// The shell the busybox base has (OBuilder's default is bash).
 pub(crate) const SH: &str = "(shell /bin/sh -c)";
@@ -167,33 +168,13 @@ pub(crate) fn read_file(builder: &Builder, id: &SnapshotId, path: &str) -> Optio
     std::fs::read_to_string(dir.join(path.trim_start_matches('/'))).ok()
 }
 
-/// Every file of a snapshot, as (path, bytes), for searching.
-pub(crate) fn all_files(builder: &Builder, id: &SnapshotId) -> Vec<(PathBuf, Vec<u8>)> {
+/// Every path of a snapshot (directories, files, symlinks), by checking it out as a plain
+/// copy and reading it back: kinds, modes, contents and link targets, for searching.
+pub(crate) fn snapshot_tree(builder: &Builder, id: &SnapshotId) -> Tree {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("tree");
     builder.engine().copy_out(id, &dir).unwrap();
-    let mut files = Vec::new();
-    let mut stack = vec![dir.clone()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if ft.is_file() {
-                files.push((
-                    e.path().strip_prefix(&dir).unwrap().to_path_buf(),
-                    std::fs::read(e.path()).unwrap(),
-                ));
-            } else {
-                files.push((
-                    e.path().strip_prefix(&dir).unwrap().to_path_buf(),
-                    Vec::new(),
-                ));
-            }
-        }
-    }
-    files
+    tree::snapshot_of(&dir, Fields::CONTENT)
 }
 
 /// Names of the containers still known for the store: under its runc root, or (docker)

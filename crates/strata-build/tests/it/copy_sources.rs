@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rustix::fs::{CWD, RenameFlags};
 use strata_build::Error;
 
-use crate::common::{Fixture, all_files, read_file, runc_ready};
+use crate::common::{Fixture, read_file, runc_ready, snapshot_tree};
 
 const SH: &str = "(shell /bin/sh -c)";
 
@@ -177,19 +177,17 @@ fn a_swap_race_never_copies_host_files() {
                     ok += 1;
                     // Read without following symlinks: `d` may have been one when it was
                     // copied, and a copied symlink is only text.
-                    let files = all_files(&f.builder, &id);
-                    let leak = files
-                        .iter()
-                        .find(|(p, _)| *p == Path::new(&format!("leak{i}")));
+                    let tree = snapshot_tree(&f.builder, &id);
+                    let leak = tree.get(format!("leak{i}").as_bytes());
                     assert_eq!(
-                        leak.map(|(_, data)| data.as_slice()),
-                        Some(&b"context\n"[..])
+                        leak.map(|node| (node.kind, node.data.as_slice())),
+                        Some(("file", &b"context\n"[..]))
                     );
-                    for (path, data) in &files {
+                    for (path, node) in &tree {
                         assert!(
-                            data != SECRET.as_bytes(),
+                            node.data != SECRET.as_bytes(),
                             "{} is the host's",
-                            path.display()
+                            String::from_utf8_lossy(path)
                         );
                     }
                 }

@@ -41,6 +41,10 @@ pub use crate::failpoints::FAILPOINTS;
 #[cfg(feature = "failpoints")]
 pub(crate) use crate::failpoints::failpoint;
 
+/// Where shared caches live, under the store: private to the store's owner, like the store.
+/// The [`caches`](crate::caches) module fills it; opening a store narrows it.
+pub(crate) const CACHES_DIR: &str = "caches-v1";
+
 /// Without the `failpoints` feature a failpoint is nothing at all: no environment variable
 /// is read, and no process of an embedder can be made to abort.
 #[cfg(not(feature = "failpoints"))]
@@ -240,7 +244,7 @@ impl Engine {
         for dir in [&unpacked, &states, &trash] {
             strata_cas::private_dir(dir)?;
         }
-        let caches = root.join(crate::caches::CACHES_DIR);
+        let caches = root.join(CACHES_DIR);
         if caches.is_dir() {
             strata_cas::private_dir(&caches)?;
         }

@@ -8,7 +8,9 @@
 //! unless its parent set `STRATA_TEST_STORE`.
 
 use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
 use std::fs;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 use strata_snapshot::maintenance::PruneOptions;
 use strata_snapshot::{CheckoutMode, Engine, SnapshotId};
 use strata_snapshot::{FAILPOINTS, overlay_available};
+use strata_test_support::tree::{self, Fields};
 use strata_test_support::{child_test, child_var, require};
 
 /// Set for a child: the store it works on. Its siblings hold the tarball and work dirs.
@@ -93,34 +96,22 @@ fn depth_of(step: Option<&str>) -> u32 {
     }
 }
 
+/// The tree under `root` as [`strata_test_support::tree`] reads it, kept to what the
+/// expected trees name: kinds, contents and link targets.
 fn read_tree(root: &Path) -> Tree {
-    fn walk(dir: &Path, rel: &str, out: &mut Tree) {
-        let mut entries: Vec<_> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        entries.sort();
-        for name in entries {
-            let path = dir.join(&name);
-            let key = if rel.is_empty() {
-                name.to_string_lossy().into_owned()
-            } else {
-                format!("{rel}/{}", name.to_string_lossy())
+    tree::snapshot_of(root, Fields::CONTENT)
+        .into_iter()
+        .map(|(path, node)| {
+            let path = String::from_utf8(path).unwrap();
+            let node = match node.kind {
+                "dir" => Node::Dir,
+                "file" => Node::File(node.data),
+                "symlink" => Node::Link(PathBuf::from(OsString::from_vec(node.data))),
+                other => panic!("{path} is a {other}"),
             };
-            let meta = fs::symlink_metadata(&path).unwrap();
-            if meta.is_dir() {
-                out.insert(key.clone(), Node::Dir);
-                walk(&path, &key, out);
-            } else if meta.file_type().is_symlink() {
-                out.insert(key, Node::Link(fs::read_link(&path).unwrap()));
-            } else {
-                out.insert(key, Node::File(fs::read(&path).unwrap()));
-            }
-        }
-    }
-    let mut out = Tree::new();
-    walk(root, "", &mut out);
-    out
+            (path, node)
+        })
+        .collect()
 }
 
 fn rootfs_tar(top: &Path) -> PathBuf {

@@ -6,94 +6,26 @@
 //! Needs root (trusted attributes, device nodes) and overlayfs: under `CI` both are
 //! required, elsewhere what is missing is skipped.
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{CWD, FileType, Mode, XattrFlags};
 use strata_cas::{DevicePolicy, ExtractOptions, SetuidPolicy, WhiteoutMode};
 use strata_snapshot::Snapshot;
 use strata_snapshot::{CheckoutMode, Engine};
+use strata_test_support::tree::{self, Fields, Mtimes, Tree};
 use strata_test_support::{require, root};
 
 use crate::overlay_problem;
 
-/// What one entry of a tree is, as every view must agree on it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Node {
-    kind: String,
-    data: Vec<u8>,
-    mode: u32,
-    xattrs: Vec<(String, Vec<u8>)>,
-}
-
-type Tree = BTreeMap<String, Node>;
-
-fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut names = vec![0u8; 4096];
-    let n = rustix::fs::llistxattr(path, &mut names[..]).unwrap();
-    let mut out = Vec::new();
-    for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let mut value = vec![0u8; 4096];
-        let len = rustix::fs::lgetxattr(path, name, &mut value[..]).unwrap();
-        value.truncate(len);
-        out.push((String::from_utf8_lossy(name).into_owned(), value));
-    }
-    out.sort();
-    out
-}
-
-/// Every entry under `root` (the root excluded), with its type, contents, mode and
-/// extended attributes.
-fn tree(root: &Path) -> Tree {
-    fn walk(dir: &Path, rel: &str, out: &mut Tree) {
-        let mut names: Vec<_> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        names.sort();
-        for name in names {
-            let path = dir.join(&name);
-            let key = format!(
-                "{rel}{}{}",
-                if rel.is_empty() { "" } else { "/" },
-                name.to_string_lossy()
-            );
-            let meta = fs::symlink_metadata(&path).unwrap();
-            let ft = meta.file_type();
-            let (kind, data) = if ft.is_dir() {
-                ("dir".to_owned(), Vec::new())
-            } else if ft.is_symlink() {
-                let target = fs::read_link(&path).unwrap();
-                (
-                    "symlink".to_owned(),
-                    target.as_os_str().as_encoded_bytes().to_vec(),
-                )
-            } else if ft.is_file() {
-                ("file".to_owned(), fs::read(&path).unwrap())
-            } else if ft.is_char_device() {
-                (format!("char {}", meta.rdev()), Vec::new())
-            } else {
-                ("other".to_owned(), Vec::new())
-            };
-            let node = Node {
-                kind,
-                data,
-                mode: meta.mode() & 0o7777,
-                xattrs: xattrs(&path),
-            };
-            let is_dir = ft.is_dir();
-            out.insert(key.clone(), node);
-            if is_dir {
-                walk(&path, &key, out);
-            }
-        }
-    }
-    let mut out = Tree::new();
-    walk(root, "", &mut out);
-    out
-}
+/// What every view of a snapshot must agree on: kinds, modes, contents, link targets,
+/// device numbers and the `user.*` and `trusted.*` attributes (the ones layers carry).
+const FIELDS: Fields = Fields {
+    owners: false,
+    mtimes: Mtimes::None,
+    xattrs: true,
+    links: false,
+};
 
 /// Something a step may leave behind, and what the commit must make of it.
 struct Trick {
@@ -265,7 +197,7 @@ fn views(
             engine
                 .checkout(&snapshot.id, &dir, Some(mode))
                 .map_err(|e| format!("{name}: {e}"))?;
-            out.push((name, tree(&dir)));
+            out.push((name, tree::snapshot_of(&dir, FIELDS)));
             engine.release(&dir).unwrap();
         }
         let copy = top.join(format!("{label}-copy-{}", round.replace(' ', "-")));
@@ -273,7 +205,7 @@ fn views(
         engine
             .copy_out(&snapshot.id, &copy)
             .map_err(|e| format!("{name}: {e}"))?;
-        out.push((name, tree(&copy)));
+        out.push((name, tree::snapshot_of(&copy, FIELDS)));
     }
     // The blobs themselves, applied one over the other as any OCI tool would.
     let applied = top.join(format!("{label}-applied"));
@@ -289,7 +221,10 @@ fn views(
             .apply(&row.layer, &applied, &opts)
             .map_err(|e| format!("layers applied afresh: {e}"))?;
     }
-    out.push(("layers applied afresh".to_owned(), tree(&applied)));
+    out.push((
+        "layers applied afresh".to_owned(),
+        tree::snapshot_of(&applied, FIELDS),
+    ));
     Ok(out)
 }
 
@@ -341,10 +276,9 @@ fn whatever_a_step_leaves_every_view_of_its_snapshot_shows_one_tree_or_it_is_ref
                     };
                     let (first, expected) = &views[0];
                     for (name, seen) in &views[1..] {
-                        if seen != expected {
+                        if let Some(difference) = tree::difference(expected, seen) {
                             failures.push(format!(
-                                "{mode:?}: {}: {name} differs from {first}:\n{seen:#?}\n\
-                                 versus\n{expected:#?}",
+                                "{mode:?}: {}: {name} differs from {first}: {difference}",
                                 trick.name
                             ));
                         }
