@@ -191,6 +191,8 @@ pub(crate) fn import_layers(
     name: Option<String>,
     tag: Option<&str>,
 ) -> Result<Imported> {
+    // Each layer is stored (or found stored) and then recorded: `gc` must wait in between.
+    let _hold = engine.hold_layers()?;
     let diff_ids = &config.rootfs.diff_ids;
     if layers.is_empty() || layers.len() > MAX_LAYERS {
         return Err(invalid(

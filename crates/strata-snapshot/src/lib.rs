@@ -30,6 +30,8 @@ mod windows_tests;
 
 #[cfg(feature = "failpoints")]
 pub use engine::FAILPOINTS;
-pub use engine::{Engine, Error, Lease, Result, RootRecord, TrashHandoff, overlay_available};
+pub use engine::{
+    Engine, Error, LayerHold, Lease, Result, RootRecord, TrashHandoff, overlay_available,
+};
 pub use id::{ParseSnapshotIdError, SnapshotId};
 pub use types::{Checkout, CheckoutMode, ParseCheckoutModeError, Snapshot, now_millis};

@@ -194,6 +194,8 @@ impl StepCache {
                 break;
             }
         }
+        // Until the chain is recorded, `gc` must not take the layers found or stored here.
+        let _hold = engine.hold_layers()?;
         let tmp = temp_dir("strata-cache-")?;
         let sources = fetch_layers(
             engine,

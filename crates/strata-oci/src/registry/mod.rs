@@ -290,6 +290,8 @@ pub fn pull(
             ),
         ));
     }
+    // Until the chain is recorded, `gc` must not take the layers found or stored here.
+    let _hold = engine.hold_layers()?;
     let tmp = temp_dir("strata-pull-")?;
     let sources = fetch_layers(
         engine,

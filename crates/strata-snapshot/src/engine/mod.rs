@@ -500,6 +500,18 @@ impl Engine {
         })
     }
 
+    /// Holds `gc` off, in every process that shares the store, until the hold is dropped:
+    /// a layer found in the store, or stored, through [`Engine::cas`] then stays until a
+    /// snapshot records it (otherwise `gc` may remove an unrecorded layer, or one whose
+    /// snapshots were pruned, in between). Holds are shared: any number may be held at once,
+    /// and `gc` waits for all of them. Take one before storing or reusing blobs directly,
+    /// as an image import or a pull does, and drop it once they are recorded.
+    pub fn hold_layers(&self) -> Result<LayerHold> {
+        Ok(LayerHold {
+            _lock: self.gc_lock(false)?,
+        })
+    }
+
     /// Shared while a layer is stored and recorded; exclusive while `gc` deletes layers.
     /// Without it, `gc` could delete a blob that a commit in another process has just found
     /// already stored and is about to record.
@@ -542,4 +554,11 @@ pub fn overlay_available() -> bool {
     return crate::overlay::supported();
     #[cfg(not(target_os = "linux"))]
     false
+}
+
+/// A hold on the store's layers, from [`Engine::hold_layers`]: `gc` waits while it lives.
+#[derive(Debug)]
+#[must_use = "a hold keeps gc off only while it is held"]
+pub struct LayerHold {
+    _lock: fs::File,
 }

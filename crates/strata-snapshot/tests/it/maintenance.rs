@@ -368,3 +368,40 @@ fn gc_removes_relocated_variants_of_roots_no_checkout_uses() {
     assert_eq!(engine.du().unwrap().variants, 0);
     assert!(engine.fsck(false).unwrap().is_empty());
 }
+
+/// A layer hold keeps `gc` (here through a second engine on the same store, as another
+/// process would) off a layer that no snapshot records for the moment, until it is dropped:
+/// what a pull needs between finding a layer stored and recording its snapshot.
+#[test]
+fn gc_waits_for_layer_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let engine = Engine::open(&store).unwrap();
+    let base = engine.import(&rootfs_tar(tmp.path()), None).unwrap();
+    let hold = engine.hold_layers().unwrap();
+    // The layer is found stored; its only snapshot goes meanwhile.
+    engine.remove_snapshot(&base.id).unwrap();
+    let other = Engine::open(&store).unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    let gc = std::thread::spawn(move || {
+        let report = other.gc().unwrap();
+        done.send(()).unwrap();
+        report
+    });
+    assert!(
+        finished
+            .recv_timeout(std::time::Duration::from_millis(500))
+            .is_err(),
+        "gc ran while a layer hold was held"
+    );
+    // The snapshot that records it again lands before gc can look.
+    let again = engine.add_snapshot(None, &base.layer, None).unwrap();
+    assert_eq!(again.id, base.id);
+    drop(hold);
+    let report = gc.join().unwrap();
+    assert_eq!(report.layers, 0, "{report:?}");
+    assert!(engine.cas().contains(&base.layer));
+    let copy = tmp.path().join("copy");
+    engine.copy_out(&base.id, &copy).unwrap();
+    assert_eq!(fs::read(copy.join("etc/motd")).unwrap(), b"hello\n");
+}
