@@ -84,6 +84,23 @@ pub enum Error {
     },
     #[error("copy {src}: {reason}")]
     Copy { src: String, reason: String },
+    /// A system call on a copy's source failed.
+    #[error("copy {src}: {}: {op}: {source}", path.display())]
+    CopyIo {
+        src: String,
+        path: PathBuf,
+        /// What was being done ("stat", "read the symlink").
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// Reading a copy's source through the store's directory handles failed.
+    #[error("copy {src}: {source}")]
+    CopySource {
+        src: String,
+        #[source]
+        source: strata_cas::Error,
+    },
     #[error("stage `{name}` is not defined before its use")]
     UnknownStage { name: String },
     #[error("slot {}: {source}", slot.display())]

@@ -71,6 +71,14 @@ pub enum Error {
         /// What its content hashes to.
         actual: LayerId,
     },
+    /// A layer's compressed stream does not decompress.
+    #[error("{}: cannot decompress: {source}", path.display())]
+    Decompress {
+        /// The blob or layer file.
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// A blob or layer file is not in a format this crate reads.
     #[error("{}: {problem}", path.display())]
     Format {

@@ -779,12 +779,12 @@ impl std::fmt::Debug for LayerReader {
 
 impl Read for LayerReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf).map_err(|e| {
+        let n = self.inner.read(buf).map_err(|source| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                Error::Format {
+                Error::Decompress {
                     path: self.path.clone(),
-                    problem: format!("cannot decompress: {e}"),
+                    source,
                 },
             )
         })?;

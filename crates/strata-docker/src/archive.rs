@@ -155,8 +155,9 @@ pub fn read_archive(
         layers: Vec<String>,
     }
     let images: Vec<Image> =
-        serde_json::from_slice(&manifest).map_err(|e| crate::Error::Protocol {
-            what: format!("the manifest.json of {what} is malformed: {e}"),
+        serde_json::from_slice(&manifest).map_err(|source| crate::Error::Json {
+            what: format!("the manifest.json of {what}"),
+            source,
         })?;
     let [image] = images.as_slice() else {
         return Err(crate::Error::Protocol {

@@ -28,6 +28,14 @@ pub enum Error {
     /// The engine answered something this driver cannot use.
     #[error("docker engine: {what}")]
     Protocol { what: String },
+    /// A JSON document the engine sent does not parse as expected.
+    #[error("docker engine: {what} is malformed: {source}")]
+    Json {
+        /// The document, naming where it came from.
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
     /// A local read or write failed (a layer, a pipe, the job log).
     #[error("cannot {what}")]
     Io {

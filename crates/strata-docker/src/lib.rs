@@ -203,10 +203,11 @@ impl DockerDriver {
                 reason: format!("the plan was made by driver `{}`", plan.driver),
             });
         }
-        serde_json::from_value(plan.detail.clone()).map_err(|e| {
-            strata_isolate::Error::Unsupported {
+        serde_json::from_value(plan.detail.clone()).map_err(|source| {
+            strata_isolate::Error::PlanDetail {
                 driver: NAME.to_owned(),
-                reason: format!("the plan's container request is malformed: {e}"),
+                what: "the plan's container request is malformed",
+                source,
             }
         })
     }

@@ -86,6 +86,7 @@ pub fn static_busybox() -> Result<PathBuf> {
         return Err(Error::Busybox {
             path: CANDIDATES[0].into(),
             reason: "not found".to_owned(),
+            source: None,
         });
     };
     let bytes = fs::read(&path).map_err(Error::io("read", &path))?;
@@ -94,10 +95,12 @@ pub fn static_busybox() -> Result<PathBuf> {
         Ok(true) => Err(Error::Busybox {
             path,
             reason: "it is dynamically linked and would not run inside a bare rootfs".to_owned(),
+            source: None,
         }),
         Err(reason) => Err(Error::Busybox {
             path,
             reason: reason.to_owned(),
+            source: None,
         }),
     }
 }
@@ -111,12 +114,14 @@ fn applets(busybox: &Path) -> Result<Vec<PathBuf>> {
         .output()
         .map_err(|e| Error::Busybox {
             path: busybox.to_owned(),
-            reason: format!("cannot run it: {e}"),
+            reason: "cannot run it".to_owned(),
+            source: Some(e),
         })?;
     if !out.status.success() {
         return Err(Error::Busybox {
             path: busybox.to_owned(),
             reason: format!("`--list-full` failed: {}", out.status),
+            source: None,
         });
     }
     let list = String::from_utf8_lossy(&out.stdout);

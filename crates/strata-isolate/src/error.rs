@@ -36,11 +36,36 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Running a host program, or a system call about a named object (a user), failed.
+    #[error("cannot {op} `{name}`: {source}")]
+    Call {
+        /// What was being done, as a verb phrase ("run", "make the slot user").
+        op: &'static str,
+        /// The program (with its subcommand) or the object.
+        name: String,
+        #[source]
+        source: io::Error,
+    },
     /// The host has no static busybox to build a rootfs from.
     #[error(
         "no usable static busybox at {path}: {reason} (install it with `apt-get install busybox-static`)"
     )]
-    Busybox { path: PathBuf, reason: String },
+    Busybox {
+        path: PathBuf,
+        reason: String,
+        /// The failure behind `reason`, when there is one (running it, reading it).
+        #[source]
+        source: Option<io::Error>,
+    },
+    /// A plan's driver-specific part could not be written or read back as that driver's.
+    #[error("driver `{driver}`: {what}: {source}")]
+    PlanDetail {
+        driver: String,
+        /// What went wrong, as a phrase ("cannot describe the plan").
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
     /// A driver built outside this crate (Docker's) failed; its own error is the source.
     #[error("sandbox `{driver}` failed")]
     Driver {
@@ -69,5 +94,17 @@ impl Error {
     )]
     pub(crate) fn os(op: &'static str) -> impl FnOnce(io::Error) -> Error {
         move |source| Error::Os { op, source }
+    }
+
+    #[cfg_attr(
+        not(any(target_os = "macos", windows)),
+        allow(dead_code, reason = "used by the macOS and Windows drivers")
+    )]
+    pub(crate) fn call(
+        op: &'static str,
+        name: impl Into<String>,
+    ) -> impl FnOnce(io::Error) -> Error {
+        let name = name.into();
+        move |source| Error::Call { op, name, source }
     }
 }

@@ -242,6 +242,22 @@ mod tests {
     }
 
     #[test]
+    fn a_plan_detail_of_the_wrong_shape_keeps_the_parser_error_as_its_source() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Detail {
+            #[allow(dead_code, reason = "only its type matters")]
+            cwd: String,
+        }
+        let mut plan = HostDriver::new(1).plan(&job()).unwrap();
+        plan.detail = serde_json::json!({ "cwd": 5 });
+        let err = crate::plan_detail::<Detail>(HOST, &plan).unwrap_err();
+        assert!(matches!(err, Error::PlanDetail { .. }), "{err}");
+        assert!(err.to_string().starts_with("driver `host`: "), "{err}");
+        let source = std::error::Error::source(&err).expect("a source");
+        assert!(source.is::<serde_json::Error>(), "{source}");
+    }
+
+    #[test]
     fn plan_runs_in_root_joined_with_cwd() {
         let plan = HostDriver::new(1).plan(&job()).unwrap();
         assert_eq!(plan.driver, "host");

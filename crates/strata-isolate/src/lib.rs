@@ -614,9 +614,10 @@ pub(crate) fn check_env(driver: &str, env: &[(String, String)]) -> Result<()> {
 
 /// A driver's own part of its plan (`Plan::detail`), as JSON.
 pub(crate) fn encode_detail(driver: &str, detail: &impl Serialize) -> Result<serde_json::Value> {
-    serde_json::to_value(detail).map_err(|e| Error::Unsupported {
+    serde_json::to_value(detail).map_err(|source| Error::PlanDetail {
         driver: driver.to_owned(),
-        reason: format!("cannot describe the plan: {e}"),
+        what: "cannot describe the plan",
+        source,
     })
 }
 
@@ -624,9 +625,10 @@ pub(crate) fn encode_detail(driver: &str, detail: &impl Serialize) -> Result<ser
 /// detail read back.
 pub(crate) fn plan_detail<T: serde::de::DeserializeOwned>(driver: &str, plan: &Plan) -> Result<T> {
     check_plan(driver, plan)?;
-    serde_json::from_value(plan.detail.clone()).map_err(|e| Error::Unsupported {
+    serde_json::from_value(plan.detail.clone()).map_err(|source| Error::PlanDetail {
         driver: driver.to_owned(),
-        reason: format!("the plan's detail is not this driver's: {e}"),
+        what: "the plan's detail is not this driver's",
+        source,
     })
 }
 

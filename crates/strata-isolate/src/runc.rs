@@ -709,8 +709,11 @@ fn is_clean_absolute(path: &str) -> bool {
 
 /// The spec as JSON with its capability sets sorted: oci-spec keeps them in a `HashSet`.
 fn canonical_json(spec: &Spec) -> Result<serde_json::Value> {
-    let mut value = serde_json::to_value(spec)
-        .map_err(|e| RuncDriver::unsupported(format!("invalid OCI config: {e}")))?;
+    let mut value = serde_json::to_value(spec).map_err(|source| Error::PlanDetail {
+        driver: RUNC.to_owned(),
+        what: "cannot write the OCI config",
+        source,
+    })?;
     if let Some(sets) = value
         .pointer_mut("/process/capabilities")
         .and_then(|v| v.as_object_mut())
@@ -822,8 +825,12 @@ impl Driver for RuncDriver {
         self.validate(job)?;
         let bundle = self.bundle_dir(&job.name);
         let detail = canonical_json(&self.spec(job, &bundle)?)?;
-        let mut config = serde_json::to_vec_pretty(&detail)
-            .map_err(|e| Self::unsupported(format!("invalid OCI config: {e}")))?;
+        let mut config =
+            serde_json::to_vec_pretty(&detail).map_err(|source| Error::PlanDetail {
+                driver: RUNC.to_owned(),
+                what: "cannot write the OCI config",
+                source,
+            })?;
         config.push(b'\n');
         let hosts = format!("127.0.0.1 localhost {}\n", job.hostname)
             .trim_end()

@@ -40,6 +40,12 @@ pub enum Error {
     },
     #[error("{what}: {problem}")]
     Invalid { what: String, problem: String },
+    #[error("{what} is not a valid tar: {source}")]
+    Tar {
+        what: String,
+        #[source]
+        source: strata_cas::Error,
+    },
     #[error("{what} is larger than the limit of {limit} bytes")]
     TooLarge { what: String, limit: u64 },
     #[error("not an image reference: {reference:?}: {problem}")]

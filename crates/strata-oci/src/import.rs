@@ -450,6 +450,6 @@ fn unpack_archive(path: &Path) -> Result<tempfile::TempDir> {
     }
     reader
         .finish()
-        .map_err(|e| invalid(what, format!("is not a valid tar: {e}")))?;
+        .map_err(|source| Error::Tar { what, source })?;
     Ok(tmp)
 }

@@ -52,17 +52,22 @@ impl Tree {
         exclude: &[String],
         emit: &mut dyn FnMut(Node),
     ) -> Result<()> {
-        let fail = |rel: &str, what: &str, e: Errno| {
+        let fail = |rel: &str, op: &'static str, e: Errno| {
             let path = self.display(src, rel);
-            copy_err(
-                &src.spec,
-                match e {
-                    // From `list`: a destination is a string, a name that is not UTF-8
-                    // cannot be written as one.
-                    Errno::ILSEQ => format!("{}: a file name in it is not UTF-8", path.display()),
-                    e => format!("{}: {what}: {}", path.display(), io::Error::from(e)),
+            match e {
+                // From `list`: a destination is a string, a name that is not UTF-8 cannot
+                // be written as one.
+                Errno::ILSEQ => copy_err(
+                    &src.spec,
+                    format!("{}: a file name in it is not UTF-8", path.display()),
+                ),
+                e => Error::CopyIo {
+                    src: src.spec.clone(),
+                    path,
+                    op,
+                    source: e.into(),
                 },
-            )
+            }
         };
         let located = self
             .root
@@ -101,7 +106,10 @@ impl Tree {
         let st = rustix::fs::fstat(&top).map_err(|e| fail("", "stat", e))?;
         emit(dir_node(String::new(), &st));
         let mut chain = DirChain::new(top, self.display(src, ""));
-        let cas = |e: strata_cas::Error| copy_err(&src.spec, e.to_string());
+        let cas = |source| Error::CopySource {
+            src: src.spec.clone(),
+            source,
+        };
         let names = {
             let fd = chain.current().map_err(cas)?;
             list(fd, exclude).map_err(|e| fail("", "list", e))?
@@ -283,7 +291,10 @@ impl<'a> Opener<'a> {
         for p in &parents[common..] {
             chain
                 .push(p.as_bytes())
-                .map_err(|e| copy_err(&src.spec, e.to_string()))?;
+                .map_err(|source| Error::CopySource {
+                    src: src.spec.clone(),
+                    source,
+                })?;
             names.push((*p).to_owned());
         }
         match &item.kind {
@@ -425,6 +436,9 @@ fn resolve_err(src: &Source, e: strata_cas::Error) -> Error {
         strata_cas::Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
             not_found(src)
         }
-        _ => copy_err(&src.spec, e.to_string()),
+        _ => Error::CopySource {
+            src: src.spec.clone(),
+            source: e,
+        },
     }
 }

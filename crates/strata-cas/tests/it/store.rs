@@ -110,6 +110,21 @@ fn corruption_is_detected_on_read_and_by_verify() {
     fs::write(store.blob_path(&good.id), &bytes).unwrap();
     assert!(store.verify_blob(&good.id).is_err());
     assert_eq!(store.verify().unwrap().corrupt.len(), 2);
+
+    // Compressed data zstd cannot read: the error names the blob and keeps zstd's own
+    // error as its source.
+    let mut bytes = fs::read(store.blob_path(&good.id)).unwrap();
+    bytes[20..120].fill(0xff);
+    fs::write(store.blob_path(&good.id), &bytes).unwrap();
+    let mut reader = store.open_layer(&good.id).unwrap();
+    let err = std::io::copy(&mut reader, &mut std::io::sink()).unwrap_err();
+    let err = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<Error>())
+        .expect("the store's error inside");
+    assert!(matches!(err, Error::Decompress { .. }), "{err}");
+    assert!(err.to_string().contains(&good.id.to_hex()), "{err}");
+    assert!(std::error::Error::source(err).is_some(), "{err}");
 }
 
 #[test]

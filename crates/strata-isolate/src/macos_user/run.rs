@@ -36,7 +36,7 @@ fn run_command(argv: &[String]) -> Result<()> {
         .env("PATH", SYSTEM_PATH)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| command_error(&argv[0], format!("cannot run it: {e}")))?;
+        .map_err(Error::call("run", &argv[0]))?;
     if out.status.success() {
         Ok(())
     } else {
@@ -234,8 +234,7 @@ fn spawn_and_watch(detail: &RunDetail, log: &mut dyn Write, cancel: &Cancel) -> 
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let spawned = cmd.spawn();
     drop(cmd);
-    let child =
-        spawned.map_err(|e| command_error(&detail.argv[0], format!("cannot run it: {e}")))?;
+    let child = spawned.map_err(Error::call("run", &detail.argv[0]))?;
     let pgid = Pid::from_child(&child);
     let uid = (detail.users == SlotUsers::Dedicated).then_some(detail.slot.uid);
     supervise(&mut MacJob { child, pgid, uid }, reader, log, cancel)

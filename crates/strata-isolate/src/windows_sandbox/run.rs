@@ -68,7 +68,7 @@ impl Sandbox {
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()
-                    .map_err(|e| command_error(exe, format!("cannot start it: {e}")))?;
+                    .map_err(Error::call("start", exe))?;
                 Ok(Sandbox {
                     launcher: launcher.clone(),
                     id: None,
@@ -80,7 +80,7 @@ impl Sandbox {
                     .args(["start", "--raw", "--config", wsb])
                     .stdin(Stdio::null())
                     .output()
-                    .map_err(|e| command_error(exe, format!("cannot run `wsb start`: {e}")))?;
+                    .map_err(Error::call("run", format!("{exe} start")))?;
                 let text = String::from_utf8_lossy(&out.stdout);
                 let id = sandbox_id(&text).filter(|_| out.status.success());
                 let Some(id) = id else {
@@ -117,7 +117,7 @@ impl Sandbox {
                     Ok(child) => sandbox.child = Some(child),
                     Err(e) => {
                         sandbox.stop();
-                        return Err(command_error(exe, format!("cannot run `wsb exec`: {e}")));
+                        return Err(Error::call("run", format!("{exe} exec"))(e));
                     }
                 }
                 Ok(sandbox)

@@ -62,12 +62,8 @@ pub(super) fn prepare_slot(driver: &WindowsUserDriver, slot: &SlotPaths) -> Resu
             made.insert(String::new());
         }
         if users == SlotUsers::Dedicated && !made.contains(&slot.user) {
-            win::users::ensure_user(&user_request(slot), &new_password()?).map_err(|e| {
-                Error::Command {
-                    program: "NetUserAdd".to_owned(),
-                    message: format!("cannot make the slot user {}: {e}", slot.user),
-                }
-            })?;
+            win::users::ensure_user(&user_request(slot), &new_password()?)
+                .map_err(Error::call("make the slot user", &slot.user))?;
             made.insert(slot.user.clone());
         }
     }
@@ -96,10 +92,8 @@ pub(super) fn run(detail: &RunDetail, log: &mut dyn Write, cancel: &Cancel) -> R
     let fresh_password = |user: &str| -> Result<String> {
         // A fresh password per job: nothing outlives the builder's hold on the slot.
         let password = new_password()?;
-        win::users::set_password(user, &password).map_err(|e| Error::Command {
-            program: "NetUserSetInfo".to_owned(),
-            message: format!("cannot set the password of {user}: {e}"),
-        })?;
+        win::users::set_password(user, &password)
+            .map_err(Error::call("set the password of", user))?;
         Ok(password)
     };
     let logon = match &detail.logon {
@@ -140,10 +134,7 @@ pub(super) fn run(detail: &RunDetail, log: &mut dyn Write, cancel: &Cancel) -> R
             return Ok(Outcome::Exited(NOT_FOUND));
         }
         Err(e) => {
-            return Err(Error::Command {
-                program: detail.command_line.clone(),
-                message: format!("cannot start it in slot {}: {e}", detail.slot),
-            });
+            return Err(Error::call("start", &detail.command_line)(e));
         }
     };
     supervise(&mut job, reader, log, cancel)
@@ -153,10 +144,8 @@ pub(super) fn remove_slots(driver: &WindowsUserDriver) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for slot in &driver.slots {
         if driver.options.users == SlotUsers::Dedicated {
-            let existed = win::users::remove_user(&slot.user).map_err(|e| Error::Command {
-                program: "NetUserDel".to_owned(),
-                message: format!("cannot remove the slot user {}: {e}", slot.user),
-            })?;
+            let existed = win::users::remove_user(&slot.user)
+                .map_err(Error::call("remove the slot user", &slot.user))?;
             if existed {
                 removed.push(format!("user {} and its profile", slot.user));
             }
