@@ -4,7 +4,8 @@
 //!
 //! [`Engine`] is the entry point and the whole public surface: import, checkout (overlay or
 //! portable), commit, release, copy out; listing, resolving, tagging, touching and removing
-//! snapshots ([`Snapshot`]); tracked checkouts ([`Checkout`]); leases ([`Lease`]); shared
+//! snapshots ([`Snapshot`]); tracked checkouts ([`Checkout`]); leases ([`Lease`]); holds
+//! that keep `gc` off layers not yet recorded ([`LayerHold`]); shared
 //! caches ([`caches`]); and prune, gc, du, fsck and layer removal ([`maintenance`]). The
 //! SQLite index underneath is private; only its errors ([`index::Error`]) show, as sources of
 //! the engine's. The `Engine` docs draw the store layout and its crash model.
