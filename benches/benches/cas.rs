@@ -15,7 +15,7 @@
 //! its scratch filesystem), else the system temporary directory.
 
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use strata_cas::create::{CreateOptions, create_from_dir, write_tar};
@@ -23,121 +23,13 @@ use strata_cas::extract::{ExtractOptions, apply_file};
 use strata_cas::frames::compress_all;
 use strata_cas::tar::{Limits, TarReader};
 
+mod common;
+use common::{Rng, tempdir, text};
+
 /// Files in the small tree.
 const FILES: usize = 2_000;
 /// Size of the buffers for compression and hashing.
 const BIG: usize = 32 << 20;
-
-/// xorshift64: deterministic inputs without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-const WORDS: &[&str] = &[
-    "fn",
-    "let",
-    "mut",
-    "return",
-    "self",
-    "struct",
-    "impl",
-    "pub",
-    "use",
-    "match",
-    "if",
-    "else",
-    "for",
-    "while",
-    "in",
-    "loop",
-    "const",
-    "static",
-    "type",
-    "where",
-    "layer",
-    "tar",
-    "entry",
-    "path",
-    "read",
-    "write",
-    "buffer",
-    "error",
-    "result",
-    "options",
-    "header",
-    "frame",
-    "zstd",
-    "blake3",
-    "hash",
-    "directory",
-    "file",
-    "symlink",
-    "0",
-    "1",
-    "42",
-    "4096",
-    "{",
-    "}",
-    "(",
-    ")",
-    ";",
-    "=",
-    "==",
-    "->",
-    "&",
-    "*",
-    "+",
-    "-",
-    "//",
-    "#",
-    "\"",
-    "<",
-    ">",
-];
-
-/// Source-code-like text: compresses roughly like real sources do.
-fn text(rng: &mut Rng, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 16);
-    while out.len() < len {
-        let word = WORDS[rng.below(WORDS.len() as u64) as usize];
-        out.extend_from_slice(word.as_bytes());
-        out.push(match rng.below(10) {
-            0 => b'\n',
-            1 => b'\t',
-            _ => b' ',
-        });
-    }
-    out.truncate(len);
-    out
-}
-
-fn scratch_root() -> PathBuf {
-    std::env::var_os("STRATA_BENCH_TMPDIR")
-        .filter(|d| !d.is_empty())
-        .map_or_else(std::env::temp_dir, PathBuf::from)
-}
-
-fn tempdir() -> tempfile::TempDir {
-    let root = scratch_root();
-    std::fs::create_dir_all(&root).expect("creating the benchmark temporary directory");
-    tempfile::Builder::new()
-        .prefix("strata-bench-")
-        .tempdir_in(root)
-        .expect("creating a temporary directory")
-}
 
 /// A tree of `FILES` small files (100 B to 6 KiB) in 40 directories, plus a few symlinks.
 fn small_tree(dir: &Path) {

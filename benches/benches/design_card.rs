@@ -27,7 +27,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group};
@@ -36,6 +36,9 @@ use strata_cas::create::{CreateOptions, write_tar};
 use strata_cas::extract::{ExtractOptions, Ownership, apply_tar};
 use strata_cas::frames::{DEFAULT_CHUNK_SIZE, compress_all};
 use strata_cas::tar::{Limits, TarReader};
+
+mod common;
+use common::{Rng, tempdir, text};
 
 /// Files in the layer.
 const FILES: usize = 3_000;
@@ -121,121 +124,6 @@ fn peak_heap<T>(f: impl FnOnce() -> T) -> (T, usize) {
     let out = f();
     COUNTING.store(false, Ordering::SeqCst);
     (out, PEAK.load(Ordering::SeqCst))
-}
-
-/// xorshift64: deterministic inputs without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn between(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below((hi - lo) as u64) as usize
-    }
-}
-
-const WORDS: &[&str] = &[
-    "fn",
-    "let",
-    "mut",
-    "return",
-    "self",
-    "struct",
-    "impl",
-    "pub",
-    "use",
-    "match",
-    "if",
-    "else",
-    "for",
-    "while",
-    "in",
-    "loop",
-    "const",
-    "static",
-    "type",
-    "where",
-    "layer",
-    "tar",
-    "entry",
-    "path",
-    "read",
-    "write",
-    "buffer",
-    "error",
-    "result",
-    "options",
-    "header",
-    "frame",
-    "zstd",
-    "blake3",
-    "hash",
-    "directory",
-    "file",
-    "symlink",
-    "0",
-    "1",
-    "42",
-    "4096",
-    "{",
-    "}",
-    "(",
-    ")",
-    ";",
-    "=",
-    "==",
-    "->",
-    "&",
-    "*",
-    "+",
-    "-",
-    "//",
-    "#",
-    "\"",
-    "<",
-    ">",
-];
-
-/// Source-code-like text: compresses roughly like real sources do.
-fn text(rng: &mut Rng, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 16);
-    while out.len() < len {
-        let word = WORDS[rng.below(WORDS.len() as u64) as usize];
-        out.extend_from_slice(word.as_bytes());
-        out.push(match rng.below(10) {
-            0 => b'\n',
-            1 => b'\t',
-            _ => b' ',
-        });
-    }
-    out.truncate(len);
-    out
-}
-
-fn scratch_root() -> PathBuf {
-    std::env::var_os("STRATA_BENCH_TMPDIR")
-        .filter(|d| !d.is_empty())
-        .map_or_else(std::env::temp_dir, PathBuf::from)
-}
-
-fn tempdir() -> tempfile::TempDir {
-    let root = scratch_root();
-    std::fs::create_dir_all(&root).expect("creating the benchmark temporary directory");
-    tempfile::Builder::new()
-        .prefix("strata-bench-")
-        .tempdir_in(root)
-        .expect("creating a temporary directory")
 }
 
 /// A tree like a package layer: `FILES` files of mixed sizes in 60 directories (some with
