@@ -22,6 +22,8 @@ use strata_snapshot::{FAILPOINTS, overlay_available};
 use strata_test_support::tree::{self, Fields};
 use strata_test_support::{child_test, child_var, require};
 
+use crate::engine::names_in;
+
 /// Set for a child: the store it works on. Its siblings hold the tarball and work dirs.
 const STORE_VAR: &str = "STRATA_TEST_STORE";
 /// Set for a concurrency child: its name, which its files carry.
@@ -324,15 +326,6 @@ fn mounts_under(_: &Path) -> Vec<PathBuf> {
 }
 
 // ---- checking a store after a crash ----
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
 
 /// Opens the store after a crash and checks everything the issue promises; leaves it with
 /// no checkouts.

@@ -69,7 +69,8 @@ pub(crate) fn orphan_checkout(engine: &Engine, row: &Checkout) -> PathBuf {
     moved
 }
 
-fn names_in(dir: &Path) -> Vec<String> {
+/// The names in `dir`, sorted.
+pub(crate) fn names_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

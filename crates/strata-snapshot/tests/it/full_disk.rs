@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use strata_snapshot::{CheckoutMode, Engine, SnapshotId};
 use strata_test_support::{require, root};
 
-use crate::engine::rootfs_tar;
+use crate::engine::{names_in, rootfs_tar};
 use crate::overlay_problem;
 
 /// A size-limited tmpfs mounted at a directory; unmounted (with any overlay mounted under
@@ -72,15 +72,6 @@ fn snapshot_ids(engine: &Engine) -> Vec<SnapshotId> {
     ids
 }
 
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 /// Fills a checkout past what the filesystem can also store as a blob and commits it:
 /// the commit fails for lack of space and leaves everything as it was.
 fn fill_and_fail(engine: &Engine, store: &Path, work: &Path, mode: CheckoutMode) {
@@ -99,7 +90,11 @@ fn fill_and_fail(engine: &Engine, store: &Path, work: &Path, mode: CheckoutMode)
         before,
         "{mode:?}"
     );
-    assert_eq!(names(&store.join("tmp")), Vec::<String>::new(), "{mode:?}");
+    assert_eq!(
+        names_in(&store.join("tmp")),
+        Vec::<String>::new(),
+        "{mode:?}"
+    );
     // The checkout is as it was: tracked, and (overlay) mounted again.
     assert!(
         engine.tracked_checkout(work).unwrap().is_some(),
@@ -143,7 +138,7 @@ fn a_commit_that_runs_out_of_space_stores_nothing_and_keeps_its_checkout() {
         engine.release(&work).unwrap();
         engine.wait_for_deletions();
         assert!(engine.fsck(false).unwrap().is_empty(), "{mode:?}");
-        assert_eq!(names(&store.join("checkouts-v1")), Vec::<String>::new());
+        assert_eq!(names_in(&store.join("checkouts-v1")), Vec::<String>::new());
 
         // Committed once space is freed: the change made before the failure is kept.
         let work = small.join(format!("{mode:?}-committed"));

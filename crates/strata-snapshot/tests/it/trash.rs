@@ -7,16 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use strata_snapshot::{CheckoutMode, Engine};
 
-use crate::engine::{dead_owner, rootfs_tar};
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
+use crate::engine::{dead_owner, names_in, rootfs_tar};
 
 /// A tree of a few hundred files, so that deleting it is not instant.
 fn fill(dir: &Path) {
