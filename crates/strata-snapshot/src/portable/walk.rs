@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
-use super::{EntryStat, Error, ManifestEntry, Result, WalkDir, sorted_names, walk_err};
+use super::{EntryStat, Error, ManifestEntry, Result, WalkDir, child_path, sorted_names, walk_err};
 
 /// The most threads a walk uses: the kernel's directory lookups stop scaling before this.
 const MAX_WORKERS: usize = 4;
@@ -118,11 +118,7 @@ fn work<D: WalkDir>(root: &Path, shared: &Shared<D>) {
                         let slot = state.listings.len();
                         state.listings.push(None);
                         *child = Some(slot);
-                        let mut path = job.path.clone();
-                        if !path.is_empty() {
-                            path.push(b'/');
-                        }
-                        path.extend_from_slice(name);
+                        let path = child_path(&job.path, name);
                         state.queue.push(Job {
                             dir: Source::Child(dir.clone(), name.clone()),
                             path,
@@ -158,14 +154,9 @@ fn list<D: WalkDir>(root: &Path, dir: Source<D>, path: &[u8]) -> Result<Option<(
     let names = sorted_names(&dir).map_err(walk_err("list", root, path))?;
     let mut listing = Vec::with_capacity(names.len());
     for name in names {
-        let stat = dir.stat(&name).map_err(|source| {
-            let mut child = path.to_vec();
-            if !child.is_empty() {
-                child.push(b'/');
-            }
-            child.extend_from_slice(&name);
-            walk_err("stat", root, &child)(source)
-        })?;
+        let stat = dir
+            .stat(&name)
+            .map_err(|source| walk_err("stat", root, &child_path(path, &name))(source))?;
         if let Some(stat) = stat {
             listing.push((name, stat, None));
         }
@@ -187,12 +178,7 @@ fn join_listings(mut listings: Vec<Option<Listing>>) -> Vec<ManifestEntry> {
             stack.pop();
             continue;
         };
-        let mut path = Vec::with_capacity(prefix.len() + 1 + name.len());
-        path.extend_from_slice(prefix);
-        if !path.is_empty() {
-            path.push(b'/');
-        }
-        path.extend_from_slice(&name);
+        let path = child_path(prefix, &name);
         let below = child.and_then(|slot| listings[slot].take());
         out.push(ManifestEntry {
             path: path.clone(),
