@@ -221,15 +221,14 @@ impl Store {
     }
 
     /// [`put_framed`](Self::put_framed) for a stream (a download): the bytes go to the new
-    /// blob as they arrive while a streaming decoder checks them through `wrap`, so nothing
-    /// waits for the whole file. Fails, storing nothing, unless the stream ends with a seek
+    /// blob as they arrive while a streaming decoder validates and hashes the tar they hold,
+    /// so nothing waits for the whole file. Fails, storing nothing, unless the stream ends with a seek
     /// table that accounts for all of it (it is not a blob another store wrote).
     pub fn put_framed_stream<R: Read>(
         &self,
         input: R,
         what: &str,
         limits: &Limits,
-        wrap: impl for<'a> FnOnce(&'a mut dyn Read) -> Box<dyn Read + 'a>,
     ) -> Result<LayerInfo> {
         let stream_err = |source: io::Error| Error::Stream {
             what: what.to_owned(),
@@ -247,15 +246,13 @@ impl Store {
             .map_err(stream_err)?;
             // zstd's default decoding window limit, said explicitly (see `zstd_reader`).
             decoder.window_log_max(27).map_err(stream_err)?;
-            let mut checked = wrap(&mut decoder);
             let mut counted = Counted {
-                inner: &mut checked,
+                inner: &mut decoder,
                 hasher: blake3::Hasher::new(),
                 len: 0,
             };
             let entries = crate::tar::TarReader::new(&mut counted, limits).validate_layer()?;
             let (hash, uncompressed) = (counted.hasher.finalize(), counted.len);
-            drop(checked);
             // Whatever follows the last frame (the seek table) goes to the blob too.
             let mut rest = decoder.finish();
             io::copy(&mut rest, &mut io::sink()).map_err(stream_err)?;

@@ -439,21 +439,18 @@ fn a_blob_of_another_store_is_stored_as_it_is_after_checking() {
     let c = Store::open(&tmp.path().join("c")).unwrap();
     let bytes = fs::read(&blob).unwrap();
     let streamed = c
-        .put_framed_stream(&bytes[..], "download", &limits, |r| Box::new(r))
+        .put_framed_stream(&bytes[..], "download", &limits)
         .unwrap();
     assert_eq!((streamed.id, streamed.frames), (info.id, info.frames));
     assert_eq!(fs::read(c.blob_path(&info.id)).unwrap(), bytes);
     let d = Store::open(&tmp.path().join("d")).unwrap();
     let cut = &bytes[..bytes.len() - 3];
-    assert!(
-        d.put_framed_stream(cut, "cut", &limits, |r| Box::new(r))
-            .is_err()
-    );
+    assert!(d.put_framed_stream(cut, "cut", &limits).is_err());
     let mut tar = Vec::new();
     std::io::Read::read_to_end(&mut a.open_layer(&info.id).unwrap(), &mut tar).unwrap();
     let unframed = zstd::encode_all(&tar[..], 3).unwrap();
     let err = d
-        .put_framed_stream(&unframed[..], "plain zstd", &limits, |r| Box::new(r))
+        .put_framed_stream(&unframed[..], "plain zstd", &limits)
         .unwrap_err();
     assert!(err.to_string().contains("seek table"), "{err}");
     assert!(d.ids().unwrap().is_empty());

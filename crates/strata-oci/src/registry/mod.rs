@@ -364,7 +364,6 @@ pub(crate) fn fetch_layers(
                 &mut verified,
                 &blob,
                 &strata_cas::Limits::default(),
-                |r| Box::new(r),
             );
             match stored {
                 Ok(info) => Source::Stored(info.id),
